@@ -1,0 +1,170 @@
+"""The thin layer over the two COCO APIs: read an annotation file, index box results, run COCOeval.
+
+faster-coco-eval (C++ evaluate/accumulate) is the default; pycocotools is the reference implementation and
+gives the same numbers up to float rounding (~1e-16: pycocotools divides precision by tp + fp + eps, so a
+perfect AP reads 0.9999999999999998 there and 1.0 in faster-coco-eval).
+
+Both are driven the same way: we build the results index ourselves instead of calling ``loadRes``, because
+pycocotools' ``loadRes`` crashes on an empty result list and its asserts name neither the file nor the
+offending ids. The index is built exactly as ``loadRes`` builds it for boxes (ids from 1,
+``area = w * h``, ``iscrowd = 0``), so the numbers are those of the official API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+BACKENDS = ("faster_coco_eval", "pycocotools")
+
+
+@dataclass(frozen=True)
+class BoxResults:
+    """COCO box results held as arrays (no per-detection Python objects until COCOeval needs them).
+
+    image_ids:    [N] int64 image ids of the annotation file.
+    category_ids: [N] int64 category ids of the annotation file.
+    bbox_xywh:    [N, 4] float64 (x, y, w, h) in original image pixels.
+    scores:       [N] float64.
+    """
+
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    bbox_xywh: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @staticmethod
+    def empty() -> BoxResults:
+        ints = np.zeros(0, dtype=np.int64)
+        return BoxResults(ints, ints, np.zeros((0, 4), dtype=np.float64), np.zeros(0, dtype=np.float64))
+
+    @staticmethod
+    def concat(parts: Sequence[BoxResults]) -> BoxResults:
+        if not parts:
+            return BoxResults.empty()
+        return BoxResults(
+            np.concatenate([p.image_ids for p in parts]),
+            np.concatenate([p.category_ids for p in parts]),
+            np.concatenate([p.bbox_xywh for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+        )
+
+    def select(self, keep: np.ndarray) -> BoxResults:
+        """The results where the mask keep [N] is True (or at the indices keep)."""
+        return BoxResults(self.image_ids[keep], self.category_ids[keep], self.bbox_xywh[keep], self.scores[keep])
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown COCO evaluation backend {backend!r}; use one of {BACKENDS}")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Swallow the COCO APIs' progress prints ("loading annotations...", "DONE (t=0.01s)").
+
+    If anything raises inside, what was printed is replayed on stderr before the error propagates, so that
+    silencing the chatter never hides a diagnostic.
+    """
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
+
+
+def load_ground_truth(ann_file: str, backend: str) -> Any:
+    """The backend's COCO object for a COCO annotation file, with errors that name the file."""
+    check_backend(backend)
+    try:
+        with open(ann_file) as f:
+            dataset = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{ann_file}: not a valid JSON file ({err})") from err
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(dataset, dict) or k not in dataset]
+    if missing:
+        raise ValueError(f"{ann_file}: not a COCO annotation file (no {', '.join(missing)} list)")
+    coco = _coco_class(backend)()
+    coco.dataset = dataset
+    with quiet():
+        coco.createIndex()
+    return coco
+
+
+def coco_eval(
+    coco_gt: Any, results: BoxResults, img_ids: Sequence[int], cat_ids: Sequence[int], backend: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run COCOeval (bbox) on the given images and categories.
+
+    Returns the 12 summary stats [12] in COCO's order (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100,
+    ARs, ARm, ARl; -1 where nothing is defined) and the precision array [T, R, K, A, M] (IoU thresholds,
+    recall thresholds, categories in sorted id order, area ranges, max detections).
+    """
+    coco_dt = _results_index(coco_gt, results, backend)
+    with quiet():
+        if backend == "pycocotools":
+            from pycocotools.cocoeval import COCOeval
+
+            evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        else:
+            from faster_coco_eval import COCOeval_faster
+
+            evaluator = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_ignore)
+        evaluator.params.imgIds = [int(i) for i in img_ids]
+        evaluator.params.catIds = [int(c) for c in cat_ids]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return np.asarray(evaluator.stats[:12], dtype=np.float64), np.asarray(evaluator.eval["precision"])
+
+
+def _results_index(coco_gt: Any, results: BoxResults, backend: str) -> Any:
+    """The results as a COCO object of the backend, built the way ``loadRes`` builds box results."""
+    w, h = results.bbox_xywh[:, 2], results.bbox_xywh[:, 3]
+    annotations = [
+        {"id": i, "image_id": img, "category_id": cat, "bbox": box, "score": score, "area": area, "iscrowd": 0}
+        for i, (img, cat, box, score, area) in enumerate(
+            zip(
+                results.image_ids.tolist(),
+                results.category_ids.tolist(),
+                results.bbox_xywh.tolist(),
+                results.scores.tolist(),
+                (w * h).tolist(),
+            ),
+            start=1,
+        )
+    ]
+    coco_dt = _coco_class(backend)()
+    coco_dt.dataset = {
+        "images": list(coco_gt.dataset["images"]),
+        "categories": list(coco_gt.dataset["categories"]),
+        "annotations": annotations,
+    }
+    with quiet():
+        coco_dt.createIndex()
+    return coco_dt
+
+
+def _coco_class(backend: str) -> type:
+    # Imported on use: no import-time cost for the backend that is not chosen.
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+    else:
+        from faster_coco_eval import COCO
+    return COCO
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    """faster-coco-eval's print_function: its progress messages are not wanted."""

@@ -1,0 +1,401 @@
+"""CocoEvaluator and evaluate_results_file against pycocotools' COCOeval run directly on the same data."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torchvision.ops import box_convert
+
+from detlab.evaluation.coco_evaluator import (
+    METRIC_NAMES,
+    CocoEvaluator,
+    evaluate_results_file,
+    format_table,
+)
+from detlab.structures import Detections, boxes_to_original
+
+# Non-contiguous category ids; "fish" has no ground truth anywhere.
+CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 9, "name": "bird"}, {"id": 12, "name": "fish"}]
+CATEGORY_IDS = [c["id"] for c in CATEGORIES]
+IMAGES = [  # (id, width, height)
+    (3, 640, 480),
+    (7, 320, 240),
+    (11, 100, 200),
+    (42, 500, 375),  # no objects
+    (57, 256, 256),
+]
+IMAGE_IDS = [i for i, _, _ in IMAGES]
+# (image id, category id, bbox xywh, iscrowd): small (< 32^2), medium and large boxes, one crowd region.
+OBJECTS = [
+    (3, 1, [40.0, 50.0, 200.0, 150.0], 0),
+    (3, 5, [300.0, 200.0, 60.0, 50.0], 0),
+    (3, 1, [500.0, 400.0, 20.0, 16.0], 0),
+    (3, 5, [0.0, 300.0, 200.0, 150.0], 1),
+    (7, 9, [30.0, 40.0, 45.0, 40.0], 0),
+    (7, 5, [200.0, 100.0, 25.0, 30.0], 0),
+    (11, 1, [10.0, 20.0, 60.0, 80.0], 0),
+    (11, 9, [0.0, 60.0, 100.0, 120.0], 0),
+    (57, 5, [20.0, 20.0, 180.0, 200.0], 0),
+    (57, 1, [200.0, 10.0, 12.0, 12.0], 0),
+]
+TOL = 1e-12  # pycocotools divides by tp + fp + eps, faster-coco-eval does not: they differ by ~1e-16
+
+
+def metric_dict(stats) -> dict[str, float]:
+    return dict(zip(METRIC_NAMES, (float(s) for s in stats)))
+
+
+@pytest.fixture
+def ann_file(tmp_path) -> str:
+    return write_ann_file(tmp_path)
+
+
+def write_ann_file(folder: Path) -> str:
+    annotations = [
+        {"id": k, "image_id": img, "category_id": cat, "bbox": box, "area": box[2] * box[3], "iscrowd": crowd}
+        for k, (img, cat, box, crowd) in enumerate(OBJECTS, start=1)
+    ]
+    images = [{"id": i, "width": w, "height": h, "file_name": f"{i}.jpg"} for i, w, h in IMAGES]
+    path = folder / "instances_val.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
+    return str(path)
+
+
+def detections_from_xywh(rows: list[tuple[int, int, list[float], float]], image_ids: list[int]) -> list[Detections]:
+    """Per image of image_ids, Detections (xyxy, contiguous labels) from (image, category, xywh, score) rows."""
+    out = []
+    for img in image_ids:
+        mine = [r for r in rows if r[0] == img]
+        xywh = torch.tensor([r[2] for r in mine], dtype=torch.float32).reshape(-1, 4)
+        out.append(
+            Detections(
+                boxes=box_convert(xywh, "xywh", "xyxy"),
+                scores=torch.tensor([r[3] for r in mine], dtype=torch.float32),
+                labels=torch.tensor([CATEGORY_IDS.index(r[1]) for r in mine], dtype=torch.int64),
+            )
+        )
+    return out
+
+
+def as_results(rows) -> list[dict]:
+    """COCO result dicts with the float32 values the evaluator sees."""
+    return [
+        {
+            "image_id": img,
+            "category_id": cat,
+            "bbox": box_convert(box_convert(torch.tensor([box]), "xywh", "xyxy").double(), "xyxy", "xywh")[0].tolist(),
+            "score": float(np.float32(score)),
+        }
+        for img, cat, box, score in rows
+    ]
+
+
+def reference_eval(ann_file: str, rows, img_ids=None, cat_ids=None) -> COCOeval:
+    """pycocotools run the documented way (COCO, loadRes, COCOeval), the reference for every number."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann_file)
+        dt = gt.loadRes(copy.deepcopy(as_results(rows)))
+        ev = COCOeval(gt, dt, "bbox")
+        if img_ids is not None:
+            ev.params.imgIds = img_ids
+        if cat_ids is not None:
+            ev.params.catIds = cat_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def perfect_rows():
+    return [(img, cat, box, 0.9) for img, cat, box, crowd in OBJECTS if not crowd]
+
+
+def random_rows(seed: int = 0, per_image: int = 80):
+    """Several hundred detections: jittered ground truth (hits at various IoUs) and random boxes, all classes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for img, w, h in IMAGES:
+        gts = [o for o in OBJECTS if o[0] == img]
+        for _ in range(per_image):
+            if gts and rng.random() < 0.5:
+                _, cat, (x, y, bw, bh), _ = gts[rng.integers(len(gts))]
+                x, y = x + rng.normal(0, 0.1 * bw), y + rng.normal(0, 0.1 * bh)
+                bw, bh = bw * rng.uniform(0.7, 1.3), bh * rng.uniform(0.7, 1.3)
+                if rng.random() < 0.2:
+                    cat = CATEGORY_IDS[rng.integers(len(CATEGORY_IDS))]
+            else:
+                bw, bh = rng.uniform(4, w / 2), rng.uniform(4, h / 2)
+                x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+                cat = CATEGORY_IDS[rng.integers(len(CATEGORY_IDS))]
+            rows.append((img, int(cat), [float(x), float(y), float(bw), float(bh)], float(rng.uniform(0.01, 1.0))))
+    return rows
+
+
+def evaluate(ann_file: str, rows, image_ids=IMAGE_IDS, backend="faster_coco_eval", category_ids=CATEGORY_IDS):
+    evaluator = CocoEvaluator(ann_file, category_ids, backend=backend)
+    detections = detections_from_xywh(rows, image_ids)
+    # Two updates, to exercise accumulation across validation steps.
+    evaluator.update(detections[:2], torch.tensor(image_ids[:2]))
+    evaluator.update(detections[2:], torch.tensor(image_ids[2:]))
+    return evaluator.compute()
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_perfect_predictions_score_one(ann_file, backend):
+    result = evaluate(ann_file, perfect_rows(), backend=backend)
+    for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR10", "AR100", "ARs", "ARm", "ARl"):
+        assert result["metrics"][name] == pytest.approx(1.0, abs=TOL), name
+    # One detection per image and class: image 3's second cat is out of reach, cat recall is 3 of 4.
+    assert result["metrics"]["AR1"] == pytest.approx((3 / 4 + 1 + 1) / 3, abs=TOL)
+    assert result["per_class_AP"] == pytest.approx({"cat": 1.0, "dog": 1.0, "bird": 1.0}, abs=TOL)
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_shifted_box_matches_pycocotools(ann_file, backend):
+    rows = perfect_rows()
+    img, cat, (x, y, w, h), score = rows[0]
+    rows[0] = (img, cat, [x + 0.17 * w, y - 0.05 * h, w, h], score)  # IoU ~0.68: a hit below IoU 0.7 only
+    reference = reference_eval(ann_file, rows)
+    result = evaluate(ann_file, rows, backend=backend)
+    assert result["metrics"] == pytest.approx(metric_dict(reference.stats), abs=TOL)
+    assert result["metrics"]["AP"] < 0.99
+
+
+def test_backends_agree_on_random_predictions(ann_file):
+    rows = random_rows()
+    assert len(rows) >= 300
+    fast = evaluate(ann_file, rows, backend="faster_coco_eval")
+    slow = evaluate(ann_file, rows, backend="pycocotools")
+    reference = reference_eval(ann_file, rows)
+    assert slow["metrics"] == metric_dict(reference.stats)  # the same computation: bit for bit
+    assert fast["metrics"] == pytest.approx(slow["metrics"], abs=TOL)
+    assert fast["per_class_AP"] == pytest.approx(slow["per_class_AP"], abs=TOL)
+    assert 0.05 < fast["metrics"]["AP"] < 0.95  # a non-trivial set: the comparison means something
+
+
+def test_per_class_ap_from_precision_array(ann_file):
+    rows = random_rows(seed=1)
+    reference = reference_eval(ann_file, rows)
+    precision = reference.eval["precision"]  # [T, R, K, A, M], K in sorted category-id order
+    expected = {}
+    for k, cat in enumerate(sorted(CATEGORY_IDS)):
+        p = precision[:, :, k, 0, -1]
+        if (p > -1).any():
+            expected[next(c["name"] for c in CATEGORIES if c["id"] == cat)] = float(p[p > -1].mean())
+    result = evaluate(ann_file, rows)
+    assert "fish" not in result["per_class_AP"]  # no ground truth: left out, documented
+    assert result["per_class_AP"] == pytest.approx(expected, abs=TOL)
+    assert list(result["per_class_AP"]) == ["cat", "dog", "bird"]  # label order
+    assert np.mean(list(result["per_class_AP"].values())) == pytest.approx(result["metrics"]["AP"], abs=TOL)
+
+
+def test_only_seen_images_and_own_categories_are_scored(ann_file):
+    rows = random_rows(seed=2)
+    seen = [3, 57]
+    # A model of two classes, listed out of id order: label 0 is "dog" (id 5), label 1 is "cat" (id 1).
+    evaluator = CocoEvaluator(ann_file, [5, 1])
+    mine = [r for r in rows if r[0] in seen and r[1] in (1, 5)]
+    detections = detections_from_xywh(mine, seen)
+    for d in detections:
+        d.labels = torch.tensor([1 if CATEGORY_IDS[label] == 1 else 0 for label in d.labels.tolist()])
+    evaluator.update(detections, torch.tensor(seen))
+    result = evaluator.compute()
+    reference = reference_eval(ann_file, mine, img_ids=seen, cat_ids=[1, 5])
+    assert result["metrics"] == pytest.approx(metric_dict(reference.stats), abs=TOL)
+    assert list(result["per_class_AP"]) == ["dog", "cat"]
+    everything = reference_eval(ann_file, mine)
+    assert everything.stats[0] != pytest.approx(reference.stats[0])  # the restriction changes the number
+
+
+def test_predictions_on_resized_inputs_map_back(ann_file):
+    """Boxes predicted in input pixels (stretch resize plus letterbox offsets) and mapped back score AP 1."""
+    objects = {img: [o for o in OBJECTS if o[0] == img and not o[3]] for img in IMAGE_IDS}
+    max_objects = max(len(v) for v in objects.values())
+    sizes = {i: (w, h) for i, w, h in IMAGES}
+    scales = torch.tensor([[128 / sizes[i][0], 96 / sizes[i][1]] for i in IMAGE_IDS])  # (sx, sy)
+    offsets = torch.tensor([[4.0, 2.0], [0.0, 16.0], [10.0, 0.0], [0.0, 0.0], [3.0, 7.0]])  # (ox, oy)
+    boxes_in = torch.zeros(len(IMAGE_IDS), max_objects, 4)
+    for b, img in enumerate(IMAGE_IDS):
+        for j, (_, _, box, _) in enumerate(objects[img]):
+            xyxy = box_convert(torch.tensor(box), "xywh", "xyxy")
+            boxes_in[b, j] = xyxy * scales[b].repeat(2) + offsets[b].repeat(2)  # input = original * s + o
+    boxes_orig = boxes_to_original(boxes_in, scales, offsets)
+    detections = [
+        Detections(
+            boxes=boxes_orig[b, : len(objects[img])],
+            scores=torch.full((len(objects[img]),), 0.9),
+            labels=torch.tensor([CATEGORY_IDS.index(o[1]) for o in objects[img]], dtype=torch.int64),
+        )
+        for b, img in enumerate(IMAGE_IDS)
+    ]
+    evaluator = CocoEvaluator(ann_file, CATEGORY_IDS)
+    evaluator.update(detections, torch.tensor(IMAGE_IDS))
+    metrics = evaluator.compute()["metrics"]
+    assert metrics["AP"] == pytest.approx(1.0, abs=TOL)
+    assert metrics["AP75"] == pytest.approx(1.0, abs=TOL)
+    # The same boxes left in input pixels score far lower: the test sees a wrong map.
+    evaluator.reset()
+    evaluator.update([Detections(boxes_in[b, : len(d.scores)], d.scores, d.labels) for b, d in enumerate(detections)],
+                     torch.tensor(IMAGE_IDS))
+    assert evaluator.compute()["metrics"]["AP"] < 0.5
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_no_detections_give_cocoeval_zeros(ann_file, backend, tmp_path):
+    empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    evaluator = CocoEvaluator(ann_file, CATEGORY_IDS, backend=backend)
+    evaluator.update([empty] * len(IMAGE_IDS), torch.tensor(IMAGE_IDS))
+    result = evaluator.compute()
+    # Every range has ground truth here (small, medium and large objects): COCOeval's answer is 0 throughout.
+    assert result["metrics"] == {name: 0.0 for name in METRIC_NAMES}
+    assert result["per_class_AP"] == {"cat": 0.0, "dog": 0.0, "bird": 0.0}
+    results_file = tmp_path / "empty.json"
+    results_file.write_text("[]")
+    assert evaluate_results_file(ann_file, str(results_file), backend=backend) == result
+
+
+def test_no_detections_on_images_without_small_objects(ann_file):
+    """Where a range has no ground truth COCO reports -1, as pycocotools does for these images."""
+    empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    evaluator = CocoEvaluator(ann_file, CATEGORY_IDS)
+    evaluator.update([empty, empty], torch.tensor([11, 42]))
+    metrics = evaluator.compute()["metrics"]
+    reference = reference_eval(ann_file, [(11, 12, [0.0, 0.0, 1.0, 1.0], 0.5)], img_ids=[11, 42])  # fish: no gt
+    assert metrics == metric_dict(reference.stats)
+    assert metrics["APs"] == -1.0 and metrics["AP"] == 0.0
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_results_file_matches_evaluator(ann_file, backend, tmp_path):
+    rows = random_rows(seed=3)
+    results_file = tmp_path / "detections.json"
+    results_file.write_text(json.dumps(as_results(rows)))
+    from_file = evaluate_results_file(ann_file, str(results_file), backend=backend)
+    from_evaluator = evaluate(ann_file, rows, backend=backend)
+    assert from_file["metrics"] == pytest.approx(from_evaluator["metrics"], abs=TOL)
+    assert from_file["per_class_AP"] == pytest.approx(from_evaluator["per_class_AP"], abs=TOL)
+    assert from_file["metrics"] == pytest.approx(metric_dict(reference_eval(ann_file, rows).stats), abs=TOL)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not a valid JSON"),
+        ('{"image_id": 3}', "JSON list"),
+        ('[{"image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5]}]', "lacks ['score']"),
+        ('[{"image_id": 4, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}]', "image_id 4"),
+        ('[{"image_id": 3, "category_id": 2, "bbox": [0, 0, 5, 5], "score": 0.5}]', "category_id 2"),
+        ('[{"image_id": 3, "category_id": 1, "bbox": [0, 0, 5], "score": 0.5}]', "bbox 4 numbers"),
+    ],
+)
+def test_bad_results_file_names_the_file(ann_file, tmp_path, content, message):
+    results_file = tmp_path / "bad_results.json"
+    results_file.write_text(content)
+    with pytest.raises(ValueError) as err:
+        evaluate_results_file(ann_file, str(results_file))
+    assert str(results_file) in str(err.value) and message in str(err.value)
+
+
+def test_bad_inputs_are_named(ann_file, tmp_path):
+    with pytest.raises(ValueError, match="faster_coco_eval.*pycocotools"):
+        CocoEvaluator(ann_file, CATEGORY_IDS, backend="detectron2")
+    with pytest.raises(ValueError, match=r"category ids \[2\] are not categories of .*instances_val.json"):
+        CocoEvaluator(ann_file, [1, 2])
+    with pytest.raises(ValueError, match="2 class_names for 4 category_ids"):
+        CocoEvaluator(ann_file, CATEGORY_IDS, class_names=["a", "b"])
+    bad_ann = tmp_path / "not_coco.json"
+    bad_ann.write_text('{"images": []}')
+    with pytest.raises(ValueError, match=f"{bad_ann}.*annotations, categories"):
+        CocoEvaluator(str(bad_ann), [1])
+    evaluator = CocoEvaluator(ann_file, CATEGORY_IDS)
+    one = Detections(torch.tensor([[0.0, 0.0, 5.0, 5.0]]), torch.tensor([0.5]), torch.tensor([4]))
+    with pytest.raises(ValueError, match=r"image ids \[99\] are not images of .*instances_val.json"):
+        evaluator.update([one], torch.tensor([99]))
+    with pytest.raises(ValueError, match=r"labels \[4\] \(images \[3\]\) are outside 0..3"):
+        evaluator.update([one], torch.tensor([3]))
+    with pytest.raises(ValueError, match="2 Detections for 1 image ids"):
+        evaluator.update([one, one], torch.tensor([3]))
+    with pytest.raises(RuntimeError, match="before any update"):
+        evaluator.compute()
+
+
+def test_repeated_image_keeps_its_first_copy(ann_file):
+    rows = random_rows(seed=4)
+    evaluator = CocoEvaluator(ann_file, CATEGORY_IDS)
+    detections = detections_from_xywh(rows, IMAGE_IDS)
+    evaluator.update(detections, torch.tensor(IMAGE_IDS))
+    shifted = Detections(detections[0].boxes + 7.0, detections[0].scores, detections[0].labels)
+    evaluator.update([shifted], torch.tensor([IMAGE_IDS[0]]))  # image 3 again, as a padded sampler repeats it
+    result = evaluator.compute()
+    assert result["metrics"] == pytest.approx(metric_dict(reference_eval(ann_file, rows).stats), abs=TOL)
+
+
+def test_compute_is_quiet_and_reset_clears(ann_file, capsys):
+    evaluator = CocoEvaluator(ann_file, CATEGORY_IDS, backend="pycocotools")
+    evaluator.update(detections_from_xywh(perfect_rows(), IMAGE_IDS), torch.tensor(IMAGE_IDS))
+    assert evaluator.compute()["metrics"]["AP"] == pytest.approx(1.0, abs=TOL)
+    evaluator.reset()
+    evaluator.update(detections_from_xywh(random_rows(seed=5), IMAGE_IDS), torch.tensor(IMAGE_IDS))
+    assert evaluator.compute()["metrics"]["AP"] < 0.9
+    assert capsys.readouterr().out == ""
+
+
+def test_format_table_is_aligned(ann_file):
+    result = evaluate(ann_file, random_rows(seed=6))
+    result["metrics"]["APs"] = -1.0
+    table = format_table(result)
+    lines = table.splitlines()
+    metric_lines = [line for line in lines if "@[ IoU=" in line and "maxDets" in line][:12]
+    assert [line.split()[0] for line in metric_lines] == list(METRIC_NAMES)
+    assert len({line.index("=", line.index("]")) for line in metric_lines}) == 1  # values in one column
+    assert f"{result['metrics']['AP']:.3f}" in metric_lines[0]
+    assert "n/a" in metric_lines[3] and "maxDets=  1" in metric_lines[6]
+    for name, ap in result["per_class_AP"].items():
+        assert any(line.split() == [name, f"{ap:.3f}"] for line in lines)
+
+
+# ---- DDP: a real two-process gloo group ----------------------------------------------------------------
+
+
+def _ddp_worker(rank: int, world_size: int, init_file: str, ann_file: str, shards: list[list[int]], out_dir: str):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        evaluator = CocoEvaluator(ann_file, CATEGORY_IDS)
+        ids = shards[rank]
+        evaluator.update(detections_from_xywh(random_rows(), ids), torch.tensor(ids))
+        result = evaluator.compute()
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_ddp_gathers_once_and_drops_padding_duplicates(ann_file, tmp_path):
+    # As a DistributedSampler pads 5 images to 6: rank 1 ends with image 3 again.
+    shards = [[3, 7, 11], [42, 57, 3]]
+    mp.spawn(
+        _ddp_worker,
+        args=(2, str(tmp_path / "dist_init"), ann_file, shards, str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    single = evaluate(ann_file, random_rows())
+    for rank in range(2):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["metrics"] == pytest.approx(single["metrics"], abs=TOL)
+        assert result["per_class_AP"] == pytest.approx(single["per_class_AP"], abs=TOL)
+    # Keeping the duplicate would have changed the numbers: the assertion above can fail.
+    with_duplicate = random_rows() + [r for r in random_rows() if r[0] == 3]
+    assert reference_eval(ann_file, with_duplicate).stats[0] != pytest.approx(single["metrics"]["AP"], abs=1e-6)
