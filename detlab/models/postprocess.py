@@ -1,0 +1,127 @@
+"""From dense head outputs to detections in original image pixels, for the whole batch at once.
+
+Score, threshold and top-k per level, decode, clip to the image content, class-aware NMS over the batch in
+one call, the best ``max_per_image`` per image, back to original pixels; only then split per image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import nms
+
+from detlab.models.box_coder import DeltaXYWHBoxCoder
+from detlab.structures import Batch, Detections, HeadOutput, Priors, boxes_to_original
+
+
+class DensePostProcess(nn.Module):
+    """RetinaNet's inference: per level the ``topk_per_level`` best (prior, class) pairs above
+    ``score_thresh``, class-aware NMS at ``nms_iou``, then the ``max_per_image`` best.
+
+    softmax: scores are a softmax over C = K + 1 outputs whose column 0 is background (softmax losses);
+             otherwise a sigmoid per class over C = K outputs.
+    """
+
+    def __init__(
+        self,
+        box_coder: DeltaXYWHBoxCoder,
+        score_thresh: float = 0.05,
+        topk_per_level: int = 1000,
+        nms_iou: float = 0.5,
+        max_per_image: int = 100,
+        softmax: bool = False,
+    ):
+        super().__init__()
+        if topk_per_level < 1 or max_per_image < 1:
+            raise ValueError(
+                "postprocess.topk_per_level and postprocess.max_per_image must be >= 1, "
+                f"got {topk_per_level}, {max_per_image}"
+            )
+        self.box_coder = box_coder
+        self.score_thresh = score_thresh
+        self.topk_per_level = topk_per_level
+        self.nms_iou = nms_iou
+        self.max_per_image = max_per_image
+        self.softmax = softmax
+
+    @torch.no_grad()
+    def forward(self, outputs: HeadOutput, priors: Priors, batch: Batch) -> list[Detections]:
+        """One ``Detections`` per image: boxes [N, 4] xyxy in original pixels, scores [N], labels [N] (0..K-1),
+        sorted by decreasing score."""
+        _check_inputs(outputs, priors)
+        scores, prior_index, labels = self._top_candidates(outputs, priors)  # [B, T] each
+        boxes = self._decode(outputs.box_reg, priors.boxes, prior_index, batch.image_sizes)  # [B, T, 4]
+
+        candidate = scores > self.score_thresh  # [B, T]
+        image_index = torch.arange(len(scores), device=scores.device)[:, None].expand_as(scores)[candidate]
+        boxes, scores, labels = boxes[candidate], scores[candidate], labels[candidate]
+        keep = _class_aware_nms(boxes, scores, image_index * self._num_classes(outputs) + labels, self.nms_iou)
+        # nms returns decreasing scores; a stable sort by image groups them and keeps that order inside.
+        keep = keep[torch.sort(image_index[keep], stable=True).indices]
+        counts = torch.bincount(image_index[keep], minlength=len(batch))  # [B]
+        rank = torch.arange(len(keep), device=keep.device) - (counts.cumsum(0) - counts)[image_index[keep]]
+        keep = keep[rank < self.max_per_image]
+
+        image_index = image_index[keep]
+        boxes = boxes_to_original(boxes[keep][:, None], batch.scales[image_index], batch.offsets[image_index])[:, 0]
+        counts = counts.clamp(max=self.max_per_image).tolist()
+        return [
+            Detections(boxes=image_boxes, scores=image_scores, labels=image_labels)
+            for image_boxes, image_scores, image_labels in zip(
+                boxes.split(counts), scores[keep].split(counts), labels[keep].split(counts)
+            )
+        ]
+
+    def _num_classes(self, outputs: HeadOutput) -> int:
+        return outputs.cls_logits.shape[-1] - (1 if self.softmax else 0)
+
+    def _top_candidates(self, outputs: HeadOutput, priors: Priors) -> tuple[Tensor, Tensor, Tensor]:
+        """Scores, prior indices and labels [B, T] of each level's top-k (prior, class) pairs, T = sum of k."""
+        logits = outputs.cls_logits.float()
+        scores = logits.softmax(dim=-1)[..., 1:] if self.softmax else logits.sigmoid()  # [B, A, K]
+        num_classes = scores.shape[-1]
+        top_scores, top_index, start = [], [], 0
+        # A loop over the (few) pyramid levels, not over images: each level's top-k is one batched call.
+        for size in priors.level_sizes:
+            level = scores[:, start : start + size].reshape(len(scores), size * num_classes)
+            values, index = level.topk(min(self.topk_per_level, level.shape[1]), dim=1)
+            top_scores.append(values)
+            top_index.append(index + start * num_classes)
+            start += size
+        flat_index = torch.cat(top_index, dim=1)
+        return torch.cat(top_scores, dim=1), flat_index // num_classes, flat_index % num_classes
+
+    def _decode(self, box_reg: Tensor, prior_boxes: Tensor, prior_index: Tensor, image_sizes: Tensor) -> Tensor:
+        """Boxes [B, T, 4] decoded at prior_index [B, T] and clipped to each image's content (h, w) [B, 2]."""
+        deltas = box_reg.gather(1, prior_index[..., None].expand(-1, -1, 4))
+        boxes = self.box_coder.decode(deltas, prior_boxes[prior_index])
+        height, width = image_sizes.to(boxes)[:, None, :].unbind(-1)  # [B, 1] each
+        upper = torch.stack((width, height, width, height), dim=-1)  # [B, 1, 4]
+        return torch.minimum(boxes.clamp(min=0), upper)
+
+
+def _class_aware_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """Indices kept by NMS within each group [N] (image * C + label), by decreasing score, in one NMS call.
+
+    As torchvision's batched_nms, every group is shifted to its own region so that groups never overlap.
+    We shift in float64 and call nms once ourselves: over many groups (images x classes) float32 offsets
+    lose sub-pixel precision, and batched_nms would fall back to a Python loop over the groups above a
+    few thousand boxes.
+    """
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    boxes64 = boxes.double()
+    offsets = groups.double() * (boxes64.max() + 1)
+    return nms(boxes64 + offsets[:, None], scores.double(), iou_threshold)
+
+
+def _check_inputs(outputs: HeadOutput, priors: Priors) -> None:
+    """Shapes the post-processing relies on, checked up front so that a mismatch names the field."""
+    num_priors = outputs.cls_logits.shape[1] if outputs.cls_logits.dim() == 3 else -1
+    if num_priors != len(priors) or tuple(outputs.box_reg.shape) != (outputs.cls_logits.shape[0], num_priors, 4):
+        raise ValueError(
+            f"postprocess expects HeadOutput.cls_logits [B, A, C] and box_reg [B, A, 4] with A = len(priors) = "
+            f"{len(priors)}; got {list(outputs.cls_logits.shape)} and {list(outputs.box_reg.shape)}"
+        )
+    if sum(priors.level_sizes) != len(priors):
+        raise ValueError(f"Priors.level_sizes {priors.level_sizes} must sum to the number of priors {len(priors)}")

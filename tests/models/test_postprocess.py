@@ -1,0 +1,121 @@
+"""DensePostProcess against a straightforward per-image reference built from torchvision ops."""
+
+import pytest
+import torch
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import batched_nms, clip_boxes_to_image
+
+from detlab.models.box_coder import DeltaXYWHBoxCoder
+from detlab.models.postprocess import DensePostProcess
+from detlab.structures import Batch, HeadOutput, Priors
+
+LEVEL_SIZES = (96, 24, 6)
+
+
+def make_case(num_classes: int, seed: int = 0, num_images: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    num_priors = sum(LEVEL_SIZES)
+    xy = torch.rand(num_priors, 2, generator=g) * 60
+    prior_boxes = torch.cat([xy, xy + torch.rand(num_priors, 2, generator=g) * 30 + 4], dim=1)
+    priors = Priors(prior_boxes, torch.full((num_priors,), 8), LEVEL_SIZES)
+    outputs = HeadOutput(
+        cls_logits=torch.randn(num_images, num_priors, num_classes, generator=g) * 2 - 1,
+        box_reg=torch.randn(num_images, num_priors, 4, generator=g) * 0.2,
+    )
+    batch = Batch(
+        images=torch.zeros(num_images, 3, 80, 80),
+        gt_boxes=torch.zeros(num_images, 1, 4),
+        gt_labels=torch.zeros(num_images, 1, dtype=torch.int64),
+        gt_valid=torch.zeros(num_images, 1, dtype=torch.bool),
+        image_sizes=torch.tensor([[80, 80], [60, 70], [50, 80]])[:num_images],  # (h, w): clipping matters
+        image_ids=torch.arange(num_images),
+        orig_sizes=torch.full((num_images, 2), 160),
+        scales=torch.rand(num_images, 2, generator=g) + 0.5,
+        offsets=torch.rand(num_images, 2, generator=g) * 4,
+    )
+    return outputs, priors, batch
+
+
+def reference(outputs, priors, batch, thresh, topk, nms_iou, max_det, softmax):
+    """torchvision RetinaNet's postprocess_detections, one image at a time."""
+    coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+    results = []
+    for i in range(len(batch)):
+        logits = outputs.cls_logits[i]
+        scores_all = logits.softmax(-1)[:, 1:] if softmax else logits.sigmoid()
+        num_classes = scores_all.shape[1]
+        boxes, scores, labels, start = [], [], [], 0
+        for size in priors.level_sizes:
+            level_scores = scores_all[start : start + size].flatten()
+            keep = torch.where(level_scores > thresh)[0]
+            values, order = level_scores[keep].topk(min(topk, len(keep)))
+            index = keep[order]
+            prior_index = index // num_classes + start
+            decoded = coder.decode_single(outputs.box_reg[i, prior_index], priors.boxes[prior_index])
+            boxes.append(clip_boxes_to_image(decoded, tuple(batch.image_sizes[i].tolist())))
+            scores.append(values)
+            labels.append(index % num_classes)
+            start += size
+        boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+        keep = batched_nms(boxes, scores, labels, nms_iou)[:max_det]
+        offset, scale = batch.offsets[i].repeat(2), batch.scales[i].repeat(2)
+        results.append(((boxes[keep] - offset) / scale, scores[keep], labels[keep]))
+    return results
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_matches_per_image_reference(softmax):
+    outputs, priors, batch = make_case(num_classes=4 if softmax else 3, seed=int(softmax))
+    settings = dict(thresh=0.3 if softmax else 0.4, topk=30, nms_iou=0.5, max_det=12, softmax=softmax)
+    post = DensePostProcess(
+        DeltaXYWHBoxCoder(),
+        score_thresh=settings["thresh"],
+        topk_per_level=settings["topk"],
+        nms_iou=settings["nms_iou"],
+        max_per_image=settings["max_det"],
+        softmax=softmax,
+    )
+    detections = post(outputs, priors, batch)
+    expected = reference(outputs, priors, batch, **settings)
+    assert len(detections) == len(batch)
+    for i, (det, (boxes, scores, labels)) in enumerate(zip(detections, expected)):
+        torch.testing.assert_close(det.boxes, boxes, msg=f"image {i}")
+        torch.testing.assert_close(det.scores, scores, msg=f"image {i}")
+        assert torch.equal(det.labels, labels), f"image {i}"
+    counts = [len(d.scores) for d in detections]
+    assert max(counts) == settings["max_det"] and min(counts) > 0  # the cap and the NMS both did something
+
+
+def test_images_never_suppress_each_other():
+    outputs, priors, batch = make_case(num_classes=3, seed=2, num_images=2)
+    outputs.cls_logits[1] = outputs.cls_logits[0]
+    outputs.box_reg[1] = outputs.box_reg[0]
+    batch.image_sizes[1], batch.scales[1], batch.offsets[1] = batch.image_sizes[0], batch.scales[0], batch.offsets[0]
+    first, second = DensePostProcess(DeltaXYWHBoxCoder(), max_per_image=1000)(outputs, priors, batch)
+    assert len(first.scores) > 5
+    torch.testing.assert_close(first.boxes, second.boxes)
+    torch.testing.assert_close(first.scores, second.scores)
+
+
+def test_image_with_nothing_above_threshold():
+    outputs, priors, batch = make_case(num_classes=3, seed=3)
+    outputs.cls_logits[1] = -10.0  # sigmoid(-10) = 4.5e-5 < 0.05
+    detections = DensePostProcess(DeltaXYWHBoxCoder())(outputs, priors, batch)
+    empty = detections[1]
+    assert empty.boxes.shape == (0, 4) and empty.boxes.dtype == torch.float32
+    assert empty.scores.shape == (0,) and empty.scores.dtype == torch.float32
+    assert empty.labels.shape == (0,) and empty.labels.dtype == torch.int64
+    assert len(detections[0].scores) > 0 and len(detections[2].scores) > 0
+    outputs.cls_logits[:] = -10.0  # and a whole batch with nothing
+    detections = DensePostProcess(DeltaXYWHBoxCoder())(outputs, priors, batch)
+    assert all(len(d.scores) == 0 and d.boxes.shape == (0, 4) for d in detections)
+
+
+def test_mismatched_priors_name_the_field():
+    outputs, priors, batch = make_case(num_classes=3)
+    short = Priors(priors.boxes[:-1], priors.strides[:-1], (95, 24, 6))
+    with pytest.raises(ValueError, match="len\\(priors\\)"):
+        DensePostProcess(DeltaXYWHBoxCoder())(outputs, short, batch)
+    wrong_levels = Priors(priors.boxes, priors.strides, (96, 24))
+    with pytest.raises(ValueError, match="level_sizes"):
+        DensePostProcess(DeltaXYWHBoxCoder())(outputs, wrong_levels, batch)
