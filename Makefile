@@ -1,0 +1,33 @@
+# Every target installs into .venv first if needed (torch from this machine's disk, then detlab itself).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.detlab-installed
+ARGS   ?=
+# Real-data test tier: ../shared/data when it is there, or whatever DETLAB_REAL_DATA names.
+DETLAB_REAL_DATA ?= $(wildcard $(abspath ../shared/data))
+export DETLAB_REAL_DATA
+PYTEST_MARKS := $(if $(DETLAB_REAL_DATA),not slow,not slow and not realdata)
+
+.PHONY: install train test test-slow clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/detlab-train $(ARGS)
+
+test: $(STAMP)
+	@test -n "$(DETLAB_REAL_DATA)" || echo "note: DETLAB_REAL_DATA is not set and ../shared/data is absent: the real-data tier is left out"
+	$(PY) -m pytest -m "$(PYTEST_MARKS)" $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow $(ARGS)
+
+clean:
+	rm -rf runs multirun wandb .pytest_cache

@@ -1,0 +1,85 @@
+"""detlab-eval: score a trained detector, or any COCO results file, with detlab's COCO evaluator.
+
+    detlab-eval run runs/2026-11-25/10-00-00                       # last checkpoint, its own val split
+    detlab-eval run runs/.../checkpoints/best.ckpt data.val.ann_file=... data.val.img_dir=...
+    detlab-eval results --ann instances_val2017.json --results detections.json [--backend pycocotools]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from detlab.evaluation.backends import BACKENDS
+from detlab.evaluation.coco_evaluator import evaluate_results_file, format_table
+from detlab.module import DetectionModule
+
+
+def evaluate_checkpoint(checkpoint: Path, overrides: list[str], backend: str | None = None) -> dict[str, Any]:
+    """Rebuild the run from the config saved in the checkpoint (plus overrides) and score its val split."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
+    cfg = OmegaConf.merge(OmegaConf.create(saved["cfg"]), OmegaConf.from_dotlist(overrides))
+    if backend:
+        cfg.eval.backend = backend
+    datamodule = instantiate(cfg.data)
+    if list(datamodule.category_ids) != list(saved["category_ids"]):
+        raise ValueError(
+            f"the dataset's categories {list(datamodule.class_names)} (ids {list(datamodule.category_ids)}) are not "
+            f"the ones {checkpoint} was trained on: {saved['class_names']} (ids {saved['category_ids']})"
+        )
+    module = DetectionModule.load_from_checkpoint(
+        str(checkpoint),
+        map_location="cpu",
+        cfg=OmegaConf.to_container(cfg, resolve=True),
+        val_ann_file=str(datamodule.ann_file("val")),
+    )
+    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    return module.last_eval
+
+
+def _checkpoint_of(path: Path) -> Path:
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (give a run directory or a .ckpt file)")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="detlab-eval", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="score a checkpoint (or a run directory's last.ckpt) on its val split")
+    run.add_argument("path", type=Path)
+    run.add_argument("overrides", nargs="*", help="config overrides, e.g. data.val.ann_file=...")
+    run.add_argument("--backend", choices=BACKENDS)
+    run.add_argument("--output", type=Path, help="write the result as JSON here")
+    res = commands.add_parser("results", help="score a COCO results json against a COCO annotation file")
+    res.add_argument("--ann", type=Path, required=True)
+    res.add_argument("--results", type=Path, required=True)
+    res.add_argument("--backend", choices=BACKENDS, default="faster_coco_eval")
+    res.add_argument("--output", type=Path, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            result = evaluate_checkpoint(_checkpoint_of(args.path), args.overrides, args.backend)
+        else:
+            result = evaluate_results_file(str(args.ann), str(args.results), backend=args.backend)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"detlab-eval: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(format_table(result))
+    if args.output:
+        args.output.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

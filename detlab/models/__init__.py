@@ -1,0 +1,1 @@
+"""Detector parts: backbones, necks, heads, priors, box coding, assignment, post-processing, builders."""

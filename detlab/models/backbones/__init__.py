@@ -1,0 +1,1 @@
+"""Backbones: forward(images) -> feature maps by increasing stride, with out_channels and strides."""

@@ -1,0 +1,1 @@
+"""Dense heads: forward(levels) -> HeadOutput with per-prior tensors concatenated over levels."""

@@ -1,0 +1,72 @@
+"""RetinaNet head: classification and box towers shared across pyramid levels."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from detlab.structures import HeadOutput
+
+
+def _tower(in_channels: int, width: int, depth: int, norm: str | None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers.append(nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1))
+        if norm == "gn":
+            layers.append(nn.GroupNorm(min(32, width), width))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def flatten_levels(maps: list[Tensor], num_anchors: int) -> Tensor:
+    """[B, A_loc * D, H, W] per level -> [B, sum(H * W * A_loc), D], ordered level, y, x, anchor."""
+    flat = []
+    for x in maps:
+        b, _, h, w = x.shape
+        flat.append(x.view(b, num_anchors, -1, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * num_anchors, -1))
+    return torch.cat(flat, dim=1)
+
+
+class RetinaNetHead(nn.Module):
+    """Towers of `depth` 3x3 convs of `width` channels, then per-anchor class logits and box deltas.
+
+    num_classes: the number of classification outputs C the loss asks for (K sigmoid, K + 1 softmax).
+    prior_prob:  the classification bias makes every output start at probability pi (focal loss paper,
+                 section 3.3): without it the many background anchors swamp the first iterations.
+    norm:        None (the paper) or "gn" (GroupNorm in the towers).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        width: int = 256,
+        depth: int = 4,
+        prior_prob: float = 0.01,
+        norm: str | None = None,
+    ) -> None:
+        super().__init__()
+        if norm not in (None, "gn"):
+            raise ValueError(f"model.head.norm={norm!r}; use null or gn")
+        if not 0 < prior_prob < 1:
+            raise ValueError(f"model.head.prior_prob={prior_prob} must be in (0, 1)")
+        self.num_anchors = num_anchors
+        self.num_classes = num_classes
+        self.cls_tower = _tower(in_channels, width, depth, norm)
+        self.box_tower = _tower(in_channels, width, depth, norm)
+        self.cls_out = nn.Conv2d(width if depth else in_channels, num_anchors * num_classes, 3, padding=1)
+        self.box_out = nn.Conv2d(width if depth else in_channels, num_anchors * 4, 3, padding=1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+        nn.init.constant_(self.cls_out.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(self, levels: list[Tensor]) -> HeadOutput:
+        """levels: pyramid maps [B, in_channels, H_l, W_l] -> cls_logits [B, A, C], box_reg [B, A, 4]."""
+        cls = [self.cls_out(self.cls_tower(x)) for x in levels]
+        box = [self.box_out(self.box_tower(x)) for x in levels]
+        return HeadOutput(cls_logits=flatten_levels(cls, self.num_anchors), box_reg=flatten_levels(box, self.num_anchors))

@@ -1,0 +1,1 @@
+"""Necks: forward(features) -> pyramid levels, lowest stride first, with out_channels and strides."""

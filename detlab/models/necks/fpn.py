@@ -1,0 +1,63 @@
+"""Feature pyramid network (Lin et al. 2017): lateral 1x1 + top-down + 3x3 outputs, then extra levels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EXTRA_SOURCES = ("c5", "p5", "maxpool")
+
+
+class FPN(nn.Module):
+    """Pyramid levels of `out_channels` over the backbone's features, lowest stride first.
+
+    num_extra_levels: stride-2 levels added on top (RetinaNet: 2, P6 and P7; Faster R-CNN: 1, P6).
+    extra_source:     "c5" (P6 = conv(C5), P7 = conv(relu(P6)), as RetinaNet), "p5" (the same from P5, as
+                      torchvision's v2 models and FCOS) or "maxpool" (P6 = max-pool of P5, as Faster R-CNN).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        in_strides: Sequence[int],
+        out_channels: int = 256,
+        num_extra_levels: int = 2,
+        extra_source: str = "c5",
+    ) -> None:
+        super().__init__()
+        if extra_source not in EXTRA_SOURCES:
+            raise ValueError(f"model.neck.extra_source={extra_source!r}; use one of {EXTRA_SOURCES}")
+        if len(in_channels) != len(in_strides):
+            raise ValueError(f"FPN got {len(in_channels)} input channel counts but {len(in_strides)} strides")
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
+        self.extra_source = extra_source
+        extra_in = in_channels[-1] if extra_source == "c5" else out_channels
+        self.extra = nn.ModuleList()
+        if extra_source != "maxpool":
+            for i in range(num_extra_levels):
+                self.extra.append(nn.Conv2d(extra_in if i == 0 else out_channels, out_channels, 3, stride=2, padding=1))
+        self.num_extra_levels = num_extra_levels
+        self.out_channels = out_channels
+        self.strides = tuple(in_strides) + tuple(in_strides[-1] * 2 ** (i + 1) for i in range(num_extra_levels))
+        for conv in [*self.lateral, *self.output, *self.extra]:
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        """features: backbone maps lowest stride first -> pyramid levels [B, out_channels, H_l, W_l]."""
+        laterals = [conv(f) for conv, f in zip(self.lateral, features)]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+        levels = [conv(x) for conv, x in zip(self.output, laterals)]
+        if self.extra_source == "maxpool":
+            for _ in range(self.num_extra_levels):
+                levels.append(F.max_pool2d(levels[-1], kernel_size=1, stride=2))
+            return levels
+        x = features[-1] if self.extra_source == "c5" else levels[-1]
+        for i, conv in enumerate(self.extra):
+            x = conv(x if i == 0 else F.relu(x))
+            levels.append(x)
+        return levels

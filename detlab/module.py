@@ -1,0 +1,135 @@
+"""DetectionModule: the LightningModule that wires model, assigner, loss and post-processing.
+
+The whole training step is four lines: forward, assign, loss, sum. Evaluation runs the post-processing and
+feeds the COCO evaluator, which scores against the dataset's own annotation file with original image ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from detlab.evaluation.coco_evaluator import CocoEvaluator
+from detlab.structures import Batch
+
+
+class DetectionModule(pl.LightningModule):
+    """Trains and evaluates one detector.
+
+    cfg:          the run's resolved config (a plain dict, stored in the checkpoint so that a run is
+                  reloaded by composing its config again); uses cfg["model"], cfg["loss"], cfg["optim"],
+                  cfg["eval"].
+    num_classes:  K, the dataset's number of classes.
+    category_ids: label -> the annotation file's category id.
+    class_names:  label -> class name.
+    val_ann_file: the annotation file the validation split is scored against.
+    """
+
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        num_classes: int,
+        category_ids: list[int],
+        class_names: list[str],
+        val_ann_file: str,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        conf = OmegaConf.create(cfg)
+        parts = instantiate(conf.model, cls_loss=conf.loss, num_classes=num_classes)
+        self.model, self.assigner, self.criterion, self.postprocess = parts
+        self.optim_cfg: DictConfig = conf.optim
+        self.evaluator = CocoEvaluator(val_ann_file, category_ids, class_names, backend=conf.eval.backend)
+        self.last_eval: dict[str, Any] | None = None
+        self.last_eval_step = -1
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        moved = {f.name: getattr(batch, f.name).to(device, non_blocking=True) for f in dataclasses.fields(batch)}
+        return Batch(**moved)
+
+    def forward(self, batch: Batch):
+        """Detections of a batch (list of per-image Detections, boxes in original pixels)."""
+        outputs, priors = self.model(batch.images)
+        return self.postprocess(outputs, priors, batch)
+
+    def _losses(self, batch: Batch, outputs, priors) -> dict[str, torch.Tensor]:
+        matched_gt = self.assigner(outputs, priors, batch)
+        return self.criterion(outputs, priors, matched_gt, batch)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        outputs, priors = self.model(batch.images)
+        losses = self._losses(batch, outputs, priors)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss {({k: float(v) for k, v in losses.items()})} at step {self.global_step}; "
+                "lower optim.optimizer.lr or raise optim.scheduler.warmup_steps"
+            )
+        self.log_dict({f"train/loss_{k}": v for k, v in losses.items()}, batch_size=len(batch))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        outputs, priors = self.model(batch.images)
+        losses = self._losses(batch, outputs, priors)
+        self.log("val/loss", sum(losses.values()), batch_size=len(batch), sync_dist=True)
+        self.evaluator.update(self.postprocess(outputs, priors, batch), batch.image_ids)
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() gathers across ranks itself, so every rank logs the same numbers: no sync_dist needed.
+        self.last_eval = self.evaluator.compute()
+        self.last_eval_step = self.global_step
+        for name, value in self.last_eval["metrics"].items():
+            self.log(f"val/{name}", float(value), prog_bar=name == "AP50")
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                # Norm weights and biases are 1-d: decaying them only hurts (as in timm and detectron2).
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        optimizer = instantiate(self.optim_cfg.optimizer)(
+            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = lr_schedule(total_steps=total, **OmegaConf.to_container(self.optim_cfg.scheduler))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_schedule(
+    total_steps: int,
+    name: str = "cosine",
+    warmup_steps: int = 0,
+    warmup_factor: float = 0.001,
+    milestones: tuple[float, ...] = (0.67, 0.89),
+    gamma: float = 0.1,
+):
+    """Multiplier of the base lr at each step: linear warm-up from warmup_factor, then cosine or step decay.
+
+    milestones are fractions of total_steps (so a schedule reads the same at any run length).
+    """
+    if name not in ("cosine", "step"):
+        raise ValueError(f"optim.scheduler.name={name!r} is not a schedule; use 'cosine' or 'step'")
+    warmup_steps = min(warmup_steps, total_steps // 2)
+    steps_at = [int(m * total_steps) for m in milestones]
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            alpha = step / warmup_steps
+            return warmup_factor * (1 - alpha) + alpha
+        if name == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return gamma ** sum(step >= s for s in steps_at)
+
+    return factor
