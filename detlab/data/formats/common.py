@@ -1,0 +1,179 @@
+"""What the format readers share: the result type, the COCO dict they build, box checks and image sizes.
+
+Every reader turns its records into boxes xyxy in pixels and hands them to `CocoBuilder.add_box`, so that the
+four formats treat a bad box the same way: a non-finite box, a box with x2 < x1 (or y2 < y1), a box of zero
+width or height and a box wholly outside its image are dropped; a box partly outside is clipped to the image.
+Each of these is one line in `problems` that names the file, the record and the field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+# The image files the readers look for (lower case; YOLO's and VOC's usual ones).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 (or absent) means the stored pixels are shown as they are
+
+
+@dataclass
+class ConvertedDataset:
+    """A dataset read from some format: a complete COCO instances dict and what was wrong with the source.
+
+    coco:     {"images": [{id, file_name, width, height}], "annotations": [{id, image_id, category_id,
+              bbox [x, y, w, h] in pixels, area, iscrowd, (ignore)}], "categories": [{id, name}]}
+    problems: one line per recoverable problem, naming the source file, the record and the field.
+    img_dir:  the folder the images' `file_name`s are relative to.
+    """
+
+    coco: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+    img_dir: str = ""
+
+
+class CocoBuilder:
+    """Collects images and boxes into one COCO dict; ids count from 1 in the order things are added.
+
+    Readers add images in sorted file order and take class names in their class order, so that the same
+    source always gives the same ids.
+    """
+
+    def __init__(self, class_names: Sequence[str], img_dir: str | Path) -> None:
+        self.class_names = check_class_names(class_names)
+        self.category_ids = {name: index + 1 for index, name in enumerate(self.class_names)}
+        self.img_dir = Path(img_dir)
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+        self.problems: list[str] = []
+
+    def add_image(self, file_name: str, width: int, height: int) -> dict[str, Any]:
+        """Adds an image record of the given size and returns it (boxes are added against it)."""
+        image = {"id": len(self.images) + 1, "file_name": file_name, "width": int(width), "height": int(height)}
+        self.images.append(image)
+        return image
+
+    def add_image_from_file(self, file_name: str, where: str, num_boxes: int) -> dict[str, Any] | None:
+        """Adds an image whose size comes from its file's header (`img_dir / file_name`), and returns it.
+
+        An image that cannot be read is left out with its `num_boxes` boxes, and that is a problem line.
+        """
+        path = self.img_dir / file_name
+        try:
+            width, height, orientation = image_header(path)
+        except ValueError as err:
+            self.problems.append(f"{where}: {err}; the image and its {num_boxes} box(es) are left out")
+            return None
+        if orientation not in (None, 1):
+            self.problems.append(
+                f"{where}: image {path} has EXIF Orientation={orientation} (viewers show it rotated or flipped); "
+                "its boxes are taken in the stored pixels' frame, which is the frame detlab loads"
+            )
+        return self.add_image(file_name, width, height)
+
+    def add_box(
+        self,
+        image: dict[str, Any],
+        class_name: str,
+        box_xyxy: Sequence[float],
+        where: str,
+        *,
+        ignore: bool | None = None,
+        iscrowd: bool = False,
+        report_clipping: bool = True,
+    ) -> None:
+        """Checks one box (x1, y1, x2, y2 in the image's pixels) and adds it, clipped, or records why not.
+
+        where: the source file, the record and the field, e.g. "a.xml: object #2 ('dog'), field 'bndbox'".
+        ignore: written as the annotation's `ignore` flag (0/1) unless None (formats without such a flag).
+        report_clipping: False where the format draws boxes beyond the image on purpose (MOT).
+        """
+        x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+        given = f"(x1, y1, x2, y2)=({x1:g}, {y1:g}, {x2:g}, {y2:g})"
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            self.problems.append(f"{where}: box {given} is not finite; box dropped")
+            return
+        if x2 < x1 or y2 < y1:
+            which = "x2 < x1" if x2 < x1 else "y2 < y1"
+            self.problems.append(f"{where}: box {given} has {which}; box dropped")
+            return
+        if x2 == x1 or y2 == y1:
+            self.problems.append(f"{where}: box {given} has zero area; box dropped")
+            return
+        width, height = image["width"], image["height"]
+        cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
+        if cx2 <= cx1 or cy2 <= cy1:
+            self.problems.append(f"{where}: box {given} lies wholly outside the {width}x{height} image; box dropped")
+            return
+        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2) and report_clipping:
+            self.problems.append(
+                f"{where}: box {given} lies partly outside the {width}x{height} image; "
+                f"clipped to ({cx1:g}, {cy1:g}, {cx2:g}, {cy2:g})"
+            )
+        bbox_xywh = [cx1, cy1, cx2 - cx1, cy2 - cy1]
+        annotation: dict[str, Any] = {
+            "id": len(self.annotations) + 1,
+            "image_id": image["id"],
+            "category_id": self.category_ids[class_name],
+            "bbox": bbox_xywh,
+            "area": bbox_xywh[2] * bbox_xywh[3],
+            "iscrowd": int(iscrowd),
+        }
+        if ignore is not None:
+            annotation["ignore"] = int(ignore)
+        self.annotations.append(annotation)
+
+    def result(self) -> ConvertedDataset:
+        categories = [{"id": self.category_ids[name], "name": name} for name in self.class_names]
+        coco = {"images": self.images, "annotations": self.annotations, "categories": categories}
+        return ConvertedDataset(coco=coco, problems=self.problems, img_dir=str(self.img_dir))
+
+
+def check_class_names(class_names: Sequence[str]) -> list[str]:
+    """The class names as a list of non-empty, distinct strings (a ValueError says which one is not)."""
+    names = [str(name) for name in class_names]
+    for position, name in enumerate(names):
+        if not name.strip():
+            raise ValueError(f"class names: entry #{position} is empty")
+        if name in names[:position]:
+            raise ValueError(f"class names: {name!r} appears twice (entries #{names.index(name)} and #{position})")
+    return names
+
+
+def check_known_class(name: str, class_names: Sequence[str], where: str, field_name: str) -> None:
+    """A ValueError naming the record and the field where a class name is not in an explicit class list."""
+    if name not in class_names:
+        raise ValueError(f"{where}: field '{field_name}'={name!r} is not one of the classes {list(class_names)}")
+
+
+def image_header(path: Path) -> tuple[int, int, int | None]:
+    """(width, height, EXIF orientation or None) from the image file's header; the pixels are not decoded."""
+    try:
+        with Image.open(path) as img:
+            orientation = img.getexif().get(EXIF_ORIENTATION)
+            return img.width, img.height, orientation
+    except FileNotFoundError:
+        raise ValueError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read the header of image {path} ({err})") from None
+
+
+def find_images(folder: Path) -> list[Path]:
+    """The image files under `folder` (recursively), sorted by their path relative to it."""
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def parse_number(text: str | None, where: str, field_name: str, kind: type = float) -> Any:
+    """`kind(text)` (float or int), or a ValueError naming the record and the field."""
+    if text is None:
+        raise ValueError(f"{where}: missing field '{field_name}'")
+    try:
+        return kind(text.strip())
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{where}: field '{field_name}'={text.strip()!r} is not {what}") from None

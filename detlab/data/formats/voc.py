@@ -1,0 +1,152 @@
+"""Pascal VOC xml: one `<annotation>` file per image, boxes as 1-based inclusive pixel indices.
+
+Layout: `root/<ann_dir>/*.xml` (default `Annotations`) and the images in `root/<img_dir>` (default
+`JPEGImages`); with `split`, only the ids listed in `root/ImageSets/Main/<split>.txt` (a VOC devkit).
+
+- `<difficult>1</difficult>` objects are kept with `ignore: 1` (and `iscrowd: 0`), so that VOC-style
+  evaluation can leave them out; every other annotation carries `ignore: 0`.
+- Classes are the sorted set of `<name>`s in the files, or an explicit list (a name outside it is an error).
+- Width and height come from `<size>`, or from the image file's header where `<size>` is absent or zero.
+- The image is `<filename>` in the image folder; where that file is missing, the one named like the xml.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from detlab.data.formats.common import (
+    IMAGE_SUFFIXES,
+    CocoBuilder,
+    ConvertedDataset,
+    check_known_class,
+    parse_number,
+)
+
+
+@dataclass
+class _VocObject:
+    name: str
+    box_xyxy: tuple[float, float, float, float]
+    difficult: bool
+    where: str  # "file: object #k ('name')"
+
+
+@dataclass
+class _VocImage:
+    xml: Path
+    file_name: str
+    file_problem: str | None  # <filename> names no file
+    size: tuple[int, int] | None  # (width, height) from <size>, None where absent or zero
+    objects: list[_VocObject]
+
+
+def read_voc(
+    root: str | Path,
+    split: str | None = None,
+    *,
+    ann_dir: str = "Annotations",
+    img_dir: str = "JPEGImages",
+    class_names: Sequence[str] | None = None,
+) -> ConvertedDataset:
+    """Reads a VOC folder (all xml in `root/ann_dir`, or the ids of `split`) as a COCO dict."""
+    root = Path(root)
+    images = [_read_xml(xml, root / img_dir) for xml in _xml_files(root, split, ann_dir)]
+    names_in_files = sorted({obj.name for image in images for obj in image.objects})
+    if class_names is not None:
+        for obj in (obj for image in images for obj in image.objects):
+            check_known_class(obj.name, class_names, obj.where, "name")
+    builder = CocoBuilder(names_in_files if class_names is None else class_names, root / img_dir)
+    for image in images:
+        _add_image(builder, image)
+    return builder.result()
+
+
+def _xml_files(root: Path, split: str | None, ann_dir: str) -> list[Path]:
+    """The annotation files in sorted order: all of `ann_dir`, or those of the split file."""
+    folder = root / ann_dir
+    if not folder.is_dir():
+        raise ValueError(f"VOC annotation folder not found: {folder} (set ann_dir= to the folder of the xml files)")
+    if split is None:
+        files = sorted(folder.glob("*.xml"))
+        if not files:
+            raise ValueError(f"no .xml files in {folder}: an empty dataset")
+        return files
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        raise ValueError(f"VOC split file not found: {split_file} (split={split!r})")
+    files = []
+    for number, line in enumerate(split_file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        xml = folder / f"{line.split()[0]}.xml"
+        if not xml.is_file():
+            raise ValueError(f"{split_file}: line {number}: id {line.split()[0]!r} has no annotation file {xml}")
+        files.append(xml)
+    if not files:
+        raise ValueError(f"{split_file}: lists no image ids: an empty dataset")
+    return sorted(files)
+
+
+def _read_xml(xml: Path, img_dir: Path) -> _VocImage:
+    try:
+        root = ET.parse(xml).getroot()
+    except ET.ParseError as err:
+        raise ValueError(f"{xml}: not valid XML ({err}); is the file truncated?") from None
+    if root.tag != "annotation":
+        raise ValueError(f"{xml}: the root element is <{root.tag}>, a VOC file has <annotation>")
+    objects = [_read_object(obj, f"{xml}: object #{k}") for k, obj in enumerate(root.findall("object"), start=1)]
+    return _VocImage(xml, *_image_file_name(root, xml, img_dir), _read_size(root, xml), objects)
+
+
+def _read_object(obj: ET.Element, where: str) -> _VocObject:
+    name = (obj.findtext("name") or "").strip()
+    if not name:
+        raise ValueError(f"{where}: missing field 'name'")
+    where = f"{where} ('{name}')"
+    bndbox = obj.find("bndbox")
+    if bndbox is None:
+        raise ValueError(f"{where}: missing field 'bndbox'")
+    xmin, ymin, xmax, ymax = (
+        parse_number(bndbox.findtext(key), where, f"bndbox/{key}") for key in ("xmin", "ymin", "xmax", "ymax")
+    )
+    difficult = parse_number(obj.findtext("difficult") or "0", where, "difficult", int)
+    # VOC numbers pixels from 1 and its xmax/ymax are inclusive: a box over pixels 1..10 covers 10 pixels.
+    # In detlab's continuous coordinates (0 at the left edge of the first pixel) that box spans 0..10, so
+    # x1 = xmin - 1 and x2 = xmax (detectron2's convention), which keeps a box's width = xmax - xmin + 1.
+    return _VocObject(name, (xmin - 1, ymin - 1, xmax, ymax), difficult != 0, where)
+
+
+def _read_size(root: ET.Element, xml: Path) -> tuple[int, int] | None:
+    size = root.find("size")
+    if size is None or size.findtext("width") is None or size.findtext("height") is None:
+        return None
+    width, height = (round(parse_number(size.findtext(key), str(xml), f"size/{key}")) for key in ("width", "height"))
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def _image_file_name(root: ET.Element, xml: Path, img_dir: Path) -> tuple[str, str | None]:
+    """(`<filename>`, or the image named like the xml where `<filename>` names no file; a problem or None)."""
+    named = (root.findtext("filename") or "").strip()
+    if named and (img_dir / named).is_file():
+        return named, None
+    for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+        found = f"{xml.stem}{suffix}"
+        if (img_dir / found).is_file():
+            return found, f"{xml}: field 'filename'={named!r} names no file in {img_dir}; using {found}, as the xml"
+    return named or f"{xml.stem}.jpg", f"{xml}: field 'filename'={named!r}: no such image in {img_dir}"
+
+
+def _add_image(builder: CocoBuilder, image: _VocImage) -> None:
+    if image.file_problem is not None:
+        builder.problems.append(image.file_problem)
+    if image.size is None:
+        record = builder.add_image_from_file(image.file_name, f"{image.xml}: field 'size'", len(image.objects))
+        if record is None:
+            return
+    else:
+        record = builder.add_image(image.file_name, *image.size)
+    for obj in image.objects:
+        builder.add_box(record, obj.name, obj.box_xyxy, f"{obj.where}, field 'bndbox'", ignore=obj.difficult)

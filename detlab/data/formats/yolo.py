@@ -1,0 +1,136 @@
+"""YOLO txt: one label file per image, one line `class cx cy w h` per box, all four normalised by the image size.
+
+Layout (Ultralytics'): images under `images_dir` (searched recursively), the label of `images_dir/a/b.jpg` at
+`labels_dir/a/b.txt`; by default `labels_dir` is `images_dir` with its last `images` folder named `labels`.
+An image without a label file is an image without objects (the YOLO convention); a label file without an
+image is a problem line. Image sizes come from the image files' headers (pixels are not decoded).
+
+Class names come from a `data.yaml` (`names:` as a list, or as a dict {index: name} with indices 0..K-1),
+from a names file (one name a line, as darknet's `obj.names`), or from a list; class index i becomes
+category id i + 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from detlab.data.formats.common import CocoBuilder, ConvertedDataset, find_images, parse_number
+
+BOX_FIELDS = ("cx", "cy", "w", "h")
+
+
+def read_yolo(
+    images_dir: str | Path,
+    names: str | Path | Sequence[str],
+    labels_dir: str | Path | None = None,
+) -> ConvertedDataset:
+    """Reads YOLO labels as a COCO dict; `names` is a data.yaml, a names file or the list of class names."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise ValueError(f"YOLO image folder not found: {images_dir}")
+    labels_dir = Path(labels_dir) if labels_dir is not None else _default_labels_dir(images_dir)
+    if not labels_dir.is_dir():
+        raise ValueError(f"YOLO label folder not found: {labels_dir} (the labels of {images_dir})")
+    class_names = read_names(names) if isinstance(names, (str, Path)) else list(names)
+    images = find_images(images_dir)
+    if not images:
+        raise ValueError(f"no image files under {images_dir}: an empty dataset")
+    builder = CocoBuilder(class_names, images_dir)
+    for image_path in images:
+        file_name = image_path.relative_to(images_dir).as_posix()
+        label_file = labels_dir / Path(file_name).with_suffix(".txt")
+        lines = _read_label_file(label_file, class_names) if label_file.is_file() else []
+        record = builder.add_image_from_file(file_name, str(label_file), len(lines))
+        if record is None:
+            continue
+        for number, class_index, (cx, cy, w, h) in lines:
+            box_xyxy = _to_pixels(cx, cy, w, h, record["width"], record["height"])
+            where = f"{label_file}: line {number}, fields 'cx cy w h'"
+            builder.add_box(record, class_names[class_index], box_xyxy, where)
+    builder.problems += _orphan_label_files(labels_dir, images_dir, images, names)
+    return builder.result()
+
+
+def read_names(source: str | Path) -> list[str]:
+    """Class names from a data.yaml (`names:` list or {index: name} dict) or a names file (one a line)."""
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"class names file not found: {path}")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return _names_from_yaml(path)
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path}: no class names (a names file holds one name a line)")
+    return names
+
+
+def _names_from_yaml(path: Path) -> list[str]:
+    try:
+        data: Any = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    names = data.get("names") if isinstance(data, dict) else None
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise ValueError(f"{path}: field 'names' has keys {sorted(names)}; class indices must be 0..K-1")
+        names = [names[index] for index in range(len(names))]
+    if not isinstance(names, list) or not names:
+        raise ValueError(f"{path}: field 'names' must be a non-empty list of class names or a dict {{index: name}}")
+    if "nc" in data and data["nc"] != len(names):
+        raise ValueError(f"{path}: field 'nc'={data['nc']!r} but field 'names' lists {len(names)} classes")
+    return [str(name) for name in names]
+
+
+def _default_labels_dir(images_dir: Path) -> Path:
+    """Ultralytics' rule: the last `images` folder of the path becomes `labels`."""
+    parts = images_dir.parts
+    if "images" not in parts:
+        raise ValueError(f"{images_dir} has no folder named 'images' to find the labels beside; pass labels_dir")
+    last = len(parts) - 1 - parts[::-1].index("images")
+    return Path(*parts[:last], "labels", *parts[last + 1 :])
+
+
+def _read_label_file(label_file: Path, class_names: list[str]) -> list[tuple[int, int, tuple[float, ...]]]:
+    """(line number, class index, (cx, cy, w, h)) per box line; a malformed line is a ValueError."""
+    try:
+        text = label_file.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{label_file}: not a text file") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        values = line.split()
+        if not values:
+            continue
+        where = f"{label_file}: line {number}"
+        if len(values) != 5:
+            raise ValueError(f"{where}: {len(values)} values; a YOLO box line is `class cx cy w h` (5 values)")
+        class_index = parse_number(values[0], where, "class", int)
+        if not 0 <= class_index < len(class_names):
+            raise ValueError(
+                f"{where}: field 'class'={class_index} is not a class index; "
+                f"the names list {len(class_names)} classes (0..{len(class_names) - 1})"
+            )
+        box = tuple(parse_number(value, where, key) for key, value in zip(BOX_FIELDS, values[1:]))
+        rows.append((number, class_index, box))
+    return rows
+
+
+def _to_pixels(cx: float, cy: float, w: float, h: float, width: int, height: int) -> tuple[float, ...]:
+    """Normalised centre and size -> (x1, y1, x2, y2) in pixels."""
+    return ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
+
+
+def _orphan_label_files(labels_dir: Path, images_dir: Path, images: list[Path], names: Any) -> list[str]:
+    """One problem line per label file that belongs to no image (its boxes cannot be placed)."""
+    expected = {(labels_dir / p.relative_to(images_dir)).with_suffix(".txt") for p in images}
+    names_file = Path(names).resolve() if isinstance(names, (str, Path)) else None
+    problems = []
+    for label_file in sorted(labels_dir.rglob("*.txt")):
+        if label_file in expected or label_file.resolve() == names_file:
+            continue
+        count = sum(1 for line in label_file.read_text(errors="replace").splitlines() if line.strip())
+        problems.append(f"{label_file}: no image of this name under {images_dir}; its {count} box line(s) are left out")
+    return problems
