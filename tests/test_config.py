@@ -107,7 +107,7 @@ def test_impossible_combinations_name_the_key():
 def test_issue_example_overrides_compose():
     cfg = compose_train(["model/backbone=resnet50", "loss.gamma=0", "data.image_size=320", "trainer.max_epochs=3"])
     validate(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "tracking")}
     assert resolved["model"]["backbone"]["depth"] == 50
     assert resolved["loss"]["gamma"] == 0
     assert resolved["tracking"]["name"] == "retinanet-focal"

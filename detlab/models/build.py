@@ -13,7 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from detlab.losses.dense import DenseDetectionLoss
 from detlab.models.detector import Detector
 
 
@@ -32,12 +31,14 @@ def dense_detector(
     box_coder: DictConfig,
     assigner: DictConfig,
     box_loss: DictConfig,
-    box_weight: float,
+    criterion: DictConfig,
     postprocess: DictConfig,
     cls_loss: DictConfig,
     num_classes: int,
 ) -> DetectorParts:
-    """A one-stage dense detector (RetinaNet's layout): backbone -> neck -> head over priors.
+    """A one-stage dense detector (RetinaNet, SSD, YOLO): backbone -> neck -> head over priors.
+
+    criterion is the loss that combines the classification loss (the `loss` config group) with box_loss.
 
     The classification loss decides the number of logits (K for sigmoid losses, K + 1 for softmax ones).
     """
@@ -47,13 +48,19 @@ def dense_detector(
     neck_net = instantiate(neck, in_channels=list(backbone_net.out_channels), in_strides=list(backbone_net.strides))
     prior_gen = instantiate(priors)
     num_outputs = classification.num_outputs(num_classes)
+    # The loss decides sigmoid (K outputs) or softmax (K + 1, background first); the head's bias init and
+    # the decoding follow it, so the three cannot disagree.
+    softmax = num_outputs == num_classes + 1
     head_net = instantiate(
-        head, in_channels=neck_net.out_channels, num_anchors=prior_gen.num_per_location, num_classes=num_outputs
+        head,
+        in_channels=neck_net.out_channels,
+        num_anchors=prior_gen.num_per_location,
+        num_classes=num_outputs,
+        background_first=softmax,
     )
     return DetectorParts(
         model=Detector(backbone_net, neck_net, head_net, prior_gen),
         assigner=instantiate(assigner),
-        criterion=DenseDetectionLoss(classification, instantiate(box_loss), coder, box_weight=box_weight),
-        # The loss decides sigmoid (K outputs) or softmax (K + 1, background first); decoding follows it.
-        postprocess=instantiate(postprocess, box_coder=coder, softmax=num_outputs == num_classes + 1),
+        criterion=instantiate(criterion, cls_loss=classification, box_loss=instantiate(box_loss), box_coder=coder),
+        postprocess=instantiate(postprocess, box_coder=coder, softmax=softmax),
     )

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
 from torch import Tensor, nn
 
+from detlab.models.heads.common import flatten_levels, prior_bias
 from detlab.structures import HeadOutput
 
 
@@ -20,21 +18,14 @@ def _tower(in_channels: int, width: int, depth: int, norm: str | None) -> nn.Seq
     return nn.Sequential(*layers)
 
 
-def flatten_levels(maps: list[Tensor], num_anchors: int) -> Tensor:
-    """[B, A_loc * D, H, W] per level -> [B, sum(H * W * A_loc), D], ordered level, y, x, anchor."""
-    flat = []
-    for x in maps:
-        b, _, h, w = x.shape
-        flat.append(x.view(b, num_anchors, -1, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * num_anchors, -1))
-    return torch.cat(flat, dim=1)
-
-
 class RetinaNetHead(nn.Module):
     """Towers of `depth` 3x3 convs of `width` channels, then per-anchor class logits and box deltas.
 
     num_classes: the number of classification outputs C the loss asks for (K sigmoid, K + 1 softmax).
-    prior_prob:  the classification bias makes every output start at probability pi (focal loss paper,
+    prior_prob:  the classification bias makes every class start at probability pi (focal loss paper,
                  section 3.3): without it the many background anchors swamp the first iterations.
+    background_first: the outputs are softmax logits with the background at index 0 (set by the builder
+                 from the loss).
     norm:        None (the paper) or "gn" (GroupNorm in the towers).
     """
 
@@ -47,12 +38,11 @@ class RetinaNetHead(nn.Module):
         depth: int = 4,
         prior_prob: float = 0.01,
         norm: str | None = None,
+        background_first: bool = False,
     ) -> None:
         super().__init__()
         if norm not in (None, "gn"):
             raise ValueError(f"model.head.norm={norm!r}; use null or gn")
-        if not 0 < prior_prob < 1:
-            raise ValueError(f"model.head.prior_prob={prior_prob} must be in (0, 1)")
         self.num_anchors = num_anchors
         self.num_classes = num_classes
         self.cls_tower = _tower(in_channels, width, depth, norm)
@@ -63,7 +53,7 @@ class RetinaNetHead(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.zeros_(module.bias)
-        nn.init.constant_(self.cls_out.bias, -math.log((1 - prior_prob) / prior_prob))
+        self.cls_out.bias.data = prior_bias(num_classes, prior_prob, background_first).repeat(num_anchors)
 
     def forward(self, levels: list[Tensor]) -> HeadOutput:
         """levels: pyramid maps [B, in_channels, H_l, W_l] -> cls_logits [B, A, C], box_reg [B, A, 4]."""

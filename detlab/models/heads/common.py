@@ -1,0 +1,37 @@
+"""What every dense head shares: flattening per-level maps into per-prior rows, and the prior-probability bias."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def flatten_levels(maps: list[Tensor], num_anchors: int | list[int]) -> Tensor:
+    """[B, A_loc * D, H, W] per level -> [B, sum(H * W * A_loc), D], ordered level, y, x, anchor.
+
+    num_anchors: anchors per location, one number for all levels or one per level.
+    """
+    per_level = num_anchors if isinstance(num_anchors, list) else [num_anchors] * len(maps)
+    flat = []
+    for x, a in zip(maps, per_level):
+        b, _, h, w = x.shape
+        flat.append(x.view(b, a, -1, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * a, -1))
+    return torch.cat(flat, dim=1)
+
+
+def prior_bias(num_outputs: int, prior_prob: float, background_first: bool) -> Tensor:
+    """Classification bias [num_outputs] under which every object class starts at probability prior_prob.
+
+    Sigmoid outputs (focal loss paper, section 3.3): b = -log((1 - pi) / pi) for every class.
+    Softmax outputs with the background at index 0: b_0 = log(K (1 - pi) / pi), b_k = 0, so that the
+    background starts at 1 - pi and each of the K classes at pi / K.
+    """
+    if not 0 < prior_prob < 1:
+        raise ValueError(f"model.head.prior_prob={prior_prob} must be in (0, 1)")
+    if not background_first:
+        return torch.full((num_outputs,), -math.log((1 - prior_prob) / prior_prob))
+    bias = torch.zeros(num_outputs)
+    bias[0] = math.log((num_outputs - 1) * (1 - prior_prob) / prior_prob)
+    return bias
