@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from detlab.evaluation.backends import BACKENDS
 from detlab.evaluation.coco_evaluator import evaluate_results_file, format_table
 from detlab.module import DetectionModule
+from detlab.train import user_error
 
 
 def evaluate_checkpoint(checkpoint: Path, overrides: list[str], backend: str | None = None) -> dict[str, Any]:
@@ -73,8 +74,11 @@ def main(argv: list[str] | None = None) -> None:
             result = evaluate_checkpoint(_checkpoint_of(args.path), args.overrides, args.backend)
         else:
             result = evaluate_results_file(str(args.ann), str(args.results), backend=args.backend)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"detlab-eval: error: {err}", file=sys.stderr)
+    except Exception as err:
+        problem = user_error(err)
+        if problem is None:
+            raise
+        print(f"detlab-eval: error: {problem}", file=sys.stderr)
         sys.exit(2)
     print(format_table(result))
     if args.output:

@@ -16,10 +16,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
+from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detlab.structures import Batch
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def wandb_logged_in() -> bool:

@@ -15,11 +15,12 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from detlab.config import ConfigError, validate
+from detlab.config import validate
 from detlab.evaluation.coco_evaluator import format_table
 from detlab.module import DetectionModule
 from detlab.tracking import EvaluationLogger
@@ -87,14 +88,25 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         results = train(cfg, run_dir)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except Exception as err:
+        problem = user_error(err)
         # Bad input or an impossible config: the message names the file, record or key. No stack trace
         # unless asked for, the way Hydra itself does it.
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if problem is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"detlab-train: error: {err}\n(set HYDRA_FULL_ERROR=1 for the stack trace)", file=sys.stderr, flush=True)
+        print(f"detlab-train: error: {problem}\n(set HYDRA_FULL_ERROR=1 for the stack trace)", file=sys.stderr, flush=True)
         sys.exit(2)
     return results["metrics"]["AP"]  # the objective a Hydra sweeper (e.g. Optuna) maximises
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The bad-input error behind err (a config or data problem whose message says what to fix), or None.
+
+    hydra.utils.instantiate wraps what a constructor raises in an InstantiationException: look through it.
+    """
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    return err if isinstance(err, (ValueError, FileNotFoundError)) else None
 
 
 if __name__ == "__main__":

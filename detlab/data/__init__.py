@@ -1,0 +1,1 @@
+"""Data: the built-in shapes generator, the COCO reader, transforms, collate and the DataModule."""

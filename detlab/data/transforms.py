@@ -1,0 +1,140 @@
+"""Letterbox, augment and normalise one image with its boxes (albumentations), and record the geometry.
+
+Train: horizontal flip -> resize the longest side to image_size * r (r drawn from scale_range) -> colour
+jitter -> pad bottom/right to image_size x image_size -> random image_size crop when r > 1 -> normalise.
+Eval is the same transform with every augmentation off: resize the longest side to image_size, pad
+bottom/right, normalise. Boxes follow the pixels (pascal_voc xyxy); boxes cut below `min_visibility` of
+their area or narrower/shorter than `min_box_size` pixels are dropped, so no degenerate box comes out.
+
+The letterbox pads with the ImageNet mean colour, which normalises to ~0 like the collate's zero padding.
+
+Meta (`scale`, `offset`, content `size`) is read from the parameters the pipeline actually applied
+(albumentations' `save_applied_params`), not re-derived, so it is exact in eval and in train:
+sx = resized width / original width (the factor albumentations applies to boxes, and cv2 to pixels),
+offset = minus the random crop's corner. The flip acts on the original image before any geometry, so in
+training the meta maps the (possibly) *flipped* original to the input; nothing uses train meta to map boxes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PAD_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)
+
+
+@dataclass
+class Sample:
+    """One transformed image with its targets and the map back to the original (see detlab.structures).
+
+    image:     [3, H, W] float32, normalised.
+    boxes:     [N, 4] float32 xyxy in input pixels.
+    labels:    [N] int64 contiguous class index.
+    image_id:  the dataset's original image id.
+    size:      (h, w) of the image content in input pixels; the rest of `image` is padding.
+    orig_size: (h, w) of the original image.
+    scale, offset: (sx, sy), (ox, oy) with input = original * scale + offset.
+    """
+
+    image: Tensor
+    boxes: Tensor
+    labels: Tensor
+    image_id: int
+    size: tuple[int, int]
+    orig_size: tuple[int, int]
+    scale: tuple[float, float]
+    offset: tuple[float, float]
+
+
+class DetectionTransform:
+    """`transform(image [H, W, 3] uint8 RGB, boxes_xyxy [N, 4], labels [N], image_id) -> Sample`.
+
+    DetectionTransform(image_size) is the eval transform; the augmentation arguments make it the train one:
+    hflip:          probability of a horizontal flip.
+    scale_range:    (low, high) factors of image_size for the resized longest side; (1, 1) disables.
+    color_jitter:   strength of brightness/contrast/saturation jitter (hue a quarter of it); 0 disables.
+    min_visibility: drop a box that keeps less than this fraction of its area after a crop.
+    min_box_size:   drop a box narrower or shorter than this, in input pixels.
+    seed:           seed of the augmentation random state (see `reseed`); None = a random one.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        hflip: float = 0.0,
+        scale_range: tuple[float, float] = (1.0, 1.0),
+        color_jitter: float = 0.0,
+        min_visibility: float = 0.0,
+        min_box_size: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        low, high = (float(v) for v in scale_range)
+        _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_size)
+        self.image_size = image_size
+        longest = list(range(max(1, round(image_size * low)), round(image_size * high) + 1))
+        steps: list = [A.HorizontalFlip(p=hflip)] if hflip > 0 else []
+        steps.append(A.LongestMaxSize(max_size=longest if len(longest) > 1 else longest[0], area_for_downscale="image"))
+        if color_jitter > 0:
+            c = color_jitter
+            steps.append(A.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(c / 4, 0.5), p=0.8))
+        steps.append(
+            A.PadIfNeeded(image_size, image_size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=PAD_RGB)
+        )
+        if longest[-1] > image_size:
+            steps.append(A.RandomCrop(image_size, image_size))
+        steps += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0), ToTensorV2()]
+        bbox_params = A.BboxParams(
+            format="pascal_voc",
+            label_fields=["labels"],
+            min_visibility=min_visibility,
+            min_width=min_box_size,
+            min_height=min_box_size,
+            clip=True,
+            filter_invalid_bboxes=True,
+        )
+        self.pipeline = A.Compose(steps, bbox_params=bbox_params, save_applied_params=True, seed=seed)
+
+    def reseed(self, seed: int) -> None:
+        """New augmentation random state; called in each DataLoader worker, which otherwise all inherit one."""
+        self.pipeline.set_random_seed(seed)
+
+    def __call__(self, image: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, image_id: int) -> Sample:
+        h, w = image.shape[:2]
+        out = self.pipeline(image=image, bboxes=np.asarray(boxes_xyxy, np.float32).reshape(-1, 4), labels=labels)
+        applied = dict(out["applied_transforms"])
+        resized_h, resized_w = applied["PadIfNeeded"]["shape"][:2]  # the input shape of the step after resize
+        crop_x, crop_y = applied["RandomCrop"]["crop_coords"][:2] if "RandomCrop" in applied else (0, 0)
+        size = self.image_size
+        return Sample(
+            image=out["image"],
+            boxes=torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
+            labels=torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1)),
+            image_id=int(image_id),
+            size=(min(resized_h - crop_y, size), min(resized_w - crop_x, size)),
+            orig_size=(h, w),
+            scale=(resized_w / w, resized_h / h),
+            offset=(float(-crop_x), float(-crop_y)),
+        )
+
+
+def _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_size) -> None:
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"data.image_size={image_size!r} must be a positive integer")
+    if not 0 <= hflip <= 1:
+        raise ValueError(f"data.augment.hflip={hflip} is a probability: use a value in [0, 1]")
+    if not 0 < low <= high:
+        raise ValueError(f"data.augment.scale_range=[{low}, {high}] must satisfy 0 < low <= high")
+    if color_jitter < 0:
+        raise ValueError(f"data.augment.color_jitter={color_jitter} must be >= 0 (0 disables it)")
+    if not 0 <= min_visibility <= 1:
+        raise ValueError(f"data.augment.min_visibility={min_visibility} must be in [0, 1]")
+    if min_box_size <= 0:
+        raise ValueError(f"data.augment.min_box_size={min_box_size} must be > 0 pixels")

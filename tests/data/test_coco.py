@@ -1,0 +1,216 @@
+"""The COCO reader: the label map, crowd and empty images, image modes, and a clear error for each bad input."""
+
+import copy
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from detlab.data.coco import CocoDetection
+from detlab.data.transforms import DetectionTransform
+from detlab.structures import boxes_to_original
+
+# Non-contiguous category ids listed out of order: labels must follow the sorted ids (3 -> 0, 7 -> 1, 11 -> 2).
+CATEGORIES = [{"id": 11, "name": "cat"}, {"id": 3, "name": "ant"}, {"id": 7, "name": "bee"}]
+IMAGES = [  # (id, file, PIL mode, (w, h))
+    (42, "rgb.png", "RGB", (64, 48)),
+    (7, "gray.png", "L", (40, 30)),
+    (1001, "palette.png", "P", (32, 32)),
+    (5, "rgba.png", "RGBA", (20, 24)),
+]
+ANNOTATIONS = [  # (annotation id, image id, category id, bbox xywh, iscrowd)
+    (1, 42, 7, [10, 5, 20, 30], 0),
+    (2, 42, 3, [30.5, 20.25, 10, 12.5], 0),
+    (3, 42, 11, [0, 0, 64, 48], 1),  # crowd: scored by COCOeval from the file, never a training target
+    (4, 42, 11, [-6, 40, 16, 20], 0),  # partly outside: clipped to [0, 40, 10, 48]
+    (5, 1001, 11, [2, 3, 4, 5], 0),
+    (6, 5, 3, [1, 1, 5, 5], 0),
+]  # image 7 has no objects and must be kept
+
+
+def passthrough(image, boxes_xyxy, labels, image_id):
+    return SimpleNamespace(image=image, boxes=boxes_xyxy, labels=labels, image_id=image_id)
+
+
+def coco_dict() -> dict:
+    return {
+        "images": [{"id": i, "file_name": f, "width": w, "height": h} for i, f, _, (w, h) in IMAGES],
+        "annotations": [
+            {"id": a, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": crowd}
+            for a, i, c, b, crowd in ANNOTATIONS
+        ],
+        "categories": copy.deepcopy(CATEGORIES),
+    }
+
+
+@pytest.fixture
+def data_coco(tmp_path) -> Path:
+    """A small COCO folder: annotations.json and one image per mode; pixel (0, 0) has a known colour."""
+    for _, name, mode, size in IMAGES:
+        image = Image.new(mode, size, {"RGB": (10, 20, 30), "L": 77, "P": 1, "RGBA": (40, 50, 60, 0)}[mode])
+        if mode == "P":
+            image.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+        image.save(tmp_path / name)
+    write(tmp_path, coco_dict())
+    return tmp_path
+
+
+def write(folder: Path, data) -> Path:
+    (folder / "annotations.json").write_text(data if isinstance(data, str) else json.dumps(data))
+    return folder / "annotations.json"
+
+
+def test_labels_follow_sorted_category_ids_crowd_is_excluded_empty_images_kept(data_coco):
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough)
+    reference = COCO(str(data_coco / "annotations.json"))
+    assert dataset.category_ids == [3, 7, 11] and dataset.class_names == ["ant", "bee", "cat"]
+    assert len(dataset) == 4 and sorted(dataset.image_ids) == sorted(reference.getImgIds())
+    for index, image_id in enumerate(dataset.image_ids):
+        item = dataset[index]
+        anns = [a for a in reference.loadAnns(reference.getAnnIds(imgIds=image_id)) if not a["iscrowd"]]
+        img = reference.loadImgs(image_id)[0]
+        expected = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        expected[:, 2:] += expected[:, :2]
+        expected = expected.clip(0, [img["width"], img["height"]] * 2)
+        assert item.image_id == image_id
+        np.testing.assert_allclose(item.boxes, expected, atol=1e-5)
+        assert item.labels.tolist() == [sorted(reference.getCatIds()).index(a["category_id"]) for a in anns]
+        assert item.boxes.dtype == np.float32 and item.labels.dtype == np.int64
+    empty = dataset[dataset.image_ids.index(7)]
+    assert empty.boxes.shape == (0, 4) and empty.labels.shape == (0,)
+    assert dataset.eval_ann_file == str(data_coco / "annotations.json") and dataset.problems == []
+
+
+def test_grayscale_palette_and_rgba_images_become_rgb(data_coco):
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough)
+    expected = {42: (10, 20, 30), 7: (77, 77, 77), 1001: (200, 100, 50), 5: (40, 50, 60)}
+    for index, image_id in enumerate(dataset.image_ids):
+        image = dataset.load_image(index)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert tuple(image[0, 0]) == expected[image_id]
+
+
+def test_items_through_the_eval_transform_map_back_to_the_file_exactly(data_coco):
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, DetectionTransform(50, min_box_size=0.01))
+    sample = dataset[dataset.image_ids.index(42)]
+    back = boxes_to_original(sample.boxes[None], torch.tensor([sample.scale]), torch.tensor([sample.offset]))[0]
+    expected = torch.tensor([[10, 5, 30, 35], [30.5, 20.25, 40.5, 32.75], [0, 40, 10, 48]])
+    torch.testing.assert_close(back, expected, atol=1e-4, rtol=0)
+    assert sample.orig_size == (48, 64) and sample.size == (38, 50) and sample.image.shape == (3, 50, 50)
+
+
+def mutate(edit):
+    data = coco_dict()
+    edit(data)
+    return data
+
+
+def ann(data, annotation_id):
+    return next(a for a in data["annotations"] if a["id"] == annotation_id)
+
+
+# Each bad input and the pieces its message must name (the file is always checked too).
+BAD_INPUTS = {
+    "truncated json": (json.dumps(coco_dict())[:150], ["not valid JSON", "truncated"]),
+    "not an object": ("[1, 2]", ["JSON object"]),
+    "no annotations key": (mutate(lambda d: d.pop("annotations")), ["'annotations'"]),
+    "image without file_name": (mutate(lambda d: d["images"][1].pop("file_name")), ["image id=7", "'file_name'"]),
+    "image with zero width": (mutate(lambda d: d["images"][1].update(width=0)), ["image id=7", "'width'"]),
+    "duplicate image id": (mutate(lambda d: d["images"][2].update(id=7)), ["image id=7", "duplicate", "'id'"]),
+    "duplicate category id": (mutate(lambda d: d["categories"][1].update(id=11)), ["category id=11", "'id'"]),
+    "annotation without bbox": (mutate(lambda d: ann(d, 2).pop("bbox")), ["image id=42", "annotation id=2", "'bbox'"]),
+    "unknown category": (mutate(lambda d: ann(d, 2).update(category_id=99)), ["image id=42", "'category_id'=99"]),
+    "unknown image": (mutate(lambda d: ann(d, 5).update(image_id=777)), ["image id=777", "'image_id'"]),
+    "zero width box": (mutate(lambda d: ann(d, 1).update(bbox=[1, 1, 0, 5])), ["image id=42", "'bbox'", "w <= 0"]),
+    "negative size box": (mutate(lambda d: ann(d, 6).update(bbox=[4, 4, 3, -2])), ["image id=5", "'bbox'"]),
+    "nan box": (mutate(lambda d: ann(d, 1).update(bbox=[1, float("nan"), 3, 3])), ["image id=42", "'bbox'", "finite"]),
+    "inf box": (mutate(lambda d: ann(d, 5).update(bbox=[1, 1, float("inf"), 3])), ["image id=1001", "'bbox'"]),
+    "box of 3 numbers": (mutate(lambda d: ann(d, 1).update(bbox=[1, 1, 3])), ["image id=42", "'bbox'"]),
+    "box wholly outside": (mutate(lambda d: ann(d, 5).update(bbox=[32, 0, 5, 5])), ["image id=1001", "outside"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_each_bad_input_names_the_file_image_id_and_field(data_coco, case):
+    data, pieces = BAD_INPUTS[case]
+    path = write(data_coco, copy.deepcopy(data))
+    with pytest.raises(ValueError) as err:
+        CocoDetection(path, data_coco, passthrough)
+    for piece in [str(path), *pieces]:
+        assert piece in str(err.value), (piece, str(err.value))
+
+
+def test_missing_annotation_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        CocoDetection(tmp_path / "nowhere.json", tmp_path, passthrough)
+
+
+def test_skip_drops_and_counts_bad_annotations_and_scores_against_a_clean_copy(data_coco):
+    def break_three(d):
+        ann(d, 1).update(bbox=[1, 1, 0, 5])
+        ann(d, 5).update(category_id=99)
+        ann(d, 6).update(image_id=777)
+
+    path = write(data_coco, mutate(break_three))
+    with pytest.raises(ValueError, match="3 invalid annotation"):
+        CocoDetection(path, data_coco, passthrough)
+    dataset = CocoDetection(path, data_coco, passthrough, on_invalid="skip")
+    assert dataset.num_skipped == 3 and len(dataset.problems) == 3
+    assert any("annotation id=5" in p and "'category_id'" in p for p in dataset.problems)
+    assert len(dataset) == 4  # every image is kept, also those that lost their only annotation
+    assert sum(len(dataset[i].labels) for i in range(len(dataset))) == 2  # annotations 2 and 4; 3 is crowd
+    clean = COCO(dataset.eval_ann_file)
+    assert dataset.eval_ann_file != str(path) and sorted(clean.getAnnIds()) == [2, 3, 4]
+    assert sorted(clean.getImgIds()) == sorted(i for i, *_ in IMAGES)
+
+
+def test_unknown_policy_names_the_key(data_coco):
+    with pytest.raises(ValueError, match="data.on_invalid='ignore'"):
+        CocoDetection(data_coco / "annotations.json", data_coco, passthrough, on_invalid="ignore")
+
+
+def test_missing_corrupt_and_wrongly_sized_images_name_the_file_and_image_id(data_coco):
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough)
+    index = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
+    (data_coco / "gray.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"gray\.png.*image id=7"):
+        dataset[index[7]]
+    (data_coco / "palette.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(ValueError, match=r"palette\.png.*image id=1001"):
+        dataset[index[1001]]
+    Image.new("RGB", (21, 24)).save(data_coco / "rgba.png")
+    with pytest.raises(ValueError, match=r"rgba\.png.*image id=5.*'width'=20"):
+        dataset[index[5]]
+
+
+@pytest.mark.realdata
+def test_reads_the_real_coco128_subset():
+    """The first 128 COCO train2017 images with their original annotations, checked against pycocotools."""
+    root = os.environ.get("DETLAB_REAL_DATA")
+    assert root, "DETLAB_REAL_DATA is not set: point it at the shared data folder (make test does) or deselect realdata"
+    folder = Path(root) / "coco128"
+    assert folder.is_dir(), f"DETLAB_REAL_DATA={root} but {folder} is absent; fix the variable or fetch the data"
+    ann_file = folder / "annotations" / "instances_train2017.json"
+    dataset = CocoDetection(ann_file, folder / "train2017", DetectionTransform(512, min_box_size=1e-3))
+    reference = COCO(str(ann_file))
+    assert dataset.category_ids == sorted(reference.getCatIds()) and len(dataset.category_ids) == 80
+    assert dataset.class_names == [reference.cats[c]["name"] for c in dataset.category_ids]
+    assert len(dataset) == 128 and dataset.problems == []
+    for index in (0, 5, 64, 127):
+        sample = dataset[index]
+        anns = [a for a in reference.imgToAnns[sample.image_id] if not a["iscrowd"]]
+        expected = torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4)
+        expected[:, 2:] += expected[:, :2]
+        img = reference.imgs[sample.image_id]
+        expected = expected.clamp(min=0).minimum(torch.tensor([img["width"], img["height"]] * 2, dtype=torch.float64))
+        scale, offset = torch.tensor([sample.scale]), torch.tensor([sample.offset])
+        back = boxes_to_original(sample.boxes[None].double(), scale, offset)
+        torch.testing.assert_close(back[0], expected, atol=1e-2, rtol=0)
+        assert [dataset.category_ids[label] for label in sample.labels] == [a["category_id"] for a in anns]
+        assert sample.orig_size == (img["height"], img["width"]) and max(sample.size) == 512

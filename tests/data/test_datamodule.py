@@ -1,0 +1,116 @@
+"""DetectionDataModule as Hydra builds it from conf/data: shapes and coco give the same class and Batches."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf.errors import MissingMandatoryValue
+from pycocotools.coco import COCO
+
+from detlab.data.datamodule import DetectionDataModule
+from detlab.data.shapes import ShapesSource
+from detlab.structures import Batch, boxes_to_original
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
+TINY = [
+    "image_size=64", "batch_size=4", "num_workers=0",
+    "source.num_train_images=10", "source.num_val_images=5", "source.image_size=80",
+]
+
+
+def build(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(name, overrides=overrides)
+    return instantiate(cfg)
+
+
+@pytest.fixture(scope="module")
+def data_shapes(tmp_path_factory) -> DetectionDataModule:
+    return build("shapes", [*TINY, f"source.cache_dir={tmp_path_factory.mktemp('cache')}"])
+
+
+def test_shapes_config_builds_the_datamodule_with_its_label_map(data_shapes):
+    assert type(data_shapes) is DetectionDataModule
+    assert data_shapes.num_classes == 3 and data_shapes.class_names == ["circle", "square", "triangle"]
+    assert data_shapes.category_ids == [1, 2, 3]
+    assert len(COCO(data_shapes.ann_file("train")).getImgIds()) == 10
+    assert len(COCO(data_shapes.ann_file("val")).getImgIds()) == 5
+    with pytest.raises(ValueError, match="'test'"):
+        data_shapes.ann_file("test")
+
+
+def test_train_loader_yields_batches_over_every_image(data_shapes):
+    seen = []
+    for batch in data_shapes.train_dataloader():
+        assert isinstance(batch, Batch) and batch.images.shape[1:] == (3, 64, 64) and len(batch) <= 4
+        boxes = batch.gt_boxes[batch.gt_valid]
+        assert ((boxes >= 0) & (boxes <= 64)).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+        assert ((batch.gt_labels >= 0) & (batch.gt_labels < 3)).all()
+        seen += batch.image_ids.tolist()
+    assert sorted(seen) == sorted(COCO(data_shapes.ann_file("train")).getImgIds())
+
+
+def test_val_loader_keeps_every_image_in_order_and_maps_back_to_the_file(data_shapes):
+    reference = COCO(data_shapes.ann_file("val"))
+    batches = list(data_shapes.val_dataloader())
+    assert torch.cat([b.image_ids for b in batches]).tolist() == sorted(reference.getImgIds())
+    for batch in batches:
+        back = boxes_to_original(batch.gt_boxes, batch.scales, batch.offsets)
+        for i, image_id in enumerate(batch.image_ids.tolist()):
+            anns = reference.imgToAnns[image_id]
+            expected = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+            expected[:, 2:] += expected[:, :2]
+            labels = [data_shapes.category_ids.index(a["category_id"]) for a in anns]
+            torch.testing.assert_close(back[i][batch.gt_valid[i]], expected, atol=1e-3, rtol=0)
+            assert batch.gt_labels[i][batch.gt_valid[i]].tolist() == labels
+            img = reference.imgs[image_id]
+            assert batch.orig_sizes[i].tolist() == [img["height"], img["width"]]
+
+
+def test_coco_config_reads_the_same_files_with_the_same_class(data_shapes):
+    paths = [f"{split}.{key}={getattr(data_shapes.datasets[split], attr)}"
+             for split in ("train", "val") for key, attr in (("ann_file", "ann_file"), ("img_dir", "img_dir"))]
+    coco = build("coco", ["image_size=64", "batch_size=2", "num_workers=1", *paths])
+    assert type(coco) is DetectionDataModule and coco.category_ids == data_shapes.category_ids
+    assert coco.ann_file("val") == data_shapes.ann_file("val")
+    loader = coco.val_dataloader()
+    assert loader.persistent_workers and loader.num_workers == 1
+    batch = next(iter(loader))
+    assert isinstance(batch, Batch) and batch.images.shape == (2, 3, 64, 64)
+
+
+def test_coco_config_without_paths_stops_with_the_missing_key():
+    with pytest.raises(MissingMandatoryValue, match="train.ann_file"):
+        build("coco", [])
+
+
+def test_coco_config_with_a_wrong_path_names_the_key(data_shapes, tmp_path):
+    given = ["train.ann_file", "train.img_dir", "val.img_dir"]
+    paths = [f"{key}={getattr(data_shapes.datasets[key.split('.')[0]], key.split('.')[1])}" for key in given]
+    with pytest.raises(InstantiationException) as err:  # Hydra wraps what the target raises
+        build("coco", [*paths, f"val.ann_file={tmp_path / 'missing.json'}"])
+    assert isinstance(err.value.__cause__, FileNotFoundError)
+    assert str(err.value.__cause__) == f"data.val.ann_file={tmp_path / 'missing.json'}: no such file"
+
+
+def test_unknown_augment_key_and_bad_loader_settings_are_named(tmp_path):
+    source = ShapesSource(num_train_images=2, num_val_images=1, image_size=32, cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="data.augment has an unknown key.*mosaic"):
+        DetectionDataModule(source=source, image_size=32, augment={"mosaic": 1.0})
+    with pytest.raises(ValueError, match="data.num_workers=-1"):
+        DetectionDataModule(source=source, num_workers=-1)
+    with pytest.raises(ValueError, match="either data.source or data.train"):
+        DetectionDataModule(source=source, train={"ann_file": "a.json", "img_dir": "."})
+
+
+def test_each_loader_worker_draws_its_own_augmentation(tmp_path):
+    """Workers inherit one random state; unless reseeded, worker 0 and 1 repeat each other's scale jitter."""
+    source = ShapesSource(num_train_images=8, num_val_images=1, image_size=80, size_jitter=0, cache_dir=str(tmp_path))
+    datamodule = DetectionDataModule(
+        source=source, image_size=64, batch_size=1, num_workers=2, augment={"scale_range": [0.5, 1.5]}
+    )
+    scales = [batch.scales[0, 0].item() for batch in datamodule.train_dataloader()]  # workers take turns
+    assert scales[0::2] != scales[1::2], scales
