@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from detlab.config import validate
 from detlab.evaluation.coco_evaluator import format_table
 from detlab.module import DetectionModule
+from detlab.profile import complexity
 from detlab.tracking import EvaluationLogger
 
 
@@ -52,7 +53,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     results = {
         **module.last_eval,
-        "params": sum(p.numel() for p in module.model.parameters()),
+        "complexity": complexity(module.model, cfg.data.image_size),
         "global_step": trainer.global_step,
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -60,6 +61,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if trainer.is_global_zero:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         print(format_table(results), flush=True)
+        cost = results["complexity"]
+        print(f"model: {cost['params'] / 1e6:.2f} M parameters, {cost['gflops']:.2f} GFLOPs at "
+              f"{cost['input_size']}x{cost['input_size']}", flush=True)
         print(f"results: {run_dir / 'results.json'}", flush=True)
     _finish(logger, results)
     return results
@@ -80,6 +84,7 @@ def _finish(logger, results: dict[str, Any]) -> None:
 
         if wandb.run is not None:
             wandb.run.summary.update({f"final/{k}": v for k, v in results["metrics"].items()})
+            wandb.run.summary.update({f"model/{k}": v for k, v in results["complexity"].items()})
             wandb.finish()
 
 

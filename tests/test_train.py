@@ -46,7 +46,8 @@ def test_run_writes_results_config_and_checkpoints(trained_run):
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"):
         assert isinstance(results["metrics"][key], float)
     assert results["config"]["data"]["image_size"] == 64
-    assert results["params"] > 0 and results["global_step"] == 3
+    assert results["complexity"]["params"] > 0 and results["complexity"]["gflops"] > 0
+    assert results["global_step"] == 3
     assert (trained_run / ".hydra" / "config.yaml").is_file()
     assert "model.head.depth=1" in (trained_run / ".hydra" / "overrides.yaml").read_text()
     assert (trained_run / "checkpoints" / "last.ckpt").is_file()
