@@ -6,7 +6,6 @@ feeds the COCO evaluator, which scores against the dataset's own annotation file
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -48,10 +47,6 @@ class DetectionModule(pl.LightningModule):
         self.evaluator = CocoEvaluator(val_ann_file, category_ids, class_names, backend=conf.eval.backend)
         self.last_eval: dict[str, Any] | None = None
         self.last_eval_step = -1
-
-    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
-        moved = {f.name: getattr(batch, f.name).to(device, non_blocking=True) for f in dataclasses.fields(batch)}
-        return Batch(**moved)
 
     def forward(self, batch: Batch):
         """Detections of a batch (list of per-image Detections, boxes in original pixels)."""
