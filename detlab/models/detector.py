@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+import torch
 from torch import Tensor, nn
 
-from detlab.models.priors import AnchorGenerator
 from detlab.structures import HeadOutput, Priors
+
+# (feature shapes [(H_l, W_l)], strides, device) -> Priors: AnchorGenerator, DefaultBoxGenerator in models/priors.py
+PriorGenerator = Callable[[Sequence[tuple[int, int]], Sequence[int], torch.device], Priors]
 
 
 class Detector(nn.Module):
     """images [B, 3, H, W] -> (HeadOutput, Priors), the same in training and evaluation.
 
     The model never assigns, computes a loss, decodes or resizes: the assigner, the loss and the
-    post-processing do, so each can be swapped on its own.
+    post-processing do, so each can be swapped on its own. The priors follow the shapes of the neck's
+    levels, so any input size works (the generator caches them per size).
     """
 
-    def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, priors: AnchorGenerator) -> None:
+    def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, priors: PriorGenerator) -> None:
         super().__init__()
         self.backbone = backbone
         self.neck = neck
@@ -23,6 +29,13 @@ class Detector(nn.Module):
         self.priors = priors
 
     def forward(self, images: Tensor) -> tuple[HeadOutput, Priors]:
+        """images [B, 3, H, W] -> cls_logits [B, A, C], box_reg [B, A, 4] and the A priors they refer to."""
         levels = self.neck(self.backbone(images))
         priors = self.priors([tuple(x.shape[-2:]) for x in levels], self.neck.strides, images.device)
-        return self.head(levels), priors
+        outputs = self.head(levels)
+        if outputs.box_reg.shape[1] != len(priors):  # would otherwise surface later as a shape error in the loss
+            raise ValueError(
+                f"the head made {outputs.box_reg.shape[1]} predictions per image for {len(priors)} priors: "
+                "model.head.num_anchors must equal the prior generator's num_per_location"
+            )
+        return outputs, priors

@@ -1,4 +1,6 @@
-"""ResNet backbone: shapes, freezing, and torchvision's weights loaded by name from a local cache."""
+"""ResNet backbone: shapes, freezing, and torchvision's weights loaded by name from a local cache (no network)."""
+
+import urllib.error
 
 import pytest
 import torch
@@ -16,34 +18,76 @@ def test_outputs_strides_and_channels(depth, channels):
     assert [tuple(f.shape[1:]) for f in features] == [(c, 64 // s, 96 // s) for c, s in zip(channels, net.strides)]
 
 
-def test_c2_for_faster_rcnn():
+def test_c2_for_faster_rcnn_and_odd_sizes():
     net = ResNet(depth=18, out_indices=(1, 2, 3, 4))
     assert net.strides == (4, 8, 16, 32) and net.out_channels == (64, 128, 256, 512)
+    # Every stride-2 layer pads by half its kernel: each level is ceil(size / stride).
+    shapes = [tuple(f.shape[-2:]) for f in net(torch.randn(1, 3, 50, 75))]
+    assert shapes == [(13, 19), (7, 10), (4, 5), (2, 3)]
+
+
+def test_features_equal_torchvision_resnet_with_the_same_weights():
+    reference = torchvision.models.resnet18().eval()
+    net = ResNet(depth=18, out_indices=(3,)).eval()
+    net.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.startswith(("layer4", "fc"))})
+    images = torch.randn(1, 3, 64, 64)
+    r = reference
+    expected = r.layer3(r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(images)))))))
+    (got,) = net(images)
+    torch.testing.assert_close(got, expected)
 
 
 def test_frozen_stages_and_frozen_bn():
     net = ResNet(depth=18, frozen_stages=1, norm="frozen_bn")
-    assert not any(p.requires_grad for p in net.stem.parameters())
-    assert not any(p.requires_grad for p in net.stages[0].parameters())
-    assert all(p.requires_grad for p in net.stages[1].parameters())
-    assert any(isinstance(m, FrozenBatchNorm2d) for m in net.modules())
+    assert not any(p.requires_grad for p in [*net.conv1.parameters(), *net.layer1.parameters()])
+    assert all(p.requires_grad for p in net.layer2.parameters())
+    assert isinstance(net.bn1, FrozenBatchNorm2d) and isinstance(net.layer4[1].bn2, FrozenBatchNorm2d)
     net = ResNet(depth=18, frozen_stages=1).train()
-    assert not net.stem[1].training and not net.stages[0][0].bn1.training and net.stages[1][0].bn1.training
+    assert not net.bn1.training and not net.layer1[0].bn1.training and net.layer2[0].bn1.training
+    net(torch.randn(2, 3, 32, 32))
+    assert torch.equal(net.layer1[0].bn1.running_mean, torch.zeros(64))  # frozen BN statistics did not move
+    assert not torch.equal(net.layer2[0].bn1.running_mean, torch.zeros(128))
 
 
-def test_pretrained_weights_load_by_name_from_the_torch_cache(tmp_path, monkeypatch):
-    """The real loading path (torchvision's weights API) fed from a cache file the test writes: no network."""
+def _cache_random_resnet18(tmp_path, monkeypatch) -> dict:
+    """A random resnet18 state dict saved where torchvision's loader looks before downloading."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     reference = torchvision.models.resnet18()
+    for module in reference.modules():  # non-default BN statistics, so that a skipped buffer shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    state = reference.state_dict()
     checkpoints = tmp_path / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    torch.save(reference.state_dict(), checkpoints / weights.url.split("/")[-1])
-    net = ResNet(depth=18, pretrained=True)
-    assert torch.equal(net.stem[0].weight, reference.conv1.weight)
-    assert torch.equal(net.stages[2][1].conv2.weight, reference.layer3[1].conv2.weight)
-    named = ResNet(depth=18, pretrained="IMAGENET1K_V1")
-    assert torch.equal(named.stages[0][0].conv1.weight, reference.layer1[0].conv1.weight)
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    torch.save(state, checkpoints / url.rsplit("/", 1)[-1])
+    return state
+
+
+@pytest.mark.parametrize("pretrained, norm", [(True, "bn"), ("IMAGENET1K_V1", "frozen_bn")])
+def test_pretrained_weights_load_by_name_from_the_torch_cache(tmp_path, monkeypatch, pretrained, norm):
+    """The real loading path (torchvision's weights API) fed from a cache file the test writes: no network."""
+    expected = _cache_random_resnet18(tmp_path, monkeypatch)
+    net = ResNet(depth=18, pretrained=pretrained, norm=norm)
+    ours = net.state_dict()
+    wanted = {k for k in expected if not k.startswith("fc.")}
+    if norm == "frozen_bn":  # FrozenBatchNorm2d keeps no batch counter
+        wanted = {k for k in wanted if not k.endswith("num_batches_tracked")}
+    assert set(ours) == wanted
+    for key in wanted:
+        assert torch.equal(ours[key], expected[key]), key
+
+
+def test_missing_weights_without_network_name_the_key_and_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(FileNotFoundError, match=r"model.backbone.pretrained=True.*hub/checkpoints/resnet18-"):
+        ResNet(depth=18, pretrained=True)
 
 
 def test_bad_values_name_the_key():
@@ -51,5 +95,9 @@ def test_bad_values_name_the_key():
         ResNet(depth=42)
     with pytest.raises(ValueError, match="model.backbone.norm"):
         ResNet(norm="gn")
+    with pytest.raises(ValueError, match="model.backbone.out_indices"):
+        ResNet(out_indices=(4, 3))
+    with pytest.raises(ValueError, match="model.backbone.frozen_stages"):
+        ResNet(frozen_stages=5)
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
         ResNet(depth=18, pretrained="IMAGENET9K")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torchvision
 from torch import Tensor, nn
+from torchvision.models import WeightsEnum
 from torchvision.ops import FrozenBatchNorm2d
 
 DEPTHS = (18, 34, 50, 101)
@@ -14,12 +16,16 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 class ResNet(nn.Module):
-    """torchvision's resnet{depth} as a feature extractor.
+    """torchvision's resnet{depth} without its classifier, as a feature extractor.
+
+    The submodules keep torchvision's names (conv1, bn1, layer1..layer4), so a torchvision ResNet state dict,
+    or the `backbone.body.*` part of a torchvision detection checkpoint, loads with no key renaming.
 
     out_indices: which stages to return, 1..4 = layer1..layer4 = C2..C5 (strides 4, 8, 16, 32).
     pretrained:  False (random init) | True (torchvision's default ImageNet weights) | a weights name such as
                  "IMAGENET1K_V2"; loaded through torchvision's weights API only when asked.
-    norm:        "bn" (trainable BatchNorm, to train from scratch) | "frozen_bn" (statistics and affine fixed).
+    norm:        "bn" (trainable BatchNorm, to train from scratch) | "frozen_bn" (statistics and affine fixed,
+                 the usual choice with pretrained weights and small batches).
     frozen_stages: -1 nothing frozen, 0 the stem, N the stem and layer1..layerN (no grad, BN in eval mode).
     """
 
@@ -32,46 +38,61 @@ class ResNet(nn.Module):
         out_indices: Sequence[int] = (2, 3, 4),
     ) -> None:
         super().__init__()
-        if depth not in DEPTHS:
-            raise ValueError(f"model.backbone.depth={depth} is not a torchvision ResNet; use one of {DEPTHS}")
-        if norm not in NORMS:
-            raise ValueError(f"model.backbone.norm={norm!r}; use one of {NORMS}")
-        if not set(out_indices) <= {1, 2, 3, 4} or list(out_indices) != sorted(set(out_indices)):
-            raise ValueError(f"model.backbone.out_indices={list(out_indices)} must be increasing stages among 1..4")
-        if not -1 <= frozen_stages <= 4:
-            raise ValueError(f"model.backbone.frozen_stages={frozen_stages} must be in -1..4")
+        _check(depth, norm, frozen_stages, out_indices)
         norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
-        net = torchvision.models.get_model(f"resnet{depth}", weights=_weights(depth, pretrained), norm_layer=norm_layer)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.stages = nn.ModuleList(getattr(net, name) for name in STAGES[: max(out_indices)])
+        net = torchvision.models.get_model(f"resnet{depth}", weights=None, norm_layer=norm_layer)
+        weights = _weights(depth, pretrained)
+        if weights is not None:
+            net.load_state_dict(_fetch(weights, pretrained))
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.num_stages = max(out_indices)  # stages above the last returned one are never run: not built
+        for name in STAGES[: self.num_stages]:
+            self.add_module(name, getattr(net, name))
         self.out_indices = tuple(out_indices)
-        width = 64 if depth < 50 else 256
-        self.out_channels = tuple(width * 2 ** (i - 1) for i in out_indices)
-        self.strides = tuple(2 ** (i + 1) for i in out_indices)
+        width = 64 if depth < 50 else 256  # layer1's output channels: BasicBlock 64, Bottleneck 64 * 4
+        self.out_channels = tuple(width * 2 ** (i - 1) for i in self.out_indices)
+        self.strides = tuple(2 ** (i + 1) for i in self.out_indices)
         self.frozen_stages = frozen_stages
-        frozen = [self.stem, *self.stages[:frozen_stages]] if frozen_stages >= 0 else []
-        for module in frozen:
+        for module in self._frozen_modules():
             module.requires_grad_(False)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        stem = [self.conv1, self.bn1]
+        return stem + [getattr(self, name) for name in STAGES[: min(self.frozen_stages, self.num_stages)]]
 
     def train(self, mode: bool = True) -> ResNet:
         super().train(mode)
-        if self.frozen_stages >= 0:  # frozen stages keep their BN statistics, as in detectron2
-            for module in [self.stem, *self.stages[: self.frozen_stages]]:
-                module.eval()
+        for module in self._frozen_modules():  # frozen stages keep their BN statistics, as in detectron2
+            module.eval()
         return self
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        """images [B, 3, H, W] -> the feature maps of out_indices, lowest stride first."""
-        x = self.stem(images)
+        """images [B, 3, H, W] -> [B, out_channels[i], ceil(H / strides[i]), ceil(W / strides[i])] per index."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         features = []
-        for index, stage in enumerate(self.stages, start=1):
-            x = stage(x)
+        for index, name in enumerate(STAGES[: self.num_stages], start=1):
+            x = getattr(self, name)(x)
             if index in self.out_indices:
                 features.append(x)
         return features
 
 
-def _weights(depth: int, pretrained: bool | str):
+def _check(depth: int, norm: str, frozen_stages: int, out_indices: Sequence[int]) -> None:
+    if depth not in DEPTHS:
+        raise ValueError(f"model.backbone.depth={depth} is not a torchvision ResNet; use one of {list(DEPTHS)}")
+    if norm not in NORMS:
+        raise ValueError(f"model.backbone.norm={norm!r}; use one of {list(NORMS)}")
+    indices = list(out_indices)
+    if not indices or not set(indices) <= {1, 2, 3, 4} or indices != sorted(set(indices)):
+        raise ValueError(f"model.backbone.out_indices={indices} must be increasing stages among 1..4 (C2..C5)")
+    if not -1 <= frozen_stages <= 4:
+        raise ValueError(f"model.backbone.frozen_stages={frozen_stages} must be in -1..4")
+
+
+def _weights(depth: int, pretrained: bool | str | None) -> WeightsEnum | None:
+    """The torchvision weights entry that `pretrained` names, or None for a random init."""
     if pretrained is False or pretrained is None:
         return None
     enum = torchvision.models.get_model_weights(f"resnet{depth}")
@@ -84,3 +105,15 @@ def _weights(depth: int, pretrained: bool | str):
             f"model.backbone.pretrained={pretrained!r} is not a resnet{depth} weights name; "
             f"use true, false or one of {[w.name for w in enum]}"
         ) from None
+
+
+def _fetch(weights: WeightsEnum, pretrained: bool | str) -> dict[str, Tensor]:
+    """torchvision's loader: the file in <TORCH_HOME>/hub/checkpoints if there, else a download."""
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except OSError as err:  # urllib's URLError is an OSError: no network and no cached file
+        target = f"{torch.hub.get_dir()}/checkpoints/{weights.url.rsplit('/', 1)[-1]}"
+        raise FileNotFoundError(
+            f"model.backbone.pretrained={pretrained!r}: torchvision's {weights} is not at {target} and could "
+            f"not be downloaded from {weights.url} ({err}); put the file there or set pretrained=false"
+        ) from err

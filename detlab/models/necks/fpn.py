@@ -13,6 +13,7 @@ EXTRA_SOURCES = ("c5", "p5", "maxpool")
 class FPN(nn.Module):
     """Pyramid levels of `out_channels` over the backbone's features, lowest stride first.
 
+    in_channels, in_strides: the backbone's `out_channels` and `strides` (wired by the builder).
     num_extra_levels: stride-2 levels added on top (RetinaNet: 2, P6 and P7; Faster R-CNN: 1, P6).
     extra_source:     "c5" (P6 = conv(C5), P7 = conv(relu(P6)), as RetinaNet), "p5" (the same from P5, as
                       torchvision's v2 models and FCOS) or "maxpool" (P6 = max-pool of P5, as Faster R-CNN).
@@ -28,32 +29,40 @@ class FPN(nn.Module):
     ) -> None:
         super().__init__()
         if extra_source not in EXTRA_SOURCES:
-            raise ValueError(f"model.neck.extra_source={extra_source!r}; use one of {EXTRA_SOURCES}")
-        if len(in_channels) != len(in_strides):
-            raise ValueError(f"FPN got {len(in_channels)} input channel counts but {len(in_strides)} strides")
+            raise ValueError(f"model.neck.extra_source={extra_source!r}; use one of {list(EXTRA_SOURCES)}")
+        if num_extra_levels < 0:
+            raise ValueError(f"model.neck.num_extra_levels={num_extra_levels} must be >= 0")
+        if not in_channels or len(in_channels) != len(in_strides):
+            raise ValueError(
+                f"model.neck: in_channels={list(in_channels)} and in_strides={list(in_strides)} must be "
+                "non-empty and one per backbone feature map"
+            )
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
-        self.extra_source = extra_source
-        extra_in = in_channels[-1] if extra_source == "c5" else out_channels
         self.extra = nn.ModuleList()
         if extra_source != "maxpool":
+            first_in = in_channels[-1] if extra_source == "c5" else out_channels
             for i in range(num_extra_levels):
-                self.extra.append(nn.Conv2d(extra_in if i == 0 else out_channels, out_channels, 3, stride=2, padding=1))
+                self.extra.append(nn.Conv2d(first_in if i == 0 else out_channels, out_channels, 3, stride=2, padding=1))
+        for conv in [*self.lateral, *self.output, *self.extra]:  # torchvision's and detectron2's FPN init
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            nn.init.zeros_(conv.bias)
+        self.extra_source = extra_source
         self.num_extra_levels = num_extra_levels
         self.out_channels = out_channels
         self.strides = tuple(in_strides) + tuple(in_strides[-1] * 2 ** (i + 1) for i in range(num_extra_levels))
-        for conv in [*self.lateral, *self.output, *self.extra]:
-            nn.init.kaiming_uniform_(conv.weight, a=1)
-            nn.init.zeros_(conv.bias)
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
-        """features: backbone maps lowest stride first -> pyramid levels [B, out_channels, H_l, W_l]."""
+        """features: backbone maps lowest stride first -> levels [B, out_channels, H_l, W_l], one per stride."""
+        if len(features) != len(self.lateral):
+            raise ValueError(f"FPN was built for {len(self.lateral)} backbone feature maps but got {len(features)}")
         laterals = [conv(f) for conv, f in zip(self.lateral, features)]
-        for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+        for i in range(len(laterals) - 1, 0, -1):  # top-down; size= (not scale 2) because odd sizes round up
+            upsampled = F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + upsampled
         levels = [conv(x) for conv, x in zip(self.output, laterals)]
         if self.extra_source == "maxpool":
-            for _ in range(self.num_extra_levels):
+            for _ in range(self.num_extra_levels):  # kernel 1, stride 2: subsampling, ceil(size / 2)
                 levels.append(F.max_pool2d(levels[-1], kernel_size=1, stride=2))
             return levels
         x = features[-1] if self.extra_source == "c5" else levels[-1]
