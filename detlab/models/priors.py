@@ -1,20 +1,26 @@
-"""Anchor generator: per level, sizes x scales x aspect ratios centred on every feature-map cell."""
+"""Prior generators: RetinaNet's anchors (sizes x scales x aspect ratios on every feature-map cell) and SSD's
+default boxes (fractions of the input side, spread over it). Same call, same ordering, same Priors."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from detlab.structures import Priors
+
+CACHE_SIZE = 16  # input geometries kept; multi-scale training cycles through a handful of sizes
 
 
 class AnchorGenerator:
     """Anchors of one base size per level (RetinaNet: 32..512 for P3..P7), scales x aspect ratios each.
 
+    Each level has num_per_location = len(scales) * len(aspect_ratios) anchors per cell, of area
+    (size * scale)^2 and height / width = aspect ratio, ordered ratio-major then scale (as torchvision).
     offset: the anchor centre within a cell in units of stride (0.0 as torchvision and detectron2; 0.5 for
-            cell centres). Anchors are ordered level-major, then y, x, then (aspect ratio, scale), the order in
-            which the heads flatten their outputs. One Priors object is cached per input geometry.
+            cell centres). Anchors are ordered level-major, then y, x, then anchor index: the order in
+            which the heads flatten their outputs. One Priors object is cached per input geometry and device.
     """
 
     def __init__(
@@ -24,6 +30,9 @@ class AnchorGenerator:
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         offset: float = 0.0,
     ) -> None:
+        for key, values in (("sizes", sizes), ("scales", scales), ("aspect_ratios", aspect_ratios)):
+            if not values or min(values) <= 0:
+                raise ValueError(f"model.priors.{key}={list(values)} must be a non-empty list of positive numbers")
         self.sizes = tuple(float(s) for s in sizes)
         self.scales = tuple(float(s) for s in scales)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
@@ -31,38 +40,120 @@ class AnchorGenerator:
         self.num_per_location = len(self.scales) * len(self.aspect_ratios)
         self._cache: dict[tuple, Priors] = {}
 
-    def cell_anchors(self, size: float) -> torch.Tensor:
-        """[num_per_location, 4] zero-centred xyxy anchors of one level (h/w = aspect ratio, area = (size*scale)^2)."""
-        scales = torch.tensor(self.scales) * size
-        ratios = torch.tensor(self.aspect_ratios)
-        h_ratio = ratios.sqrt()
-        ws = (scales[None, :] / h_ratio[:, None]).reshape(-1)
-        hs = (scales[None, :] * h_ratio[:, None]).reshape(-1)
+    def cell_anchors(self, size: float, device: torch.device | str = "cpu") -> Tensor:
+        """[num_per_location, 4] xyxy anchors of one level centred on (0, 0)."""
+        scales = torch.tensor(self.scales, device=device) * size
+        h_ratios = torch.tensor(self.aspect_ratios, device=device).sqrt()
+        ws = (scales[None, :] / h_ratios[:, None]).reshape(-1)
+        hs = (scales[None, :] * h_ratios[:, None]).reshape(-1)
         return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
 
-    def __call__(self, feature_shapes: Sequence[tuple[int, int]], strides: Sequence[int], device: torch.device) -> Priors:
-        if len(feature_shapes) != len(self.sizes):
+    def __call__(
+        self, feature_shapes: Sequence[tuple[int, int]], strides: Sequence[int], device: torch.device | str
+    ) -> Priors:
+        """Priors (boxes [A, 4] xyxy input pixels, strides [A]) for levels of (H_l, W_l) at the given strides."""
+        if len(feature_shapes) != len(self.sizes) or len(strides) != len(self.sizes):
             raise ValueError(
-                f"model.priors.sizes has {len(self.sizes)} sizes for {len(feature_shapes)} pyramid levels; "
-                "give one size per level"
+                f"model.priors.sizes has {len(self.sizes)} sizes for {len(feature_shapes)} pyramid levels "
+                f"(strides {list(strides)}); give one size per level"
             )
-        key = (tuple(tuple(s) for s in feature_shapes), tuple(strides), str(device))
+        key = (tuple((int(h), int(w)) for h, w in feature_shapes), tuple(int(s) for s in strides), str(device))
         if key not in self._cache:
-            self._cache[key] = self._generate(feature_shapes, strides, device)
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))  # the oldest geometry
+            self._cache[key] = self._generate(key[0], key[1], torch.device(device))
         return self._cache[key]
 
-    def _generate(self, feature_shapes, strides, device) -> Priors:
+    def _generate(self, feature_shapes: tuple, strides: tuple, device: torch.device) -> Priors:
         boxes, level_strides = [], []
         for (h, w), stride, size in zip(feature_shapes, strides, self.sizes):
-            ys = (torch.arange(h, dtype=torch.float32) + self.offset) * stride
-            xs = (torch.arange(w, dtype=torch.float32) + self.offset) * stride
+            ys = (torch.arange(h, dtype=torch.float32, device=device) + self.offset) * stride
+            xs = (torch.arange(w, dtype=torch.float32, device=device) + self.offset) * stride
             cy, cx = torch.meshgrid(ys, xs, indexing="ij")
-            centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
-            level = (centres + self.cell_anchors(size)[None]).reshape(-1, 4)
+            centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)  # [H * W, 1, 4], y-major
+            level = (centres + self.cell_anchors(size, device)[None]).reshape(-1, 4)  # [H * W * A_loc, 4]
             boxes.append(level)
-            level_strides.append(torch.full((len(level),), float(stride)))
+            level_strides.append(torch.full((len(level),), float(stride), device=device))
         return Priors(
-            boxes=torch.cat(boxes).to(device),
-            strides=torch.cat(level_strides).to(device),
+            boxes=torch.cat(boxes),
+            strides=torch.cat(level_strides),
+            level_sizes=tuple(len(b) for b in boxes),
+        )
+
+
+class DefaultBoxGenerator:
+    """SSD's default boxes (Liu et al. 2016, section 2.2), sized as fractions of the input side.
+
+    image_size:    side of the square input (the model config passes ${data.image_size}); the scales are
+                   fractions of it and the cells of every level are spread over all of it.
+    scales:        s_1 .. s_{m+1} for m levels. Level k has, on every cell, a box of side s_k, one of side
+                   sqrt(s_k * s_{k+1}), and for each a in aspect_ratios[k] one of s_k sqrt(a) x s_k / sqrt(a) and
+                   its transpose: num_per_location[k] = 2 + 2 * len(aspect_ratios[k]), in that order (as the
+                   paper's caffe code and torchvision).
+    aspect_ratios: per level, the ratios a besides 1 (each adds a and 1 / a).
+
+    Box centres are the paper's ((j + 0.5) / |f_k|) * image_size, which spreads a level's cells evenly over the
+    input whatever its size (torchvision's DefaultBoxGenerator with steps=None), rather than caffe's fixed steps
+    (8, 16, 32, 64, 100, 300) that put conv4_3's last centre on the border. Boxes are not clipped to the image
+    (caffe's SSD300/SSD512 and mmdetection do not either). Boxes are ordered level, y, x, then box, as the heads
+    flatten their outputs; Priors.strides holds the strides passed in (the neck's nominal strides) to name each
+    box's level. One Priors object is cached per input geometry and device.
+    """
+
+    def __init__(self, image_size: int, scales: Sequence[float], aspect_ratios: Sequence[Sequence[float]]) -> None:
+        if not isinstance(image_size, int) or image_size <= 0:
+            raise ValueError(f"model.priors.image_size={image_size!r} must be a positive integer (data.image_size)")
+        if len(scales) != len(aspect_ratios) + 1 or min(scales) <= 0:
+            raise ValueError(
+                f"model.priors.scales={list(scales)} must be {len(aspect_ratios) + 1} positive fractions of the "
+                f"input side: one per level of model.priors.aspect_ratios ({len(aspect_ratios)}) plus the last "
+                "level's next scale"
+            )
+        if any(min(ratios, default=1.0) <= 0 for ratios in aspect_ratios):
+            raise ValueError(f"model.priors.aspect_ratios={[list(r) for r in aspect_ratios]} must be positive")
+        self.image_size = image_size
+        self.scales = tuple(float(s) for s in scales)
+        self.aspect_ratios = tuple(tuple(float(a) for a in ratios) for ratios in aspect_ratios)
+        self.num_per_location = [2 + 2 * len(ratios) for ratios in self.aspect_ratios]
+        self._cache: dict[tuple, Priors] = {}
+
+    def box_sizes(self, level: int, device: torch.device | str = "cpu") -> Tensor:
+        """[num_per_location[level], 2] (width, height) of one level's boxes, in input pixels."""
+        s_k, s_next = self.scales[level], self.scales[level + 1]
+        sides = [(s_k, s_k), ((s_k * s_next) ** 0.5,) * 2]
+        for a in self.aspect_ratios[level]:
+            sides += [(s_k * a**0.5, s_k / a**0.5), (s_k / a**0.5, s_k * a**0.5)]
+        return torch.tensor(sides, dtype=torch.float32, device=device) * self.image_size
+
+    def __call__(
+        self, feature_shapes: Sequence[tuple[int, int]], strides: Sequence[int], device: torch.device | str
+    ) -> Priors:
+        """Priors (boxes [A, 4] xyxy input pixels, strides [A]) for levels of (H_l, W_l) at the given strides."""
+        if len(feature_shapes) != len(self.aspect_ratios) or len(strides) != len(self.aspect_ratios):
+            raise ValueError(
+                f"model.priors.aspect_ratios has {len(self.aspect_ratios)} levels for {len(feature_shapes)} "
+                f"source maps (strides {list(strides)}); give one list of ratios (and one scale) per level"
+            )
+        key = (tuple((int(h), int(w)) for h, w in feature_shapes), tuple(int(s) for s in strides), str(device))
+        if key not in self._cache:
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))  # the oldest geometry
+            self._cache[key] = self._generate(key[0], key[1], torch.device(device))
+        return self._cache[key]
+
+    def _generate(self, feature_shapes: tuple, strides: tuple, device: torch.device) -> Priors:
+        boxes, level_strides = [], []
+        for level, ((h, w), stride) in enumerate(zip(feature_shapes, strides)):
+            ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) * (self.image_size / h)
+            xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) * (self.image_size / w)
+            cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+            centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2)  # [H * W, 1, 2], y-major
+            half = self.box_sizes(level, device)[None] / 2  # [1, A_loc, 2]
+            level_boxes = torch.cat([centres - half, centres + half], dim=-1).reshape(-1, 4)  # [H * W * A_loc, 4]
+            boxes.append(level_boxes)
+            level_strides.append(torch.full((len(level_boxes),), float(stride), device=device))
+        return Priors(
+            boxes=torch.cat(boxes),
+            strides=torch.cat(level_strides),
             level_sizes=tuple(len(b) for b in boxes),
         )
