@@ -109,3 +109,24 @@ def test_ddp_two_cpu_processes_match_single_process_eval(tmp_path):
     out = tmp_path / "single.json"
     run("detlab.evaluate", "run", str(tmp_path / "ddp"), "--output", str(out), cwd=tmp_path)
     assert json.loads(out.read_text())["metrics"] == pytest.approx(results["metrics"])
+
+
+def test_eval_entry_point_scores_any_results_file(trained_run, tmp_path):
+    """A results file from another framework (here: the val ground truth itself) scored with detlab-eval."""
+    config = json.loads((trained_run / "results.json").read_text())["config"]
+    from hydra.utils import instantiate
+
+    ann_file = instantiate(config["data"]).ann_file("val")
+    gt = json.loads(Path(ann_file).read_text())
+    detections = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+    ]
+    (tmp_path / "dets.json").write_text(json.dumps(detections))
+    out = tmp_path / "scored.json"
+    run("detlab.evaluate", "results", "--ann", ann_file, "--results", str(tmp_path / "dets.json"),
+        "--output", str(out), cwd=tmp_path)
+    assert json.loads(out.read_text())["metrics"]["AP"] == pytest.approx(1.0)
+    bad = run("detlab.evaluate", "results", "--ann", ann_file, "--results", str(tmp_path / "missing.json"),
+              cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "missing.json" in bad.stderr and "Traceback" not in bad.stderr
