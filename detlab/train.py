@@ -88,7 +88,13 @@ def _finish(logger, results: dict[str, Any]) -> None:
             wandb.finish()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+# An absolute path: relative ones are resolved against the calling module, which differs between
+# `python -m detlab.train` and the `detlab-train` console script. conf/ lives beside the package
+# (installed editable, as the Makefile does).
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

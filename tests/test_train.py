@@ -25,9 +25,9 @@ TINY = [
 
 
 def run(entry: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", entry, *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+    """Run a module (`detlab.train`) or an installed console script (`detlab-train`, as the README does)."""
+    command = [str(Path(sys.executable).parent / entry)] if entry.startswith("detlab-") else [sys.executable, "-m", entry]
+    proc = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{entry} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -86,11 +86,11 @@ def test_resume_continues_from_the_checkpoint(trained_run, tmp_path):
 
 
 def test_bad_override_stops_before_work_with_the_key(tmp_path):
-    proc = run("detlab.train", "data.imag_size=320", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
+    proc = run("detlab-train", "data.imag_size=320", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert "imag_size" in proc.stderr
     proc = run(
-        "detlab.train", "model.neck.num_extra_levels=1", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False
+        "detlab-train", "model.neck.num_extra_levels=1", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False
     )
     assert proc.returncode == 2
     assert "model.priors.sizes" in proc.stderr and "Traceback" not in proc.stderr
