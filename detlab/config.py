@@ -22,6 +22,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.eval.backend not in BACKENDS:
         raise ConfigError(f"eval.backend={cfg.eval.backend!r} is not an evaluator; use one of {BACKENDS}")
     _check_levels(cfg.model)
+    _check_default_boxes(cfg)
+    _check_yolo(cfg)
     _check_trainer(cfg.trainer)
 
 
@@ -59,4 +61,64 @@ def _check_trainer(trainer: DictConfig) -> None:
     if on_cpu and str(trainer.precision).startswith("16"):
         raise ConfigError(
             f"trainer.precision={trainer.precision} needs a GPU; on CPU use 32-true or bf16-mixed"
+        )
+
+
+def _check_default_boxes(cfg: DictConfig) -> None:
+    """SSD's default boxes: fractions of exactly data.image_size, one scale and one ratio list per source map."""
+    priors = cfg.model.get("priors")
+    if priors is None or not str(priors.get("_target_", "")).endswith(".DefaultBoxGenerator"):
+        return
+    size = cfg.data.image_size
+    if priors.image_size != size:
+        raise ConfigError(
+            f"model.priors.image_size={priors.image_size} but data.image_size={size}: the default boxes are "
+            "fractions of the input side; set model.priors.image_size='${data.image_size}'"
+        )
+    divisor = cfg.data.get("size_divisor", 1)
+    if divisor > 1 and size % divisor:
+        raise ConfigError(
+            f"data.size_divisor={divisor} pads the {size} px input to {-(-size // divisor) * divisor} px, but the "
+            f"default boxes (model.priors) cover exactly data.image_size={size}; set data.size_divisor=1"
+        )
+    backbone, neck = cfg.model.backbone, cfg.model.neck
+    if "out_indices" not in backbone or "extra_channels" not in neck:
+        return
+    levels = len(backbone.out_indices) + len(neck.extra_channels)
+    if len(priors.aspect_ratios) != levels or len(priors.scales) != levels + 1:
+        raise ConfigError(
+            f"model.priors.aspect_ratios has {len(priors.aspect_ratios)} levels and model.priors.scales "
+            f"{len(priors.scales)} scales, but the network makes {levels} source maps "
+            f"(model.backbone.out_indices={list(backbone.out_indices)} plus {len(neck.extra_channels)} in "
+            f"model.neck.extra_channels); give one ratio list per map and one scale more than maps"
+        )
+
+
+def _check_yolo(cfg: DictConfig) -> None:
+    """YOLO: its head, criterion and loss go together, and one list of anchors per backbone map."""
+    model = cfg.model
+    head = str(model.get("head", {}).get("_target_", ""))
+    criterion = str(model.get("criterion", {}).get("_target_", ""))
+    yolo_loss = criterion.endswith(".YoloLoss")
+    if head.endswith(".YoloHead") != yolo_loss:
+        raise ConfigError(
+            "model.head YoloHead (its objectness output) and model.criterion YoloLoss go together; "
+            f"got model.head={head or None} with model.criterion={criterion or None}"
+        )
+    if not yolo_loss:
+        return
+    from hydra.utils import instantiate  # only to ask the chosen loss how many logits it wants
+
+    if instantiate(cfg.loss).num_outputs(1) != 1:
+        raise ConfigError(
+            f"loss ({cfg.loss._target_}) is a softmax loss with a background logit; YOLO (model=yolov3) "
+            "predicts objectness and independent logistic classes (YOLOv3, section 2.2), so its background is the "
+            "objectness and a softmax over K + 1 has nothing to learn: use loss=focal or loss=bce"
+        )
+    anchors = model.get("priors", {}).get("anchors")
+    if anchors is not None and "out_indices" in model.backbone and len(anchors) != len(model.backbone.out_indices):
+        raise ConfigError(
+            f"model.priors.anchors has {len(anchors)} levels but the backbone returns "
+            f"{len(model.backbone.out_indices)} maps (model.backbone.out_indices={list(model.backbone.out_indices)}); "
+            "give one list of [w, h] anchors per map"
         )

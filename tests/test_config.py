@@ -30,13 +30,29 @@ def test_every_group_has_options():
         assert options(group), f"conf/{group} is empty"
 
 
-@pytest.mark.parametrize("backbone", options("model/backbone"))
+@pytest.mark.parametrize("model", options("model"))
 @pytest.mark.parametrize("loss", options("loss"))
-def test_model_and_loss_options_build(backbone, loss):
-    cfg = compose_train([f"model/backbone={backbone}", f"loss={loss}"])
+def test_every_model_builds_with_every_loss_or_refuses_it_with_the_reason(model, loss):
+    cfg = compose_train([f"model={model}", f"loss={loss}"])
+    if model == "yolov3" and instantiate(cfg.loss).num_outputs(1) != 1:  # a softmax loss: YOLO's background is objectness
+        with pytest.raises(ConfigError, match="use loss=focal or loss=bce"):
+            validate(cfg)
+        return
     validate(cfg)
     parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
-    assert parts.model.head is not None and callable(parts.assigner) and callable(parts.postprocess)
+    assert callable(parts.model) and callable(parts.assigner) and callable(parts.criterion) and callable(parts.postprocess)
+
+
+# VGG16 gives two maps (conv4_3, fc7): RetinaNet's five levels need three extra ones on top of them.
+BACKBONE_NEEDS = {"vgg16": ["model.neck.num_extra_levels=3"]}
+
+
+@pytest.mark.parametrize("backbone", options("model/backbone"))
+def test_every_backbone_builds_into_the_default_detector(backbone):
+    cfg = compose_train([f"model/backbone={backbone}", *BACKBONE_NEEDS.get(backbone, [])])
+    validate(cfg)
+    parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
+    assert list(parts.model.neck.strides) == [8, 16, 32, 64, 128]
 
 
 @pytest.mark.parametrize("optim", options("optim"))

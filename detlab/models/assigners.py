@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from detlab.models.box_coder import YoloBoxCoder, bind_strides
 from detlab.structures import Batch, HeadOutput, Priors
 
 BACKGROUND = -1
@@ -74,3 +75,72 @@ def _check_inputs(priors: Priors, batch: Batch) -> None:
         )
     if priors.boxes.dim() != 2 or priors.boxes.shape[-1] != 4:
         raise ValueError(f"Priors.boxes must be [A, 4], got {list(priors.boxes.shape)}")
+
+
+class YoloAssigner(nn.Module):
+    """YOLOv3's assignment (section 2.1): each gt is learnt by one prior only, the one whose anchor shape best
+    matches its own among all levels' anchors (IoU of the (w, h) boxes centred together), in the cell of that
+    anchor's level that contains the gt's centre.
+
+    Batched over the padded batch: a [B, M, A] table of shape IoUs, kept only where prior a's cell contains gt
+    m's centre (one cell per level, so the candidates are exactly the anchors of all levels), argmax over A.
+    A gt whose centre lies on no cell (outside the padded input) is not matched.
+
+    Two gts that pick the same prior (same cell, same best anchor): the one whose shape matches the anchor
+    better takes it, the lower gt index on a tie; the other is not learnt at all in this batch (as in darknet,
+    where the later one silently overwrites the earlier).
+
+    ignore_iou: YOLOv3's ignore rule, against the predicted boxes (as the paper and darknet): a background
+                prior whose current prediction, decoded by box_coder, overlaps some gt by more than ignore_iou
+                is ignored (-2: no objectness loss) rather than pushed towards background. None disables it.
+    box_coder:  the coder of the predictions (the model's box_coder); needed when ignore_iou is set.
+    """
+
+    def __init__(self, ignore_iou: float | None = 0.5, box_coder: YoloBoxCoder | None = None):
+        super().__init__()
+        if ignore_iou is not None and not 0.0 < ignore_iou <= 1.0:
+            raise ValueError(f"assigner.ignore_iou must be in (0, 1] or null, got {ignore_iou}")
+        if ignore_iou is not None and box_coder is None:
+            raise ValueError("assigner.box_coder is needed to decode the predictions for assigner.ignore_iou")
+        self.ignore_iou = ignore_iou
+        self.box_coder = box_coder
+
+    def extra_repr(self) -> str:
+        return f"ignore_iou={self.ignore_iou}"
+
+    @torch.no_grad()
+    def forward(self, outputs: HeadOutput, priors: Priors, batch: Batch) -> Tensor:
+        """matched_gt [B, A] int64: gt index 0..M-1, -1 background, -2 ignored. Padded gts are never matched."""
+        _check_inputs(priors, batch)
+        gt_boxes, valid = batch.gt_boxes.float(), batch.gt_valid
+        matched = torch.full(outputs.box_reg.shape[:2], BACKGROUND, dtype=torch.int64, device=gt_boxes.device)
+        if self.ignore_iou is not None:
+            coder = bind_strides(self.box_coder, priors.strides)
+            predicted = coder.decode(outputs.box_reg, priors.boxes)  # [B, A, 4]
+            iou = box_iou(gt_boxes, predicted)  # [B, M, A]: torchvision's box_iou broadcasts leading dims
+            overlaps = (torch.where(valid[:, :, None], iou, 0.0) > self.ignore_iou).any(dim=1)  # [B, A]
+            matched = torch.where(overlaps, IGNORED, matched)
+
+        best_prior, best_iou = _best_shape_prior(gt_boxes, valid, priors)  # [B, M] each
+        # Several gts may pick one prior: a [B, M, A] table of their claims, where the best-matching one wins.
+        claims = torch.full((*best_prior.shape, len(priors)), -1.0, device=gt_boxes.device)
+        claims.scatter_(2, best_prior.clamp(min=0)[..., None], torch.where(best_prior >= 0, best_iou, -1.0)[..., None])
+        claim, winner = claims.max(dim=1)  # [B, A]; max returns the first (lowest) gt index on ties
+        return torch.where(claim >= 0, winner, matched)
+
+
+def _best_shape_prior(gt_boxes: Tensor, valid: Tensor, priors: Priors) -> tuple[Tensor, Tensor]:
+    """Per gt [B, M]: the index of the prior that learns it (-1 for padded or off-grid gts) and its shape IoU."""
+    # IoU of the shapes alone: both boxes centred at the origin, (cx, cy, w, h) = (0, 0, w, h).
+    gt_shapes = torch.cat([torch.zeros_like(gt_boxes[..., :2]), gt_boxes[..., 2:] - gt_boxes[..., :2]], dim=-1)
+    prior_boxes = priors.boxes.float()
+    prior_shapes = torch.cat([torch.zeros_like(prior_boxes[:, :2]), prior_boxes[:, 2:] - prior_boxes[:, :2]], dim=-1)
+    shape_iou = box_iou(gt_shapes, prior_shapes, fmt="cxcywh")  # [B, M, A]
+    # A prior's cell spans its centre +- stride / 2; a centre on a cell's edge belongs to the cell after it.
+    stride = priors.strides.float()[:, None]  # [A, 1]
+    cell_start = (priors.boxes[:, :2] + priors.boxes[:, 2:]) / 2 - stride / 2  # [A, 2]
+    gt_centre = ((gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2)[:, :, None]  # [B, M, 1, 2]
+    in_cell = ((gt_centre >= cell_start) & (gt_centre < cell_start + stride)).all(dim=-1)  # [B, M, A]
+    in_cell &= valid[:, :, None]
+    best_iou, best_prior = torch.where(in_cell, shape_iou, -1.0).max(dim=2)
+    return torch.where(best_iou >= 0, best_prior, -1), best_iou

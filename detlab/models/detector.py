@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-import torch
 from torch import Tensor, nn
 
+from detlab.models.priors import PriorGenerator
 from detlab.structures import HeadOutput, Priors
-
-# (feature shapes [(H_l, W_l)], strides, device) -> Priors: AnchorGenerator, DefaultBoxGenerator in models/priors.py
-PriorGenerator = Callable[[Sequence[tuple[int, int]], Sequence[int], torch.device], Priors]
 
 
 class Detector(nn.Module):

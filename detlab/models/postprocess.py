@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from detlab.models.box_coder import DeltaXYWHBoxCoder
+from detlab.models.box_coder import DeltaXYWHBoxCoder, bind_strides
 from detlab.structures import Batch, Detections, HeadOutput, Priors, boxes_to_original
 
 
@@ -20,6 +20,7 @@ class DensePostProcess(nn.Module):
 
     softmax: scores are a softmax over C = K + 1 outputs whose column 0 is background (softmax losses);
              otherwise a sigmoid per class over C = K outputs.
+    With an objectness output (YOLO), a score is sigmoid(objectness) x the class probability.
     """
 
     def __init__(
@@ -50,7 +51,7 @@ class DensePostProcess(nn.Module):
         sorted by decreasing score."""
         _check_inputs(outputs, priors)
         scores, prior_index, labels = self._top_candidates(outputs, priors)  # [B, T] each
-        boxes = self._decode(outputs.box_reg, priors.boxes, prior_index, batch.image_sizes)  # [B, T, 4]
+        boxes = self._decode(outputs.box_reg, priors, prior_index, batch.image_sizes)  # [B, T, 4]
 
         candidate = scores > self.score_thresh  # [B, T]
         image_index = torch.arange(len(scores), device=scores.device)[:, None].expand_as(scores)[candidate]
@@ -79,6 +80,8 @@ class DensePostProcess(nn.Module):
         """Scores, prior indices and labels [B, T] of each level's top-k (prior, class) pairs, T = sum of k."""
         logits = outputs.cls_logits.float()
         scores = logits.softmax(dim=-1)[..., 1:] if self.softmax else logits.sigmoid()  # [B, A, K]
+        if outputs.objectness is not None:  # YOLO: class probabilities are conditional on an object
+            scores = scores * outputs.objectness.float().sigmoid()[..., None]
         num_classes = scores.shape[-1]
         top_scores, top_index, start = [], [], 0
         # A loop over the (few) pyramid levels, not over images: each level's top-k is one batched call.
@@ -91,10 +94,11 @@ class DensePostProcess(nn.Module):
         flat_index = torch.cat(top_index, dim=1)
         return torch.cat(top_scores, dim=1), flat_index // num_classes, flat_index % num_classes
 
-    def _decode(self, box_reg: Tensor, prior_boxes: Tensor, prior_index: Tensor, image_sizes: Tensor) -> Tensor:
+    def _decode(self, box_reg: Tensor, priors: Priors, prior_index: Tensor, image_sizes: Tensor) -> Tensor:
         """Boxes [B, T, 4] decoded at prior_index [B, T] and clipped to each image's content (h, w) [B, 2]."""
         deltas = box_reg.gather(1, prior_index[..., None].expand(-1, -1, 4))
-        boxes = self.box_coder.decode(deltas, prior_boxes[prior_index])
+        # YOLO's centre offsets are in grid cells: its coder also needs each prior's stride.
+        boxes = bind_strides(self.box_coder, priors.strides[prior_index]).decode(deltas, priors.boxes[prior_index])
         height, width = image_sizes.to(boxes)[:, None, :].unbind(-1)  # [B, 1] each
         upper = torch.stack((width, height, width, height), dim=-1)  # [B, 1, 4]
         return torch.minimum(boxes.clamp(min=0), upper)
@@ -122,6 +126,11 @@ def _check_inputs(outputs: HeadOutput, priors: Priors) -> None:
         raise ValueError(
             f"postprocess expects HeadOutput.cls_logits [B, A, C] and box_reg [B, A, 4] with A = len(priors) = "
             f"{len(priors)}; got {list(outputs.cls_logits.shape)} and {list(outputs.box_reg.shape)}"
+        )
+    if outputs.objectness is not None and tuple(outputs.objectness.shape) != tuple(outputs.cls_logits.shape[:2]):
+        raise ValueError(
+            f"postprocess expects HeadOutput.objectness [B, A] = {list(outputs.cls_logits.shape[:2])}, "
+            f"got {list(outputs.objectness.shape)}"
         )
     if sum(priors.level_sizes) != len(priors):
         raise ValueError(f"Priors.level_sizes {priors.level_sizes} must sum to the number of priors {len(priors)}")

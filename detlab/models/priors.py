@@ -1,5 +1,6 @@
-"""Prior generators: RetinaNet's anchors (sizes x scales x aspect ratios on every feature-map cell) and SSD's
-default boxes (fractions of the input side, spread over it). Same call, same ordering, same Priors."""
+"""Prior generators: RetinaNet's anchors (sizes x scales x aspect ratios on every feature-map cell), SSD's
+default boxes (fractions of the input side, spread over it) and YOLOv3's anchor shapes. Same call, same
+ordering, same Priors; the level check, the cache and the assembly live once, in PriorGenerator."""
 
 from __future__ import annotations
 
@@ -13,7 +14,60 @@ from detlab.structures import Priors
 CACHE_SIZE = 16  # input geometries kept; multi-scale training cycles through a handful of sizes
 
 
-class AnchorGenerator:
+class PriorGenerator:
+    """(feature shapes [(H_l, W_l)], strides, device) -> Priors, cached per input geometry and device.
+
+    Subclasses set num_levels and levels_key (the config key whose length fixes the number of levels) and
+    implement _level_boxes. Priors are ordered level-major, then y, x, then the prior index within a cell:
+    the order in which the heads flatten their outputs.
+    """
+
+    num_levels: int
+    levels_key: str
+    _cache: dict[tuple, Priors]  # set to {} by each subclass's __init__
+
+    def __call__(
+        self, feature_shapes: Sequence[tuple[int, int]], strides: Sequence[int], device: torch.device | str
+    ) -> Priors:
+        """Priors (boxes [A, 4] xyxy input pixels, strides [A]) for levels of (H_l, W_l) at the given strides."""
+        if len(feature_shapes) != self.num_levels or len(strides) != self.num_levels:
+            raise ValueError(
+                f"model.priors.{self.levels_key} has {self.num_levels} levels for {len(feature_shapes)} pyramid "
+                f"levels (strides {list(strides)}); give one entry per level"
+            )
+        key = (tuple((int(h), int(w)) for h, w in feature_shapes), tuple(int(s) for s in strides), str(device))
+        if key not in self._cache:
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))  # the oldest geometry
+            self._cache[key] = self._generate(key[0], key[1], torch.device(device))
+        return self._cache[key]
+
+    def _generate(self, feature_shapes: tuple, strides: tuple, device: torch.device) -> Priors:
+        boxes = [
+            self._level_boxes(level, h, w, stride, device)
+            for level, ((h, w), stride) in enumerate(zip(feature_shapes, strides))
+        ]
+        return Priors(
+            boxes=torch.cat(boxes),
+            strides=torch.cat([torch.full((len(b),), float(s), device=device) for b, s in zip(boxes, strides)]),
+            level_sizes=tuple(len(b) for b in boxes),
+        )
+
+    def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device) -> Tensor:
+        """[H * W * A_loc, 4] xyxy boxes of one level."""
+        raise NotImplementedError
+
+
+def place(xs: Tensor, ys: Tensor, half_wh: Tensor) -> Tensor:
+    """Boxes [H * W * A_loc, 4] xyxy: every (w, h) of half_wh [A_loc, 2] centred on every (x, y) of the grid
+    xs [W] x ys [H], ordered y, x, then box."""
+    cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+    centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2)  # [H * W, 1, 2], y-major
+    half = half_wh[None]  # [1, A_loc, 2]
+    return torch.cat([centres - half, centres + half], dim=-1).reshape(-1, 4)
+
+
+class AnchorGenerator(PriorGenerator):
     """Anchors of one base size per level (RetinaNet: 32..512 for P3..P7), scales x aspect ratios each.
 
     Each level has num_per_location = len(scales) * len(aspect_ratios) anchors per cell, of area
@@ -38,7 +92,8 @@ class AnchorGenerator:
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.offset = float(offset)
         self.num_per_location = len(self.scales) * len(self.aspect_ratios)
-        self._cache: dict[tuple, Priors] = {}
+        self.num_levels, self.levels_key = len(self.sizes), "sizes"
+        self._cache = {}
 
     def cell_anchors(self, size: float, device: torch.device | str = "cpu") -> Tensor:
         """[num_per_location, 4] xyxy anchors of one level centred on (0, 0)."""
@@ -48,40 +103,13 @@ class AnchorGenerator:
         hs = (scales[None, :] * h_ratios[:, None]).reshape(-1)
         return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
 
-    def __call__(
-        self, feature_shapes: Sequence[tuple[int, int]], strides: Sequence[int], device: torch.device | str
-    ) -> Priors:
-        """Priors (boxes [A, 4] xyxy input pixels, strides [A]) for levels of (H_l, W_l) at the given strides."""
-        if len(feature_shapes) != len(self.sizes) or len(strides) != len(self.sizes):
-            raise ValueError(
-                f"model.priors.sizes has {len(self.sizes)} sizes for {len(feature_shapes)} pyramid levels "
-                f"(strides {list(strides)}); give one size per level"
-            )
-        key = (tuple((int(h), int(w)) for h, w in feature_shapes), tuple(int(s) for s in strides), str(device))
-        if key not in self._cache:
-            if len(self._cache) >= CACHE_SIZE:
-                self._cache.pop(next(iter(self._cache)))  # the oldest geometry
-            self._cache[key] = self._generate(key[0], key[1], torch.device(device))
-        return self._cache[key]
-
-    def _generate(self, feature_shapes: tuple, strides: tuple, device: torch.device) -> Priors:
-        boxes, level_strides = [], []
-        for (h, w), stride, size in zip(feature_shapes, strides, self.sizes):
-            ys = (torch.arange(h, dtype=torch.float32, device=device) + self.offset) * stride
-            xs = (torch.arange(w, dtype=torch.float32, device=device) + self.offset) * stride
-            cy, cx = torch.meshgrid(ys, xs, indexing="ij")
-            centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)  # [H * W, 1, 4], y-major
-            level = (centres + self.cell_anchors(size, device)[None]).reshape(-1, 4)  # [H * W * A_loc, 4]
-            boxes.append(level)
-            level_strides.append(torch.full((len(level),), float(stride), device=device))
-        return Priors(
-            boxes=torch.cat(boxes),
-            strides=torch.cat(level_strides),
-            level_sizes=tuple(len(b) for b in boxes),
-        )
+    def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device) -> Tensor:
+        xs = (torch.arange(w, dtype=torch.float32, device=device) + self.offset) * stride
+        ys = (torch.arange(h, dtype=torch.float32, device=device) + self.offset) * stride
+        return place(xs, ys, self.cell_anchors(self.sizes[level], device)[:, 2:])
 
 
-class DefaultBoxGenerator:
+class DefaultBoxGenerator(PriorGenerator):
     """SSD's default boxes (Liu et al. 2016, section 2.2), sized as fractions of the input side.
 
     image_size:    side of the square input (the model config passes ${data.image_size}); the scales are
@@ -115,7 +143,8 @@ class DefaultBoxGenerator:
         self.scales = tuple(float(s) for s in scales)
         self.aspect_ratios = tuple(tuple(float(a) for a in ratios) for ratios in aspect_ratios)
         self.num_per_location = [2 + 2 * len(ratios) for ratios in self.aspect_ratios]
-        self._cache: dict[tuple, Priors] = {}
+        self.num_levels, self.levels_key = len(self.aspect_ratios), "aspect_ratios"
+        self._cache = {}
 
     def box_sizes(self, level: int, device: torch.device | str = "cpu") -> Tensor:
         """[num_per_location[level], 2] (width, height) of one level's boxes, in input pixels."""
@@ -125,35 +154,45 @@ class DefaultBoxGenerator:
             sides += [(s_k * a**0.5, s_k / a**0.5), (s_k / a**0.5, s_k * a**0.5)]
         return torch.tensor(sides, dtype=torch.float32, device=device) * self.image_size
 
-    def __call__(
-        self, feature_shapes: Sequence[tuple[int, int]], strides: Sequence[int], device: torch.device | str
-    ) -> Priors:
-        """Priors (boxes [A, 4] xyxy input pixels, strides [A]) for levels of (H_l, W_l) at the given strides."""
-        if len(feature_shapes) != len(self.aspect_ratios) or len(strides) != len(self.aspect_ratios):
-            raise ValueError(
-                f"model.priors.aspect_ratios has {len(self.aspect_ratios)} levels for {len(feature_shapes)} "
-                f"source maps (strides {list(strides)}); give one list of ratios (and one scale) per level"
-            )
-        key = (tuple((int(h), int(w)) for h, w in feature_shapes), tuple(int(s) for s in strides), str(device))
-        if key not in self._cache:
-            if len(self._cache) >= CACHE_SIZE:
-                self._cache.pop(next(iter(self._cache)))  # the oldest geometry
-            self._cache[key] = self._generate(key[0], key[1], torch.device(device))
-        return self._cache[key]
+    def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device) -> Tensor:
+        xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) * (self.image_size / w)
+        ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) * (self.image_size / h)
+        return place(xs, ys, self.box_sizes(level, device) / 2)
 
-    def _generate(self, feature_shapes: tuple, strides: tuple, device: torch.device) -> Priors:
-        boxes, level_strides = [], []
-        for level, ((h, w), stride) in enumerate(zip(feature_shapes, strides)):
-            ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) * (self.image_size / h)
-            xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) * (self.image_size / w)
-            cy, cx = torch.meshgrid(ys, xs, indexing="ij")
-            centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2)  # [H * W, 1, 2], y-major
-            half = self.box_sizes(level, device)[None] / 2  # [1, A_loc, 2]
-            level_boxes = torch.cat([centres - half, centres + half], dim=-1).reshape(-1, 4)  # [H * W * A_loc, 4]
-            boxes.append(level_boxes)
-            level_strides.append(torch.full((len(level_boxes),), float(stride), device=device))
-        return Priors(
-            boxes=torch.cat(boxes),
-            strides=torch.cat(level_strides),
-            level_sizes=tuple(len(b) for b in boxes),
-        )
+
+class YoloAnchorGenerator(PriorGenerator):
+    """YOLOv3's anchors: a few (w, h) shapes per level, centred on every cell (offset 0.5 of the stride).
+
+    anchors:           per level (lowest stride first), a list of [w, h] in pixels of an input of
+                       anchor_image_size (YOLOv3's COCO k-means anchors are given for 416 px).
+    image_size:        the model's input side (the model config passes ${data.image_size}); the anchors are
+                       scaled by image_size / anchor_image_size, so that they keep their fraction of the input.
+    anchor_image_size: the input side the anchors were given for.
+
+    num_per_location[l] = len(anchors[l]). Priors are ordered level, y, x, then anchor, as the heads flatten
+    their outputs; one Priors object is cached per input geometry and device.
+    """
+
+    def __init__(
+        self, anchors: Sequence[Sequence[Sequence[float]]], image_size: int, anchor_image_size: int = 416
+    ) -> None:
+        if not isinstance(image_size, int) or image_size <= 0 or anchor_image_size <= 0:
+            raise ValueError(
+                f"model.priors.image_size={image_size!r} (data.image_size) and model.priors.anchor_image_size="
+                f"{anchor_image_size!r} must be positive integers"
+            )
+        shapes = [[tuple(float(v) for v in wh) for wh in level] for level in anchors]
+        if not shapes or any(not level or any(len(wh) != 2 or min(wh) <= 0 for wh in level) for level in shapes):
+            raise ValueError(
+                f"model.priors.anchors={anchors} must be, per level, a non-empty list of positive [w, h] pairs"
+            )
+        scale = image_size / anchor_image_size
+        self.anchors = tuple(tuple((w * scale, h * scale) for w, h in level) for level in shapes)
+        self.num_per_location = [len(level) for level in self.anchors]
+        self.num_levels, self.levels_key = len(self.anchors), "anchors"
+        self._cache = {}
+
+    def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device) -> Tensor:
+        xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) * stride
+        ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) * stride
+        return place(xs, ys, torch.tensor(self.anchors[level], dtype=torch.float32, device=device) / 2)

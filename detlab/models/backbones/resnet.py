@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.models import WeightsEnum
 from torchvision.ops import FrozenBatchNorm2d
+
+from detlab.models.backbones.weights import fetch, torchvision_weights
 
 DEPTHS = (18, 34, 50, 101)
 NORMS = ("bn", "frozen_bn")
@@ -41,9 +41,9 @@ class ResNet(nn.Module):
         _check(depth, norm, frozen_stages, out_indices)
         norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
         net = torchvision.models.get_model(f"resnet{depth}", weights=None, norm_layer=norm_layer)
-        weights = _weights(depth, pretrained)
+        weights = torchvision_weights(f"resnet{depth}", pretrained)
         if weights is not None:
-            net.load_state_dict(_fetch(weights, pretrained))
+            net.load_state_dict(fetch(weights, pretrained))
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.num_stages = max(out_indices)  # stages above the last returned one are never run: not built
         for name in STAGES[: self.num_stages]:
@@ -89,31 +89,3 @@ def _check(depth: int, norm: str, frozen_stages: int, out_indices: Sequence[int]
         raise ValueError(f"model.backbone.out_indices={indices} must be increasing stages among 1..4 (C2..C5)")
     if not -1 <= frozen_stages <= 4:
         raise ValueError(f"model.backbone.frozen_stages={frozen_stages} must be in -1..4")
-
-
-def _weights(depth: int, pretrained: bool | str | None) -> WeightsEnum | None:
-    """The torchvision weights entry that `pretrained` names, or None for a random init."""
-    if pretrained is False or pretrained is None:
-        return None
-    enum = torchvision.models.get_model_weights(f"resnet{depth}")
-    if pretrained is True:
-        return enum.DEFAULT
-    try:
-        return enum[pretrained]
-    except KeyError:
-        raise ValueError(
-            f"model.backbone.pretrained={pretrained!r} is not a resnet{depth} weights name; "
-            f"use true, false or one of {[w.name for w in enum]}"
-        ) from None
-
-
-def _fetch(weights: WeightsEnum, pretrained: bool | str) -> dict[str, Tensor]:
-    """torchvision's loader: the file in <TORCH_HOME>/hub/checkpoints if there, else a download."""
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except OSError as err:  # urllib's URLError is an OSError: no network and no cached file
-        target = f"{torch.hub.get_dir()}/checkpoints/{weights.url.rsplit('/', 1)[-1]}"
-        raise FileNotFoundError(
-            f"model.backbone.pretrained={pretrained!r}: torchvision's {weights} is not at {target} and could "
-            f"not be downloaded from {weights.url} ({err}); put the file there or set pretrained=false"
-        ) from err

@@ -1,0 +1,269 @@
+"""SSD300/SSD512 through the real configs: composition, default boxes (8732, against torchvision), shapes,
+matching against torchvision's SSDMatcher, and a training step with every classification loss."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torchvision.models.detection._utils import SSDMatcher
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator as TVDefaultBoxGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import box_iou
+
+from detlab.config import ConfigError, validate
+from detlab.data.shapes import ShapesSource
+from detlab.losses.focal import SigmoidFocalLoss
+from detlab.losses.softmax import HardNegativeMiningCE
+from detlab.models.heads.common import prior_bias
+from detlab.models.heads.ssd import SSDHead
+from detlab.models.necks.ssd import SSDNeck
+from detlab.models.priors import DefaultBoxGenerator
+from detlab.structures import Batch
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+SSD300_MAPS = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
+SSD512_MAPS = [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+# SSD300 at 64 px for CPU tests: the same network with every extra layer a padded stride-2 conv (8, 4, 2, 1, 1, 1).
+TINY = ["data.image_size=64", "model.neck.extra_strides=[2,2,2,2]", "model.neck.extra_paddings=[1,1,1,1]"]
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def build(overrides: list[str], num_classes: int = 3):
+    cfg = compose_train(overrides)
+    validate(cfg)
+    torch.manual_seed(0)
+    return cfg, instantiate(cfg.model, cls_loss=cfg.loss, num_classes=num_classes)
+
+
+def test_model_choice_sets_input_size_and_default_loss():
+    cfg = compose_train(["model=ssd300"])
+    assert (cfg.data.image_size, cfg.data.size_divisor, cfg.model.priors.image_size) == (300, 1, 300)
+    assert cfg.loss._target_ == "detlab.losses.softmax.HardNegativeMiningCE" and cfg.loss.neg_pos_ratio == 3.0
+    cfg = compose_train(["model=ssd300", "loss=focal"])  # the command line still chooses the loss
+    assert cfg.loss._target_ == "detlab.losses.focal.SigmoidFocalLoss" and cfg.data.image_size == 300
+    cfg = compose_train(["model=ssd512"])
+    assert (cfg.data.image_size, cfg.model.priors.image_size, cfg.loss._target_.rsplit(".", 1)[1]) == (
+        512, 512, "HardNegativeMiningCE"
+    )
+    assert len(cfg.model.neck.extra_channels) == 5 and len(cfg.model.priors.aspect_ratios) == 7
+    cfg = compose_train(["model=retinanet"])  # unaffected by the SSD configs
+    assert (cfg.data.image_size, cfg.data.size_divisor, cfg.loss._target_) == (
+        256, 32, "detlab.losses.focal.SigmoidFocalLoss"
+    )
+    for overrides in (["model=ssd300"], ["model=ssd512"], ["model=ssd300", "loss=focal"]):
+        validate(compose_train(overrides))
+
+
+def test_impossible_ssd_settings_name_the_key():
+    with pytest.raises(ConfigError, match="data.size_divisor"):
+        validate(compose_train(["model=ssd300", "data.size_divisor=32"]))
+    with pytest.raises(ConfigError, match="model.priors.image_size"):
+        validate(compose_train(["model=ssd300", "model.priors.image_size=512"]))
+    # ResNet's three maps + 4 extra levels = 7 source maps for SSD300's 6 ratio lists
+    with pytest.raises(ConfigError, match="model.priors.aspect_ratios"):
+        validate(compose_train(["model=ssd300", "model/backbone=resnet18"]))
+
+
+def test_ssd300_has_the_papers_8732_default_boxes_equal_to_torchvision():
+    cfg = compose_train(["model=ssd300"])
+    generator = instantiate(cfg.model.priors)
+    priors = generator(SSD300_MAPS, [8, 16, 32, 64, 64, 64], "cpu")
+    assert len(priors) == 8732 and generator.num_per_location == [4, 6, 6, 6, 4, 4]
+    assert priors.level_sizes == (38 * 38 * 4, 19 * 19 * 6, 10 * 10 * 6, 5 * 5 * 6, 3 * 3 * 4, 4)
+    # torchvision's generator with the same scales, centres (j + 0.5) / f_k (its steps=None) and no clipping
+    # (its clip=True clamps w, h to the image side; caffe's SSD300 does not clip).
+    ratios = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+    tv = TVDefaultBoxGenerator(ratios, scales=list(cfg.model.priors.scales), clip=False)
+    maps = [torch.zeros(1, 1, h, w) for h, w in SSD300_MAPS]
+    expected = tv(ImageList(torch.zeros(1, 3, 300, 300), [(300, 300)]), maps)[0]
+    torch.testing.assert_close(priors.boxes, expected, rtol=0, atol=1e-4)
+    # The paper's SSD300 sizes in pixels (mmdetection's [30, 60, 111, 162, 213, 264, 315]), level 0 and 5:
+    sides = priors.boxes[:, 2:] - priors.boxes[:, :2]
+    expected_sides = [[30, 30], [(30 * 60) ** 0.5] * 2, [30 * 2**0.5, 30 / 2**0.5], [30 / 2**0.5, 30 * 2**0.5]]
+    torch.testing.assert_close(sides[:4], torch.tensor(expected_sides))
+    torch.testing.assert_close(sides[-3], torch.tensor([264 * 315]).sqrt().repeat(2))
+
+
+def test_ssd512_has_24564_default_boxes():
+    generator = instantiate(compose_train(["model=ssd512"]).model.priors)
+    priors = generator(SSD512_MAPS, [8, 16, 32, 64, 128, 256, 256], "cpu")
+    assert len(priors) == 24564 and generator.num_per_location == [4, 6, 6, 6, 6, 4, 4]
+    centres = (priors.boxes[: 64 * 64 * 4 : 4, :2] + priors.boxes[: 64 * 64 * 4 : 4, 2:]) / 2
+    assert centres[:2].tolist() == [[4.0, 4.0], [12.0, 4.0]]  # 512 / 64 = 8 px cells, y-major
+
+
+@pytest.mark.parametrize("model, maps", [("ssd300", SSD300_MAPS), ("ssd512", SSD512_MAPS)])
+def test_full_size_forward_shapes(model, maps):
+    _, parts = build([f"model={model}"])
+    size = 300 if model == "ssd300" else 512
+    net = parts.model.to("meta")  # shapes only: no arithmetic at full size on a CPU
+    levels = net.neck(net.backbone(torch.zeros(2, 3, size, size, device="meta")))
+    assert [tuple(x.shape[-2:]) for x in levels] == maps
+    channels = [512, 1024, 512, 256, 256, 256, 256][: len(maps)]
+    assert [x.shape[1] for x in levels] == list(net.neck.out_channels) == channels
+    outputs, priors = net(torch.zeros(2, 3, size, size, device="meta"))
+    assert len(priors) == (8732 if model == "ssd300" else 24564)
+    assert tuple(outputs.cls_logits.shape) == (2, len(priors), 4)  # ce_ohem: K + 1 = 4 outputs
+    assert tuple(outputs.box_reg.shape) == (2, len(priors), 4)
+
+
+def test_other_backbones_compose_where_the_shapes_allow():
+    # ResNet C3, C4 have SSD300's first two map sizes at 300 px (ceil(300 / 8) = 38, ceil(300 / 16) = 19).
+    _, parts = build(["model=ssd300", "model/backbone=resnet18", "model.backbone.out_indices=[2,3]"])
+    assert parts.model.neck.out_channels[:2] == (128, 256)
+    outputs, priors = parts.model.to("meta")(torch.zeros(1, 3, 300, 300, device="meta"))
+    assert len(priors) == 8732 and outputs.box_reg.shape[1] == 8732
+
+
+def test_matching_is_ssds_best_box_per_object_plus_iou_half():
+    generator = instantiate(compose_train(["model=ssd300"]).model.priors)
+    priors = generator(SSD300_MAPS, [8, 16, 32, 64, 64, 64], "cpu")
+    assigner = instantiate(compose_train(["model=ssd300"]).model.assigner)
+    torch.manual_seed(1)
+    # Separate objects of 20..150 px, and a 12 px one below every default box's 0.5 IoU, in a 300 px image.
+    xy = torch.tensor([[10.0, 10.0], [160.0, 20.0], [20.0, 170.0], [170.0, 170.0], [120.0, 120.0]])
+    wh = torch.tensor([[20.0, 35.0], [130.0, 90.0], [60.0, 120.0], [110.0, 115.0], [12.0, 12.0]])
+    gt = torch.cat([xy, xy + wh], dim=1) + torch.rand(5, 4)
+    batch = _batch(gt[None], torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.bool), 300)
+    matched = assigner(None, priors, batch)[0]
+    iou = box_iou(gt, priors.boxes)
+    expected = SSDMatcher(0.5)(iou)  # -1 below 0.5, plus each gt's best prior (torch's argmax: the first one)
+    # One difference: a tie for an object's best IoU makes every tied prior positive, not the first only. The
+    # 12 px object lies wholly inside several 30 px boxes of level 0, all at IoU 144 / 900.
+    tied = iou == iou.max(dim=1, keepdim=True).values  # [5, A]
+    assert tied.sum(dim=1).tolist() == [1, 1, 1, 1, 8]
+    expected[tied[4]] = 4
+    assert torch.equal(matched, expected)
+    assert matched.min() == -1 and not (matched == -2).any()  # no ignored band below 0.5
+
+
+def _batch(gt_boxes, gt_labels, gt_valid, size: int) -> Batch:
+    b = len(gt_boxes)
+    return Batch(
+        images=torch.zeros(b, 3, size, size), gt_boxes=gt_boxes, gt_labels=gt_labels, gt_valid=gt_valid,
+        image_sizes=torch.tensor([[size, size]] * b), image_ids=torch.arange(b),
+        orig_sizes=torch.tensor([[size, size]] * b),
+        scales=torch.ones(b, 2), offsets=torch.zeros(b, 2),
+    )
+
+
+def _tiny_batch() -> Batch:
+    """Two 64 px images: two objects and one object (the second row padded)."""
+    torch.manual_seed(0)
+    gt_boxes = torch.tensor([
+        [[6.0, 8.0, 38.0, 42.0], [30.0, 20.0, 60.0, 52.0]],
+        [[10.0, 26.0, 34.0, 62.0], [0.0, 0.0, 0.0, 0.0]],
+    ])
+    batch = _batch(gt_boxes, torch.tensor([[0, 2], [1, 0]]), torch.tensor([[True, True], [True, False]]), 64)
+    batch.images = torch.randn(2, 3, 64, 64)
+    return batch
+
+
+@pytest.mark.parametrize("loss, cls_loss_type, num_outputs", [
+    ("ce_ohem", HardNegativeMiningCE, 4), ("ce", None, 4), ("focal", SigmoidFocalLoss, 3), ("bce", None, 3),
+])
+def test_training_step_with_each_loss_decreases_the_loss(loss, cls_loss_type, num_outputs):
+    cfg, (model, assigner, criterion, postprocess) = build(["model=ssd300", f"loss={loss}"] + TINY)
+    if cls_loss_type is not None:
+        assert type(criterion.cls_loss) is cls_loss_type  # focal replaces the mining, not adds to it
+    # The prior-probability init in the loss's layout: sigmoid -log(99) per class, softmax log(K * 99) background.
+    head: SSDHead = model.head
+    expected_bias = prior_bias(num_outputs, 0.01, background_first=num_outputs == 4)
+    torch.testing.assert_close(head.cls_convs[2].bias.view(6, num_outputs), expected_bias.repeat(6, 1))
+    batch = _tiny_batch()
+    model.backbone.requires_grad_(False)  # VGG's backward dominates on a CPU; the next test covers it
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    totals = []
+    for _ in range(5):
+        outputs, priors = model(batch.images)
+        assert outputs.cls_logits.shape == (2, 390, num_outputs) and len(priors) == 390  # 8*8*4 + 16*6 + 4*6 + 6+4+4
+        losses = criterion(outputs, priors, assigner(outputs, priors, batch), batch)
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        totals.append(total.item())
+    assert all(math.isfinite(t) for t in totals) and totals[-1] < 0.8 * totals[0], totals
+    model.eval()
+    with torch.no_grad():
+        detections = postprocess(*model(batch.images), batch)
+    assert len(detections) == 2 and all(len(d.boxes) <= cfg.model.postprocess.max_per_image for d in detections)
+    assert all(((d.labels >= 0) & (d.labels < 3)).all() for d in detections)  # K = 3 labels whatever the layout
+
+
+def test_gradients_reach_vgg_neck_and_head():
+    _, (model, assigner, criterion, _) = build(["model=ssd300"] + TINY)
+    batch = _tiny_batch()
+    outputs, priors = model(batch.images)
+    sum(criterion(outputs, priors, assigner(outputs, priors, batch), batch).values()).backward()
+    # (Levels where hard negative mining picks no prior and nothing is matched get no gradient at all.)
+    for part in (model.backbone.features[0], model.backbone.l2norm, model.backbone.fc7, model.neck.extra,
+                 model.head.cls_convs, model.head.box_convs):
+        grads = [p.grad for p in part.parameters()]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), part
+
+
+def test_neck_and_head_errors_name_the_key():
+    neck = SSDNeck([512, 1024], [8, 16], [512, 256], [256, 128], [3, 3], [1, 1], [0, 0])
+    with pytest.raises(ValueError, match="data.image_size"):
+        neck([torch.zeros(1, 512, 8, 8), torch.zeros(1, 1024, 3, 3)])  # 3 -> 1 -> a 3x3 conv on 1x1
+    with pytest.raises(ValueError, match="model.neck.extra_channels"):
+        SSDNeck([512], [8], [512, 256], [256], [3, 3], [2, 2], [1, 1])
+    with pytest.raises(ValueError, match="model.head"):
+        SSDHead(in_channels=64, num_anchors=[4, 6], num_classes=3)
+    with pytest.raises(ValueError, match="model.priors.scales"):
+        DefaultBoxGenerator(300, [0.1, 0.2], [[2], [2]])
+    with pytest.raises(ValueError, match="model.priors.aspect_ratios"):
+        DefaultBoxGenerator(300, [0.1, 0.2, 0.3], [[2], [2]])([(4, 4)], [8], "cpu")
+
+
+def test_tiny_ssd_overfits_a_handful_of_images(tmp_path):
+    """SSD's neck, default boxes, matching, mining loss and inference learn 8 built-in images to AP50 > 0.9.
+
+    Tiny on purpose (about 45 s on 2 CPU cores): a 96 px input, ResNet-18's C3/C4 in place of VGG16 (whose
+    backward at any size is several times slower from scratch) and padded stride-2 extra layers.
+    """
+    files = ShapesSource(
+        seed=3, num_train_images=8, num_val_images=1, image_size=128, num_classes=3, cache_dir=str(tmp_path)
+    ).splits()["train"]
+    overrides = [
+        "model=ssd300",
+        "model/backbone=resnet18",
+        "model.backbone.out_indices=[2,3]",
+        "model.neck.extra_strides=[2,2,2,2]",
+        "model.neck.extra_paddings=[1,1,1,1]",
+        "data=coco",
+        f"data.train.ann_file={files.ann_file}",
+        f"data.train.img_dir={files.img_dir}",
+        f"data.val.ann_file={files.ann_file}",
+        f"data.val.img_dir={files.img_dir}",
+        "data.image_size=96",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "data.augment.hflip=0",
+        "data.augment.scale_range=[1,1]",
+        "data.augment.color_jitter=0",
+        "optim.scheduler.warmup_steps=10",
+        "trainer.max_epochs=30",
+        "trainer.check_val_every_n_epoch=30",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    command = [sys.executable, "-m", "detlab.train", "--config-path", str(CONF), *overrides]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["loss"]["_target_"] == "detlab.losses.softmax.HardNegativeMiningCE"
+    assert results["metrics"]["AP50"] > 0.9, results["metrics"]
+
