@@ -1,19 +1,28 @@
 """A detection Dataset over any COCO annotation file and its image folder.
 
 It owns the map between the file's category ids and contiguous labels 0..K-1 (sorted by category id), and
-checks the file when it is built, so that bad data stops before training with a message that names the file,
-the image id and the field:
+checks the file when it is built (`check_coco`, which `detlab-data check` uses too), so that bad data stops
+before training with a message that names the file, the image id and the field:
 
-- the whole file (not JSON, truncated, missing "images" / "annotations" / "categories") and every image or
-  category record (missing keys, duplicate ids, non-positive sizes) must be valid;
+- the whole file (not JSON, truncated, missing "images" / "annotations" / "categories", no image at all)
+  and every image or category record (missing keys, duplicate ids, non-positive sizes) must be valid;
 - each annotation must name a known image and category and carry a finite bbox [x, y, w, h] with w > 0,
-  h > 0 that is not wholly outside its image. With `on_invalid="skip"` such annotations are dropped and
-  listed in `problems` instead; the evaluator then scores against a copy of the file without them
-  (`eval_ann_file`), so that AP does not count boxes the model was never shown.
+  h > 0 that is not wholly outside its image; each image file must exist. With `on_invalid="skip"` such
+  annotations (and images without a file, with their annotations) are dropped and listed in `problems`
+  instead; the evaluator then scores against a copy of the file without them (`eval_ann_file`), so that AP
+  does not count boxes the model was never shown.
 
 A box partly outside its image is clipped in the training target (the file keeps it: COCOeval is fine with
-it). Crowd annotations (iscrowd=1) are not training targets; COCOeval reads them from the file. Images
-without objects are kept.
+it) and listed in `notes`. Crowd annotations (iscrowd=1, which is also how the VOC reader writes `difficult`
+objects) are not training targets; COCOeval reads them from the file as ignore regions. Images without
+objects are kept.
+
+Images load as RGB uint8 whatever their mode: grayscale, palette, RGBA (alpha dropped), CMYK, and 16-bit
+(scaled by 1/256, not clipped). They load as stored: an EXIF orientation is not applied, because COCO's
+boxes, `width` and `height` are in the stored pixels' frame (as pycocotools and the COCO images assume).
+
+The transform may drop boxes (min_visibility, min_box_size); `transform_counts()` says how many, summed over
+the loader's worker processes.
 """
 
 from __future__ import annotations
@@ -30,22 +39,66 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from detlab.data.transforms import Sample
 
 ON_INVALID = ("error", "skip")
 MAX_LISTED = 10  # problems quoted in one error message; the count says how many there are
+WORKER_SLOTS = 64  # rows of the shared transform counter: one per loader worker (more workers share rows)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's 16-bit (and 32-bit int) grayscale
 
 
 @dataclass(frozen=True)
 class CocoFiles:
-    """One split on disk: the annotation file and the folder its `file_name`s are relative to."""
+    """One split on disk: the annotation file and the folder its `file_name`s are relative to.
+
+    problems, notes: what a converting source (detlab.data.formats.source) left out or repaired on the way
+    to this file, one line each; empty for a file given as it is.
+    """
 
     ann_file: str
     img_dir: str
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class CheckedCoco:
+    """A COCO file after `check_coco`.
+
+    data:       the file's dict, without the annotations (and images) listed in `problems`.
+    categories: category id -> name.
+    problems:   one line per annotation or image that is invalid, naming the file, image id and field.
+    notes:      one line per box partly outside its image (clipped in the training target, nothing lost).
+    """
+
+    data: dict[str, Any]
+    categories: dict[int, str]
+    problems: list[str]
+    notes: list[str]
+
+
+def check_coco(ann_file: str | Path, img_dir: str | Path | None = None) -> CheckedCoco:
+    """Check a COCO file (and, given img_dir, that each image file exists); ValueError for a broken file."""
+    return check_coco_dict(_parse(_read_bytes(str(ann_file)), str(ann_file)), str(ann_file), img_dir)
+
+
+def check_coco_dict(data: Any, name: str, img_dir: str | Path | None = None) -> CheckedCoco:
+    """`check_coco` of a COCO dict already in memory (a converted dataset); `name` names it in the messages."""
+    _check_layout(data, name)
+    categories = _check_categories(data["categories"], name)
+    images = _check_images(data["images"], name)
+    kept, problems = _check_annotations(data["annotations"], images, categories, name)
+    if img_dir is not None:
+        problems += _missing_image_files(images, kept, Path(img_dir), name)
+        kept = [a for a in kept if a["image_id"] in images]
+    notes = [_clip_note(a, images[a["image_id"]], name) for a in kept if _partly_outside(a, images[a["image_id"]])]
+    data = {**data, "images": list(images.values()), "annotations": kept}
+    return CheckedCoco(data, categories, problems, notes)
 
 
 def default_cache_dir() -> Path:
@@ -57,8 +110,10 @@ class CocoDetection(Dataset):
     """Images and their targets from a COCO file; item i is `transform(image, boxes_xyxy, labels, image_id)`.
 
     category_ids: label -> the file's category id.   class_names: label -> category name.
-    problems:     one line per annotation dropped under on_invalid="skip".
+    problems:     one line per annotation (or image without a file) dropped under on_invalid="skip".
+    notes:        one line per box partly outside its image (clipped in the target).
     image_ids:    the file's image ids in dataset order.
+    num_objects:  training targets over all images (crowd annotations are not).
     """
 
     def __init__(
@@ -72,44 +127,54 @@ class CocoDetection(Dataset):
         if on_invalid not in ON_INVALID:
             raise ValueError(f"data.on_invalid={on_invalid!r}: use one of {ON_INVALID}")
         self.ann_file, self.img_dir, self.transform = str(ann_file), Path(img_dir), transform
-        raw = _read_bytes(self.ann_file)
-        data = _parse(raw, self.ann_file)
-        categories = _check_categories(data["categories"], self.ann_file)
-        images = _check_images(data["images"], self.ann_file)
-        kept, self.problems = _check_annotations(data["annotations"], images, categories, self.ann_file)
+        checked = check_coco(self.ann_file, self.img_dir)
+        self.problems, self.notes = checked.problems, checked.notes
         if self.problems and on_invalid == "error":
-            raise ValueError(_problem_report(self.ann_file, self.problems))
-        data["annotations"] = kept
-        self.eval_ann_file = self.ann_file if not self.problems else _write_clean_copy(data, raw, cache_dir)
+            raise ValueError(problem_report(self.ann_file, self.problems))
+        data = checked.data
+        self.eval_ann_file = self.ann_file if not self.problems else _write_clean_copy(data, cache_dir)
 
         coco = _index(data)
-        self.category_ids = sorted(categories)
-        self.class_names = [categories[c] for c in self.category_ids]
+        self.category_ids = sorted(checked.categories)
+        self.class_names = [checked.categories[c] for c in self.category_ids]
         label_of = {cat_id: label for label, cat_id in enumerate(self.category_ids)}
         self.image_ids = sorted(coco.getImgIds())
         self._images = [coco.imgs[i] for i in self.image_ids]
         self._targets = [_targets(coco.imgToAnns[i], coco.imgs[i], label_of) for i in self.image_ids]
+        self.num_objects = sum(len(labels) for _, labels in self._targets)
+        # [slot, 2]: boxes given to the transform and boxes it dropped. Shared memory, one row per loader
+        # worker, so that the counts made in worker processes are read in the main one without a lock.
+        self._transform_counts = torch.zeros(WORKER_SLOTS + 1, 2, dtype=torch.int64).share_memory_()
 
     @property
     def num_skipped(self) -> int:
         return len(self.problems)
+
+    def transform_counts(self) -> dict[str, int]:
+        """{"boxes": boxes given to the transform, "dropped": boxes it dropped (min_visibility, min_box_size)},
+        summed over every item loaded so far, in this process and its loader workers."""
+        boxes, dropped = self._transform_counts.sum(0).tolist()
+        return {"boxes": boxes, "dropped": dropped}
 
     def __len__(self) -> int:
         return len(self._images)
 
     def __getitem__(self, index: int) -> Sample:
         boxes_xyxy, labels = self._targets[index]
-        return self.transform(self.load_image(index), boxes_xyxy, labels, self._images[index]["id"])
+        sample = self.transform(self.load_image(index), boxes_xyxy, labels, self._images[index]["id"])
+        worker = get_worker_info()
+        slot = 0 if worker is None else 1 + worker.id % WORKER_SLOTS
+        self._transform_counts[slot, 0] += len(labels)
+        self._transform_counts[slot, 1] += len(labels) - len(sample.labels)
+        return sample
 
     def load_image(self, index: int) -> np.ndarray:
-        """The image as RGB [H, W, 3] uint8 (grayscale, RGBA and palette images converted)."""
+        """The image as RGB [H, W, 3] uint8, in its stored orientation (see the module's docstring)."""
         record = self._images[index]
         path = self.img_dir / record["file_name"]
         where = f"{path} (image id={record['id']} of {self.ann_file})"
         try:
-            with Image.open(path) as img:
-                img.load()  # decode now, so a truncated file fails here and not later
-                rgb = np.asarray(img.convert("RGB"))
+            rgb = read_rgb(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"image file not found: {where}, field 'file_name'") from None
         except (UnidentifiedImageError, OSError, ValueError) as err:
@@ -122,6 +187,17 @@ class CocoDetection(Dataset):
         return rgb
 
 
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file's stored pixels as RGB [H, W, 3] uint8; raises what PIL raises for a bad file."""
+    with Image.open(path) as img:
+        img.load()  # decode now, so a truncated file fails here and not later
+        if img.mode in SIXTEEN_BIT_MODES:
+            # PIL's convert() clips 16-bit values at 255 (a white image): keep the high byte instead.
+            gray = (np.asarray(img, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)
+        return np.asarray(img.convert("RGB"))
+
+
 def _read_bytes(ann_file: str) -> bytes:
     try:
         return Path(ann_file).read_bytes()
@@ -129,17 +205,20 @@ def _read_bytes(ann_file: str) -> bytes:
         raise FileNotFoundError(f"annotation file not found: {ann_file}") from None
 
 
-def _parse(raw: bytes, ann_file: str) -> dict[str, Any]:
+def _parse(raw: bytes, ann_file: str) -> Any:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{ann_file}: not valid JSON ({err}); is the file truncated?") from None
+    return data
+
+
+def _check_layout(data: Any, ann_file: str) -> None:
     if not isinstance(data, dict):
         raise ValueError(f"{ann_file}: a COCO file is a JSON object, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{ann_file}: missing the top-level list field '{key}'")
-    return data
 
 
 def _check_categories(categories: list, ann_file: str) -> dict[int, str]:
@@ -172,7 +251,24 @@ def _check_images(images: list, ann_file: str) -> dict[int, dict]:
         if image_id in by_id:
             raise ValueError(f"{where}: duplicate image id (field 'id'); image ids must be unique")
         by_id[image_id] = img
+    if not by_id:
+        raise ValueError(f"{ann_file}: field 'images' is empty: an empty dataset")
     return by_id
+
+
+def _missing_image_files(images: dict, annotations: list[dict], img_dir: Path, ann_file: str) -> list[str]:
+    """Removes from `images` those whose file does not exist; one problem line each."""
+    problems = []
+    for image_id, img in list(images.items()):
+        path = img_dir / str(img["file_name"])
+        if not path.is_file():
+            count = sum(1 for a in annotations if a["image_id"] == image_id)
+            problems.append(
+                f"{ann_file}: image id={image_id}: field 'file_name'={img['file_name']!r}: image file not found: "
+                f"{path}; the image and its {count} annotation(s) are left out"
+            )
+            del images[image_id]
+    return problems
 
 
 def _check_annotations(annotations: list, images: dict, categories: dict, ann_file: str) -> tuple[list, list[str]]:
@@ -212,22 +308,36 @@ def _annotation_problem(ann: Any, images: dict, categories: dict) -> str | None:
     return None
 
 
-def _problem_report(ann_file: str, problems: list[str]) -> str:
+def _partly_outside(ann: dict, img: dict) -> bool:
+    x, y, w, h = ann["bbox"]
+    return x < 0 or y < 0 or x + w > img["width"] or y + h > img["height"]
+
+
+def _clip_note(ann: dict, img: dict, ann_file: str) -> str:
+    return (
+        f"{ann_file}: image id={ann['image_id']}, annotation id={ann['id']}: field 'bbox'={ann['bbox']} lies partly "
+        f"outside the {img['width']}x{img['height']} image; clipped in the training target"
+    )
+
+
+def problem_report(ann_file: str, problems: list[str]) -> str:
     listed = "\n  ".join(problems[:MAX_LISTED])
     more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
     return (
-        f"{len(problems)} invalid annotation(s) in {ann_file}:\n  {listed}{more}\n"
+        f"{len(problems)} invalid annotation(s) or image(s) in {ann_file}:\n  {listed}{more}\n"
         "(fix the file, or set data.on_invalid=skip to drop them and train on the rest)"
     )
 
 
-def _write_clean_copy(data: dict, raw: bytes, cache_dir: str | Path | None) -> str:
-    """The file without its skipped annotations, in the cache (keyed by the original's bytes); its path."""
-    path = Path(cache_dir or default_cache_dir()) / "coco-clean" / f"{hashlib.sha256(raw).hexdigest()[:16]}.json"
+def _write_clean_copy(data: dict, cache_dir: str | Path | None) -> str:
+    """The file without its skipped annotations and images, in the cache (keyed by its content); its path."""
+    text = json.dumps(data)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(cache_dir or default_cache_dir()) / "coco-clean" / f"{digest}.json"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(data))
+        tmp.write_text(text)
         os.replace(tmp, path)  # atomic: DDP ranks writing at once leave one whole file
     return str(path)
 

@@ -1,13 +1,19 @@
 """DetectionDataModule: the COCO splits of a run, their transforms and loaders, built by Hydra from conf/data.
 
 `data=coco` names the files (`train.ann_file`, `train.img_dir`, `val.*`); `data=shapes` gives a `source`
-that writes them first (the built-in generator). Either way the same class reads them, so everything after
-this point (labels, evaluation against `ann_file(split)`) is one code path.
+that writes them first (the built-in generator), and `data=voc|yolo|udacity|mot` a source that converts its
+format into them once (detlab.data.formats.source). Either way the same class reads them, so everything
+after this point (labels, evaluation against `ann_file(split)`) is one code path.
+
+Nothing is lost without a word: what a source left out and what the COCO reader rejects are `problems`
+(`on_invalid=error` stops on them, `skip` trains without them), what was repaired is `notes`, and the boxes
+the train transform dropped are counted; `counts()` gathers all of it for the logger and results.json.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,15 +23,18 @@ import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, get_worker_info
 
-from detlab.data.coco import CocoDetection, CocoFiles
+from detlab.data.coco import MAX_LISTED, CocoDetection, CocoFiles, problem_report
 from detlab.data.collate import collate
 from detlab.data.transforms import DetectionTransform
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 
 
 class SplitSource(Protocol):
-    """Something that materialises COCO files (e.g. detlab.data.shapes.ShapesSource)."""
+    """Something that materialises COCO files (detlab.data.shapes.ShapesSource, detlab.data.formats.source
+    .FormatSource); a CocoFiles' `problems` and `notes` say what it left out or repaired on the way."""
 
     def splits(self) -> dict[str, CocoFiles]: ...
 
@@ -38,10 +47,11 @@ class DetectionDataModule(pl.LightningDataModule):
     image_size:   side of the square letterboxed input.
     augment:      DetectionTransform's augmentation arguments for the train split (hflip, scale_range,
                   color_jitter, min_visibility, min_box_size); val uses none of them but min_box_size.
-    on_invalid:   "error" or "skip" for invalid annotations (see detlab.data.coco).
+    on_invalid:   "error" or "skip" for invalid annotations and images, the source's and the file's.
 
-    num_classes, class_names, category_ids (label -> the file's category id) and `ann_file(split)` are
-    available as soon as the object exists: the files are generated (shapes) and checked here.
+    num_classes, class_names, category_ids (label -> the file's category id), `ann_file(split)`, `problems`
+    and `notes` are available as soon as the object exists: the files are generated or converted, and
+    checked, here. A split without any object to learn from is an error.
     """
 
     def __init__(
@@ -62,6 +72,9 @@ class DetectionDataModule(pl.LightningDataModule):
         if source is not None and (train is not None or val is not None):
             raise ValueError("give either data.source or data.train/data.val, not both")
         files = source.splits() if source is not None else _given_files(train, val)
+        if on_invalid == "error":
+            _stop_on_source_problems(files)
+        self.files = files
         augment = dict(augment or {})
         # Seeded from torch so that seed_everything makes single-process (num_workers=0) runs repeatable.
         transforms = {
@@ -72,16 +85,11 @@ class DetectionDataModule(pl.LightningDataModule):
             split: CocoDetection(files[split].ann_file, files[split].img_dir, transforms[split], on_invalid)
             for split in SPLITS
         }
-        train_set, val_set = self.datasets["train"], self.datasets["val"]
-        if (train_set.category_ids, train_set.class_names) != (val_set.category_ids, val_set.class_names):
-            raise ValueError(
-                f"the splits disagree on their categories: {train_set.ann_file} has "
-                f"{list(zip(train_set.category_ids, train_set.class_names))}, {val_set.ann_file} has "
-                f"{list(zip(val_set.category_ids, val_set.class_names))}; field 'categories' must be the same"
-            )
-        self.category_ids: list[int] = train_set.category_ids
-        self.class_names: list[str] = train_set.class_names
+        _check_splits(self.datasets)
+        self.category_ids: list[int] = self.datasets["train"].category_ids
+        self.class_names: list[str] = self.datasets["train"].class_names
         self.num_classes: int = len(self.category_ids)
+        _log_summary(self.problems, self.notes)
 
     def ann_file(self, split: str) -> str:
         """The annotation file the evaluator scores `split` against."""
@@ -91,8 +99,33 @@ class DetectionDataModule(pl.LightningDataModule):
 
     @property
     def problems(self) -> dict[str, list[str]]:
-        """Annotations skipped under on_invalid=skip, per split (one line each, for the log)."""
-        return {split: dataset.problems for split, dataset in self.datasets.items()}
+        """What was left out under on_invalid=skip, per split: the source's lines, then the COCO reader's."""
+        return {split: [*self.files[split].problems, *self.datasets[split].problems] for split in SPLITS}
+
+    @property
+    def notes(self) -> dict[str, list[str]]:
+        """What was repaired without loss (boxes clipped to their image, EXIF-rotated images), per split."""
+        return {split: [*self.files[split].notes, *self.datasets[split].notes] for split in SPLITS}
+
+    def counts(self) -> dict[str, int]:
+        """Numbers to log and to write into results.json, `data/<split>_<what>`:
+
+        images, objects (training targets), skipped (annotations and images left out, as listed in
+        `problems`), notes, transform_boxes and transform_dropped (boxes given to the transform so far, and
+        those it dropped as cut below min_visibility or smaller than min_box_size; they grow every epoch).
+        """
+        counts = {}
+        for split, dataset in self.datasets.items():
+            transformed = dataset.transform_counts()
+            counts.update({
+                f"data/{split}_images": len(dataset),
+                f"data/{split}_objects": dataset.num_objects,
+                f"data/{split}_skipped": len(self.problems[split]),
+                f"data/{split}_notes": len(self.notes[split]),
+                f"data/{split}_transform_boxes": transformed["boxes"],
+                f"data/{split}_transform_dropped": transformed["dropped"],
+            })
+        return counts
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["train"], shuffle=True)
@@ -112,6 +145,38 @@ class DetectionDataModule(pl.LightningDataModule):
             worker_init_fn=_reseed_worker if workers else None,
             drop_last=False,
         )
+
+
+def _stop_on_source_problems(files: dict[str, CocoFiles]) -> None:
+    """on_invalid=error: what a source left out (a dropped box, an unreadable image) stops the run, listed."""
+    for split in SPLITS:
+        if files[split].problems:
+            raise ValueError(problem_report(f"the {split} split's source", list(files[split].problems)))
+
+
+def _check_splits(datasets: dict[str, CocoDetection]) -> None:
+    """The splits share their categories, and each has at least one object to learn from or score against."""
+    train_set, val_set = datasets["train"], datasets["val"]
+    if (train_set.category_ids, train_set.class_names) != (val_set.category_ids, val_set.class_names):
+        raise ValueError(
+            f"the splits disagree on their categories: {train_set.ann_file} has "
+            f"{list(zip(train_set.category_ids, train_set.class_names))}, {val_set.ann_file} has "
+            f"{list(zip(val_set.category_ids, val_set.class_names))}; field 'categories' must be the same"
+        )
+    for split, dataset in datasets.items():
+        if dataset.num_objects == 0:
+            raise ValueError(f"data.{split}: {dataset.ann_file} has no object to learn from or score against "
+                             f"({len(dataset)} images, every annotation crowd, ignored or skipped)")
+
+
+def _log_summary(problems: dict[str, list[str]], notes: dict[str, list[str]]) -> None:
+    """One warning per split with something skipped or repaired, quoting the first lines."""
+    for split in SPLITS:
+        for kind, lines in (("skipped (data.on_invalid=skip)", problems[split]), ("repaired", notes[split])):
+            if lines:
+                listed = "\n  ".join(lines[:MAX_LISTED])
+                more = f"\n  ... and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
+                log.warning("data.%s: %d %s:\n  %s%s", split, len(lines), kind, listed, more)
 
 
 def _reseed_worker(worker_id: int) -> None:

@@ -2,7 +2,6 @@
 
 import copy
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -190,12 +189,9 @@ def test_missing_corrupt_and_wrongly_sized_images_name_the_file_and_image_id(dat
 
 
 @pytest.mark.realdata
-def test_reads_the_real_coco128_subset():
+def test_reads_the_real_coco128_subset(real_data):
     """The first 128 COCO train2017 images with their original annotations, checked against pycocotools."""
-    root = os.environ.get("DETLAB_REAL_DATA")
-    assert root, "DETLAB_REAL_DATA is not set: point it at the shared data folder (make test does) or deselect realdata"
-    folder = Path(root) / "coco128"
-    assert folder.is_dir(), f"DETLAB_REAL_DATA={root} but {folder} is absent; fix the variable or fetch the data"
+    folder = real_data / "coco128"
     ann_file = folder / "annotations" / "instances_train2017.json"
     dataset = CocoDetection(ann_file, folder / "train2017", DetectionTransform(512, min_box_size=1e-3))
     reference = COCO(str(ann_file))
@@ -214,3 +210,76 @@ def test_reads_the_real_coco128_subset():
         torch.testing.assert_close(back[0], expected, atol=1e-2, rtol=0)
         assert [dataset.category_ids[label] for label in sample.labels] == [a["category_id"] for a in anns]
         assert sample.orig_size == (img["height"], img["width"]) and max(sample.size) == 512
+
+
+def test_a_16_bit_image_loads_as_8_bit_rgb_scaled_not_clipped(data_coco):
+    # 0x1234 = 4660: PIL's own convert("RGB") clips it to 255; the high byte 0x12 = 18 is the 8-bit value.
+    Image.fromarray(np.full((30, 40), 0x1234, np.uint16)).save(data_coco / "gray.png")
+    assert Image.open(data_coco / "gray.png").mode.startswith("I")
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough)
+    image = dataset.load_image(dataset.image_ids.index(7))
+    assert image.dtype == np.uint8 and image.shape == (30, 40, 3) and (image == 0x12).all()
+
+
+def exif_jpeg(path: Path, width: int, height: int, orientation: int) -> np.ndarray:
+    """A JPEG whose stored pixels are width x height, left half dark, with an EXIF orientation; its pixels."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, width // 2:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif, quality=100)
+    return pixels
+
+
+def test_an_exif_rotated_jpeg_loads_as_stored_in_the_frame_of_its_coco_record(data_coco):
+    """COCO's width, height and boxes are in the stored pixels' frame: the image is not rotated."""
+    stored = exif_jpeg(data_coco / "rotated.jpg", 64, 48, orientation=6)  # a viewer shows it 48 x 64
+    data = coco_dict()
+    data["images"][0]["file_name"] = "rotated.jpg"  # image 42, 64 x 48
+    path = write(data_coco, data)
+    dataset = CocoDetection(path, data_coco, passthrough)
+    image = dataset.load_image(dataset.image_ids.index(42))
+    assert image.shape == stored.shape and np.abs(image.astype(int) - stored).max() <= 8  # JPEG rounding
+    data["images"][0].update(width=48, height=64)  # a record in the rotated frame is caught, not trained on
+    dataset = CocoDetection(write(data_coco, data), data_coco, passthrough, on_invalid="skip")
+    with pytest.raises(ValueError, match=r"rotated\.jpg \(image id=42 .*is 64x48 \(w x h\).*'width'=48"):
+        dataset.load_image(dataset.image_ids.index(42))
+
+
+def test_a_missing_image_file_is_found_before_training_and_skipped_with_its_annotations(data_coco):
+    (data_coco / "palette.png").unlink()  # image 1001, with annotation 5
+    with pytest.raises(ValueError) as err:
+        CocoDetection(data_coco / "annotations.json", data_coco, passthrough)
+    message = str(err.value)
+    assert str(data_coco / "annotations.json") in message and "image id=1001" in message
+    assert "field 'file_name'='palette.png': image file not found" in message and "1 annotation(s)" in message
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough, on_invalid="skip")
+    assert sorted(dataset.image_ids) == [5, 7, 42] and len(dataset.problems) == 1
+    clean = COCO(dataset.eval_ann_file)
+    assert sorted(clean.getImgIds()) == [5, 7, 42] and 5 not in clean.getAnnIds()
+
+
+def test_an_empty_dataset_is_an_error(data_coco):
+    path = write(data_coco, mutate(lambda d: d.update(images=[], annotations=[])))
+    with pytest.raises(ValueError, match=rf"{path}: field 'images' is empty: an empty dataset"):
+        CocoDetection(path, data_coco, passthrough)
+
+
+def test_a_box_partly_outside_is_clipped_and_noted(data_coco):
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough)
+    [note] = dataset.notes  # annotation 4, [-6, 40, 16, 20] in the 64 x 48 image 42
+    assert note.startswith(f"{data_coco / 'annotations.json'}: image id=42, annotation id=4: field 'bbox'")
+    assert "partly outside the 64x48 image" in note and dataset.problems == []
+
+
+def test_the_boxes_the_transform_drops_are_counted_across_loader_workers(data_coco):
+    """At size 32 the 64-px image 42 is halved: its boxes of 20x30, 10x12.5 and 10x8 (clipped) become 10x15, 5x6.25
+    and 5x4; with min_box_size=4.5 the last is dropped. The 32-px image 1001 keeps its 4x5 box as 4x5: dropped too;
+    image 5 (24 px high) scales by 32/24, its 5x5 box becomes 6.67: kept."""
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, DetectionTransform(32, min_box_size=4.5))
+    assert dataset.transform_counts() == {"boxes": 0, "dropped": 0}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=lambda items: items)
+    for _ in range(2):  # two epochs
+        kept = sum(len(item.boxes) for [item] in loader)
+        assert kept == 3
+    assert dataset.transform_counts() == {"boxes": 10, "dropped": 4}  # 5 training targets a pass, 2 dropped

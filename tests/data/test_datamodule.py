@@ -1,5 +1,6 @@
 """DetectionDataModule as Hydra builds it from conf/data: shapes and coco give the same class and Batches."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf.errors import MissingMandatoryValue
+from PIL import Image
 from pycocotools.coco import COCO
 
 from detlab.data.datamodule import DetectionDataModule
@@ -114,3 +116,53 @@ def test_each_loader_worker_draws_its_own_augmentation(tmp_path):
     )
     scales = [batch.scales[0, 0].item() for batch in datamodule.train_dataloader()]  # workers take turns
     assert scales[0::2] != scales[1::2], scales
+
+
+def _coco_split(folder: Path, categories: list[dict], annotations: list[dict]) -> dict[str, str]:
+    folder.mkdir()
+    Image.new("RGB", (40, 30)).save(folder / "a.png")
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+            "annotations": annotations, "categories": categories}
+    (folder / "ann.json").write_text(json.dumps(data))
+    return {"ann_file": str(folder / "ann.json"), "img_dir": str(folder)}
+
+
+BOX = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "iscrowd": 0}
+
+
+def test_splits_with_different_class_lists_are_an_error_naming_both_files(tmp_path):
+    train = _coco_split(tmp_path / "train", [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}], [BOX])
+    val = _coco_split(tmp_path / "val", [{"id": 1, "name": "cat"}], [BOX])
+    with pytest.raises(ValueError) as err:
+        DetectionDataModule(train=train, val=val, num_workers=0)
+    message = str(err.value)
+    assert "the splits disagree on their categories" in message and "field 'categories'" in message
+    assert f"{train['ann_file']} has [(1, 'cat'), (2, 'dog')]" in message
+    assert f"{val['ann_file']} has [(1, 'cat')]" in message
+
+
+def test_a_split_without_any_object_is_an_error(tmp_path):
+    categories = [{"id": 1, "name": "cat"}]
+    train = _coco_split(tmp_path / "train", categories, [BOX])
+    val = _coco_split(tmp_path / "val", categories, [{**BOX, "iscrowd": 1}])  # only a crowd region
+    with pytest.raises(ValueError, match=rf"data.val: {val['ann_file']} has no object to learn from or score against"):
+        DetectionDataModule(train=train, val=val, num_workers=0)
+
+
+def test_counts_for_the_logger(tmp_path):
+    categories = [{"id": 1, "name": "cat"}]
+    outside = {**BOX, "id": 2, "bbox": [34, 20, 20, 20]}  # partly outside: clipped to 6 x 10, a note
+    bad = {**BOX, "id": 3, "bbox": [5, 5, 0, 4]}  # zero width: skipped
+    train = _coco_split(tmp_path / "train", categories, [BOX, outside, bad])
+    val = _coco_split(tmp_path / "val", categories, [BOX])
+    datamodule = DetectionDataModule(train=train, val=val, num_workers=0, on_invalid="skip", image_size=40,
+                                     augment={"min_box_size": 9})  # at scale 1 the clipped box is dropped
+    for _ in datamodule.train_dataloader():
+        pass
+    assert datamodule.counts() == {
+        "data/train_images": 1, "data/train_objects": 2, "data/train_skipped": 1, "data/train_notes": 1,
+        "data/train_transform_boxes": 2, "data/train_transform_dropped": 1,
+        "data/val_images": 1, "data/val_objects": 1, "data/val_skipped": 0, "data/val_notes": 0,
+        "data/val_transform_boxes": 0, "data/val_transform_dropped": 0,
+    }
+    assert "annotation id=3" in datamodule.problems["train"][0] and "annotation id=2" in datamodule.notes["train"][0]

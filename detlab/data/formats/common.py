@@ -3,7 +3,17 @@
 Every reader turns its records into boxes xyxy in pixels and hands them to `CocoBuilder.add_box`, so that the
 four formats treat a bad box the same way: a non-finite box, a box with x2 < x1 (or y2 < y1), a box of zero
 width or height and a box wholly outside its image are dropped; a box partly outside is clipped to the image.
-Each of these is one line in `problems` that names the file, the record and the field.
+Each of these is one line that names the file, the record and the field, in one of two lists:
+
+- `problems`: something was left out (a box, an image and its boxes, a row). `data.on_invalid=error` stops
+  on these; `skip` trains without them and counts them.
+- `notes`: something was repaired and nothing is lost (a box clipped to its image, an EXIF-rotated image, a
+  `<filename>` that names no file but an image named like the xml exists). They are printed and logged only.
+
+EXIF orientation: detlab always loads the stored pixels (it never rotates an image), so every box ends up in
+the stored pixels' frame. Readers whose tools label the image as it is shown (YOLO: Ultralytics applies the
+EXIF rotation before it normalises a label) say so with `labels_frame="display"`, and their boxes are mapped
+back with `display_to_stored`.
 """
 
 from __future__ import annotations
@@ -27,13 +37,16 @@ class ConvertedDataset:
 
     coco:     {"images": [{id, file_name, width, height}], "annotations": [{id, image_id, category_id,
               bbox [x, y, w, h] in pixels, area, iscrowd, (ignore)}], "categories": [{id, name}]}
-    problems: one line per recoverable problem, naming the source file, the record and the field.
+    problems: one line per thing left out (a box, an image, a row), naming the source file, the record and
+              the field.
     img_dir:  the folder the images' `file_name`s are relative to.
+    notes:    one line per thing repaired without loss (a clipped box, an EXIF-rotated image, ...).
     """
 
     coco: dict[str, Any]
     problems: list[str] = field(default_factory=list)
     img_dir: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 class CocoBuilder:
@@ -50,6 +63,8 @@ class CocoBuilder:
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
         self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.orientations: dict[int, int] = {}  # image id -> EXIF orientation, where it is not 1
 
     def add_image(self, file_name: str, width: int, height: int) -> dict[str, Any]:
         """Adds an image record of the given size and returns it (boxes are added against it)."""
@@ -57,10 +72,15 @@ class CocoBuilder:
         self.images.append(image)
         return image
 
-    def add_image_from_file(self, file_name: str, where: str, num_boxes: int) -> dict[str, Any] | None:
-        """Adds an image whose size comes from its file's header (`img_dir / file_name`), and returns it.
+    def add_image_from_file(
+        self, file_name: str, where: str, num_boxes: int, labels_frame: str = "stored"
+    ) -> dict[str, Any] | None:
+        """Adds an image whose size (stored pixels) comes from its file's header (`img_dir / file_name`).
 
         An image that cannot be read is left out with its `num_boxes` boxes, and that is a problem line.
+        labels_frame: "stored" (the boxes are in the stored pixels' frame) or "display" (in the frame a viewer
+        shows after applying the EXIF orientation; the reader maps them with `display_to_stored`). An
+        image with an EXIF orientation other than 1 is a note that says which.
         """
         path = self.img_dir / file_name
         try:
@@ -68,12 +88,19 @@ class CocoBuilder:
         except ValueError as err:
             self.problems.append(f"{where}: {err}; the image and its {num_boxes} box(es) are left out")
             return None
+        record = self.add_image(file_name, width, height)
         if orientation not in (None, 1):
-            self.problems.append(
-                f"{where}: image {path} has EXIF Orientation={orientation} (viewers show it rotated or flipped); "
-                "its boxes are taken in the stored pixels' frame, which is the frame detlab loads"
+            self.orientations[record["id"]] = orientation
+            frame = (
+                "its labels are read in the frame a viewer shows and mapped to the stored pixels"
+                if labels_frame == "display"
+                else "its boxes are taken in the stored pixels' frame"
             )
-        return self.add_image(file_name, width, height)
+            self.notes.append(
+                f"{where}: image {path} has EXIF Orientation={orientation} (viewers show it rotated or flipped); "
+                f"{frame}, which is the frame detlab loads"
+            )
+        return record
 
     def add_box(
         self,
@@ -110,7 +137,7 @@ class CocoBuilder:
             self.problems.append(f"{where}: box {given} lies wholly outside the {width}x{height} image; box dropped")
             return
         if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2) and report_clipping:
-            self.problems.append(
+            self.notes.append(
                 f"{where}: box {given} lies partly outside the {width}x{height} image; "
                 f"clipped to ({cx1:g}, {cy1:g}, {cx2:g}, {cy2:g})"
             )
@@ -130,7 +157,7 @@ class CocoBuilder:
     def result(self) -> ConvertedDataset:
         categories = [{"id": self.category_ids[name], "name": name} for name in self.class_names]
         coco = {"images": self.images, "annotations": self.annotations, "categories": categories}
-        return ConvertedDataset(coco=coco, problems=self.problems, img_dir=str(self.img_dir))
+        return ConvertedDataset(coco=coco, problems=self.problems, img_dir=str(self.img_dir), notes=self.notes)
 
 
 def check_class_names(class_names: Sequence[str]) -> list[str]:
@@ -160,6 +187,35 @@ def image_header(path: Path) -> tuple[int, int, int | None]:
         raise ValueError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read the header of image {path} ({err})") from None
+
+
+def display_size(orientation: int | None, width: int, height: int) -> tuple[int, int]:
+    """(width, height) of an image as a viewer shows it: orientations 5 to 8 swap the sides."""
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def display_to_stored(
+    box_xyxy: Sequence[float], orientation: int | None, width: int, height: int
+) -> tuple[float, float, float, float]:
+    """A box (x1, y1, x2, y2) in the frame a viewer shows, mapped to the stored pixels (width x height).
+
+    The viewer shows the stored pixels transposed as PIL's ImageOps.exif_transpose does (EXIF 2.3, tag 274);
+    each case below is the inverse of that transpose for one point (u, v), applied to two opposite corners.
+    """
+    W, H = float(width), float(height)
+    inverse = {
+        2: lambda u, v: (W - u, v),  # mirrored left-right
+        3: lambda u, v: (W - u, H - v),  # rotated 180
+        4: lambda u, v: (u, H - v),  # mirrored top-bottom
+        5: lambda u, v: (v, u),  # transposed
+        6: lambda u, v: (v, H - u),  # rotated 90 clockwise to be shown
+        7: lambda u, v: (W - v, H - u),  # transversed
+        8: lambda u, v: (W - v, u),  # rotated 90 counter-clockwise to be shown
+    }.get(orientation or 1)
+    if inverse is None:
+        return tuple(float(v) for v in box_xyxy)  # type: ignore[return-value]
+    (ax, ay), (bx, by) = inverse(*box_xyxy[:2]), inverse(*box_xyxy[2:])
+    return min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)
 
 
 def find_images(folder: Path) -> list[Path]:

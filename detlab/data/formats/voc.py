@@ -1,13 +1,20 @@
 """Pascal VOC xml: one `<annotation>` file per image, boxes as 1-based inclusive pixel indices.
 
 Layout: `root/<ann_dir>/*.xml` (default `Annotations`) and the images in `root/<img_dir>` (default
-`JPEGImages`); with `split`, only the ids listed in `root/ImageSets/Main/<split>.txt` (a VOC devkit).
+`JPEGImages`); with `split`, only the ids listed in `root/ImageSets/Main/<split>.txt` (a VOC devkit), or in
+the file `split` names when it ends in `.txt` (one id, the xml's stem, a line).
 
-- `<difficult>1</difficult>` objects are kept with `ignore: 1` (and `iscrowd: 0`), so that VOC-style
-  evaluation can leave them out; every other annotation carries `ignore: 0`.
+- `<difficult>1</difficult>` objects are written with `iscrowd: 1` and `ignore: 1`. Both COCO evaluators
+  (pycocotools and faster-coco-eval) replace `ignore` by `iscrowd` when they load a file, so `iscrowd` is the
+  flag that makes a difficult object an ignore region: a detection on it is neither a true nor a false
+  positive, as in VOC's own evaluation. The COCO reader leaves crowd boxes out of the training targets, as
+  mmdetection does with VOC's difficult objects. Every other annotation carries `iscrowd: 0, ignore: 0`.
 - Classes are the sorted set of `<name>`s in the files, or an explicit list (a name outside it is an error).
 - Width and height come from `<size>`, or from the image file's header where `<size>` is absent or zero.
-- The image is `<filename>` in the image folder; where that file is missing, the one named like the xml.
+- The image is `<filename>` in the image folder; where that file is missing, the one named like the xml (a
+  note); where neither exists, the image and its boxes are left out (a problem).
+- Boxes are in the stored pixels' frame: LabelImg and the devkit draw on the pixels as stored, whatever an
+  EXIF orientation says (detlab loads the stored pixels too, so such boxes stay on their objects).
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ class _VocObject:
 class _VocImage:
     xml: Path
     file_name: str
-    file_problem: str | None  # <filename> names no file
+    file_note: str | None  # <filename> names no file, but the image named like the xml exists
+    file_missing: str | None  # neither exists: the image is left out
     size: tuple[int, int] | None  # (width, height) from <size>, None where absent or zero
     objects: list[_VocObject]
 
@@ -74,7 +82,7 @@ def _xml_files(root: Path, split: str | None, ann_dir: str) -> list[Path]:
         if not files:
             raise ValueError(f"no .xml files in {folder}: an empty dataset")
         return files
-    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    split_file = Path(split) if split.endswith(".txt") else root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
         raise ValueError(f"VOC split file not found: {split_file} (split={split!r})")
     files = []
@@ -127,21 +135,26 @@ def _read_size(root: ET.Element, xml: Path) -> tuple[int, int] | None:
     return (width, height) if width > 0 and height > 0 else None
 
 
-def _image_file_name(root: ET.Element, xml: Path, img_dir: Path) -> tuple[str, str | None]:
-    """(`<filename>`, or the image named like the xml where `<filename>` names no file; a problem or None)."""
+def _image_file_name(root: ET.Element, xml: Path, img_dir: Path) -> tuple[str, str | None, str | None]:
+    """(`<filename>`, or the image named like the xml where `<filename>` names no file; a note or None;
+    a problem where no image exists, or None)."""
     named = (root.findtext("filename") or "").strip()
     if named and (img_dir / named).is_file():
-        return named, None
+        return named, None, None
     for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
         found = f"{xml.stem}{suffix}"
         if (img_dir / found).is_file():
-            return found, f"{xml}: field 'filename'={named!r} names no file in {img_dir}; using {found}, as the xml"
-    return named or f"{xml.stem}.jpg", f"{xml}: field 'filename'={named!r}: no such image in {img_dir}"
+            note = f"{xml}: field 'filename'={named!r} names no file in {img_dir}; using {found}, named as the xml"
+            return found, note, None
+    return named or f"{xml.stem}.jpg", None, f"{xml}: field 'filename'={named!r}: no such image in {img_dir}"
 
 
 def _add_image(builder: CocoBuilder, image: _VocImage) -> None:
-    if image.file_problem is not None:
-        builder.problems.append(image.file_problem)
+    if image.file_note is not None:
+        builder.notes.append(image.file_note)
+    if image.file_missing is not None:
+        builder.problems.append(f"{image.file_missing}; the image and its {len(image.objects)} box(es) are left out")
+        return
     if image.size is None:
         record = builder.add_image_from_file(image.file_name, f"{image.xml}: field 'size'", len(image.objects))
         if record is None:
@@ -149,4 +162,5 @@ def _add_image(builder: CocoBuilder, image: _VocImage) -> None:
     else:
         record = builder.add_image(image.file_name, *image.size)
     for obj in image.objects:
-        builder.add_box(record, obj.name, obj.box_xyxy, f"{obj.where}, field 'bndbox'", ignore=obj.difficult)
+        where = f"{obj.where}, field 'bndbox'"
+        builder.add_box(record, obj.name, obj.box_xyxy, where, ignore=obj.difficult, iscrowd=obj.difficult)

@@ -5,6 +5,11 @@ Layout (Ultralytics'): images under `images_dir` (searched recursively), the lab
 An image without a label file is an image without objects (the YOLO convention); a label file without an
 image is a problem line. Image sizes come from the image files' headers (pixels are not decoded).
 
+EXIF orientation: Ultralytics applies a JPEG's EXIF orientation before it normalises a label (its
+`exif_size`, and OpenCV's imread, which rotates), so YOLO labels are fractions of the image as a viewer shows
+it. detlab loads the stored pixels, so each box is mapped back to them (`display_to_stored`), and the
+image gets a note.
+
 Class names come from a `data.yaml` (`names:` as a list, or as a dict {index: name} with indices 0..K-1),
 from a names file (one name a line, as darknet's `obj.names`), or from a list; class index i becomes
 category id i + 1.
@@ -17,7 +22,14 @@ from typing import Any, Sequence
 
 import yaml
 
-from detlab.data.formats.common import CocoBuilder, ConvertedDataset, find_images, parse_number
+from detlab.data.formats.common import (
+    CocoBuilder,
+    ConvertedDataset,
+    display_size,
+    display_to_stored,
+    find_images,
+    parse_number,
+)
 
 BOX_FIELDS = ("cx", "cy", "w", "h")
 
@@ -31,7 +43,7 @@ def read_yolo(
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise ValueError(f"YOLO image folder not found: {images_dir}")
-    labels_dir = Path(labels_dir) if labels_dir is not None else _default_labels_dir(images_dir)
+    labels_dir = Path(labels_dir) if labels_dir is not None else default_labels_dir(images_dir)
     if not labels_dir.is_dir():
         raise ValueError(f"YOLO label folder not found: {labels_dir} (the labels of {images_dir})")
     class_names = read_names(names) if isinstance(names, (str, Path)) else list(names)
@@ -43,14 +55,17 @@ def read_yolo(
         file_name = image_path.relative_to(images_dir).as_posix()
         label_file = labels_dir / Path(file_name).with_suffix(".txt")
         lines = _read_label_file(label_file, class_names) if label_file.is_file() else []
-        record = builder.add_image_from_file(file_name, str(label_file), len(lines))
+        record = builder.add_image_from_file(file_name, str(label_file), len(lines), labels_frame="display")
         if record is None:
             continue
+        orientation = builder.orientations.get(record["id"])
+        shown_width, shown_height = display_size(orientation, record["width"], record["height"])
         for number, class_index, (cx, cy, w, h) in lines:
-            box_xyxy = _to_pixels(cx, cy, w, h, record["width"], record["height"])
+            box_shown = _to_pixels(cx, cy, w, h, shown_width, shown_height)
+            box_xyxy = display_to_stored(box_shown, orientation, record["width"], record["height"])
             where = f"{label_file}: line {number}, fields 'cx cy w h'"
             builder.add_box(record, class_names[class_index], box_xyxy, where)
-    builder.problems += _orphan_label_files(labels_dir, images_dir, images, names)
+    builder.problems.extend(_orphan_label_files(labels_dir, images_dir, images, names))
     return builder.result()
 
 
@@ -84,7 +99,7 @@ def _names_from_yaml(path: Path) -> list[str]:
     return [str(name) for name in names]
 
 
-def _default_labels_dir(images_dir: Path) -> Path:
+def default_labels_dir(images_dir: Path) -> Path:
     """Ultralytics' rule: the last `images` folder of the path becomes `labels`."""
     parts = images_dir.parts
     if "images" not in parts:

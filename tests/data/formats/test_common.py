@@ -2,9 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
+from PIL import Image, ImageOps
 
-from detlab.data.formats.common import CocoBuilder, check_class_names, image_header
+from detlab.data.formats.common import CocoBuilder, check_class_names, display_size, display_to_stored, image_header
 
 WHERE = "src.txt: line 7, field 'box'"
 
@@ -56,8 +58,9 @@ def test_a_box_partly_outside_is_clipped_and_reported_unless_the_format_means_it
     first, second = builder.result().coco["annotations"]
     assert first["bbox"] == [0, 0, 40, 50] and first["area"] == 2000
     assert second["bbox"] == [90, 40, 10, 10] and second["area"] == 100
-    [problem] = builder.problems
-    assert problem.startswith(WHERE) and "partly outside" in problem and "clipped to (0, 0, 40, 50)" in problem
+    [note] = builder.notes  # nothing is lost: a note, not a problem
+    assert builder.problems == []
+    assert note.startswith(WHERE) and "partly outside" in note and "clipped to (0, 0, 40, 50)" in note
 
 
 def test_class_names_must_be_distinct_and_non_empty():
@@ -88,14 +91,28 @@ def test_an_unreadable_image_is_left_out_with_its_boxes_and_a_problem(tmp_path, 
     assert problem.startswith("labels/bad.txt: ") and "bad.jpg" in problem and "its 3 box(es) are left out" in problem
 
 
-def test_an_exif_rotated_image_is_reported(tmp_path):
-    from PIL import Image
-
+def test_an_exif_rotated_image_is_noted(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees when shown
     Image.new("RGB", (8, 4)).save(tmp_path / "rotated.jpg", exif=exif)
     builder = CocoBuilder(["cat"], tmp_path)
     image = builder.add_image_from_file("rotated.jpg", "rotated.xml", 0)
     assert (image["width"], image["height"]) == (8, 4)  # the stored pixels, which is what detlab loads
-    [problem] = builder.problems
-    assert problem.startswith("rotated.xml: ") and "EXIF Orientation=6" in problem
+    assert builder.orientations == {image["id"]: 6} and builder.problems == []
+    [note] = builder.notes
+    assert note.startswith("rotated.xml: ") and "EXIF Orientation=6" in note and "stored pixels' frame" in note
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_display_to_stored_inverts_what_pil_shows(orientation):
+    """A white rectangle drawn in the stored pixels; PIL's exif_transpose shows it; the box found in the shown
+    image, mapped back, must be the drawn one."""
+    stored = np.zeros((30, 50), np.uint8)  # H x W = 30 x 50
+    stored[4:12, 7:20] = 255  # x 7..20, y 4..12
+    image = Image.fromarray(stored)
+    image.getexif()[0x0112] = orientation
+    shown = np.asarray(ImageOps.exif_transpose(image))
+    ys, xs = np.nonzero(shown)
+    box_shown = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert display_size(orientation, 50, 30) == (shown.shape[1], shown.shape[0])
+    assert display_to_stored(box_shown, orientation, 50, 30) == (7, 4, 20, 12)

@@ -2,11 +2,14 @@
 
 import contextlib
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from pycocotools.coco import COCO
 
 from detlab.datacli import main
@@ -36,11 +39,13 @@ def test_convert_voc(tmp_path, make_image, capsys):
     out = tmp_path / "out" / "instances.json"
     assert main(["convert", "--format", "voc", str(tmp_path), "--out", str(out)]) == 0
     coco = _load(out)
-    assert _boxes(coco) == [("a.jpg", "dog", [2.0, 1.0, 10.0, 19.0], 0)]  # ymax 40 clipped to the 20-pixel image
+    # ymax 40 clipped to the 20-pixel image; difficult: a crowd (ignore) region
+    assert _boxes(coco) == [("a.jpg", "dog", [2.0, 1.0, 10.0, 19.0], 1)]
     assert coco.loadAnns(coco.getAnnIds())[0]["ignore"] == 1
     printed = capsys.readouterr().out
-    assert "1 images, 1 objects (1 difficult" in printed and "1 classes (dog 0)" in printed
-    assert "1 problems" in printed and "a.xml: object #1 ('dog'), field 'bndbox'" in printed
+    assert "1 images, 1 objects (1 of them crowd/ignore regions" in printed and "1 classes (dog 0)" in printed
+    assert "0 problems (left out), 1 notes (repaired)" in printed
+    assert "a.xml: object #1 ('dog'), field 'bndbox'" in printed and "clipped" in printed
 
 
 def test_convert_yolo_with_a_data_yaml(tmp_path, make_image):
@@ -79,7 +84,7 @@ def test_convert_mot(tmp_path, make_image, capsys):
         ("img1/000001.jpg", "pedestrian", [2.0, 3.0, 5.0, 10.0], 0),
         ("img1/000001.jpg", "pedestrian", [10.0, 2.0, 6.0, 12.0], 1),
     ]
-    assert "1 images, 2 objects (0 difficult, kept with ignore=1; 1 crowd/ignore regions)" in capsys.readouterr().out
+    assert "1 images, 2 objects (1 of them crowd/ignore regions" in capsys.readouterr().out
 
 
 def test_bad_input_ends_in_one_message_and_status_1(tmp_path, make_image, capsys):
@@ -116,3 +121,116 @@ def test_runs_as_a_module(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 1 and "MOT ground truth not found" in result.stderr and "Traceback" not in result.stderr
+
+
+# A COCO file for `check`: areas 100 (small), 2500 (medium), 10000 (large, the boundary 96^2 = 9216 is below).
+CHECK_COCO = {
+    "images": [{"id": i, "file_name": f"{i}.png", "width": 120, "height": 120} for i in (1, 2, 3)],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [0, 0, 50, 50], "area": 2500, "iscrowd": 0},
+        {"id": 3, "image_id": 1, "category_id": 2, "bbox": [0, 0, 100, 100], "area": 10000, "iscrowd": 0},
+        {"id": 4, "image_id": 2, "category_id": 1, "bbox": [0, 0, 100, 100], "area": 10000, "iscrowd": 1},
+        {"id": 5, "image_id": 2, "category_id": 9, "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 0},
+        {"id": 6, "image_id": 3, "category_id": 1, "bbox": [4, 4, 0, 5], "area": 0, "iscrowd": 0},
+    ],
+    "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+}
+
+
+def test_check_a_coco_file_prints_the_numbers_and_every_problem(tmp_path, capsys):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(CHECK_COCO))
+    assert main(["check", str(ann)]) == 1  # problems found
+    out = capsys.readouterr().out
+    assert "images 3, objects 3 (+ 1 crowd/ignore regions, not trained on), classes 2" in out
+    assert "objects per class: cat 1, dog 2" in out
+    assert "object sizes (COCO area): small (< 32^2) 1, medium 1, large (>= 96^2) 1" in out
+    assert "objects per image: 0: 2, 1: 0, 2-4: 1, 5-9: 0, 10-19: 0, 20+: 0" in out
+    assert "problems: 2" in out
+    assert f"{ann}: image id=2, annotation id=5: field 'category_id'=9 is not in 'categories'" in out
+    assert f"{ann}: image id=3, annotation id=6: field 'bbox'=[4, 4, 0, 5] has w <= 0 or h <= 0" in out
+    assert "checked 1 split(s): 2 problem(s), 0 note(s) (add --image-check" in out
+
+
+def _image_zoo(folder: Path) -> dict:
+    """One image per case the image check must name; returns the COCO dict that lists them (all 40 x 30)."""
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (40, 30)).save(folder / "ok.png")
+    Image.new("L", (40, 30)).save(folder / "gray.png")
+    Image.new("RGBA", (40, 30)).save(folder / "rgba.png")
+    Image.fromarray(np.full((30, 40), 40000, np.uint16)).save(folder / "deep.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.new("RGB", (40, 30)).save(folder / "rotated.jpg", exif=exif)
+    Image.new("RGB", (30, 40)).save(folder / "rotated-record.jpg", exif=exif)  # shown 40 x 30, stored 30 x 40
+    Image.new("RGB", (40, 30)).save(folder / "cut.jpg")
+    (folder / "cut.jpg").write_bytes((folder / "cut.jpg").read_bytes()[:200])  # truncated
+    (folder / "junk.png").write_bytes(b"not an image")
+    names = ["ok.png", "gray.png", "rgba.png", "deep.png", "rotated.jpg", "rotated-record.jpg", "cut.jpg",
+             "junk.png", "gone.png"]
+    images = [{"id": i, "file_name": name, "width": 40, "height": 30} for i, name in enumerate(names, start=1)]
+    box = {"category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0}
+    return {"images": images, "annotations": [{**box, "id": 1, "image_id": 1}], "categories": [{"id": 1, "name": "x"}]}
+
+
+def test_image_check_opens_every_image_and_names_each_bad_or_unusual_one(tmp_path, capsys):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(_image_zoo(tmp_path / "img")))
+    assert main(["check", str(ann), "--img-dir", str(tmp_path / "img"), "--image-check"]) == 1
+    out = capsys.readouterr().out
+
+    def line(image_id: int, file_name: str) -> str:
+        [found] = [x for x in out.splitlines() if f"image id={image_id}, field 'file_name'='{file_name}'" in x]
+        assert found.strip().startswith(str(ann))
+        return found
+
+    assert "image file not found" in next(x for x in out.splitlines() if "'gone.png'" in x)  # before decoding
+    assert "grayscale; loaded as RGB" in line(2, "gray.png")
+    assert "RGBA; loaded as RGB, alpha dropped" in line(3, "rgba.png")
+    assert "16-bit (I;16); loaded as 8-bit RGB" in line(4, "deep.png")
+    assert "EXIF Orientation=8: loaded as stored (not rotated)" in line(5, "rotated.jpg")
+    rotated = line(6, "rotated-record.jpg")
+    assert "stored pixels are 30x40 (w x h) but fields 'width'=40, 'height'=30" in rotated
+    assert "the size shown after EXIF Orientation=8" in rotated
+    assert "cannot decode the image" in line(7, "cut.jpg") and "cannot decode the image" in line(8, "junk.png")
+    assert "problems: 4" in out and "notes: 4" in out  # gone, rotated-record, cut, junk; gray, rgba, deep, rotated
+    assert not [x for x in out.splitlines() if "'ok.png'" in x]
+
+
+def test_check_a_source_folder_and_a_data_config(tmp_path, make_image, capsys):
+    make_image(tmp_path / "images" / "train" / "a.jpg", 40, 20)
+    make_image(tmp_path / "images" / "val" / "b.jpg", 40, 20)
+    for split, line in (("train", "1 0.5 0.5 0.5 0.5\n0 0.1 0.5 0.4 0.2\n"), ("val", "0 0.5 0.5 0.2 0.2\n")):
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split / f"{'a' if split == 'train' else 'b'}.txt").write_text(line)
+    (tmp_path / "data.yaml").write_text("names: [cat, dog]\n")
+    argv = ["check", "--format", "yolo", str(tmp_path / "images" / "train"), "--names", str(tmp_path / "data.yaml")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"yolo {tmp_path / 'images' / 'train'}" in out and "objects per class: cat 1, dog 1" in out
+    assert "notes: 1" in out and "clipped" in out  # the cat at cx 0.1, w 0.4 starts left of the image
+    overrides = [f"data.source.shared.names={tmp_path / 'data.yaml'}", f"data.source.cache_dir={tmp_path / 'cache'}",
+                 f"data.source.train.images_dir={tmp_path / 'images/train'}",
+                 f"data.source.val.images_dir={tmp_path / 'images/val'}"]
+    assert main(["check", "yolo", *overrides, "--image-check"]) == 0
+    out = capsys.readouterr().out
+    assert "yolo: train split (" in out and "yolo: val split (" in out and "objects per class: cat 1, dog 0" in out
+    assert "checked 2 split(s): 0 problem(s), 1 note(s); every image opened" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["check", "ann.json", "data.x=1"], "overrides (data.x=1) apply to a data config only"),
+        (["check", "ann.json", "--image-check"], "--image-check of a COCO json needs --img-dir"),
+        (["check", "ann.json", "--names", "n.txt"], "--names does not apply to a COCO json"),
+        (["check", "vocc"], "'vocc' is not a .json, a data config (coco, mot, shapes, udacity, voc, yolo)"),
+        (["check", "voc"], "Missing mandatory value: source.shared.root"),
+        (["check", "nowhere.json"], "annotation file not found: nowhere.json"),
+    ],
+)
+def test_check_usage_problems_are_one_message(tmp_path, monkeypatch, capsys, argv, says):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    assert f"detlab-data check: error: {says}" in capsys.readouterr().err

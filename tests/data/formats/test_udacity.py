@@ -109,10 +109,12 @@ def test_recoverable_rows_are_dropped_or_clipped_with_a_problem_each(tmp_path, m
     assert [a["bbox"] for a in dataset.coco["annotations"]] == [[2, 2, 6, 6], [15, 15, 5, 5]]
     assert [img["file_name"] for img in dataset.coco["images"]] == ["f.jpg"]
     csv_file = tmp_path / "labels.csv"
-    for number, says in zip((2, 3, 4, 5, 6), ("x2 < x1", "zero area", "not finite", "clipped", "wholly outside")):
+    for number, says in zip((2, 3, 4, 6), ("x2 < x1", "zero area", "not finite", "wholly outside")):
         assert any(p.startswith(f"{csv_file}: line {number}, fields 'xmin ymin xmax ymax'") and says in p
                    for p in dataset.problems), says
     missing = [p for p in dataset.problems if "missing.jpg" in p]
     assert len(missing) == 1 and missing[0].startswith(f"{csv_file}: line 7, field 'frame'")
     assert "image file not found" in missing[0] and "its 1 box(es) are left out" in missing[0]
-    assert len(dataset.problems) == 6
+    assert len(dataset.problems) == 5
+    [note] = dataset.notes  # clipped: nothing lost
+    assert note.startswith(f"{csv_file}: line 5, fields 'xmin ymin xmax ymax'") and "clipped" in note

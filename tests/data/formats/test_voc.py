@@ -1,14 +1,17 @@
 """Pascal VOC xml: a round trip from a hand-written COCO dict, the 1-based convention, splits, bad input."""
 
-import os
+import json
 import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from detlab.data.formats.voc import read_voc
+from detlab.evaluation.coco_evaluator import evaluate_results_file
 
-# What a careful human reads from the files written below: boxes xywh in pixels, difficult as ignore.
+# What a careful human reads from the files written below: boxes xywh in pixels, difficult as a crowd (ignore)
+# region: both COCO evaluators take `ignore` from `iscrowd`.
 EXPECTED = {
     "images": [
         {"id": 1, "file_name": "000001.jpg", "width": 40, "height": 30},
@@ -17,7 +20,7 @@ EXPECTED = {
     ],
     "annotations": [
         {"id": 1, "image_id": 1, "category_id": 2, "bbox": [0, 0, 10, 12], "iscrowd": 0, "ignore": 0},
-        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [5, 6, 35, 24], "iscrowd": 0, "ignore": 1},
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [5, 6, 35, 24], "iscrowd": 1, "ignore": 1},
         {"id": 3, "image_id": 2, "category_id": 2, "bbox": [3, 4, 1, 1], "iscrowd": 0, "ignore": 0},
         {"id": 4, "image_id": 2, "category_id": 2, "bbox": [10, 10, 14, 26], "iscrowd": 0, "ignore": 0},
     ],
@@ -66,23 +69,27 @@ def test_voc_round_trip_box_for_box(tmp_path, make_image, assert_same_coco, size
     assert [img["id"] for img in dataset.coco["images"]] == [1, 2, 3]
 
 
-def _write(root, stem, text):
+def _write(root, stem, text, image_size=None):
+    """Writes Annotations/<stem>.xml and, given image_size (w, h), the image JPEGImages/<stem>.jpg."""
     path = root / "Annotations" / f"{stem}.xml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    if image_size is not None:
+        (root / "JPEGImages").mkdir(exist_ok=True)
+        Image.new("RGB", image_size).save(root / "JPEGImages" / f"{stem}.jpg")
     return path
 
 
 def test_the_1_based_inclusive_convention_by_hand(tmp_path):
     # A box over VOC pixels 1..10 x 1..20 covers 10 x 20 pixels from the image's top-left corner.
-    _write(tmp_path, "a", _annotation_xml("a.jpg", (50, 40), [_object_xml("cat", (1, 1, 10, 20))]))
+    _write(tmp_path, "a", _annotation_xml("a.jpg", (50, 40), [_object_xml("cat", (1, 1, 10, 20))]), (50, 40))
     [ann] = read_voc(tmp_path).coco["annotations"]
     assert ann["bbox"] == [0, 0, 10, 20] and ann["area"] == 200
 
 
 def test_classes_are_sorted_from_the_files_or_taken_in_the_given_order(tmp_path):
     objects = [_object_xml("zebra", (1, 1, 5, 5)), _object_xml("ant", (1, 1, 5, 5))]
-    _write(tmp_path, "a", _annotation_xml("a.jpg", (10, 10), objects))
+    _write(tmp_path, "a", _annotation_xml("a.jpg", (10, 10), objects), (10, 10))
     assert read_voc(tmp_path).coco["categories"] == [{"id": 1, "name": "ant"}, {"id": 2, "name": "zebra"}]
     coco = read_voc(tmp_path, class_names=["zebra", "bee", "ant"]).coco
     assert coco["categories"] == [{"id": 1, "name": "zebra"}, {"id": 2, "name": "bee"}, {"id": 3, "name": "ant"}]
@@ -111,15 +118,19 @@ def test_a_filename_that_names_no_file_falls_back_to_the_image_named_like_the_xm
     xml = _write(tmp_path, "a", _annotation_xml("a.jpg", None, [_object_xml("cat", (1, 1, 4, 4))]))
     dataset = read_voc(tmp_path)
     assert dataset.coco["images"] == [{"id": 1, "file_name": "a.png", "width": 12, "height": 8}]
-    [problem] = dataset.problems
-    assert problem.startswith(f"{xml}: field 'filename'='a.jpg'") and "using a.png" in problem
+    [note] = dataset.notes  # nothing is lost
+    assert note.startswith(f"{xml}: field 'filename'='a.jpg'") and "using a.png" in note and dataset.problems == []
 
 
-def test_no_image_and_no_size_leaves_the_image_out_with_its_boxes(tmp_path):
-    xml = _write(tmp_path, "a", _annotation_xml("a.jpg", (0, 0), [_object_xml("cat", (1, 1, 4, 4))]))
+@pytest.mark.parametrize("size", [(0, 0), (9, 9)], ids=["without size", "with size"])
+def test_no_image_leaves_the_image_out_with_its_boxes(tmp_path, size):
+    xml = _write(tmp_path, "a", _annotation_xml("a.jpg", size, [_object_xml("cat", (1, 1, 4, 4))]))
+    _write(tmp_path, "b", _annotation_xml("b.jpg", (9, 9), [_object_xml("cat", (1, 1, 4, 4))]), (9, 9))
     dataset = read_voc(tmp_path)
-    assert dataset.coco["images"] == [] and dataset.coco["annotations"] == []
-    assert any(p.startswith(f"{xml}: field 'size'") and "its 1 box(es) are left out" in p for p in dataset.problems)
+    assert [img["file_name"] for img in dataset.coco["images"]] == ["b.jpg"] and len(dataset.coco["annotations"]) == 1
+    [problem] = dataset.problems
+    assert problem.startswith(f"{xml}: field 'filename'='a.jpg': no such image in {tmp_path / 'JPEGImages'}")
+    assert "the image and its 1 box(es) are left out" in problem
 
 
 @pytest.mark.parametrize(
@@ -156,13 +167,22 @@ def test_recoverable_boxes_are_dropped_or_clipped_with_a_problem_each(tmp_path):
         _object_xml("cat", (15, 12, 30, 30)),  # partly outside the 20x20 image: clipped
         _object_xml("cat", (25, 25, 30, 30)),  # wholly outside: dropped
     ]
-    xml = _write(tmp_path, "a", _annotation_xml("a.jpg", (20, 20), objects))
+    xml = _write(tmp_path, "a", _annotation_xml("a.jpg", (20, 20), objects), (20, 20))
     dataset = read_voc(tmp_path)
     assert [a["bbox"] for a in dataset.coco["annotations"]] == [[0, 0, 10, 10], [14, 11, 6, 9]]
-    problems = [p for p in dataset.problems if "field 'bndbox'" in p]
-    assert len(problems) == 5
-    for number, says in zip((2, 3, 4, 5, 6), ("x2 < x1", "zero area", "not finite", "clipped", "wholly outside")):
-        assert any(p.startswith(f"{xml}: object #{number} ('cat')") and says in p for p in problems), says
+    assert len(dataset.problems) == 4  # dropped
+    for number, says in zip((2, 3, 4, 6), ("x2 < x1", "zero area", "not finite", "wholly outside")):
+        assert any(p.startswith(f"{xml}: object #{number} ('cat'), field 'bndbox'") and says in p
+                   for p in dataset.problems), says
+    [note] = dataset.notes  # clipped: nothing lost
+    assert note.startswith(f"{xml}: object #5 ('cat'), field 'bndbox'") and "clipped to (14, 11, 20, 20)" in note
+
+
+def test_a_split_file_given_by_path(tmp_path, make_image):
+    write_voc(EXPECTED, tmp_path, make_image)
+    (tmp_path / "mine.txt").write_text("000002\n")
+    coco = read_voc(tmp_path, str(tmp_path / "mine.txt")).coco
+    assert [img["file_name"] for img in coco["images"]] == ["000002.jpg"] and len(coco["annotations"]) == 2
 
 
 def test_an_empty_folder_is_an_error(tmp_path):
@@ -174,13 +194,9 @@ def test_an_empty_folder_is_an_error(tmp_path):
 
 
 @pytest.mark.realdata
-def test_raccoon_real_data():
+def test_raccoon_real_data(real_data):
     """The raccoon dataset (datitran/raccoon_dataset): 200 photographs, 217 boxes of one class, per its README."""
-    if "DETLAB_REAL_DATA" not in os.environ:
-        pytest.fail("DETLAB_REAL_DATA is not set: point it at the shared data folder (make test sets it)")
-    root = Path(os.environ["DETLAB_REAL_DATA"]) / "raccoon"
-    if not (root / "annotations").is_dir():
-        pytest.fail(f"DETLAB_REAL_DATA={os.environ['DETLAB_REAL_DATA']} but {root}/annotations does not exist")
+    root = real_data / "raccoon"
     dataset = read_voc(root, ann_dir="annotations", img_dir="images")
     coco = dataset.coco
     assert len(coco["images"]) == 200 and len(coco["annotations"]) == 217
@@ -192,3 +208,25 @@ def test_raccoon_real_data():
     [box] = [a["bbox"] for a in coco["annotations"] if a["image_id"] == first["id"]]
     assert box == [80, 87, 442, 321]
     assert all((root / "images" / img["file_name"]).is_file() for img in coco["images"])
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_a_difficult_object_is_an_ignore_region_for_both_evaluators(tmp_path, backend):
+    """A detection only on the normal cat scores AP 1 when the difficult cat is ignored (0.5 recall if it counted);
+    a detection on the difficult cat is then no false positive either. Written as ignore=1 without iscrowd=1,
+    both evaluators would count it: they take `ignore` from `iscrowd`."""
+    objects = [_object_xml("cat", (1, 1, 10, 10)), _object_xml("cat", (21, 21, 40, 40), difficult=1)]
+    _write(tmp_path, "a", _annotation_xml("a.jpg", (50, 50), objects), (50, 50))
+    coco = read_voc(tmp_path).coco
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.8},
+                  {"image_id": 1, "category_id": 1, "bbox": [20, 20, 20, 20], "score": 0.9}]
+
+    def ap(annotations, results) -> float:
+        (tmp_path / "gt.json").write_text(json.dumps({**coco, "annotations": annotations}))
+        (tmp_path / "dt.json").write_text(json.dumps(results))
+        return evaluate_results_file(str(tmp_path / "gt.json"), str(tmp_path / "dt.json"), backend)["metrics"]["AP"]
+
+    assert ap(coco["annotations"], detections[:1]) == pytest.approx(1.0)
+    assert ap(coco["annotations"], detections) == pytest.approx(1.0)
+    without_crowd = [{**a, "iscrowd": 0} for a in coco["annotations"]]  # ignore=1 alone
+    assert ap(without_crowd, detections[:1]) == pytest.approx(0.5, abs=0.01)

@@ -2,7 +2,9 @@
 
 import re
 
+import numpy as np
 import pytest
+from PIL import Image, ImageOps
 
 from detlab.data.formats.yolo import read_names, read_yolo
 
@@ -129,9 +131,11 @@ def test_recoverable_boxes_are_dropped_or_clipped_with_a_problem_each(tmp_path, 
     boxes = [a["bbox"] for a in dataset.coco["annotations"]]
     assert len(boxes) == 2
     assert boxes[0] == pytest.approx([4, 4, 2, 2]) and boxes[1] == pytest.approx([8, 4, 2, 2])
-    assert len(dataset.problems) == 5
-    for number, says in zip((2, 3, 4, 5, 6), ("x2 < x1", "zero area", "not finite", "clipped", "wholly outside")):
+    assert len(dataset.problems) == 4  # dropped
+    for number, says in zip((2, 3, 4, 6), ("x2 < x1", "zero area", "not finite", "wholly outside")):
         assert any(p.startswith(f"{label}: line {number}, fields 'cx cy w h'") and says in p for p in dataset.problems)
+    [note] = dataset.notes  # clipped: nothing lost
+    assert note.startswith(f"{label}: line 5, fields 'cx cy w h'") and "clipped to (8, 4, 10, 6)" in note
 
 
 def test_a_label_file_without_image_and_an_unreadable_image_are_problems(tmp_path, make_image):
@@ -171,3 +175,28 @@ def test_the_default_labels_folder_replaces_the_last_images_folder(tmp_path, mak
     label.write_text("1 0.5 0.5 0.5 0.5\n")
     coco = read_yolo(tmp_path / "images" / "train" / "images", NAMES).coco
     assert [a["category_id"] for a in coco["annotations"]] == [2]
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_labels_of_an_exif_rotated_jpeg_are_read_as_shown_and_mapped_to_the_stored_pixels(tmp_path, orientation):
+    """The label is written as Ultralytics writes it: fractions of the image PIL's exif_transpose shows. The
+    reader's box must cover the same object in the stored pixels, the frame detlab loads."""
+    stored = np.zeros((40, 60, 3), np.uint8)  # H x W = 40 x 60
+    stored[5:15, 10:30] = 255  # the object: x 10..30, y 5..15
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    (tmp_path / "images").mkdir()
+    Image.fromarray(stored).save(tmp_path / "images" / "a.jpg", exif=exif, quality=100)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "images" / "a.jpg")))[:, :, 0] > 128
+    ys, xs = np.nonzero(shown)
+    x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    H, W = shown.shape
+    (tmp_path / "labels").mkdir()
+    label = tmp_path / "labels" / "a.txt"
+    label.write_text(f"0 {(x1 + x2) / 2 / W} {(y1 + y2) / 2 / H} {(x2 - x1) / W} {(y2 - y1) / H}\n")
+    dataset = read_yolo(tmp_path / "images", ["thing"])
+    assert dataset.coco["images"][0]["width"] == 60 and dataset.coco["images"][0]["height"] == 40
+    assert dataset.coco["annotations"][0]["bbox"] == pytest.approx([10, 5, 20, 10], abs=1e-6)
+    [note] = dataset.notes
+    assert note.startswith(f"{label}: image") and f"EXIF Orientation={orientation}" in note and "shows" in note
+    assert dataset.problems == []
