@@ -3,6 +3,7 @@
     detlab-eval run runs/2026-11-25/10-00-00                       # last checkpoint, its own val split
     detlab-eval run runs/.../checkpoints/best.ckpt data.val.ann_file=... data.val.img_dir=...
     detlab-eval results --ann instances_val2017.json --results detections.json [--backend pycocotools]
+    detlab-eval speed runs/2026-11-25/10-00-00 [--image img.jpg] [--batch-size 8] [--device cuda] [data.image_size=512]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from omegaconf import OmegaConf
 from detlab.evaluation.backends import BACKENDS
 from detlab.evaluation.coco_evaluator import evaluate_results_file, format_table
 from detlab.module import DetectionModule
+from detlab.profile import checkpoint_speed, format_speed
 from detlab.train import user_error
 
 
@@ -68,10 +70,25 @@ def main(argv: list[str] | None = None) -> None:
     res.add_argument("--results", type=Path, required=True)
     res.add_argument("--backend", choices=BACKENDS, default="faster_coco_eval")
     res.add_argument("--output", type=Path, help="write the result as JSON here")
+    speed = commands.add_parser("speed", help="time a checkpoint's detector under the speed protocol")
+    speed.add_argument("path", type=Path)
+    speed.add_argument("overrides", nargs="*", help="config overrides, e.g. data.image_size=512")
+    speed.add_argument("--image", type=Path, help="an image file to pre-process (default: a synthetic one)")
+    speed.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1")
+    speed.add_argument("--batch-size", type=int, default=8, help="images per call for the throughput")
+    speed.add_argument("--warmup", type=int, default=10)
+    speed.add_argument("--repeats", type=int, default=50)
+    speed.add_argument("--precision", help="32-true, 16-mixed or bf16-mixed (default: the run's)")
+    speed.add_argument("--output", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             result = evaluate_checkpoint(_checkpoint_of(args.path), args.overrides, args.backend)
+        elif args.command == "speed":
+            protocol = {"batch_size": args.batch_size, "warmup": args.warmup, "repeats": args.repeats}
+            if args.precision:
+                protocol["precision"] = args.precision
+            result = checkpoint_speed(_checkpoint_of(args.path), args.overrides, args.image, args.device, **protocol)
         else:
             result = evaluate_results_file(str(args.ann), str(args.results), backend=args.backend)
     except Exception as err:
@@ -80,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"detlab-eval: error: {problem}", file=sys.stderr)
         sys.exit(2)
-    print(format_table(result))
+    print(format_speed(result) if args.command == "speed" else format_table(result))
     if args.output:
         args.output.write_text(json.dumps(result, indent=2))
 

@@ -1,14 +1,49 @@
-"""What a detector costs: parameters and FLOPs of one forward pass at its input size.
+"""What a detector costs: parameters, FLOPs, and its speed under one protocol used everywhere.
 
 FLOPs come from torch's own counter (torch.utils.flop_counter), which counts a multiply-add as 2 FLOPs;
 model zoos that print "GFLOPS" for multiply-adds (torchvision's ResNet-50: 4.09) report half of ours.
+
+The speed protocol (`measure_speed`), so that numbers from different runs and machines can be compared:
+- three stages timed separately, each one's output feeding the next: pre-processing (the eval transform of a
+  real image, collate to a Batch, copy to the device), the model's forward, post-processing (decode + NMS);
+- latency per image at batch 1, and throughput at `batch_size` images per call;
+- `warmup` untimed iterations first (cuDNN autotuning, allocator growth, lazy prior caches), then `repeats`
+  timed ones; the device is synchronised before each clock read (torch.cuda.synchronize on CUDA: kernels
+  are asynchronous, so an unsynchronised clock measures the launch, not the work; nothing on CPU);
+- median and 90th percentile over the repeats, per stage and for the sum of the stages;
+- recorded with the facts that decide the number: input size, batch size, precision, device name,
+  torch/CUDA versions, CPU threads, parameters and FLOPs.
+Pre-processing runs in this process, one image after the other, as in a single-image deployment; a
+DataLoader with workers overlaps it with the model in training.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from detlab.data.coco import read_rgb
+from detlab.data.collate import collate
+from detlab.data.transforms import DetectionTransform
+from detlab.structures import Batch
+
+# Lightning's precision names (and their short aliases) -> the autocast dtype (None: plain float32).
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "32-true": None, "32": None, "16-mixed": torch.float16, "16": torch.float16,
+    "bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16,
+}
+STAGES = ("preprocess", "model", "postprocess")
 
 
 def count_params(model: nn.Module) -> int:
@@ -33,3 +68,233 @@ def count_flops(model: nn.Module, image_size: int) -> int:
 def complexity(model: nn.Module, image_size: int) -> dict[str, float | int]:
     """{"params": int, "gflops": float, "input_size": int} for results.json and the logger."""
     return {"params": count_params(model), "gflops": count_flops(model, image_size) / 1e9, "input_size": image_size}
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """A function that waits until `device` has finished its queued work (a no-op where work is synchronous)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
+
+
+def time_stages(
+    stages: Sequence[tuple[str, Callable[[Any], Any]]],
+    first_input: Any,
+    warmup: int,
+    repeats: int,
+    synchronize: Callable[[], None],
+) -> dict[str, list[float]]:
+    """Run the stages as a pipeline (each gets the previous one's output) warmup + repeats times; return the
+    seconds each stage took in the timed repeats, {name: [repeats floats]}.
+
+    The loop is sequential by nature: each repeat is one measurement.
+    """
+    times: dict[str, list[float]] = {name: [] for name, _ in stages}
+    for iteration in range(warmup + repeats):
+        value = first_input
+        for name, stage in stages:
+            synchronize()  # the previous stage's queued work must not be billed to this one
+            start = time.perf_counter()
+            value = stage(value)
+            synchronize()
+            if iteration >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """{"median": ms, "p90": ms} of a list of durations in seconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return {"median": float(np.median(ms)), "p90": float(np.percentile(ms, 90))}
+
+
+def measure_speed(
+    module: nn.Module,
+    image_size: int,
+    *,
+    image: np.ndarray | None = None,
+    size_divisor: int = 32,
+    device: torch.device | str | None = None,
+    precision: str | int = "32-true",
+    batch_size: int = 8,
+    warmup: int = 10,
+    repeats: int = 50,
+) -> dict[str, Any]:
+    """Speed of a built detector under the protocol above, as a plain dict for results.json ("speed").
+
+    module:       has `.model` (images [B, 3, H, W] -> (outputs, priors)) and `.postprocess`
+                  ((outputs, priors, batch) -> detections): a DetectionModule.
+    image_size:   the side of the letterboxed input (data.image_size).
+    image:        a real RGB uint8 image [H, W, 3] to pre-process (e.g. the first val image); None = a
+                  synthetic image_size x image_size one.
+    size_divisor: the collate's padding multiple (data.size_divisor).
+    device:       where to run; None = where the model's parameters are. The module is moved there.
+    precision:    a Lightning precision name: 32-true, 16-mixed or bf16-mixed (autocast).
+
+    Returns {"ms_per_img", "img_per_s", "latency_ms" (batch 1) and "batch_ms" (at batch_size), each
+    {stage: {"median", "p90"}} for preprocess, model, postprocess and total, then batch_size, warmup,
+    repeats, input_size, precision, params, gflops, device, torch, cuda, threads}.
+    """
+    _check_protocol(batch_size, warmup, repeats)
+    autocast_dtype = _autocast_dtype(precision)
+    device = torch.device(device) if device is not None else next(module.model.parameters()).device
+    module.to(device)
+    if image is None:
+        image = np.random.default_rng(0).integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
+    transform = DetectionTransform(image_size)
+    sync = synchronizer(device)
+
+    was_training = module.training
+    module.eval()
+    try:
+        autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+        with torch.inference_mode(), autocast:
+            stages = _stages(module, transform, size_divisor, device)
+            latency = time_stages(stages, [image], warmup, repeats, sync)
+            batched = time_stages(stages, [image] * batch_size, warmup, repeats, sync)
+    finally:
+        module.train(was_training)
+
+    latency_ms, batch_ms = _per_stage_ms(latency), _per_stage_ms(batched)
+    return {
+        "ms_per_img": latency_ms["total"]["median"],
+        "img_per_s": batch_size * 1e3 / batch_ms["total"]["median"],
+        "latency_ms": latency_ms,
+        "batch_ms": batch_ms,
+        "batch_size": batch_size,
+        "warmup": warmup,
+        "repeats": repeats,
+        "precision": str(precision),
+        **complexity(module.model, image_size),
+        **environment(device),
+    }
+
+
+def speed_summary(speed: dict[str, Any]) -> dict[str, float]:
+    """The logger's summary of `measure_speed`'s dict: slash-separated scalars (speed/ms_per_img, ...)."""
+    summary = {"speed/ms_per_img": speed["ms_per_img"], "speed/img_per_s": speed["img_per_s"]}
+    for stage in (*STAGES, "total"):
+        summary[f"speed/{stage}_ms"] = speed["latency_ms"][stage]["median"]
+        summary[f"speed/{stage}_ms_p90"] = speed["latency_ms"][stage]["p90"]
+    return summary
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """The device's name and the software versions a speed number depends on."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}: {_cpu_name()}"
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def checkpoint_speed(
+    checkpoint: str | Path,
+    overrides: Sequence[str] = (),
+    image: str | Path | None = None,
+    device: str = "auto",
+    **protocol: Any,
+) -> dict[str, Any]:
+    """`measure_speed` of a trained run, for `detlab-eval speed`: the detector is rebuilt from the config saved
+    in the checkpoint (plus dotlist overrides such as data.image_size=512) and its weights loaded.
+
+    Only the model and the post-processing are built: neither the dataset nor its annotation file has to
+    exist on the machine that measures. image: an image file to pre-process (None = synthetic).
+    device: auto (CUDA when there is one), cpu, cuda, cuda:1, ... protocol: measure_speed's keywords
+    (batch_size, warmup, repeats, precision; precision defaults to the run's trainer.precision).
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    hparams = saved["hyper_parameters"]
+    cfg = OmegaConf.merge(OmegaConf.create(hparams["cfg"]), OmegaConf.from_dotlist(list(overrides)))
+    parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=hparams["num_classes"])
+    weights = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")}
+    parts.model.load_state_dict(weights)
+    detector = nn.Module()
+    detector.model, detector.postprocess = parts.model, parts.postprocess
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    protocol.setdefault("precision", cfg.trainer.get("precision", "32-true"))
+    return measure_speed(
+        detector,
+        cfg.data.image_size,
+        image=_read_image(Path(image)) if image is not None else None,
+        size_divisor=cfg.data.get("size_divisor", 32),
+        device=device,
+        **protocol,
+    )
+
+
+def format_speed(speed: dict[str, Any]) -> str:
+    """A few lines for the console: the headline numbers and the conditions they hold under."""
+    lat = speed["latency_ms"]
+    stages = ", ".join(f"{s} {lat[s]['median']:.2f}" for s in STAGES)
+    return (
+        f"speed: {speed['ms_per_img']:.2f} ms/img at batch 1 ({stages}; p90 {lat['total']['p90']:.2f}), "
+        f"{speed['img_per_s']:.1f} img/s at batch {speed['batch_size']}\n"
+        f"       {speed['input_size']} px, {speed['precision']}, {speed['device']}, torch {speed['torch']}, "
+        f"CUDA {speed['cuda']}, median of {speed['repeats']} after {speed['warmup']} warm-up"
+    )
+
+
+def _stages(module: nn.Module, transform: DetectionTransform, size_divisor: int, device: torch.device):
+    """The three stages as pipeline functions: images -> Batch on device -> (batch, outputs, priors) -> detections."""
+    no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+
+    def preprocess(images: list[np.ndarray]) -> Batch:
+        # albumentations transforms one image at a time, as the dataset does per item
+        samples = [transform(img, no_boxes, no_labels, image_id=i) for i, img in enumerate(images)]
+        batch = collate(samples, size_divisor=size_divisor)
+        fields = dataclasses.fields(batch)
+        return Batch(**{f.name: getattr(batch, f.name).to(device, non_blocking=True) for f in fields})
+
+    def model(batch: Batch):
+        return (batch, *module.model(batch.images))
+
+    def postprocess(state):
+        batch, outputs, priors = state
+        return module.postprocess(outputs, priors, batch)
+
+    return [("preprocess", preprocess), ("model", model), ("postprocess", postprocess)]
+
+
+def _per_stage_ms(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    total = np.sum([times[s] for s in STAGES], axis=0)  # per repeat: the stages of one pass add up
+    return {**{s: summarize_ms(times[s]) for s in STAGES}, "total": summarize_ms(total)}
+
+
+def _autocast_dtype(precision: str | int) -> torch.dtype | None:
+    if str(precision) not in PRECISIONS:
+        raise ValueError(
+            f"speed.precision={precision!r} is not measured; use one of 32-true, 16-mixed, bf16-mixed"
+        )
+    return PRECISIONS[str(precision)]
+
+
+def _check_protocol(batch_size: int, warmup: int, repeats: int) -> None:
+    for key, value, least in (("batch_size", batch_size, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"speed.{key}={value!r} must be an integer >= {least}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _read_image(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"no image at {path}")
+    return read_rgb(path)

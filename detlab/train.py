@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +25,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from detlab.config import validate
 from detlab.evaluation.coco_evaluator import format_table
 from detlab.module import DetectionModule
-from detlab.profile import complexity
+from detlab.profile import complexity, format_speed, measure_speed, speed_summary
 from detlab.tracking import EvaluationLogger
 
 
@@ -54,19 +56,39 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     results = {
         **module.last_eval,
         "complexity": complexity(module.model, cfg.data.image_size),
+        "data": {"counts": datamodule.counts(), "problems": datamodule.problems, "notes": datamodule.notes},
         "global_step": trainer.global_step,
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if trainer.is_global_zero:
+        if cfg.speed.enabled:  # rank 0 alone: the other ranks would only compete for the same device
+            results["speed"] = _speed(cfg, module, datamodule, trainer.strategy.root_device)
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         print(format_table(results), flush=True)
         cost = results["complexity"]
         print(f"model: {cost['params'] / 1e6:.2f} M parameters, {cost['gflops']:.2f} GFLOPs at "
               f"{cost['input_size']}x{cost['input_size']}", flush=True)
+        if "speed" in results:
+            print(format_speed(results["speed"]), flush=True)
         print(f"results: {run_dir / 'results.json'}", flush=True)
     _finish(logger, results)
     return results
+
+
+def _speed(cfg: DictConfig, module: DetectionModule, datamodule, device) -> dict[str, Any]:
+    """The speed protocol (detlab.profile) on the trained detector, pre-processing the first val image."""
+    return measure_speed(
+        module,
+        cfg.data.image_size,
+        image=datamodule.datasets["val"].load_image(0),
+        size_divisor=cfg.data.get("size_divisor", 32),
+        device=device,
+        precision=cfg.speed.precision or cfg.trainer.precision,
+        batch_size=cfg.speed.batch_size,
+        warmup=cfg.speed.warmup,
+        repeats=cfg.speed.repeats,
+    )
 
 
 def _logger(cfg: DictConfig, run_dir: Path):
@@ -78,14 +100,21 @@ def _logger(cfg: DictConfig, run_dir: Path):
 
 
 def _finish(logger, results: dict[str, Any]) -> None:
-    """Write the final numbers into the W&B run's summary and close it, so its files are complete on disk."""
+    """The final numbers, the data counts and the speed into the logger (W&B keeps each key's last value as
+    the run's summary); then close a W&B run, so that its files are complete on disk."""
+    if not logger:
+        return
+    final = {f"final/{k}": v for k, v in results["metrics"].items()}
+    final.update({f"model/{k}": v for k, v in results["complexity"].items()})
+    final.update(results["data"]["counts"])
+    if "speed" in results:
+        final.update(speed_summary(results["speed"]))
+    logger.log_metrics(final, step=results["global_step"])
+    logger.save()
     if isinstance(logger, pl.loggers.WandbLogger) and logger.experiment is not None:
         import wandb
 
-        if wandb.run is not None:
-            wandb.run.summary.update({f"final/{k}": v for k, v in results["metrics"].items()})
-            wandb.run.summary.update({f"model/{k}": v for k, v in results["complexity"].items()})
-            wandb.finish()
+        wandb.finish()
 
 
 # An absolute path: relative ones are resolved against the calling module, which differs between
@@ -96,7 +125,10 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN and _launches_processes(cfg.trainer):
+        return _single_run(hydra_cfg.overrides.task, run_dir)
     try:
         results = train(cfg, run_dir)
     except Exception as err:
@@ -108,6 +140,26 @@ def main(cfg: DictConfig) -> float:
         print(f"detlab-train: error: {problem}\n(set HYDRA_FULL_ERROR=1 for the stack trace)", file=sys.stderr, flush=True)
         sys.exit(2)
     return results["metrics"]["AP"]  # the objective a Hydra sweeper (e.g. Optuna) maximises
+
+
+def _launches_processes(trainer: DictConfig) -> bool:
+    """Whether Lightning will start more processes by running this script again (DDP's subprocess launcher)."""
+    devices = trainer.get("devices", 1)
+    many = trainer.get("num_nodes", 1) > 1 or (isinstance(devices, int) and devices > 1) or devices in (-1, "-1", "auto")
+    return many and str(trainer.get("strategy", "auto")).startswith("ddp") and "spawn" not in str(trainer.strategy)
+
+
+def _single_run(task_overrides: list[str], run_dir: Path) -> float:
+    """One trial of a multirun, trained as a single run of its own in a child process.
+
+    Lightning's DDP launcher starts the other ranks by running sys.argv again, which in a multirun is the
+    whole sweep (-m and every value): each rank would start a sweep of its own. A single run relaunches cleanly.
+    """
+    command = [sys.executable, "-m", "detlab.train", *task_overrides, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(command, check=False)
+    if proc.returncode != 0:
+        sys.exit(proc.returncode)
+    return json.loads((run_dir / "results.json").read_text())["metrics"]["AP"]
 
 
 def user_error(err: BaseException) -> BaseException | None:

@@ -1,5 +1,6 @@
 """The real entry points (detlab-train, detlab-eval) with tiny overrides, as a researcher runs them."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -21,6 +22,9 @@ TINY = [
     "trainer.max_epochs=1",
     "trainer.log_every_n_steps=1",
     "eval.num_log_images=2",
+    "speed.batch_size=2",
+    "speed.warmup=1",
+    "speed.repeats=2",
 ]
 
 
@@ -51,6 +55,12 @@ def test_run_writes_results_config_and_checkpoints(trained_run):
     assert (trained_run / ".hydra" / "config.yaml").is_file()
     assert "model.head.depth=1" in (trained_run / ".hydra" / "overrides.yaml").read_text()
     assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    assert results["data"]["counts"]["data/train_images"] == 12
+    assert results["data"]["counts"]["data/val_skipped"] == 0
+    speed = results["speed"]
+    assert (speed["batch_size"], speed["warmup"], speed["repeats"], speed["input_size"]) == (2, 1, 2, 64)
+    assert speed["ms_per_img"] == pytest.approx(speed["latency_ms"]["total"]["median"])
+    assert speed["device"].startswith("cpu") and speed["precision"] == "32-true"
 
 
 def test_offline_wandb_run_holds_the_ap_table(trained_run):
@@ -64,6 +74,15 @@ def test_offline_wandb_run_holds_the_ap_table(trained_run):
     results = json.loads((trained_run / "results.json").read_text())
     assert dict(table["data"]) == pytest.approx(results["metrics"])
     assert list((files / "media" / "images" / "val").glob("predictions_*.png"))
+
+
+def test_speed_entry_point_times_the_checkpoint(trained_run, tmp_path):
+    out = tmp_path / "speed.json"
+    proc = run("detlab.evaluate", "speed", str(trained_run), "data.image_size=96", "--batch-size", "2", "--warmup", "1",
+               "--repeats", "3", "--output", str(out), cwd=tmp_path)
+    speed = json.loads(out.read_text())
+    assert (speed["input_size"], speed["batch_size"], speed["repeats"]) == (96, 2, 3)
+    assert "ms/img at batch 1" in proc.stdout
 
 
 def test_eval_entry_point_reproduces_the_run(trained_run, tmp_path):
@@ -83,6 +102,13 @@ def test_resume_continues_from_the_checkpoint(trained_run, tmp_path):
     )
     results = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert results["global_step"] == 6  # 3 steps from the checkpoint, 3 more
+    # the logger (here CSV) gets the final table, the data counts and the speed at the last step
+    [metrics_csv] = (tmp_path / "resumed").rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics_csv.open()))
+    final = next(row for row in rows if row.get("final/AP"))
+    assert float(final["final/AP"]) == pytest.approx(results["metrics"]["AP"])
+    assert float(final["data/train_images"]) == 12 and float(final["data/train_skipped"]) == 0
+    assert float(final["speed/ms_per_img"]) == pytest.approx(results["speed"]["ms_per_img"])
 
 
 def test_bad_override_stops_before_work_with_the_key(tmp_path):

@@ -1,0 +1,152 @@
+"""The named studies of conf/experiment/: each one sweeps its factors over 3 seeds and reports; every sweep
+point composes, validates and builds; the levels are the paper's; a real multirun ends with the report.
+
+Studies whose detector is still missing (conf/model/<name>.yaml absent) are left out of the composition test
+by the list below, computed when the tests are collected: they join it as soon as the model config exists.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+
+from detlab.config import validate
+from detlab.report import Group, find_baseline, parse_overrides
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def raw(name: str) -> dict:
+    return yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
+
+
+def models_of(name: str) -> set[str]:
+    """The detectors a study names: its `override /model` default and the levels of a `model` sweep."""
+    cfg = raw(name)
+    named = {v for d in cfg.get("defaults", []) if isinstance(d, dict) for k, v in d.items() if k == "override /model"}
+    named |= set(str(cfg["hydra"]["sweeper"]["params"].get("model", "")).split(",")) - {""}
+    return named
+
+
+COMPOSABLE = [e for e in EXPERIMENTS if all((CONF / "model" / f"{m}.yaml").is_file() for m in models_of(e))]
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve as in a real run
+    return cfg
+
+
+def sweep_jobs(name: str) -> list[list[str]]:
+    """The overrides of every job of `detlab-train -m experiment=<name>` but for the seed (seed=0 only), as
+    Hydra's basic sweeper expands hydra.sweeper.params (a cartesian product)."""
+    params = compose_train([f"experiment={name}"]).hydra.sweeper.params
+    arguments = [f"{k}={v}" for k, v in params.items() if k != "seed"]
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def test_every_experiment_group_is_covered():
+    assert {"focal_gamma", "focal_alpha_ce", "ssd_focal", "yolo_focal", "ssd300_vs_ssd512", "anchors",
+            "detector_comparison"} <= set(EXPERIMENTS)
+    assert "focal_gamma" in COMPOSABLE and "anchors" in COMPOSABLE  # RetinaNet is always there
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_study_sweeps_three_seeds_into_its_group_and_reports(name):
+    text = (CONF / "experiment" / f"{name}.yaml").read_text()
+    cfg = raw(name)
+    assert text.startswith("# @package _global_\n")
+    assert cfg["hydra"]["sweeper"]["params"]["seed"] == "0,1,2"
+    assert len(cfg["hydra"]["sweeper"]["params"]) >= 2, "a study has at least one factor besides the seed"
+    assert cfg["tracking"]["group"] == name
+    assert f"multirun/{name}/" in cfg["hydra"]["sweep"]["dir"]
+    report = cfg["hydra"]["callbacks"]["report"]
+    assert report["_target_"] == "detlab.report.ReportCallback" and report["baseline"]
+    assert cfg["trainer"]["max_epochs"] <= 6, "the default budget is a CPU one; users raise it"
+
+
+@pytest.mark.parametrize("name", COMPOSABLE)
+def test_every_sweep_point_composes_validates_and_builds(name):
+    jobs = sweep_jobs(name)
+    assert len(jobs) >= 2
+    for job in jobs:
+        cfg = compose_train([f"experiment={name}", *job, "seed=0"])
+        validate(cfg)
+        parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
+        assert callable(parts.postprocess)
+        assert cfg.tracking.group == name and str(cfg.tracking.name)
+    # the baseline the report compares against is one of the levels
+    groups = [Group(parse_overrides(job)) for job in jobs]
+    find_baseline(groups, raw(name)["hydra"]["callbacks"]["report"]["baseline"])
+
+
+def test_focal_gamma_pairs_each_gamma_with_the_papers_best_alpha():
+    # Lin et al. 2017, Table 1b (../shared/REFERENCES.md): gamma (best alpha)
+    paper = {(0, 0.75), (0.5, 0.5), (1, 0.25), (2, 0.25), (5, 0.25)}
+    got = set()
+    for job in sweep_jobs("focal_gamma"):
+        cfg = compose_train(["experiment=focal_gamma", *job])
+        assert cfg.loss._target_.endswith("SigmoidFocalLoss") and cfg.model.head._target_.endswith("RetinaNetHead")
+        got.add((cfg.loss.gamma, cfg.loss.alpha))
+    assert got == paper
+
+
+def test_focal_alpha_ce_is_cross_entropy_over_the_alphas():
+    levels = set()
+    for job in sweep_jobs("focal_alpha_ce"):
+        cfg = compose_train(["experiment=focal_alpha_ce", *job])
+        assert cfg.loss.gamma == 0
+        levels.add(cfg.loss.alpha)
+    assert levels == {0.25, 0.5, 0.75, 0.9, 0.99}
+
+
+def test_anchors_are_table_1c():
+    # Lin et al. 2017, Table 1c: (#scales, #aspect ratios); scales 2^(k/n), k < n; ratios {1} or {1/2, 1, 2}
+    paper = {(1, 1), (2, 1), (3, 1), (1, 3), (2, 3), (3, 3), (4, 3)}
+    got = set()
+    for job in sweep_jobs("anchors"):
+        cfg = compose_train(["experiment=anchors", *job])
+        scales, ratios = list(cfg.model.priors.scales), list(cfg.model.priors.aspect_ratios)
+        assert scales == pytest.approx([2 ** (k / len(scales)) for k in range(len(scales))])
+        assert ratios in ([1.0], [0.5, 1.0, 2.0])
+        assert instantiate(cfg.model.priors).num_per_location == len(scales) * len(ratios)
+        got.add((len(scales), len(ratios)))
+    assert got == paper
+
+
+# tests/test_train.py's tiny model and data, smaller still: seconds per run on a CPU. `++speed.*` keeps the
+# speed measurement at the end of a run short (forced keys: they apply once train.yaml has a speed node).
+TINY = [
+    "data.image_size=64", "data.batch_size=4", "data.num_workers=0", "data.source.num_train_images=8",
+    "data.source.num_val_images=4", "data.source.image_size=96", "model.neck.out_channels=16", "model.head.width=16",
+    "model.head.depth=1", "trainer.max_epochs=1", "eval.num_log_images=0", "logger=none",
+    "++speed.warmup=1", "++speed.repeats=2", "++speed.batch_size=2",
+]
+
+
+def test_multirun_of_a_study_ends_with_its_report(tmp_path):
+    """detlab-train -m experiment=focal_gamma, two of its levels and one seed: the report closes the multirun."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "detlab.train", "-m", "experiment=focal_gamma", *TINY,
+         "experiment/focal_gamma=gamma0_alpha0.75,gamma2_alpha0.25", "seed=0", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| gamma0_alpha0.75 (baseline) | 1 |" in proc.stdout
+    assert "## Difference from the baseline (gamma0_alpha0.75)" in proc.stdout
+    assert "| gamma2_alpha0.25 |" in proc.stdout
+    report = sweep / "report"
+    assert {p.name for p in report.iterdir()} >= {"results.md", "results.csv", "runs.csv", "metrics.png"}
+    overrides = yaml.safe_load((sweep / "1" / ".hydra" / "overrides.yaml").read_text())
+    assert "experiment/focal_gamma=gamma2_alpha0.25" in overrides and "seed=0" in overrides

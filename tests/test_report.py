@@ -1,0 +1,199 @@
+"""detlab-report on fabricated run directories (results.json + .hydra/overrides.yaml), against statistics
+computed by hand and the published t table."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+
+from detlab.report import (
+    ReportError,
+    find_runs,
+    group_runs,
+    main,
+    mean_interval,
+    pareto_front,
+    t_quantile,
+    welch_interval,
+    write_report,
+)
+
+STUDY = ["experiment=focal_gamma", "trainer.max_epochs=2"]
+
+
+def fake_run(root: Path, name: str, overrides: list[str], ap: float, ms: float | None = None, study="focal_gamma"):
+    """A run directory as detlab-train writes it, with made-up numbers."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    results = {
+        "metrics": {"AP": ap, "AP50": ap + 0.2, "AP75": ap - 0.05, "APl": -1.0},
+        "config": {"tracking": {"group": study}},
+    }
+    if ms is not None:
+        results["speed"] = {"ms_per_img": ms, "img_per_s": 1e3 / ms, "device": "cpu: Test CPU"}
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """A multirun folder: 3 configurations x 3 seeds, job numbers as Hydra numbers them (0..8)."""
+    aps = {
+        "gamma0_alpha0.75": [0.20, 0.21, 0.25],
+        "gamma2_alpha0.25": [0.30, 0.32, 0.34],
+        "gamma5_alpha0.25": [0.28, 0.28, 0.28],
+    }
+    ms = {"gamma0_alpha0.75": 20.0, "gamma2_alpha0.25": 20.5, "gamma5_alpha0.25": 30.0}
+    job = 0
+    for pair, values in aps.items():
+        for seed, ap in enumerate(values):
+            overrides = [f"experiment/focal_gamma={pair}", f"seed={seed}", *STUDY]
+            fake_run(tmp_path / "sweep", str(job), overrides, ap, ms[pair] + seed)
+            job += 1
+    return tmp_path / "sweep"
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    with path.open() as f:
+        return {row["configuration"]: row for row in csv.DictReader(f)}
+
+
+def test_t_quantile_matches_the_published_table():
+    # Student's t, two-sided 95% (p = 0.975) and one-sided 95% (p = 0.95), from any statistics textbook's table
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 29: 2.045, math.inf: 1.960}
+    for dof, value in table.items():
+        assert t_quantile(0.975, dof) == pytest.approx(value, abs=5e-4)
+    assert t_quantile(0.95, 5) == pytest.approx(2.015, abs=5e-4)
+    assert t_quantile(0.025, 3) == pytest.approx(-3.182, abs=5e-4)
+
+
+def test_mean_std_and_interval_by_hand():
+    s = mean_interval([0.30, 0.32, 0.34])
+    # mean 0.32, std sqrt((0.02^2 + 0 + 0.02^2) / 2) = 0.02, half-width t(0.975, 2) 0.02 / sqrt(3)
+    half = 4.302652729911275 * 0.02 / math.sqrt(3)
+    assert (s.n, s.estimate, s.std) == (3, pytest.approx(0.32), pytest.approx(0.02))
+    assert (s.low, s.high) == (pytest.approx(0.32 - half), pytest.approx(0.32 + half))
+
+
+def test_welch_difference_by_hand():
+    d = welch_interval([0.30, 0.32, 0.34], [0.20, 0.21, 0.25])
+    # variances 0.0004 and 0.0007: se^2 = 0.0011 / 3; dof = (0.0011/3)^2 / ((0.0004/3)^2/2 + (0.0007/3)^2/2) = 242/65
+    se = math.sqrt(0.0011 / 3)
+    half = 2.8598170480254 * se  # t(0.975, 242/65), scipy.stats.t.ppf
+    assert d.dof == pytest.approx(242 / 65)
+    assert (d.estimate, d.low, d.high) == (pytest.approx(0.10), pytest.approx(0.10 - half), pytest.approx(0.10 + half))
+
+
+def test_one_seed_has_no_interval_and_no_spread_has_a_point_interval():
+    assert math.isnan(mean_interval([0.3]).std) and math.isnan(mean_interval([0.3]).low)
+    d = welch_interval([0.3, 0.3], [0.2, 0.2])
+    assert (d.estimate, d.low, d.high) == (pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.1))
+
+
+def test_runs_group_by_every_override_but_the_seed(sweep, tmp_path):
+    fake_run(sweep, "9", ["experiment/focal_gamma=gamma2_alpha0.25", "seed=0", STUDY[0], "trainer.max_epochs=3"], 0.5)
+    runs, unfinished = find_runs([sweep])
+    assert [Path(r.name).name for r in runs] == [str(i) for i in range(10)]  # natural order, not 0, 1, 10, 2
+    groups = group_runs(runs)
+    # a different budget is a different configuration, even at the same gamma
+    assert [len(g.runs) for g in groups] == [3, 3, 3, 1]
+    assert groups[3].overrides["trainer.max_epochs"] == "3" and "seed" not in groups[3].overrides
+    assert unfinished == []
+
+
+def test_report_table_and_baseline_difference(sweep, tmp_path):
+    report = write_report(*[find_runs([sweep])[0]], tmp_path / "out", baseline="focal_gamma=gamma0_alpha0.75")
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert list(rows) == ["gamma0_alpha0.75", "gamma2_alpha0.25", "gamma5_alpha0.25"]
+    g2 = rows["gamma2_alpha0.25"]
+    assert float(g2["AP_mean"]) == pytest.approx(0.32) and float(g2["AP_std"]) == pytest.approx(0.02)
+    half = 4.302652729911275 * 0.02 / math.sqrt(3)
+    assert float(g2["AP_ci_low"]) == pytest.approx(0.32 - half)
+    welch_half = 2.8598170480254 * math.sqrt(0.0011 / 3)
+    assert float(g2["AP_diff"]) == pytest.approx(0.10)
+    assert float(g2["AP_diff_high"]) == pytest.approx(0.10 + welch_half)
+    # ms per image: 20.5, 21.5, 22.5 -> mean 21.5, std 1
+    assert float(g2["ms_per_img_mean"]) == pytest.approx(21.5) and float(g2["ms_per_img_std"]) == pytest.approx(1.0)
+    assert g2["n"] == "3" and g2["focal_gamma"] == "gamma2_alpha0.25"
+
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert text == report.markdown
+    assert "| gamma0_alpha0.75 (baseline) | 3 |" in text
+    assert f"32.0 ± 2.0 [{100 * (0.32 - half):.1f}, {100 * (0.32 + half):.1f}]" in text
+    assert f"+10.0 [{100 * (0.10 - welch_half):+.1f}, {100 * (0.10 + welch_half):+.1f}]" in text
+    assert "Common overrides: `experiment=focal_gamma trainer.max_epochs=2`" in text
+    runs = list(csv.DictReader((tmp_path / "out" / "runs.csv").open()))
+    assert len(runs) == 9 and "APl" not in runs[0]  # COCO's -1 (undefined) is not a value
+
+
+def test_plots_are_written(sweep, tmp_path):
+    report = write_report(find_runs([sweep])[0], tmp_path / "out", baseline="experiment/focal_gamma=gamma0_alpha0.75")
+    for name in ("speed_accuracy", "metrics"):
+        image = matplotlib.image.imread(report.files[name])
+        assert image.shape[0] > 400 and image.shape[1] > 600, image.shape
+    assert "![AP against ms per image](speed_accuracy.png)" in report.markdown
+
+
+def test_without_speed_the_table_leaves_it_out(tmp_path):
+    for seed in range(2):
+        fake_run(tmp_path / "runs", f"a{seed}", ["loss=ce_ohem", f"seed={seed}"], 0.2 + seed / 100)
+        fake_run(tmp_path / "runs", f"b{seed}", ["loss=focal", f"seed={seed}"], 0.3 + seed / 100)
+    report = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out", baseline="loss=ce_ohem")
+    assert "speed_accuracy" not in report.files and "ms_per_img" not in report.markdown
+    assert "| focal |" in report.markdown
+
+
+def test_pareto_front_by_hand():
+    # (ms, AP): b is dominated by a (slower, less accurate); d by c (same speed, less accurate)
+    points = [(10, 30), (12, 29), (20, 35), (20, 34), (40, 36)]
+    assert pareto_front(points) == [0, 2, 4]
+
+
+def test_baseline_that_matches_nothing_lists_the_configurations(sweep, tmp_path):
+    with pytest.raises(ReportError, match="gamma2_alpha0.25"):
+        write_report(find_runs([sweep])[0], tmp_path / "out", baseline="focal_gamma=gamma1")
+
+
+def test_unfinished_runs_are_listed_not_averaged(sweep, tmp_path):
+    (sweep / "9" / ".hydra").mkdir(parents=True)
+    (sweep / "9" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["experiment/focal_gamma=gamma1_alpha0.25"]))
+    runs, unfinished = find_runs([sweep])
+    assert len(runs) == 9 and unfinished == [sweep / "9"]
+    report = write_report(runs, tmp_path / "out", unfinished=unfinished)
+    assert "left out: " + str(sweep / "9") in report.markdown
+
+
+def test_command_line_writes_into_experiments_of_the_study(sweep, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main([str(sweep), "--baseline", "focal_gamma=gamma0_alpha0.75", "--metrics", "AP", "ms_per_img"])
+    out = tmp_path / "experiments" / "focal_gamma"
+    written = {p.name for p in out.iterdir()}
+    assert written >= {"results.md", "results.csv", "runs.csv", "speed_accuracy.png", "metrics.png"}
+    assert "| focal_gamma | n | AP | ms_per_img |" in capsys.readouterr().out
+
+
+def test_command_line_errors_name_the_problem(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "nowhere")])
+    assert stop.value.code == 2 and "nowhere: no such folder" in capsys.readouterr().err
+    fake_run(tmp_path / "runs", "0", ["seed=0"], 0.3)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "runs"), "--metrics", "AP", "mAP", "--output", str(tmp_path / "o")])
+    assert "no run recorded ['mAP']" in capsys.readouterr().err
+
+
+def test_wandb_summary_run_offline(sweep, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    main([str(sweep), "--output", str(tmp_path / "out"), "--wandb", "--baseline", "focal_gamma=gamma0_alpha0.75"])
+    runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    tables = list(runs[0].rglob("report/table_*.table.json"))
+    assert tables, sorted(str(p) for p in runs[0].rglob("*"))
+    table = json.loads(tables[0].read_text())
+    assert [row[0] for row in table["data"]] == ["gamma0_alpha0.75", "gamma2_alpha0.25", "gamma5_alpha0.25"]
+    assert table["data"][1][table["columns"].index("AP")] == pytest.approx(0.32)
