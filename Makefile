@@ -8,7 +8,7 @@ DETLAB_REAL_DATA ?= $(wildcard $(abspath ../shared/data))
 export DETLAB_REAL_DATA
 PYTEST_MARKS := $(if $(DETLAB_REAL_DATA),not slow,not slow and not realdata)
 
-.PHONY: install train test test-slow clean
+.PHONY: install train test test-slow bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m detlab.bench $(ARGS)
 
 clean:
 	rm -rf runs multirun wandb .pytest_cache

@@ -93,8 +93,8 @@ class EvaluationLogger(pl.Callback):
         module.train(was_training)
         images = []
         for i in range(min(self.num_images, len(batch))):
-            h, w = batch.image_sizes[i].tolist()
-            pixels = batch.images[i, :, :h, :w].permute(1, 2, 0).float().cpu().numpy() * IMAGENET_STD + IMAGENET_MEAN
+            # The whole padded input, as the model saw it: one size for every image of the step (W&B wants that).
+            pixels = batch.images[i].permute(1, 2, 0).float().cpu().numpy() * IMAGENET_STD + IMAGENET_MEAN
             sx, sy = batch.scales[i].tolist()
             ox, oy = batch.offsets[i].tolist()
             to_input = torch.tensor([sx, sy, sx, sy]), torch.tensor([ox, oy, ox, oy])

@@ -39,12 +39,13 @@ class SigmoidFocalLoss(nn.Module):
         """Scalar loss from cls_logits [B, A, C] and target_labels [B, A] (-1 background, -2 ignored)."""
         targets, keep = sigmoid_targets(cls_logits, target_labels)
         logits = cls_logits.float()
+        positive = targets > 0
         loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         if self.gamma != 0:
             # 1 - p_t as a sigmoid of the signed logit keeps its precision where p_t is close to 1,
             # which 1 - sigmoid(x) would round to 0.
-            one_minus_pt = torch.sigmoid(torch.where(targets > 0, -logits, logits))
+            one_minus_pt = torch.sigmoid(torch.where(positive, -logits, logits))
             loss = loss * one_minus_pt**self.gamma
         if self.alpha >= 0:
-            loss = loss * (self.alpha * targets + (1 - self.alpha) * (1 - targets))
+            loss = loss * torch.where(positive, self.alpha, 1 - self.alpha)
         return torch.where(keep, loss, 0.0).sum()

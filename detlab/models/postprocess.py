@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import nms
+from torchvision.ops import batched_nms
 
 from detlab.models.box_coder import DeltaXYWHBoxCoder, bind_strides
 from detlab.structures import Batch, Detections, HeadOutput, Priors, boxes_to_original
@@ -105,18 +105,15 @@ class DensePostProcess(nn.Module):
 
 
 def _class_aware_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """Indices kept by NMS within each group [N] (image * C + label), by decreasing score, in one NMS call.
+    """Indices kept by NMS within each group [N] (image * C + label), by decreasing score.
 
-    As torchvision's batched_nms, every group is shifted to its own region so that groups never overlap.
-    We shift in float64 and call nms once ourselves: over many groups (images x classes) float32 offsets
-    lose sub-pixel precision, and batched_nms would fall back to a Python loop over the groups above a
-    few thousand boxes.
+    torchvision's batched_nms picks the faster strategy for the device and the size: one NMS call with every
+    group shifted to its own region (GPU, few boxes), or one call per group (CPU, many boxes: NMS compares
+    every pair it is given, so many small calls beat one large one; 8 ms against 60 ms for 10,000 candidates
+    of 2 images x 80 classes on 2 cores). Boxes go in as float64 so that the shift keeps sub-pixel precision
+    over many groups.
     """
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    boxes64 = boxes.double()
-    offsets = groups.double() * (boxes64.max() + 1)
-    return nms(boxes64 + offsets[:, None], scores.double(), iou_threshold)
+    return batched_nms(boxes.double(), scores.double(), groups, iou_threshold)
 
 
 def _check_inputs(outputs: HeadOutput, priors: Priors) -> None:
