@@ -15,29 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from detlab.evaluation.backends import BACKENDS
 from detlab.evaluation.coco_evaluator import evaluate_results_file, format_table
-from detlab.module import DetectionModule
+from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import checkpoint_speed, format_speed
 from detlab.train import user_error
 
 
 def evaluate_checkpoint(checkpoint: Path, overrides: list[str], backend: str | None = None) -> dict[str, Any]:
     """Rebuild the run from the config saved in the checkpoint (plus overrides) and score its val split."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
+    saved = load_hparams(checkpoint)
     cfg = OmegaConf.merge(OmegaConf.create(saved["cfg"]), OmegaConf.from_dotlist(overrides))
     if backend:
         cfg.eval.backend = backend
     datamodule = instantiate(cfg.data)
-    if list(datamodule.category_ids) != list(saved["category_ids"]):
-        raise ValueError(
-            f"the dataset's categories {list(datamodule.class_names)} (ids {list(datamodule.category_ids)}) are not "
-            f"the ones {checkpoint} was trained on: {saved['class_names']} (ids {saved['category_ids']})"
-        )
+    check_classes(saved, checkpoint, list(datamodule.class_names), list(datamodule.category_ids))
     module = DetectionModule.load_from_checkpoint(
         str(checkpoint),
         map_location="cpu",

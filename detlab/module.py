@@ -7,6 +7,7 @@ feeds the COCO evaluator, which scores against the dataset's own annotation file
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -99,6 +100,25 @@ class DetectionModule(pl.LightningModule):
         schedule = lr_schedule(total_steps=total, **OmegaConf.to_container(self.optim_cfg.scheduler))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_hparams(checkpoint: str | Path) -> dict[str, Any]:
+    """The plain hyper-parameters a checkpoint stores: cfg, num_classes, category_ids, class_names."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
+
+
+def check_classes(saved: dict[str, Any], checkpoint: str | Path, class_names: list[str], category_ids: list[int]) -> None:
+    """A checkpoint's head has one output per class it was trained on, and its labels mean the categories of
+    the file it was trained on: a dataset with other classes cannot continue or score it."""
+    if list(category_ids) != list(saved["category_ids"]) or list(class_names) != list(saved["class_names"]):
+        raise ValueError(
+            f"the dataset's classes {list(class_names)} (category ids {list(category_ids)}) are not the ones "
+            f"{checkpoint} was trained on: {saved['class_names']} (ids {saved['category_ids']}); its head predicts "
+            f"{saved['num_classes']} classes. Use the dataset it was trained on, or start a new run without it"
+        )
 
 
 def lr_schedule(

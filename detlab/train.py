@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from detlab.config import validate
 from detlab.evaluation.coco_evaluator import format_table
-from detlab.module import DetectionModule
+from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import complexity, format_speed, measure_speed, speed_summary
 from detlab.tracking import EvaluationLogger
 
@@ -34,6 +34,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
+    if cfg.ckpt_path:  # resuming: the checkpoint's head must predict this dataset's classes
+        check_classes(load_hparams(cfg.ckpt_path), cfg.ckpt_path, list(datamodule.class_names), list(datamodule.category_ids))
     module = DetectionModule(
         OmegaConf.to_container(cfg, resolve=True),
         num_classes=datamodule.num_classes,

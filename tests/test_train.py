@@ -111,6 +111,15 @@ def test_resume_continues_from_the_checkpoint(trained_run, tmp_path):
     assert float(final["speed/ms_per_img"]) == pytest.approx(results["speed"]["ms_per_img"])
 
 
+def test_resume_on_other_classes_stops_naming_the_checkpoint_and_both_class_lists(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    proc = run("detlab.train", *TINY, "data.source.num_classes=2", f"ckpt_path={ckpt}",
+               f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"are not the ones {ckpt} was trained on" in proc.stderr and "'triangle'" in proc.stderr
+    assert "its head predicts 3 classes" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_bad_override_stops_before_work_with_the_key(tmp_path):
     proc = run("detlab-train", "data.imag_size=320", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
     assert proc.returncode != 0
