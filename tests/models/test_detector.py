@@ -68,3 +68,35 @@ def test_retinanet_built_from_the_real_configs():
     outputs, priors = parts.model(torch.randn(2, 3, 64, 96))
     assert len(priors) == expected_num_priors(64, 96)
     assert outputs.cls_logits.shape[:2] == outputs.box_reg.shape[:2] == (2, len(priors))
+
+
+@pytest.mark.parametrize("loss, num_outputs", [("focal", 3), ("bce", 3), ("ce", 4), ("ce_ohem", 4), ("softmax_focal", 4)])
+def test_retinanet_learns_a_fixed_batch_with_every_loss(loss, num_outputs):
+    """Sigmoid losses give K logits, softmax ones K + 1; with each, a few steps lower the loss."""
+    from detlab.structures import Batch
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"loss={loss}", "model.neck.out_channels=16", "model.head.width=16",
+                                          "model.head.depth=1"])
+    torch.manual_seed(0)
+    model, assigner, criterion, _ = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(
+        images=torch.randn(2, 3, 64, 64, generator=g),
+        gt_boxes=torch.tensor([[[6.0, 8.0, 38.0, 42.0], [30.0, 20.0, 60.0, 52.0]], [[10.0, 26.0, 34.0, 62.0], [0.0] * 4]]),
+        gt_labels=torch.tensor([[0, 2], [1, 0]]),
+        gt_valid=torch.tensor([[True, True], [True, False]]),
+        image_sizes=torch.full((2, 2), 64), image_ids=torch.arange(2), orig_sizes=torch.full((2, 2), 64),
+        scales=torch.ones(2, 2), offsets=torch.zeros(2, 2),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    totals = []
+    for _ in range(6):
+        outputs, priors = model(batch.images)
+        assert outputs.cls_logits.shape[-1] == num_outputs
+        total = sum(criterion(outputs, priors, assigner(outputs, priors, batch), batch).values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        totals.append(total.item())
+    assert all(math.isfinite(t) for t in totals) and totals[-1] < 0.8 * totals[0], totals
