@@ -13,6 +13,7 @@ the train transform dropped are counted; `counts()` gathers all of it for the lo
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,7 +47,8 @@ class DetectionDataModule(pl.LightningDataModule):
     source:       a SplitSource that writes them (then train/val are not given).
     image_size:   side of the square letterboxed input.
     augment:      DetectionTransform's augmentation arguments for the train split (hflip, scale_range,
-                  color_jitter, min_visibility, min_box_size); val uses none of them but min_box_size.
+                  color_jitter, photometric, expand_ratio, min_iou_crop, min_visibility, min_box_size); val
+                  uses none of them but min_box_size.
     on_invalid:   "error" or "skip" for invalid annotations and images, the source's and the file's.
 
     num_classes, class_names, category_ids (label -> the file's category id), `ann_file(split)`, `problems`
@@ -206,8 +208,8 @@ def _transform(image_size: int, augment: dict[str, Any], seed: int | None = None
     try:
         return DetectionTransform(image_size, **augment, seed=seed)
     except TypeError as err:
-        raise ValueError(f"data.augment has an unknown key ({err}); known: hflip, scale_range, color_jitter, "
-                         "min_visibility, min_box_size") from None
+        known = [name for name in inspect.signature(DetectionTransform).parameters if name not in ("image_size", "seed")]
+        raise ValueError(f"data.augment has an unknown key ({err}); known: {', '.join(known)}") from None
 
 
 def _check_loader_args(batch_size: int, num_workers: int, size_divisor: int) -> None:

@@ -1,18 +1,20 @@
 """Letterbox, augment and normalise one image with its boxes (albumentations), and record the geometry.
 
-Train: horizontal flip -> resize the longest side to image_size * r (r drawn from scale_range) -> colour
-jitter -> pad bottom/right to image_size x image_size -> random image_size crop when r > 1 -> normalise.
-Eval is the same transform with every augmentation off: resize the longest side to image_size, pad
-bottom/right, normalise. Boxes follow the pixels (pascal_voc xyxy); boxes cut below `min_visibility` of
-their area or narrower/shorter than `min_box_size` pixels are dropped, so no degenerate box comes out.
+Train: SSD's photometric distortions -> SSD's expand (zoom out) -> SSD's min-IoU crop (the three default off;
+detlab.data.ssd_augment) -> horizontal flip -> resize the longest side to image_size * r (r drawn from
+scale_range) -> colour jitter -> pad bottom/right to image_size x image_size -> random image_size crop when
+r > 1 -> normalise. Eval is the same transform with every augmentation off: resize the longest side to
+image_size, pad bottom/right, normalise. Boxes follow the pixels (pascal_voc xyxy); after every step, boxes cut
+below `min_visibility` of their area or narrower/shorter than `min_box_size` pixels are dropped, so no
+degenerate box comes out.
 
 The letterbox pads with the ImageNet mean colour, which normalises to ~0 like the collate's zero padding.
 
 Meta (`scale`, `offset`, content `size`) is read from the parameters the pipeline actually applied
 (albumentations' `save_applied_params`), not re-derived, so it is exact in eval and in train:
-sx = resized width / original width (the factor albumentations applies to boxes, and cv2 to pixels),
-offset = minus the random crop's corner. The flip acts on the original image before any geometry, so in
-training the meta maps the (possibly) *flipped* original to the input; nothing uses train meta to map boxes.
+sx = resized width / width before the resize (the factor albumentations applies to boxes, and cv2 to pixels),
+offset = sx * (expand's corner - SSD crop's corner) - the random crop's corner. The meta leaves the flip out:
+in training it maps the original to the input up to that mirror; nothing uses train meta to map boxes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 from torch import Tensor
+
+from detlab.data.ssd_augment import Expand, MinIoURandomCrop, PhotometricDistort
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,6 +67,11 @@ class DetectionTransform:
     color_jitter:   strength of brightness/contrast/saturation jitter (hue a quarter of it); 0 disables.
     min_visibility: drop a box that keeps less than this fraction of its area after a crop.
     min_box_size:   drop a box narrower or shorter than this, in input pixels.
+    photometric:    SSD's brightness, contrast, saturation and hue distortions, each with probability 0.5.
+    expand_ratio:   SSD's zoom out: with probability 0.5, the image on a mean-colour canvas U(1, expand_ratio)
+                    times its size; 1 disables (SSD: 4).
+    min_iou_crop:   SSD's crop to a patch overlapping an object by a min IoU drawn from (0, 0.1, 0.3, 0.5, 0.7,
+                    0.9) or the whole image; the objects whose centre is in the patch stay, clipped to it.
     seed:           seed of the augmentation random state (see `reseed`); None = a random one.
     """
 
@@ -74,13 +83,23 @@ class DetectionTransform:
         color_jitter: float = 0.0,
         min_visibility: float = 0.0,
         min_box_size: float = 1.0,
+        photometric: bool = False,
+        expand_ratio: float = 1.0,
+        min_iou_crop: bool = False,
         seed: int | None = None,
     ) -> None:
         low, high = (float(v) for v in scale_range)
-        _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_size)
+        _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_size,
+               photometric, expand_ratio, min_iou_crop)
         self.image_size = image_size
         longest = list(range(max(1, round(image_size * low)), round(image_size * high) + 1))
-        steps: list = [A.HorizontalFlip(p=hflip)] if hflip > 0 else []
+        steps: list = [PhotometricDistort()] if photometric else []
+        if expand_ratio > 1:
+            steps.append(Expand(max_ratio=float(expand_ratio), fill=PAD_RGB, p=0.5))
+        if min_iou_crop:
+            steps.append(MinIoURandomCrop())
+        if hflip > 0:
+            steps.append(A.HorizontalFlip(p=hflip))
         steps.append(A.LongestMaxSize(max_size=longest if len(longest) > 1 else longest[0], area_for_downscale="image"))
         if color_jitter > 0:
             c = color_jitter
@@ -109,9 +128,13 @@ class DetectionTransform:
     def __call__(self, image: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, image_id: int) -> Sample:
         h, w = image.shape[:2]
         out = self.pipeline(image=image, bboxes=np.asarray(boxes_xyxy, np.float32).reshape(-1, 4), labels=labels)
-        applied = dict(out["applied_transforms"])
+        applied = dict(out["applied_transforms"])  # a random step that did not happen is absent
+        before_h, before_w = applied["LongestMaxSize"]["shape"][:2]  # after expand and SSD crop: the resize's input
         resized_h, resized_w = applied["PadIfNeeded"]["shape"][:2]  # the input shape of the step after resize
-        crop_x, crop_y = applied["RandomCrop"]["crop_coords"][:2] if "RandomCrop" in applied else (0, 0)
+        sx, sy = resized_w / before_w, resized_h / before_h
+        expand = applied.get("Expand", {"pad_left": 0, "pad_top": 0})  # where the original lies on the canvas
+        patch_x, patch_y = applied.get("MinIoURandomCrop", {"crop_coords": (0, 0)})["crop_coords"][:2]
+        crop_x, crop_y = applied.get("RandomCrop", {"crop_coords": (0, 0)})["crop_coords"][:2]
         size = self.image_size
         return Sample(
             image=out["image"],
@@ -120,12 +143,13 @@ class DetectionTransform:
             image_id=int(image_id),
             size=(min(resized_h - crop_y, size), min(resized_w - crop_x, size)),
             orig_size=(h, w),
-            scale=(resized_w / w, resized_h / h),
-            offset=(float(-crop_x), float(-crop_y)),
+            scale=(sx, sy),
+            offset=(sx * (expand["pad_left"] - patch_x) - crop_x, sy * (expand["pad_top"] - patch_y) - crop_y),
         )
 
 
-def _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_size) -> None:
+def _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_size,
+           photometric, expand_ratio, min_iou_crop) -> None:
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"data.image_size={image_size!r} must be a positive integer")
     if not 0 <= hflip <= 1:
@@ -138,3 +162,9 @@ def _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_s
         raise ValueError(f"data.augment.min_visibility={min_visibility} must be in [0, 1]")
     if min_box_size <= 0:
         raise ValueError(f"data.augment.min_box_size={min_box_size} must be > 0 pixels")
+    for key, value in (("photometric", photometric), ("min_iou_crop", min_iou_crop)):
+        if not isinstance(value, bool):  # ValueError: the data module reads a TypeError as an unknown key
+            raise ValueError(f"data.augment.{key}={value!r} must be true or false")
+    if isinstance(expand_ratio, bool) or not isinstance(expand_ratio, (int, float)) or not expand_ratio >= 1:
+        raise ValueError(f"data.augment.expand_ratio={expand_ratio!r} is the largest canvas / image side ratio: use a "
+                         "number >= 1 (1 disables, SSD uses 4)")

@@ -98,6 +98,9 @@ def test_augmentation_never_returns_a_degenerate_box():
         ({"scale_range": (1.2, 0.8)}, "data.augment.scale_range"),
         ({"color_jitter": -0.1}, "data.augment.color_jitter"),
         ({"min_box_size": 0}, "data.augment.min_box_size"),
+        ({"expand_ratio": 0.5}, "data.augment.expand_ratio"),
+        ({"photometric": "yes"}, "data.augment.photometric"),
+        ({"min_iou_crop": 1}, "data.augment.min_iou_crop"),
     ],
 )
 def test_bad_arguments_name_their_key(args, key):
