@@ -24,6 +24,7 @@ def validate(cfg: DictConfig) -> None:
     _check_levels(cfg.model)
     _check_default_boxes(cfg)
     _check_yolo(cfg)
+    _check_two_stage(cfg)
     _check_trainer(cfg.trainer)
 
 
@@ -122,3 +123,34 @@ def _check_yolo(cfg: DictConfig) -> None:
             f"{len(model.backbone.out_indices)} maps (model.backbone.out_indices={list(model.backbone.out_indices)}); "
             "give one list of [w, h] anchors per map"
         )
+
+
+def _check_two_stage(cfg: DictConfig) -> None:
+    """Faster R-CNN: a sigmoid objectness loss for the RPN, and RoI levels among those the neck makes."""
+    model = cfg.model
+    if not str(model.get("_target_", "")).endswith(".two_stage_detector"):
+        return
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate  # to ask the chosen loss for its outputs, the networks for their strides
+
+    rpn_loss = model.rpn.loss
+    if instantiate(rpn_loss).num_outputs(1) != 1:
+        raise ConfigError(
+            f"model.rpn.loss ({rpn_loss._target_}) is a softmax loss with a background logit; the RPN scores each "
+            "anchor with one objectness logit (object or not): use loss@model.rpn.loss=bce or loss@model.rpn.loss=focal"
+        )
+    from detlab.models.heads.roi import check_featmap_names, level_names
+
+    try:
+        # Built on the meta device (no memory, no weights: pretrained off) only to read the levels' strides.
+        with torch.device("meta"):
+            backbone = instantiate(model.backbone, **({"pretrained": False} if "pretrained" in model.backbone else {}))
+            neck = instantiate(model.neck, in_channels=list(backbone.out_channels), in_strides=list(backbone.strides))
+        check_featmap_names(list(model.roi.head.featmap_names), level_names(neck.strides))
+    except (ValueError, InstantiationException) as error:
+        reason = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        raise ConfigError(
+            f"{reason}. Faster R-CNN pools its RoIs from FPN levels P2-P5 (model.roi.head.featmap_names) over the "
+            "backbone's C2-C5 (model.backbone.out_indices=[1,2,3,4] in ResNet's numbering): choose a backbone and "
+            "levels that make them"
+        ) from error

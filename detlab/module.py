@@ -59,7 +59,7 @@ class DetectionModule(pl.LightningModule):
         return self.criterion(outputs, priors, matched_gt, batch)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        outputs, priors = self.model(batch.images)
+        outputs, priors = self.model(batch.images, targets=batch)
         losses = self._losses(batch, outputs, priors)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
@@ -75,7 +75,7 @@ class DetectionModule(pl.LightningModule):
         self.evaluator.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        outputs, priors = self.model(batch.images)
+        outputs, priors = self.model(batch.images, targets=batch)
         losses = self._losses(batch, outputs, priors)
         self.log("val/loss", sum(losses.values()), batch_size=len(batch), sync_dist=True)
         self.evaluator.update(self.postprocess(outputs, priors, batch), batch.image_ids)

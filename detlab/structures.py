@@ -56,6 +56,32 @@ class HeadOutput:
     objectness: Tensor | None = None
 
 
+@dataclass
+class TwoStageOutput:
+    """Raw outputs of a two-stage detector (Faster R-CNN): the RPN's dense outputs, the RoIs the second stage ran
+    on and its per-RoI outputs. The same type in training and evaluation; R differs (see proposals).
+
+    rpn:            the RPN's HeadOutput over the anchors (the Priors returned beside it): cls_logits [B, A, 1]
+                    objectness logits (one sigmoid logit per anchor, so any sigmoid loss applies), box_reg [B, A, 4].
+    proposals:      [B, R, 4] xyxy input pixels, detached: the boxes the RoI head ran on. In training the RoIs
+                    sampled from the proposals plus the gt boxes (R = the sampler's num_samples at most); in
+                    evaluation all the RPN's proposals (R = its post-NMS top-n).
+    proposal_valid: [B, R] bool; padded rows (fewer proposals or samples than R) are False and carry zeros.
+    roi_cls_logits: [B, R, C] with C = K (sigmoid losses) or K + 1 (softmax losses, background at index 0).
+    roi_box_reg:    [B, R, K, 4] class-specific deltas of each RoI, decoded by the RoI box coder against proposals.
+    roi_matched_gt: [B, R] index into the padded targets, -1 background, -2 not sampled or not valid; None when
+                    the model got no targets. In evaluation with targets, every valid proposal is matched (for
+                    the validation loss), none sampled.
+    """
+
+    rpn: HeadOutput
+    proposals: Tensor
+    proposal_valid: Tensor
+    roi_cls_logits: Tensor
+    roi_box_reg: Tensor
+    roi_matched_gt: Tensor | None = None
+
+
 @dataclass(frozen=True)
 class Priors:
     """Anchors / default boxes for one input size, concatenated over levels in the head's order.

@@ -37,17 +37,18 @@ class DenseDetectionLoss(nn.Module):
         gt_labels = batch.gt_labels.gather(1, gt_index)  # [B, A]
         target_labels = torch.where(positive, gt_labels, matched_gt)  # keeps -1 background, -2 ignored
 
-        normaliser = _num_positives(positive)
+        normaliser = loss_normaliser(positive)
         cls = self.cls_loss(outputs.cls_logits, target_labels) / normaliser
         prior_boxes = priors.boxes.expand_as(outputs.box_reg)  # [B, A, 4] view
         box = self.box_loss(outputs.box_reg[positive], prior_boxes[positive], gt_boxes[positive], self.box_coder)
         return {"cls": cls, "box": self.box_weight * box / normaliser}
 
 
-def _num_positives(positive: Tensor) -> Tensor:
-    """Number of positive priors [] float32, averaged over DDP ranks (so every rank divides by the same
-    number and the gradient is the mean over ranks of equally normalised losses), at least 1."""
-    count = positive.sum().float()
+def loss_normaliser(counted: Tensor) -> Tensor:
+    """Number of True entries of a mask (the positive priors here; the sampled anchors and RoIs of Faster R-CNN)
+    [] float32, averaged over DDP ranks (so every rank divides by the same number and the gradient is the mean
+    over ranks of equally normalised losses), at least 1."""
+    count = counted.sum().float()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(count, op=dist.ReduceOp.SUM)
         count = count / dist.get_world_size()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detlab.losses.dense import _num_positives
+from detlab.losses.dense import loss_normaliser
 from detlab.models.box_coder import StridedBoxCoder, YoloBoxCoder, bind_strides
 from detlab.structures import Batch, HeadOutput, Priors
 
@@ -61,7 +61,7 @@ class YoloLoss(nn.Module):
         """matched_gt [B, A]: gt index into the padded targets, -1 background, -2 ignored (see assigners)."""
         _check_inputs(outputs, priors, matched_gt)
         positive = matched_gt >= 0  # [B, A]
-        normaliser = _num_positives(positive)
+        normaliser = loss_normaliser(positive)
         # Objectness as a one-class problem: class 0 for positives, -1 background and -2 ignored kept as they are.
         obj_labels = torch.where(positive, 0, matched_gt)
         obj = self.cls_loss(outputs.objectness[..., None], obj_labels)

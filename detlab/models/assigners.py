@@ -1,4 +1,5 @@
-"""Which prior learns which object: RetinaNet's max-IoU assignment, on the whole padded batch at once.
+"""Which prior learns which object: max-IoU assignment (RetinaNet, SSD, and with random sampling the RPN and
+Faster R-CNN's RoI stage) and YOLOv3's, on the whole padded batch at once.
 
 The result ``matched_gt [B, A]`` indexes the padded targets of ``Batch`` (0..M-1), with -1 for background
 and -2 for ignored priors (no loss at all).
@@ -18,10 +19,27 @@ IGNORED = -2
 
 
 def batched_box_iou(gt_boxes: Tensor, priors: Tensor) -> Tensor:
-    """IoU [B, M, A] in float32 between padded gt boxes [B, M, 4] and priors [A, 4] shared by the batch."""
-    num_images, num_gt, _ = gt_boxes.shape
-    iou = box_iou(gt_boxes.reshape(-1, 4).float(), priors.float())
-    return iou.reshape(num_images, num_gt, priors.shape[0])
+    """IoU [B, M, A] in float32 between padded gt boxes [B, M, 4] and priors [A, 4] shared by the batch, or
+    boxes [B, A, 4] of each image (torchvision's box_iou broadcasts the leading dims)."""
+    return box_iou(gt_boxes.float(), priors.float())
+
+
+def max_iou_match(
+    gt_boxes: Tensor, gt_valid: Tensor, boxes: Tensor, pos_iou: float, neg_iou: float, low_quality_matches: bool
+) -> Tensor:
+    """matched_gt [B, A] of boxes [A, 4] (shared) or [B, A, 4] (per image) against the padded gts [B, M, 4] with
+    gt_valid [B, M]: the rule of ``MaxIoUAssigner`` below. Padded gts are never matched."""
+    iou = batched_box_iou(gt_boxes, boxes)  # [B, M, A]
+    # A padded gt scores -1: below any real IoU, so it never wins a box nor makes a low-quality match.
+    iou = torch.where(gt_valid[:, :, None], iou, torch.full_like(iou, -1.0))
+    best_iou, best_gt = iou.max(dim=1)  # [B, A]
+    matched = torch.where(best_iou >= pos_iou, best_gt, torch.full_like(best_gt, IGNORED))
+    matched = torch.where(best_iou < neg_iou, torch.full_like(best_gt, BACKGROUND), matched)
+    if low_quality_matches:
+        best_per_gt = iou.max(dim=2, keepdim=True).values  # [B, M, 1]
+        is_best = (iou == best_per_gt) & (best_per_gt > 0)  # [B, M, A]; padded rows are -1, never > 0
+        matched = torch.where(is_best.any(dim=1), best_gt, matched)
+    return matched
 
 
 class MaxIoUAssigner(nn.Module):
@@ -51,17 +69,115 @@ class MaxIoUAssigner(nn.Module):
     def forward(self, outputs: HeadOutput, priors: Priors, batch: Batch) -> Tensor:
         """matched_gt [B, A] int64: gt index 0..M-1, -1 background, -2 ignored. Padded gts are never matched."""
         _check_inputs(priors, batch)
-        iou = batched_box_iou(batch.gt_boxes, priors.boxes)  # [B, M, A]
-        # A padded gt scores -1: below any real IoU, so it never wins a prior nor makes a low-quality match.
-        iou = torch.where(batch.gt_valid[:, :, None], iou, torch.full_like(iou, -1.0))
-        best_iou, best_gt = iou.max(dim=1)  # [B, A]
-        matched = torch.where(best_iou >= self.pos_iou, best_gt, torch.full_like(best_gt, IGNORED))
-        matched = torch.where(best_iou < self.neg_iou, torch.full_like(best_gt, BACKGROUND), matched)
-        if self.low_quality_matches:
-            best_per_gt = iou.max(dim=2, keepdim=True).values  # [B, M, 1]
-            is_best = (iou == best_per_gt) & (best_per_gt > 0)  # [B, M, A]; padded rows are -1, never > 0
-            matched = torch.where(is_best.any(dim=1), best_gt, matched)
-        return matched
+        return max_iou_match(
+            batch.gt_boxes, batch.gt_valid, priors.boxes, self.pos_iou, self.neg_iou, self.low_quality_matches
+        )
+
+
+def balanced_sample(matched_gt: Tensor, num_samples: int, positive_fraction: float) -> Tensor:
+    """Faster R-CNN's sampler, for every row of matched_gt [B, N] at once: sampled [B, N] bool marks a uniformly
+    random subset of at most ``positive_fraction * num_samples`` positives (>= 0), filled up to ``num_samples``
+    with random background (-1) entries; ignored (-2) entries are never drawn. The counts are torchvision's
+    ``BalancedPositiveNegativeSampler``: pos = min(int(num_samples * fraction), #positives),
+    neg = min(num_samples - pos, #background).
+    """
+    positive, background = matched_gt >= 0, matched_gt == BACKGROUND
+    total_pos = positive.sum(1, keepdim=True)  # [B, 1]
+    num_pos = total_pos.clamp(max=int(num_samples * positive_fraction))
+    num_neg = background.sum(1, keepdim=True).clamp(max=num_samples - num_pos)
+    # One sort per row by a random key in [0, 1) plus 0 (positive), 1 (background) or 2 (ignored): a random
+    # order of the positives, then of the background entries, then the rest. The first num_pos ranks are the
+    # drawn positives, the num_neg ranks from total_pos on the drawn background entries.
+    key = torch.rand(matched_gt.shape, device=matched_gt.device) + 2.0 - 2.0 * positive.float() - background.float()
+    order = key.argsort(dim=1)  # [B, N]: rank -> entry
+    rank = torch.arange(matched_gt.shape[1], device=matched_gt.device)[None]  # [1, N]
+    drawn = (rank < num_pos) | ((rank >= total_pos) & (rank < total_pos + num_neg))  # [B, N] by rank
+    return torch.zeros_like(drawn).scatter_(1, order, drawn)  # order is a permutation: back to entries
+
+
+class SampledMaxIoUAssigner(MaxIoUAssigner):
+    """The RPN's assignment: max-IoU (0.7 / 0.3 with low-quality matches in Faster R-CNN), then per image a
+    random ``num_samples`` anchors with at most ``positive_fraction`` positives (``balanced_sample``); every
+    anchor not drawn becomes ignored (-2), so the loss sees exactly the sampled ones."""
+
+    def __init__(
+        self,
+        pos_iou: float = 0.7,
+        neg_iou: float = 0.3,
+        low_quality_matches: bool = True,
+        num_samples: int = 256,
+        positive_fraction: float = 0.5,
+    ):
+        super().__init__(pos_iou, neg_iou, low_quality_matches)
+        _check_sampling("assigner", num_samples, positive_fraction)
+        self.num_samples = num_samples
+        self.positive_fraction = positive_fraction
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_samples={self.num_samples}, positive_fraction={self.positive_fraction}"
+
+    @torch.no_grad()
+    def forward(self, outputs: HeadOutput, priors: Priors, batch: Batch) -> Tensor:
+        """matched_gt [B, A] int64: gt index 0..M-1 or -1 background for the sampled anchors, -2 elsewhere."""
+        matched = super().forward(outputs, priors, batch)
+        return torch.where(balanced_sample(matched, self.num_samples, self.positive_fraction), matched, IGNORED)
+
+
+class RoISampler(nn.Module):
+    """Faster R-CNN's RoI stage in training: which proposals the box head learns from, and from which gt.
+
+    The gt boxes join the proposals (as torchvision does: early in training the proposals are poor, and the gts
+    are perfect positives), max-IoU assignment without low-quality matches (positive at IoU >= pos_iou,
+    background below neg_iou; torchvision's [0.5, 1] and [0, 0.5)), then per image a random ``num_samples``
+    RoIs with at most ``positive_fraction`` positives (``balanced_sample``).
+    """
+
+    def __init__(
+        self, pos_iou: float = 0.5, neg_iou: float = 0.5, num_samples: int = 512, positive_fraction: float = 0.25
+    ):
+        super().__init__()
+        if not 0.0 <= neg_iou <= pos_iou <= 1.0:
+            raise ValueError(
+                f"model.roi.sampler needs 0 <= neg_iou <= pos_iou <= 1, got {neg_iou=}, {pos_iou=}"
+            )
+        _check_sampling("roi.sampler", num_samples, positive_fraction)
+        self.pos_iou = pos_iou
+        self.neg_iou = neg_iou
+        self.num_samples = num_samples
+        self.positive_fraction = positive_fraction
+
+    def extra_repr(self) -> str:
+        return (
+            f"pos_iou={self.pos_iou}, neg_iou={self.neg_iou}, num_samples={self.num_samples}, "
+            f"positive_fraction={self.positive_fraction}"
+        )
+
+    @torch.no_grad()
+    def match(self, boxes: Tensor, valid: Tensor, batch: Batch) -> Tensor:
+        """matched_gt [B, R] of boxes [B, R, 4] with valid [B, R]: gt index, -1 background, -2 where not valid."""
+        matched = max_iou_match(batch.gt_boxes, batch.gt_valid, boxes, self.pos_iou, self.neg_iou, False)
+        return torch.where(valid, matched, IGNORED)
+
+    @torch.no_grad()
+    def forward(self, proposals: Tensor, proposal_valid: Tensor, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """proposals [B, R, 4] with proposal_valid [B, R] -> the sampled RoIs [B, S, 4], roi_valid [B, S] and
+        their matched_gt [B, S] (gt index, -1 background, -2 on invalid slots); S = min(num_samples, R + M)."""
+        boxes = torch.cat([proposals, batch.gt_boxes.to(proposals)], dim=1)  # [B, R + M, 4]
+        valid = torch.cat([proposal_valid, batch.gt_valid], dim=1)  # [B, R + M]
+        matched = self.match(boxes, valid, batch)
+        sampled = balanced_sample(matched, self.num_samples, self.positive_fraction)  # [B, R + M]
+        # The sampled entries first (a stable sort keeps their order), the first S of them per image.
+        index = sampled.byte().argsort(dim=1, descending=True, stable=True)[:, : min(self.num_samples, len(valid[0]))]
+        roi_valid = sampled.gather(1, index)  # [B, S]: False where an image had fewer than S to draw from
+        rois = torch.where(roi_valid[..., None], boxes.gather(1, index[..., None].expand(-1, -1, 4)), 0.0)
+        return rois, roi_valid, torch.where(roi_valid, matched.gather(1, index), IGNORED)
+
+
+def _check_sampling(key: str, num_samples: int, positive_fraction: float) -> None:
+    if num_samples < 1 or not 0.0 <= positive_fraction <= 1.0:
+        raise ValueError(
+            f"model.{key}: num_samples={num_samples} must be >= 1 and positive_fraction={positive_fraction} in [0, 1]"
+        )
 
 
 def _check_inputs(priors: Priors, batch: Batch) -> None:

@@ -1,8 +1,9 @@
 """Builders named by `_target_` in conf/model/*.yaml: a config node in, the four objects out.
 
 As DETR's build() returns model, criterion and postprocessors, a builder returns
-(model, assigner, criterion, postprocess), wiring the channel counts and strides that one part
-needs from another, and sharing one box coder between the loss and the post-processing.
+(model, assigner, criterion, postprocess), one-stage (dense_detector) or two-stage (two_stage_detector),
+wiring the channel counts and strides that one part needs from another, and sharing one box coder between
+the loss and the post-processing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from detlab.models.detector import Detector
+from detlab.models.two_stage import FasterRCNN
 
 
 class DetectorParts(NamedTuple):
@@ -63,4 +65,63 @@ def dense_detector(
         assigner=instantiate(assigner),
         criterion=instantiate(criterion, cls_loss=classification, box_loss=instantiate(box_loss), box_coder=coder),
         postprocess=instantiate(postprocess, box_coder=coder, softmax=softmax),
+    )
+
+
+def two_stage_detector(
+    backbone: DictConfig,
+    neck: DictConfig,
+    priors: DictConfig,
+    rpn: DictConfig,
+    roi: DictConfig,
+    criterion: DictConfig,
+    postprocess: DictConfig,
+    cls_loss: DictConfig,
+    num_classes: int,
+) -> DetectorParts:
+    """Faster R-CNN with FPN: backbone -> neck -> RPN over the anchors (priors) -> proposals -> RoI box head.
+
+    rpn: head, box_coder, proposals, assigner (max-IoU + sampling: the module's assigner), loss (a sigmoid
+         objectness loss) and box_loss of the first stage.
+    roi: sampler (RoIs drawn from the proposals in training), head, box_coder and box_loss of the second stage.
+    criterion combines the four terms; the RoI head's classification loss is cls_loss (the `loss` config group),
+    which decides its outputs (K sigmoid or K + 1 softmax) and so its bias init and decoding.
+    """
+    classification = instantiate(cls_loss)
+    rpn_coder, roi_coder = instantiate(rpn.box_coder), instantiate(roi.box_coder)
+    backbone_net = instantiate(backbone)
+    neck_net = instantiate(neck, in_channels=list(backbone_net.out_channels), in_strides=list(backbone_net.strides))
+    anchors = instantiate(priors)
+    num_outputs = classification.num_outputs(num_classes)
+    softmax = num_outputs == num_classes + 1
+    model = FasterRCNN(
+        backbone=backbone_net,
+        neck=neck_net,
+        rpn_head=instantiate(rpn.head, in_channels=neck_net.out_channels, num_anchors=anchors.num_per_location),
+        priors=anchors,
+        proposals=instantiate(rpn.proposals, box_coder=rpn_coder),
+        roi_sampler=instantiate(roi.sampler),
+        roi_head=instantiate(
+            roi.head,
+            in_channels=neck_net.out_channels,
+            level_strides=list(neck_net.strides),
+            num_outputs=num_outputs,
+            num_classes=num_classes,
+            background_first=softmax,
+        ),
+    )
+    loss = instantiate(
+        criterion,
+        rpn_cls_loss=instantiate(rpn.loss),
+        rpn_box_loss=instantiate(rpn.box_loss),
+        rpn_box_coder=rpn_coder,
+        cls_loss=classification,
+        box_loss=instantiate(roi.box_loss),
+        box_coder=roi_coder,
+    )
+    return DetectorParts(
+        model=model,
+        assigner=instantiate(rpn.assigner),
+        criterion=loss,
+        postprocess=instantiate(postprocess, box_coder=roi_coder, softmax=softmax),
     )

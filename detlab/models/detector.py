@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from detlab.models.priors import PriorGenerator
-from detlab.structures import HeadOutput, Priors
+from detlab.structures import Batch, HeadOutput, Priors
 
 
 class Detector(nn.Module):
@@ -23,8 +23,11 @@ class Detector(nn.Module):
         self.head = head
         self.priors = priors
 
-    def forward(self, images: Tensor) -> tuple[HeadOutput, Priors]:
-        """images [B, 3, H, W] -> cls_logits [B, A, C], box_reg [B, A, 4] and the A priors they refer to."""
+    def forward(self, images: Tensor, targets: Batch | None = None) -> tuple[HeadOutput, Priors]:
+        """images [B, 3, H, W] -> cls_logits [B, A, C], box_reg [B, A, 4] and the A priors they refer to.
+
+        targets is ignored: a one-stage detector has nothing to sample between stages (two-stage models do).
+        """
         levels = self.neck(self.backbone(images))
         priors = self.priors([tuple(x.shape[-2:]) for x in levels], self.neck.strides, images.device)
         outputs = self.head(levels)

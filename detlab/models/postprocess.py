@@ -6,11 +6,13 @@ one call, the best ``max_per_image`` per image, back to original pixels; only th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from detlab.models.box_coder import DeltaXYWHBoxCoder, bind_strides
+from detlab.models.box_coder import DeltaXYWHBoxCoder, YoloBoxCoder, bind_strides
 from detlab.structures import Batch, Detections, HeadOutput, Priors, boxes_to_original
 
 
@@ -50,58 +52,97 @@ class DensePostProcess(nn.Module):
         """One ``Detections`` per image: boxes [N, 4] xyxy in original pixels, scores [N], labels [N] (0..K-1),
         sorted by decreasing score."""
         _check_inputs(outputs, priors)
-        scores, prior_index, labels = self._top_candidates(outputs, priors)  # [B, T] each
-        boxes = self._decode(outputs.box_reg, priors, prior_index, batch.image_sizes)  # [B, T, 4]
-
+        class_scores = self._scores(outputs)  # [B, A, K]
+        scores, prior_index, labels = top_k_per_level(class_scores, priors.level_sizes, self.topk_per_level)
+        boxes = decode_at(self.box_coder, outputs.box_reg, priors, prior_index, batch.image_sizes)  # [B, T, 4]
         candidate = scores > self.score_thresh  # [B, T]
-        image_index = torch.arange(len(scores), device=scores.device)[:, None].expand_as(scores)[candidate]
-        boxes, scores, labels = boxes[candidate], scores[candidate], labels[candidate]
-        keep = _class_aware_nms(boxes, scores, image_index * self._num_classes(outputs) + labels, self.nms_iou)
-        # nms returns decreasing scores; a stable sort by image groups them and keeps that order inside.
-        keep = keep[torch.sort(image_index[keep], stable=True).indices]
-        counts = torch.bincount(image_index[keep], minlength=len(batch))  # [B]
-        rank = torch.arange(len(keep), device=keep.device) - (counts.cumsum(0) - counts)[image_index[keep]]
-        keep = keep[rank < self.max_per_image]
+        num_classes = class_scores.shape[-1]
+        return select_detections(boxes, scores, labels, candidate, batch, num_classes, self.nms_iou, self.max_per_image)
 
-        image_index = image_index[keep]
-        boxes = boxes_to_original(boxes[keep][:, None], batch.scales[image_index], batch.offsets[image_index])[:, 0]
-        counts = counts.clamp(max=self.max_per_image).tolist()
-        return [
-            Detections(boxes=image_boxes, scores=image_scores, labels=image_labels)
-            for image_boxes, image_scores, image_labels in zip(
-                boxes.split(counts), scores[keep].split(counts), labels[keep].split(counts)
-            )
-        ]
-
-    def _num_classes(self, outputs: HeadOutput) -> int:
-        return outputs.cls_logits.shape[-1] - (1 if self.softmax else 0)
-
-    def _top_candidates(self, outputs: HeadOutput, priors: Priors) -> tuple[Tensor, Tensor, Tensor]:
-        """Scores, prior indices and labels [B, T] of each level's top-k (prior, class) pairs, T = sum of k."""
+    def _scores(self, outputs: HeadOutput) -> Tensor:
+        """Class probabilities [B, A, K]."""
         logits = outputs.cls_logits.float()
         scores = logits.softmax(dim=-1)[..., 1:] if self.softmax else logits.sigmoid()  # [B, A, K]
         if outputs.objectness is not None:  # YOLO: class probabilities are conditional on an object
             scores = scores * outputs.objectness.float().sigmoid()[..., None]
-        num_classes = scores.shape[-1]
-        top_scores, top_index, start = [], [], 0
-        # A loop over the (few) pyramid levels, not over images: each level's top-k is one batched call.
-        for size in priors.level_sizes:
-            level = scores[:, start : start + size].reshape(len(scores), size * num_classes)
-            values, index = level.topk(min(self.topk_per_level, level.shape[1]), dim=1)
-            top_scores.append(values)
-            top_index.append(index + start * num_classes)
-            start += size
-        flat_index = torch.cat(top_index, dim=1)
-        return torch.cat(top_scores, dim=1), flat_index // num_classes, flat_index % num_classes
+        return scores
 
-    def _decode(self, box_reg: Tensor, priors: Priors, prior_index: Tensor, image_sizes: Tensor) -> Tensor:
-        """Boxes [B, T, 4] decoded at prior_index [B, T] and clipped to each image's content (h, w) [B, 2]."""
-        deltas = box_reg.gather(1, prior_index[..., None].expand(-1, -1, 4))
-        # YOLO's centre offsets are in grid cells: its coder also needs each prior's stride.
-        boxes = bind_strides(self.box_coder, priors.strides[prior_index]).decode(deltas, priors.boxes[prior_index])
-        height, width = image_sizes.to(boxes)[:, None, :].unbind(-1)  # [B, 1] each
-        upper = torch.stack((width, height, width, height), dim=-1)  # [B, 1, 4]
-        return torch.minimum(boxes.clamp(min=0), upper)
+
+def top_k_per_level(scores: Tensor, level_sizes: Sequence[int], k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Scores, prior indices and labels [B, T] of each level's k best (prior, class) pairs of scores [B, A, K],
+    T = the sum over levels of min(k, A_l * K); level by level in the priors' order."""
+    num_images, _, num_classes = scores.shape
+    top_scores, top_index, start = [], [], 0
+    # A loop over the (few) pyramid levels, not over images: each level's top-k is one batched call.
+    for size in level_sizes:
+        level = scores[:, start : start + size].reshape(num_images, size * num_classes)
+        values, index = level.topk(min(k, level.shape[1]), dim=1)
+        top_scores.append(values)
+        top_index.append(index + start * num_classes)
+        start += size
+    flat_index = torch.cat(top_index, dim=1)
+    return torch.cat(top_scores, dim=1), flat_index // num_classes, flat_index % num_classes
+
+
+def decode_at(
+    box_coder: DeltaXYWHBoxCoder | YoloBoxCoder, box_reg: Tensor, priors: Priors, prior_index: Tensor,
+    image_sizes: Tensor,
+) -> Tensor:
+    """Boxes [B, T, 4] decoded from box_reg [B, A, 4] at prior_index [B, T], clipped to each image's content."""
+    deltas = box_reg.gather(1, prior_index[..., None].expand(-1, -1, 4))
+    # YOLO's centre offsets are in grid cells: its coder also needs each prior's stride.
+    boxes = bind_strides(box_coder, priors.strides[prior_index]).decode(deltas, priors.boxes[prior_index])
+    return clip_to_images(boxes, image_sizes)
+
+
+def clip_to_images(boxes_xyxy: Tensor, image_sizes: Tensor) -> Tensor:
+    """Boxes [B, ..., 4] clipped to each image's content (h, w) [B, 2] (in input pixels)."""
+    height, width = image_sizes.to(boxes_xyxy).unbind(-1)  # [B] each
+    upper = torch.stack((width, height, width, height), dim=-1)  # [B, 4]
+    upper = upper.view(len(boxes_xyxy), *[1] * (boxes_xyxy.dim() - 2), 4)
+    return torch.minimum(boxes_xyxy.clamp(min=0), upper)
+
+
+def select_detections(
+    boxes: Tensor, scores: Tensor, labels: Tensor, candidate: Tensor, batch: Batch, num_classes: int,
+    nms_iou: float, max_per_image: int,
+) -> list[Detections]:
+    """Class-aware NMS over the candidates of the whole batch in one call, the ``max_per_image`` best per image,
+    back to original pixels, then split per image.
+
+    boxes [B, T, 4] xyxy input pixels, scores, labels (0..K-1) and candidate (bool) [B, T]; num_classes K.
+    """
+    image_index = torch.arange(len(scores), device=scores.device)[:, None].expand_as(scores)[candidate]
+    boxes, scores, labels = boxes[candidate], scores[candidate], labels[candidate]
+    keep, counts = nms_top_k_per_image(
+        boxes, scores, image_index * num_classes + labels, image_index, len(batch), nms_iou, max_per_image
+    )
+    image_index = image_index[keep]
+    boxes = boxes_to_original(boxes[keep][:, None], batch.scales[image_index], batch.offsets[image_index])[:, 0]
+    counts = counts.tolist()
+    return [
+        Detections(boxes=image_boxes, scores=image_scores, labels=image_labels)
+        for image_boxes, image_scores, image_labels in zip(
+            boxes.split(counts), scores[keep].split(counts), labels[keep].split(counts)
+        )
+    ]
+
+
+def nms_top_k_per_image(
+    boxes: Tensor, scores: Tensor, groups: Tensor, image_index: Tensor, num_images: int, iou_threshold: float,
+    k: int,
+) -> tuple[Tensor, Tensor]:
+    """NMS within each group, then the k best per image: indices [N'] into boxes [N, 4] / scores [N], grouped
+    by image (0 first) and by decreasing score inside each, and the count kept per image [num_images].
+
+    groups [N]: NMS compares boxes of one group only (image, or image * K + label); image_index [N].
+    """
+    keep = _class_aware_nms(boxes, scores, groups, iou_threshold)
+    # nms returns decreasing scores; a stable sort by image groups them and keeps that order inside.
+    keep = keep[torch.sort(image_index[keep], stable=True).indices]
+    counts = torch.bincount(image_index[keep], minlength=num_images)  # [B]
+    rank = torch.arange(len(keep), device=keep.device) - (counts.cumsum(0) - counts)[image_index[keep]]
+    return keep[rank < k], counts.clamp(max=k)
 
 
 def _class_aware_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:

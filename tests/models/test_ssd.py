@@ -1,7 +1,6 @@
 """SSD300/SSD512 through the real configs: composition, default boxes (8732, against torchvision), shapes,
 matching against torchvision's SSDMatcher, and a training step with every classification loss."""
 
-import math
 from pathlib import Path
 
 import pytest
@@ -54,7 +53,7 @@ def test_model_choice_sets_input_size_and_default_loss():
     assert len(cfg.model.neck.extra_channels) == 5 and len(cfg.model.priors.aspect_ratios) == 7
     cfg = compose_train(["model=retinanet"])  # unaffected by the SSD configs
     assert (cfg.data.image_size, cfg.data.size_divisor, cfg.loss._target_) == (
-        256, 32, "detlab.losses.focal.SigmoidFocalLoss"
+        192, 32, "detlab.losses.focal.SigmoidFocalLoss"
     )
     for overrides in (["model=ssd300"], ["model=ssd512"], ["model=ssd300", "loss=focal"]):
         validate(compose_train(overrides))
@@ -168,8 +167,9 @@ def _tiny_batch() -> Batch:
 @pytest.mark.parametrize("loss, cls_loss_type, num_outputs", [
     ("ce_ohem", HardNegativeMiningCE, 4), ("ce", None, 4), ("focal", SigmoidFocalLoss, 3), ("bce", None, 3),
 ])
-def test_training_step_with_each_loss_decreases_the_loss(loss, cls_loss_type, num_outputs):
-    cfg, (model, assigner, criterion, postprocess) = build(["model=ssd300", f"loss={loss}"] + TINY)
+def test_training_step_with_each_loss_decreases_the_loss(loss, cls_loss_type, num_outputs, fits_fixed_batch):
+    _, parts = build(["model=ssd300", f"loss={loss}"] + TINY)
+    model, _, criterion, _ = parts
     if cls_loss_type is not None:
         assert type(criterion.cls_loss) is cls_loss_type  # focal replaces the mining, not adds to it
     # The prior-probability init in the loss's layout: sigmoid -log(99) per class, softmax log(K * 99) background.
@@ -178,23 +178,11 @@ def test_training_step_with_each_loss_decreases_the_loss(loss, cls_loss_type, nu
     torch.testing.assert_close(head.cls_convs[2].bias.view(6, num_outputs), expected_bias.repeat(6, 1))
     batch = _tiny_batch()
     model.backbone.requires_grad_(False)  # VGG's backward dominates on a CPU; the next test covers it
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    totals = []
-    for _ in range(5):
-        outputs, priors = model(batch.images)
+
+    def check(outputs, priors, losses):
         assert outputs.cls_logits.shape == (2, 390, num_outputs) and len(priors) == 390  # 8*8*4 + 16*6 + 4*6 + 6+4+4
-        losses = criterion(outputs, priors, assigner(outputs, priors, batch), batch)
-        total = sum(losses.values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        totals.append(total.item())
-    assert all(math.isfinite(t) for t in totals) and totals[-1] < 0.8 * totals[0], totals
-    model.eval()
-    with torch.no_grad():
-        detections = postprocess(*model(batch.images), batch)
-    assert len(detections) == 2 and all(len(d.boxes) <= cfg.model.postprocess.max_per_image for d in detections)
-    assert all(((d.labels >= 0) & (d.labels < 3)).all() for d in detections)  # K = 3 labels whatever the layout
+
+    fits_fixed_batch(parts, batch, num_classes=3, steps=5, check=check)
 
 
 def test_gradients_reach_vgg_neck_and_head():
