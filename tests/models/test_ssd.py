@@ -53,7 +53,7 @@ def test_model_choice_sets_input_size_and_default_loss():
     assert len(cfg.model.neck.extra_channels) == 5 and len(cfg.model.priors.aspect_ratios) == 7
     cfg = compose_train(["model=retinanet"])  # unaffected by the SSD configs
     assert (cfg.data.image_size, cfg.data.size_divisor, cfg.loss._target_) == (
-        192, 32, "detlab.losses.focal.SigmoidFocalLoss"
+        160, 32, "detlab.losses.focal.SigmoidFocalLoss"
     )
     for overrides in (["model=ssd300"], ["model=ssd512"], ["model=ssd300", "loss=focal"]):
         validate(compose_train(overrides))
