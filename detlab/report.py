@@ -649,7 +649,17 @@ class ReportCallback(Callback):
             log.error(f"detlab-report: {err}\n(the runs stay in {sweep_dir}: detlab-report {sweep_dir} --output ...)")
             return
         print(report.markdown, flush=True)
-        print(f"report: {report.files['markdown']} (to record it: detlab-report {sweep_dir})", flush=True)
+        command = " ".join(["detlab-report", str(sweep_dir), *self.cli_options()])
+        print(f"report: {report.files['markdown']} (to record it: {command})", flush=True)
+
+    def cli_options(self) -> list[str]:
+        """The detlab-report options that reproduce this report (baseline, metrics, ignored keys)."""
+        options = ["--baseline", self.baseline] if self.baseline else []
+        if self.metrics:
+            options += ["--metrics", *self.metrics]
+        if self.ignore != list(IGNORED):
+            options += ["--ignore", *self.ignore]
+        return options
 
 
 # --- command line -------------------------------------------------------------------------------------

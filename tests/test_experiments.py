@@ -146,6 +146,7 @@ def test_multirun_of_a_study_ends_with_its_report(tmp_path):
     assert "| gamma0_alpha0.75 (baseline) | 1 |" in proc.stdout
     assert "## Difference from the baseline (gamma0_alpha0.75)" in proc.stdout
     assert "| gamma2_alpha0.25 |" in proc.stdout
+    assert f"to record it: detlab-report {sweep} --baseline focal_gamma=gamma0_alpha0.75)" in proc.stdout
     report = sweep / "report"
     assert {p.name for p in report.iterdir()} >= {"results.md", "results.csv", "runs.csv", "metrics.png"}
     overrides = yaml.safe_load((sweep / "1" / ".hydra" / "overrides.yaml").read_text())
