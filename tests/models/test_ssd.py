@@ -14,7 +14,7 @@ from torchvision.ops import box_iou
 
 from detlab.config import ConfigError, validate
 from detlab.losses.focal import SigmoidFocalLoss
-from detlab.losses.softmax import HardNegativeMiningCE
+from detlab.losses.softmax import HardNegativeMiningCE, SoftmaxFocalLoss
 from detlab.models.heads.common import prior_bias
 from detlab.models.heads.ssd import SSDHead
 from detlab.models.necks.ssd import SSDNeck
@@ -166,6 +166,7 @@ def _tiny_batch() -> Batch:
 
 @pytest.mark.parametrize("loss, cls_loss_type, num_outputs", [
     ("ce_ohem", HardNegativeMiningCE, 4), ("ce", None, 4), ("focal", SigmoidFocalLoss, 3), ("bce", None, 3),
+    ("softmax_focal", SoftmaxFocalLoss, 4),
 ])
 def test_training_step_with_each_loss_decreases_the_loss(loss, cls_loss_type, num_outputs, fits_fixed_batch):
     _, parts = build(["model=ssd300", f"loss={loss}"] + TINY)
