@@ -61,11 +61,17 @@ class DensePostProcess(nn.Module):
 
     def _scores(self, outputs: HeadOutput) -> Tensor:
         """Class probabilities [B, A, K]."""
-        logits = outputs.cls_logits.float()
-        scores = logits.softmax(dim=-1)[..., 1:] if self.softmax else logits.sigmoid()  # [B, A, K]
+        scores = class_probabilities(outputs.cls_logits, self.softmax)  # [B, A, K]
         if outputs.objectness is not None:  # YOLO: class probabilities are conditional on an object
             scores = scores * outputs.objectness.float().sigmoid()[..., None]
         return scores
+
+
+def class_probabilities(cls_logits: Tensor, softmax: bool) -> Tensor:
+    """Per-class probabilities [..., K] in float32 of logits [..., C]: a softmax over C = K + 1 outputs without its
+    background column 0 (softmax losses), else a sigmoid per class (C = K). The loss decides which."""
+    logits = cls_logits.float()
+    return logits.softmax(dim=-1)[..., 1:] if softmax else logits.sigmoid()
 
 
 def top_k_per_level(scores: Tensor, level_sizes: Sequence[int], k: int) -> tuple[Tensor, Tensor, Tensor]:

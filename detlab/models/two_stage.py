@@ -16,6 +16,7 @@ from detlab.models.box_coder import DeltaXYWHBoxCoder
 from detlab.models.heads.roi import RoIBoxHead
 from detlab.models.heads.rpn import RPNHead
 from detlab.models.postprocess import (
+    class_probabilities,
     clip_to_images,
     decode_at,
     nms_top_k_per_image,
@@ -175,7 +176,7 @@ class RoIPostProcess(nn.Module):
         """One ``Detections`` per image: boxes [N, 4] xyxy in original pixels, scores [N], labels [N] (0..K-1),
         sorted by decreasing score. priors (the RPN's anchors) are not needed: the RoIs carry their boxes."""
         logits = outputs.roi_cls_logits.float()
-        scores = logits.softmax(dim=-1)[..., 1:] if self.softmax else logits.sigmoid()  # [B, R, K]
+        scores = class_probabilities(logits, self.softmax)  # [B, R, K]
         num_images, num_rois, num_classes = scores.shape
         if outputs.roi_box_reg.shape != (num_images, num_rois, num_classes, 4):
             raise ValueError(
