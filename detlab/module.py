@@ -48,6 +48,7 @@ class DetectionModule(pl.LightningModule):
         self.evaluator = CocoEvaluator(val_ann_file, category_ids, class_names, backend=conf.eval.backend)
         self.last_eval: dict[str, Any] | None = None
         self.last_eval_step = -1
+        self.curve: list[dict[str, float]] = []  # {"epoch", "step", "AP"} after each validation (kept in checkpoints)
 
     def forward(self, batch: Batch):
         """Detections of a batch (list of per-image Detections, boxes in original pixels)."""
@@ -84,8 +85,16 @@ class DetectionModule(pl.LightningModule):
         # compute() gathers across ranks itself, so every rank logs the same numbers: no sync_dist needed.
         self.last_eval = self.evaluator.compute()
         self.last_eval_step = self.global_step
+        if not self.trainer.sanity_checking:
+            self.curve.append({"epoch": self.current_epoch, "step": self.global_step, "AP": float(self.last_eval["metrics"]["AP"])})
         for name, value in self.last_eval["metrics"].items():
             self.log(f"val/{name}", float(value), prog_bar=name == "AP50")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["curve"] = self.curve
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.curve = checkpoint.get("curve", [])
 
     def configure_optimizers(self):
         decay, no_decay = [], []

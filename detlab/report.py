@@ -58,6 +58,7 @@ class Run:
     values: dict[str, float]
     study: str | None = None
     device: str | None = None
+    pruned: bool = False  # stopped early by prune.* (detlab.pruning): its numbers are not its budget's
 
 
 @dataclass
@@ -104,7 +105,8 @@ def read_run(run_dir: Path) -> Run:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
     study = (results.get("config") or {}).get("tracking", {}).get("group")
-    return Run(name=str(run_dir), overrides=overrides, values=values, study=study, device=speed.get("device"))
+    return Run(name=str(run_dir), overrides=overrides, values=values, study=study, device=speed.get("device"),
+               pruned=results.get("pruned") is not None)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
@@ -118,7 +120,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
 
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
     """The runs under each path (a run directory, a multirun folder, any folder of runs), in natural order,
-    and the run directories without results.json (failed or unfinished)."""
+    and the run directories left out: without results.json (failed or unfinished) or pruned."""
     runs, unfinished = [], []
     for path in map(Path, paths):
         if not path.is_dir():
@@ -129,10 +131,11 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
             started = {p.parent.parent for p in path.rglob(".hydra/overrides.yaml")}
             run_dirs = sorted(started | {p.parent for p in path.rglob("results.json")}, key=_natural)
         for run_dir in run_dirs:
-            if (run_dir / "results.json").is_file():
-                runs.append(read_run(run_dir))
-            else:
+            run = read_run(run_dir) if (run_dir / "results.json").is_file() else None
+            if run is None or run.pruned:
                 unfinished.append(run_dir)
+            else:
+                runs.append(run)
     return runs, unfinished
 
 
@@ -591,7 +594,7 @@ def write_report(
         notes.append(f"Speed measured on: {devices[0]}.\n")
     if unfinished:
         left_out = ", ".join(map(str, unfinished))
-        notes.append(f"Runs without results.json (failed or unfinished), left out: {left_out}\n")
+        notes.append(f"Runs without results.json (failed or unfinished) or pruned, left out: {left_out}\n")
     text = markdown(rows, metrics, title, common_overrides(groups), notes)
     files["markdown"].write_text(text)
     write_csv(rows, metrics, files["csv"])

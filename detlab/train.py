@@ -26,6 +26,7 @@ from detlab.config import validate
 from detlab.evaluation.coco_evaluator import format_table
 from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import complexity, format_speed, measure_speed, speed_summary
+from detlab.pruning import MedianStopping
 from detlab.tracking import EvaluationLogger
 
 
@@ -50,6 +51,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    pruning = MedianStopping(run_dir, cfg.prune.warmup_epochs, cfg.prune.min_trials) if cfg.prune.enabled else None
+    if pruning:
+        callbacks.append(pruning)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if module.last_eval is None or module.last_eval_step != trainer.global_step:
@@ -60,6 +64,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "complexity": complexity(module.model, cfg.data.image_size),
         "data": {"counts": datamodule.counts(), "problems": datamodule.problems, "notes": datamodule.notes},
         "global_step": trainer.global_step,
+        "curve": module.curve,
+        "pruned": pruning.pruned if pruning else None,
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

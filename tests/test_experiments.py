@@ -1,10 +1,12 @@
 """The named studies of conf/experiment/: each one sweeps its factors over 3 seeds and reports; every sweep
-point composes, validates and builds; the levels are the paper's; a real multirun ends with the report.
+point composes, validates and builds; the levels are the paper's; a real multirun ends with the report. The
+Optuna sweeper and the submitit launchers (detlab's `sweep` extra) run or compose with detlab's configs.
 
 Studies whose detector is still missing (conf/model/<name>.yaml absent) are left out of the composition test
 by the list below, computed when the tests are collected: they join it as soon as the model config exists.
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +153,43 @@ def test_multirun_of_a_study_ends_with_its_report(tmp_path):
     assert {p.name for p in report.iterdir()} >= {"results.md", "results.csv", "runs.csv", "metrics.png"}
     overrides = yaml.safe_load((sweep / "1" / ".hydra" / "overrides.yaml").read_text())
     assert "experiment/focal_gamma=gamma2_alpha0.25" in overrides and "seed=0" in overrides
+
+
+def test_optuna_sweep_runs_each_trial_as_a_submitit_job(tmp_path):
+    """hydra/sweeper=optuna_focal over hydra/launcher=local: two trials drawn from the search space, each a
+    training job in a submitit process of its own; the sweeper keeps the best of the APs the jobs returned."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "detlab.train", "-m", "hydra/sweeper=optuna_focal", "hydra/launcher=local",
+         "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", *TINY, f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = []
+    for job in ("0", "1"):
+        results = json.loads((sweep / job / "results.json").read_text())
+        cfg = results["config"]
+        point = (cfg["optim"]["optimizer"]["lr"], cfg["loss"]["alpha"], cfg["loss"]["gamma"])
+        assert 1e-4 <= point[0] <= 1e-2 and 0.1 <= point[1] <= 0.9 and 0 <= point[2] <= 5, point
+        trials.append((point, results["metrics"]["AP"]))
+    assert trials[0][0] != trials[1][0], "two trials, two points of the search space"
+    assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2, "each trial ran as a submitit job"
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(ap for _, ap in trials)
+    params = best["best_params"]
+    assert (params["optim.optimizer.lr"], params["loss.alpha"], params["loss.gamma"]) in [
+        point for point, ap in trials if ap == best["best_value"]
+    ]
+
+
+def test_slurm_launcher_composes_for_multi_gpu_trials():
+    """The SLURM launcher cannot run here; its config must still fit the plugin's schema (a structured config:
+    a misspelt key fails to compose) and carry a 4-GPU DDP trial as one node of 4 tasks."""
+    cfg = compose_train(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "hydra.launcher.gpus_per_node=4",
+                         "hydra.launcher.tasks_per_node=4", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (1, 4, 4)
+    assert launcher.partition == "gpu" and launcher.submitit_folder.endswith("/.submitit/%j")
+    local = compose_train(["hydra/launcher=local"]).hydra.launcher
+    assert local._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"

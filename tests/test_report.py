@@ -159,13 +159,15 @@ def test_baseline_that_matches_nothing_lists_the_configurations(sweep, tmp_path)
         write_report(find_runs([sweep])[0], tmp_path / "out", baseline="focal_gamma=gamma1")
 
 
-def test_unfinished_runs_are_listed_not_averaged(sweep, tmp_path):
+def test_unfinished_and_pruned_runs_are_listed_not_averaged(sweep, tmp_path):
     (sweep / "9" / ".hydra").mkdir(parents=True)
     (sweep / "9" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["experiment/focal_gamma=gamma1_alpha0.25"]))
+    pruned = json.loads((sweep / "0" / "results.json").read_text())
+    (sweep / "0" / "results.json").write_text(json.dumps({**pruned, "pruned": {"epoch": 1}}))
     runs, unfinished = find_runs([sweep])
-    assert len(runs) == 9 and unfinished == [sweep / "9"]
+    assert len(runs) == 8 and unfinished == [sweep / "0", sweep / "9"]
     report = write_report(runs, tmp_path / "out", unfinished=unfinished)
-    assert "left out: " + str(sweep / "9") in report.markdown
+    assert "left out: " + str(sweep / "0") + ", " + str(sweep / "9") in report.markdown
 
 
 def test_command_line_writes_into_experiments_of_the_study(sweep, tmp_path, monkeypatch, capsys):

@@ -102,6 +102,7 @@ def test_resume_continues_from_the_checkpoint(trained_run, tmp_path):
     )
     results = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert results["global_step"] == 6  # 3 steps from the checkpoint, 3 more
+    assert [point["epoch"] for point in results["curve"]] == [0, 1]  # the val curve continues with the checkpoint
     # the logger (here CSV) gets the final table, the data counts and the speed at the last step
     [metrics_csv] = (tmp_path / "resumed").rglob("metrics.csv")
     rows = list(csv.DictReader(metrics_csv.open()))
@@ -109,6 +110,25 @@ def test_resume_continues_from_the_checkpoint(trained_run, tmp_path):
     assert float(final["final/AP"]) == pytest.approx(results["metrics"]["AP"])
     assert float(final["data/train_images"]) == 12 and float(final["data/train_skipped"]) == 0
     assert float(final["speed/ms_per_img"]) == pytest.approx(results["speed"]["ms_per_img"])
+
+
+def test_trial_below_its_siblings_median_is_pruned(tmp_path):
+    """prune.enabled: a job of a multirun whose val AP is below the median of the finished jobs beside it stops
+    after the warm-up epoch and says so in results.json; a pruned sibling does not count."""
+    sweep = tmp_path / "sweep"
+    for job, ap, pruned in (("0", 0.9, None), ("1", 0.8, None), ("2", 0.0, {"epoch": 1})):
+        (sweep / job).mkdir(parents=True)
+        curve = [{"epoch": epoch, "step": 3 * (epoch + 1), "AP": ap} for epoch in range(4)]
+        (sweep / job / "results.json").write_text(json.dumps({"curve": curve, "pruned": pruned}))
+    overrides = [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    proc = run("detlab.train", *overrides, "trainer.max_epochs=4", "logger=none", "prune.enabled=true",
+               "prune.warmup_epochs=1", "prune.min_trials=2", f"hydra.run.dir={sweep / '3'}", cwd=tmp_path)
+    results = json.loads((sweep / "3" / "results.json").read_text())
+    assert [point["epoch"] for point in results["curve"]] == [0, 1]
+    best = max(point["AP"] for point in results["curve"])
+    assert results["pruned"] == {"epoch": 1, "AP": best, "median": pytest.approx(0.85), "trials": 2}
+    assert results["global_step"] == 6 and results["metrics"]["AP"] == results["curve"][-1]["AP"]
+    assert "pruned after epoch 1" in proc.stdout
 
 
 def test_resume_on_other_classes_stops_naming_the_checkpoint_and_both_class_lists(trained_run, tmp_path):
