@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from detlab.config import validate
 from detlab.evaluation.coco_evaluator import format_table
@@ -51,6 +51,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.trainer.get("enable_progress_bar", True):  # tqdm's, whether or not `rich` is installed (Lightning's pick)
+        callbacks.append(TQDMProgressBar())
     pruning = MedianStopping(run_dir, cfg.prune.warmup_epochs, cfg.prune.min_trials) if cfg.prune.enabled else None
     if pruning:
         callbacks.append(pruning)
