@@ -121,7 +121,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
     """The runs under each path (a run directory, a multirun folder, any folder of runs), in natural order,
     and the run directories left out: without results.json (failed or unfinished) or pruned."""
-    runs, unfinished = [], []
+    runs, left_out = [], []
     for path in map(Path, paths):
         if not path.is_dir():
             raise ReportError(f"{path}: no such folder (give a run directory or a multirun folder)")
@@ -133,10 +133,10 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
         for run_dir in run_dirs:
             run = read_run(run_dir) if (run_dir / "results.json").is_file() else None
             if run is None or run.pruned:
-                unfinished.append(run_dir)
+                left_out.append(run_dir)
             else:
                 runs.append(run)
-    return runs, unfinished
+    return runs, left_out
 
 
 def wandb_runs(project: str, group: str | None = None) -> list[Run]:
@@ -556,7 +556,7 @@ def write_report(
     baseline: str | None = None,
     ignore: Sequence[str] = IGNORED,
     title: str | None = None,
-    unfinished: Sequence[Path] = (),
+    left_out: Sequence[Path] = (),
 ) -> Report:
     """Group the runs, compute the statistics and write results.md, results.csv, runs.csv and the plots."""
     if not runs:
@@ -592,9 +592,9 @@ def write_report(
         notes.append(f"Speed was measured on different devices ({', '.join(devices)}): those numbers do not compare.\n")
     elif devices:
         notes.append(f"Speed measured on: {devices[0]}.\n")
-    if unfinished:
-        left_out = ", ".join(map(str, unfinished))
-        notes.append(f"Runs without results.json (failed or unfinished) or pruned, left out: {left_out}\n")
+    if left_out:
+        names = ", ".join(map(str, left_out))
+        notes.append(f"Runs without results.json (failed or unfinished) or pruned, left out: {names}\n")
     text = markdown(rows, metrics, title, common_overrides(groups), notes)
     files["markdown"].write_text(text)
     write_csv(rows, metrics, files["csv"])
@@ -645,8 +645,8 @@ class ReportCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         output = Path(self.output_dir) if self.output_dir else sweep_dir / "report"
         try:
-            runs, unfinished = find_runs([sweep_dir])
-            report = write_report(runs, output, self.metrics, self.baseline, self.ignore, unfinished=unfinished)
+            runs, left_out = find_runs([sweep_dir])
+            report = write_report(runs, output, self.metrics, self.baseline, self.ignore, left_out=left_out)
         except ReportError as err:
             # The runs are on disk whatever happens here: say how to report them once the problem is fixed.
             log.error(f"detlab-report: {err}\n(the runs stay in {sweep_dir}: detlab-report {sweep_dir} --output ...)")
@@ -689,16 +689,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.wandb_project:
-            runs, unfinished = wandb_runs(args.wandb_project, args.group), []
+            runs, left_out = wandb_runs(args.wandb_project, args.group), []
         elif args.paths:
-            runs, unfinished = find_runs(args.paths)
+            runs, left_out = find_runs(args.paths)
         else:
             raise ReportError("give run directories or --wandb-project")
         study = args.study or _study_of(runs)
         output = args.output or (Path("experiments") / study if study else None)
         if output is None:
             raise ReportError("the runs name no study (tracking.group): give --output or --study")
-        report = write_report(runs, output, args.metrics, args.baseline, args.ignore, unfinished=unfinished)
+        report = write_report(runs, output, args.metrics, args.baseline, args.ignore, left_out=left_out)
         if args.wandb:
             where = log_to_wandb(report, list(report.rows[0].stats), args.wandb_log_project, study)
             print(f"W&B summary run: {where}")

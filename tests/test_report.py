@@ -97,13 +97,13 @@ def test_one_seed_has_no_interval_and_no_spread_has_a_point_interval():
 
 def test_runs_group_by_every_override_but_the_seed(sweep, tmp_path):
     fake_run(sweep, "9", ["experiment/focal_gamma=gamma2_alpha0.25", "seed=0", STUDY[0], "trainer.max_epochs=3"], 0.5)
-    runs, unfinished = find_runs([sweep])
+    runs, left_out = find_runs([sweep])
     assert [Path(r.name).name for r in runs] == [str(i) for i in range(10)]  # natural order, not 0, 1, 10, 2
     groups = group_runs(runs)
     # a different budget is a different configuration, even at the same gamma
     assert [len(g.runs) for g in groups] == [3, 3, 3, 1]
     assert groups[3].overrides["trainer.max_epochs"] == "3" and "seed" not in groups[3].overrides
-    assert unfinished == []
+    assert left_out == []
 
 
 def test_report_table_and_baseline_difference(sweep, tmp_path):
@@ -164,9 +164,9 @@ def test_unfinished_and_pruned_runs_are_listed_not_averaged(sweep, tmp_path):
     (sweep / "9" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["experiment/focal_gamma=gamma1_alpha0.25"]))
     pruned = json.loads((sweep / "0" / "results.json").read_text())
     (sweep / "0" / "results.json").write_text(json.dumps({**pruned, "pruned": {"epoch": 1}}))
-    runs, unfinished = find_runs([sweep])
-    assert len(runs) == 8 and unfinished == [sweep / "0", sweep / "9"]
-    report = write_report(runs, tmp_path / "out", unfinished=unfinished)
+    runs, left_out = find_runs([sweep])
+    assert len(runs) == 8 and left_out == [sweep / "0", sweep / "9"]
+    report = write_report(runs, tmp_path / "out", left_out=left_out)
     assert "left out: " + str(sweep / "0") + ", " + str(sweep / "9") in report.markdown
 
 
