@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from detlab.config import validate
+from detlab.ema import EMA
 from detlab.evaluation.coco_evaluator import format_table
 from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import complexity, format_speed, measure_speed, speed_summary
@@ -51,6 +52,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.ema.decay is not None:  # validation, checkpoints and the final model use the averaged weights
+        callbacks.append(EMA(cfg.ema.decay))
     if cfg.trainer.get("enable_progress_bar", True):  # tqdm's, whether or not `rich` is installed (Lightning's pick)
         callbacks.append(TQDMProgressBar())
     pruning = MedianStopping(run_dir, cfg.prune.warmup_epochs, cfg.prune.min_trials) if cfg.prune.enabled else None

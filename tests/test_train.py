@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # A model and data small enough for seconds on a CPU; the same override list serves every test here.
 TINY = [
@@ -110,6 +111,25 @@ def test_resume_continues_from_the_checkpoint(trained_run, tmp_path):
     assert float(final["final/AP"]) == pytest.approx(results["metrics"]["AP"])
     assert float(final["data/train_images"]) == 12 and float(final["data/train_skipped"]) == 0
     assert float(final["speed/ms_per_img"]) == pytest.approx(results["speed"]["ms_per_img"])
+
+
+def test_ema_run_validates_checkpoints_resumes_and_keeps_the_average(tmp_path):
+    args = [o for o in TINY if not o.startswith("trainer.max_epochs")] + ["logger=csv", "ema.decay=0.9"]
+    run("detlab.train", *args, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    key = "model.head.cls_tower.0.weight"
+    assert not torch.equal(saved["state_dict"][key], saved["current_model_state"][key])  # the average, and the weights
+    # the checkpoint's model is the average, and the run's numbers are its numbers
+    out = tmp_path / "eval.json"
+    run("detlab.evaluate", "run", str(tmp_path / "run"), "--output", str(out), cwd=tmp_path)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert json.loads(out.read_text())["metrics"] == pytest.approx(results["metrics"])
+    # resuming continues both the weights and their average
+    run("detlab.train", *args, "trainer.max_epochs=2", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'resumed'}",
+        cwd=tmp_path)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == 6 and "current_model_state" in resumed
 
 
 def test_trial_below_its_siblings_median_is_pruned(tmp_path):
