@@ -26,11 +26,12 @@ class EMA(WeightAveraging):
 def ema_update(decay: float):
     @torch.no_grad()
     def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
-        n = int(num_averaged)
-        d = min(decay, (1 + n) / (10 + n))
-        if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, 1.0 - d)
-        else:  # integer buffers (BN's num_batches_tracked): a count, not a weight
+        if not torch.is_floating_point(averaged[0]):  # integer buffers (BN's num_batches_tracked): counts
             torch._foreach_copy_(averaged, current)
+            return
+        # d as a tensor on the weights' device: no host sync in the training step
+        n = num_averaged.to(averaged[0].dtype)
+        d = ((1 + n) / (10 + n)).clamp(max=decay)
+        torch._foreach_lerp_(averaged, current, 1 - d)
 
     return update

@@ -21,7 +21,6 @@ import csv
 import json
 import logging
 import math
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -607,9 +606,9 @@ def log_to_wandb(report: Report, metrics: Sequence[str], project: str, study: st
     PNGs. Online when logged in (WANDB_MODE wins), offline otherwise. Returns the run's directory."""
     import wandb
 
-    from detlab.tracking import wandb_logged_in
+    from detlab.tracking import wandb_mode
 
-    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    mode = wandb_mode()
     out_dir = report.files["markdown"].parent
     name = f"{study or 'study'}-report"
     run = wandb.init(project=project, group=study, job_type="report", name=name, dir=str(out_dir), mode=mode)

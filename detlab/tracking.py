@@ -31,6 +31,11 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def wandb_mode() -> str:
+    """W&B's mode for a new run: WANDB_MODE when set (as W&B users expect), else online only when logged in."""
+    return os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+
+
 def wandb_logger(
     save_dir: str,
     project: str,
@@ -46,7 +51,7 @@ def wandb_logger(
     if mode not in ("auto", "online", "offline"):
         raise ValueError(f"logger.mode={mode!r}; use auto, online or offline")
     if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+        mode = wandb_mode()
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
         save_dir=save_dir,

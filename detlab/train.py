@@ -34,6 +34,7 @@ from detlab.tracking import EvaluationLogger
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured detector; return (and write to run_dir/results.json) its final evaluation."""
     validate(cfg)
+    ema = EMA(cfg.ema.decay) if cfg.ema.decay is not None else None  # a bad decay stops before any work
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     if cfg.ckpt_path:  # resuming: the checkpoint's head must predict this dataset's classes
@@ -52,8 +53,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if cfg.ema.decay is not None:  # validation, checkpoints and the final model use the averaged weights
-        callbacks.append(EMA(cfg.ema.decay))
+    if ema:  # validation, checkpoints and the final model use the averaged weights
+        callbacks.append(ema)
     if cfg.trainer.get("enable_progress_bar", True):  # tqdm's, whether or not `rich` is installed (Lightning's pick)
         callbacks.append(TQDMProgressBar())
     pruning = MedianStopping(run_dir, cfg.prune.warmup_epochs, cfg.prune.min_trials) if cfg.prune.enabled else None
