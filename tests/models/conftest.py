@@ -1,4 +1,5 @@
-"""What the model tests share: a detector built from the configs learns one fixed batch."""
+"""What the model tests share: a detector built from the configs learns one fixed batch; torchvision weights
+files written where its loader looks, so that loading by name runs with no network."""
 
 from __future__ import annotations
 
@@ -50,3 +51,48 @@ def _fits_fixed_batch(
 def fits_fixed_batch():
     """The function above: fits_fixed_batch(parts, batch, num_classes, steps=6, check=None) -> detections."""
     return _fits_fixed_batch
+
+
+@pytest.fixture
+def torch_cache(tmp_path, monkeypatch):
+    """save(state, *weights_entries): `state` written as each entry's file in <TORCH_HOME>/hub/checkpoints,
+    where torchvision's weights API looks before downloading; TORCH_HOME is this test's tmp_path."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+
+    def save(state: dict, *entries) -> None:
+        for entry in entries:
+            torch.save(state, checkpoints / entry.url.rsplit("/", 1)[-1])
+
+    return save
+
+
+@pytest.fixture
+def random_bn_state():
+    """state(model) -> its state dict with random BatchNorm statistics, so that a buffer left unloaded shows."""
+
+    def state(model: torch.nn.Module) -> dict:
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+        return model.state_dict()
+
+    return state
+
+
+@pytest.fixture
+def assert_loaded():
+    """check(ours, expected, frozen_bn): `ours` (a backbone's state dict) holds every entry of `expected` (a
+    torchvision state dict) but its classifier, equal; FrozenBatchNorm2d keeps no `num_batches_tracked`."""
+
+    def check(ours: dict, expected: dict, frozen_bn: bool, classifier: str) -> None:
+        wanted = {k for k in expected if not k.startswith(classifier)}
+        if frozen_bn:
+            wanted = {k for k in wanted if not k.endswith("num_batches_tracked")}
+        assert set(ours) == wanted
+        for key in wanted:
+            assert torch.equal(ours[key], expected[key]), key
+
+    return check

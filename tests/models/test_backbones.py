@@ -49,34 +49,13 @@ def test_frozen_stages_and_frozen_bn():
     assert not torch.equal(net.layer2[0].bn1.running_mean, torch.zeros(128))
 
 
-def _cache_random_resnet18(tmp_path, monkeypatch) -> dict:
-    """A random resnet18 state dict saved where torchvision's loader looks before downloading."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    reference = torchvision.models.resnet18()
-    for module in reference.modules():  # non-default BN statistics, so that a skipped buffer shows
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_()
-            module.running_var.uniform_(0.5, 2.0)
-    state = reference.state_dict()
-    checkpoints = tmp_path / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-    torch.save(state, checkpoints / url.rsplit("/", 1)[-1])
-    return state
-
-
 @pytest.mark.parametrize("pretrained, norm", [(True, "bn"), ("IMAGENET1K_V1", "frozen_bn")])
-def test_pretrained_weights_load_by_name_from_the_torch_cache(tmp_path, monkeypatch, pretrained, norm):
+def test_pretrained_weights_load_by_name_from_the_torch_cache(torch_cache, random_bn_state, assert_loaded, pretrained, norm):
     """The real loading path (torchvision's weights API) fed from a cache file the test writes: no network."""
-    expected = _cache_random_resnet18(tmp_path, monkeypatch)
-    net = ResNet(depth=18, pretrained=pretrained, norm=norm)
-    ours = net.state_dict()
-    wanted = {k for k in expected if not k.startswith("fc.")}
-    if norm == "frozen_bn":  # FrozenBatchNorm2d keeps no batch counter
-        wanted = {k for k in wanted if not k.endswith("num_batches_tracked")}
-    assert set(ours) == wanted
-    for key in wanted:
-        assert torch.equal(ours[key], expected[key]), key
+    expected = random_bn_state(torchvision.models.resnet18())
+    torch_cache(expected, torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+    ours = ResNet(depth=18, pretrained=pretrained, norm=norm).state_dict()
+    assert_loaded(ours, expected, frozen_bn=norm == "frozen_bn", classifier="fc.")
 
 
 def test_missing_weights_without_network_name_the_key_and_the_file(tmp_path, monkeypatch):

@@ -61,13 +61,12 @@ def test_paper_map_sizes_channels_and_strides(size, shapes):
     assert VGG16(out_indices=(3,)).out_channels == (1024,)
 
 
-def _cache_random_vgg16(tmp_path, monkeypatch) -> dict:
-    """A random vgg16 state dict saved where torchvision's loader looks before downloading.
+def _random_vgg16_state() -> dict:
+    """A random vgg16 state dict, to be saved where torchvision's loader looks before downloading.
 
     The classifier's fc6/fc7 (120 M numbers) are stored as stride-0 expansions of one row or column, so the file
     stays small; each row (fc6) or column (fc7) differs, so the decimation indices are still checked.
     """
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     state = {f"features.{k}": v for k, v in VGG16().features.state_dict().items()}
     for key in ("features.0.weight", "features.28.bias"):  # off the init, so that a skipped layer shows
         state[key] = torch.randn_like(state[key])
@@ -75,16 +74,13 @@ def _cache_random_vgg16(tmp_path, monkeypatch) -> dict:
     state["classifier.6.weight"], state["classifier.6.bias"] = torch.zeros(1000, 4096), torch.zeros(1000)
     state["classifier.0.weight"] = torch.randn(25088)[None].expand(4096, 25088)
     state["classifier.3.weight"] = torch.randn(4096)[:, None].expand(4096, 4096)
-    checkpoints = tmp_path / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    url = torchvision.models.VGG16_Weights.IMAGENET1K_V1.url
-    torch.save(state, checkpoints / url.rsplit("/", 1)[-1])
     return state
 
 
 @pytest.mark.parametrize("pretrained", [True, "IMAGENET1K_V1"])
-def test_pretrained_weights_load_by_name_and_fc_layers_are_decimated(tmp_path, monkeypatch, pretrained):
-    expected = _cache_random_vgg16(tmp_path, monkeypatch)
+def test_pretrained_weights_load_by_name_and_fc_layers_are_decimated(torch_cache, pretrained):
+    expected = _random_vgg16_state()
+    torch_cache(expected, torchvision.models.VGG16_Weights.IMAGENET1K_V1)
     net = VGG16(pretrained=pretrained)
     for key, value in net.features.state_dict().items():
         assert torch.equal(value, expected[f"features.{key}"]), key

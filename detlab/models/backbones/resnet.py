@@ -8,14 +8,14 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from detlab.models.backbones.stages import StagedBackbone, check_stage_args, run_collecting
 from detlab.models.backbones.weights import fetch, torchvision_weights
 
 DEPTHS = (18, 34, 50, 101)
-NORMS = ("bn", "frozen_bn")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-class ResNet(nn.Module):
+class ResNet(StagedBackbone):
     """torchvision's resnet{depth} without its classifier, as a feature extractor.
 
     The submodules keep torchvision's names (conv1, bn1, layer1..layer4), so a torchvision ResNet state dict,
@@ -52,9 +52,7 @@ class ResNet(nn.Module):
         width = 64 if depth < 50 else 256  # layer1's output channels: BasicBlock 64, Bottleneck 64 * 4
         self.out_channels = tuple(width * 2 ** (i - 1) for i in self.out_indices)
         self.strides = tuple(2 ** (i + 1) for i in self.out_indices)
-        self.frozen_stages = frozen_stages
-        for module in self._frozen_modules():
-            module.requires_grad_(False)
+        self.freeze(frozen_stages)
 
     def _frozen_modules(self) -> list[nn.Module]:
         if self.frozen_stages < 0:
@@ -62,30 +60,15 @@ class ResNet(nn.Module):
         stem = [self.conv1, self.bn1]
         return stem + [getattr(self, name) for name in STAGES[: min(self.frozen_stages, self.num_stages)]]
 
-    def train(self, mode: bool = True) -> ResNet:
-        super().train(mode)
-        for module in self._frozen_modules():  # frozen stages keep their BN statistics, as in detectron2
-            module.eval()
-        return self
-
     def forward(self, images: Tensor) -> list[Tensor]:
         """images [B, 3, H, W] -> [B, out_channels[i], ceil(H / strides[i]), ceil(W / strides[i])] per index."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
-        features = []
-        for index, name in enumerate(STAGES[: self.num_stages], start=1):
-            x = getattr(self, name)(x)
-            if index in self.out_indices:
-                features.append(x)
-        return features
+        stages = [getattr(self, name) for name in STAGES[: self.num_stages]]
+        return run_collecting(x, stages, {i - 1 for i in self.out_indices})
 
 
 def _check(depth: int, norm: str, frozen_stages: int, out_indices: Sequence[int]) -> None:
     if depth not in DEPTHS:
         raise ValueError(f"model.backbone.depth={depth} is not a torchvision ResNet; use one of {list(DEPTHS)}")
-    if norm not in NORMS:
-        raise ValueError(f"model.backbone.norm={norm!r}; use one of {list(NORMS)}")
-    indices = list(out_indices)
-    if not indices or not set(indices) <= {1, 2, 3, 4} or indices != sorted(set(indices)):
-        raise ValueError(f"model.backbone.out_indices={indices} must be increasing stages among 1..4 (C2..C5)")
-    if not -1 <= frozen_stages <= 4:
-        raise ValueError(f"model.backbone.frozen_stages={frozen_stages} must be in -1..4")
+    check_stage_args(norm, frozen_stages, out_indices)
+
