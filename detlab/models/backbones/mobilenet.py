@@ -61,7 +61,7 @@ class MobileNetV3(StagedBackbone):
     def _frozen_modules(self) -> list[nn.Module]:
         if self.frozen_stages < 0:
             return []
-        last = 0 if self.frozen_stages == 0 else self.stage_ends[min(self.frozen_stages, 4) - 1]
+        last = 0 if self.frozen_stages == 0 else self.stage_ends[self.frozen_stages - 1]  # the stem is block 0
         return list(self.features[: last + 1])
 
     def forward(self, images: Tensor) -> list[Tensor]:
