@@ -63,6 +63,12 @@ def _check_trainer(trainer: DictConfig) -> None:
         raise ConfigError(
             f"trainer.precision={trainer.precision} needs a GPU; on CPU use 32-true or bf16-mixed"
         )
+    if trainer.get("limit_val_batches") == 0:  # 0 and 0.0: Lightning would skip the final evaluation too
+        raise ConfigError(
+            f"trainer.limit_val_batches={trainer.limit_val_batches} leaves nothing to score, and every run ends with "
+            "a COCO evaluation; to validate only at the end, set trainer.check_val_every_n_epoch above "
+            "trainer.max_epochs"
+        )
 
 
 def _check_default_boxes(cfg: DictConfig) -> None:

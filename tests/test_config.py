@@ -118,6 +118,11 @@ def test_impossible_combinations_name_the_key():
     cfg = compose_train(["trainer.precision=16-mixed", "trainer.accelerator=cpu"])
     with pytest.raises(ConfigError, match="trainer.precision"):
         validate(cfg)
+    for no_batches in ("0", "0.0"):
+        cfg = compose_train([f"trainer.limit_val_batches={no_batches}"])
+        with pytest.raises(ConfigError, match="trainer.limit_val_batches"):
+            validate(cfg)
+    validate(compose_train(["trainer.limit_val_batches=0.5"]))
 
 
 def test_issue_example_overrides_compose():
