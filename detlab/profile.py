@@ -58,7 +58,7 @@ def count_flops(model: nn.Module, image_size: int) -> int:
     was_training = model.training
     model.eval()  # BatchNorm in eval mode: one image must not update running statistics
     try:
-        with FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(images)
     finally:
         model.train(was_training)
@@ -68,6 +68,12 @@ def count_flops(model: nn.Module, image_size: int) -> int:
 def complexity(model: nn.Module, image_size: int) -> dict[str, float | int]:
     """{"params": int, "gflops": float, "input_size": int} for results.json and the logger."""
     return {"params": count_params(model), "gflops": count_flops(model, image_size) / 1e9, "input_size": image_size}
+
+
+def format_complexity(cost: dict[str, float | int]) -> str:
+    """One line: "model: 11.86 M parameters, 2.10 GFLOPs at 160x160"."""
+    return (f"model: {cost['params'] / 1e6:.2f} M parameters, {cost['gflops']:.2f} GFLOPs at "
+            f"{cost['input_size']}x{cost['input_size']}")
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:

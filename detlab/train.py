@@ -26,7 +26,7 @@ from detlab.config import validate
 from detlab.ema import EMA
 from detlab.evaluation.coco_evaluator import format_table
 from detlab.module import DetectionModule, check_classes, load_hparams
-from detlab.profile import complexity, format_speed, measure_speed, speed_summary
+from detlab.profile import complexity, format_complexity, format_speed, measure_speed, speed_summary
 from detlab.pruning import MedianStopping
 from detlab.tracking import EvaluationLogger
 
@@ -61,13 +61,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if pruning:
         callbacks.append(pruning)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    cost = complexity(module.model, cfg.data.image_size)
+    if trainer.is_global_zero:
+        print(format_complexity(cost), flush=True)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if module.last_eval is None or module.last_eval_step != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
 
     results = {
         **module.last_eval,
-        "complexity": complexity(module.model, cfg.data.image_size),
+        "complexity": cost,
         "data": {"counts": datamodule.counts(), "problems": datamodule.problems, "notes": datamodule.notes},
         "global_step": trainer.global_step,
         "curve": module.curve,
@@ -80,9 +83,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             results["speed"] = _speed(cfg, module, datamodule, trainer.strategy.root_device)
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         print(format_table(results), flush=True)
-        cost = results["complexity"]
-        print(f"model: {cost['params'] / 1e6:.2f} M parameters, {cost['gflops']:.2f} GFLOPs at "
-              f"{cost['input_size']}x{cost['input_size']}", flush=True)
+        print(format_complexity(cost), flush=True)
         if "speed" in results:
             print(format_speed(results["speed"]), flush=True)
         print(f"results: {run_dir / 'results.json'}", flush=True)

@@ -42,7 +42,9 @@ def run(entry: str, *args: str, cwd: Path, check: bool = True) -> subprocess.Com
 def trained_run(tmp_path_factory) -> Path:
     """One tiny training run with the default W&B logger (offline), shared by the tests below."""
     root = tmp_path_factory.mktemp("train")
-    run("detlab.train", *TINY, f"hydra.run.dir={root / 'run'}", cwd=root)
+    proc = run("detlab.train", *TINY, f"hydra.run.dir={root / 'run'}", cwd=root)
+    (root / "stdout.txt").write_text(proc.stdout)
+    (root / "stderr.txt").write_text(proc.stderr)
     return root / "run"
 
 
@@ -62,6 +64,15 @@ def test_run_writes_results_config_and_checkpoints(trained_run):
     assert (speed["batch_size"], speed["warmup"], speed["repeats"], speed["input_size"]) == (2, 1, 2, 64)
     assert speed["ms_per_img"] == pytest.approx(speed["latency_ms"]["total"]["median"])
     assert speed["device"].startswith("cpu") and speed["precision"] == "32-true"
+
+
+def test_model_cost_is_printed_before_training(trained_run):
+    output, errors = ((trained_run.parent / name).read_text() for name in ("stdout.txt", "stderr.txt"))
+    cost = json.loads((trained_run / "results.json").read_text())["complexity"]
+    line = f"model: {cost['params'] / 1e6:.2f} M parameters, {cost['gflops']:.2f} GFLOPs at 64x64"
+    assert output.count(line) == 2, output  # before the first step and under the final table
+    assert output.index(line) < output.index("COCO box evaluation")
+    assert "Total FLOPs" not in output + errors  # Lightning's summary, whose FLOPs column reads 0, is off
 
 
 def test_offline_wandb_run_holds_the_ap_table(trained_run):
