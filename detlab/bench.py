@@ -25,14 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchvision.models.detection import retinanet_resnet50_fpn
 
+from detlab.config import compose_train
 from detlab.evaluation.coco_evaluator import evaluate_results_file
 from detlab.profile import summarize_ms, synchronizer, time_stages
 from detlab.structures import Batch, HeadOutput
-from detlab.train import CONF_DIR
 
 NUM_CLASSES = 80
 # detlab's config of torchvision's retinanet_resnet50_fpn (P6 from P5 as its v1 does; the paper's anchor sizes)
@@ -56,8 +55,7 @@ def compare(name: str, ours: Callable[[], object], reference: Callable[[], objec
 
 
 def detlab_retinanet(image_size: int):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[*RETINANET_R50, f"data.image_size={image_size}"])
+    cfg = compose_train([*RETINANET_R50, f"data.image_size={image_size}"])
     return instantiate(cfg.model, cls_loss=cfg.loss, num_classes=NUM_CLASSES)
 
 

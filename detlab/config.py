@@ -1,4 +1,5 @@
-"""Checks on a composed config that Hydra's own checks cannot make, run before any work starts.
+"""The train config composed outside a Hydra app (compose_train), and the checks on a composed config that
+Hydra's own checks cannot make, run before any work starts (validate).
 
 Hydra already rejects a misspelt key (`Key 'imag_size' is not in struct`) and an unknown group option
 (listing the available ones). What is left are combinations: each check names the key and the fix.
@@ -6,10 +7,29 @@ Hydra already rejects a misspelt key (`Key 'imag_size' is not in struct`) and an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from detlab.evaluation.backends import BACKENDS
+
+# An absolute path: relative ones are resolved against the calling module, which differs between
+# `python -m detlab.train` and the `detlab-train` console script. conf/ lives beside the package
+# (installed editable, as the Makefile does).
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config `detlab-train <overrides>` runs with, composed outside a Hydra app (a notebook, a test, the
+    benchmarks). Hydra's own config is set too, so that ${hydra:...} interpolations resolve as in a run."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 class ConfigError(ValueError):

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-from detlab.config import validate
+from detlab.config import CONF_DIR, validate
 from detlab.ema import EMA
 from detlab.evaluation.coco_evaluator import format_table
 from detlab.module import DetectionModule, check_classes, load_hparams
@@ -130,12 +130,6 @@ def _finish(logger, results: dict[str, Any]) -> None:
         import wandb
 
         wandb.finish()
-
-
-# An absolute path: relative ones are resolved against the calling module, which differs between
-# `python -m detlab.train` and the `detlab-train` console script. conf/ lives beside the package
-# (installed editable, as the Makefile does).
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

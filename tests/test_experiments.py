@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
-from detlab.config import validate
+from detlab.config import compose_train, validate
 from detlab.report import Group, find_baseline, parse_overrides
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -39,13 +37,6 @@ def models_of(name: str) -> set[str]:
 
 
 COMPOSABLE = [e for e in EXPERIMENTS if all((CONF / "model" / f"{m}.yaml").is_file() for m in models_of(e))]
-
-
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve as in a real run
-    return cfg
 
 
 def sweep_jobs(name: str) -> list[list[str]]:

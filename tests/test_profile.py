@@ -2,21 +2,19 @@
 whose time is known (they sleep), a fake asynchronous device, and a real tiny detector for the record's shape."""
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 from hydra.utils import instantiate
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
 from detlab import profile
+from detlab.config import compose_train
 from detlab.profile import complexity, measure_speed, speed_summary, synchronizer, time_stages
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def test_resnet50_counts_match_torchvision_metadata():
@@ -151,8 +149,7 @@ def test_measure_speed_synchronises_the_cuda_device_it_runs_on(monkeypatch):
 
 
 def test_record_of_a_real_tiny_detector():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["model.neck.out_channels=16", "model.head.width=16", "model.head.depth=1"])
+    cfg = compose_train(["model.neck.out_channels=16", "model.head.width=16", "model.head.depth=1"])
     parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
     detector = Detector(parts.model, parts.postprocess).train()
     image = np.random.default_rng(1).integers(0, 256, (48, 80, 3), dtype=np.uint8)
@@ -178,9 +175,8 @@ def test_bad_protocol_names_the_key(kwargs, key):
 
 def test_checkpoint_speed_rebuilds_the_trained_model(tmp_path, monkeypatch):
     """detlab-eval speed: the detector comes back from the checkpoint's config and weights, without its data."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["model.neck.out_channels=16", "model.head.width=16", "model.head.depth=1",
-                                          "data.image_size=64", "trainer.precision=bf16-mixed"])
+    cfg = compose_train(["model.neck.out_channels=16", "model.head.width=16", "model.head.depth=1",
+                         "data.image_size=64", "trainer.precision=bf16-mixed"])
     trained = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3).model
     state = {f"model.{k}": v + 1.0 if v.is_floating_point() else v for k, v in trained.state_dict().items()}
     checkpoint = tmp_path / "last.ckpt"

@@ -8,13 +8,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torchvision import tv_tensors
 from torchvision.ops import box_iou, clip_boxes_to_image
 from torchvision.transforms.v2 import functional as TF
 
+from detlab.config import compose_train
 from detlab.data.ssd_augment import Expand, MinIoURandomCrop, PhotometricDistort
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PAD_RGB, DetectionTransform
 from detlab.structures import boxes_to_original
@@ -265,11 +265,6 @@ def test_eval_transform_is_resize_pad_normalise(h, w, interpolation):
     scaled = torch.from_numpy(box * [new_w / w, new_h / h, new_w / w, new_h / h]).float()
     torch.testing.assert_close(sample.boxes, scaled)
     assert (sample.size, sample.scale, sample.offset) == ((new_h, new_w), (new_w / w, new_h / h), (0.0, 0.0))
-
-
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 @pytest.mark.parametrize("model", ["ssd300", "ssd512"])

@@ -4,19 +4,17 @@ loop, the losses against torchvision's formulas, the post-processing against tor
 postprocess_detections, and a few training steps with every classification loss of conf/loss."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, nms, remove_small_boxes
 
-from detlab.config import ConfigError, validate
+from detlab.config import ConfigError, compose_train, validate
 from detlab.models.assigners import MaxIoUAssigner, RoISampler, SampledMaxIoUAssigner, balanced_sample
 from detlab.models.box_coder import DeltaXYWHBoxCoder
 from detlab.models.detector import Detector
@@ -24,14 +22,8 @@ from detlab.models.priors import AnchorGenerator
 from detlab.models.two_stage import ProposalGenerator, RoIPostProcess
 from detlab.structures import Batch, HeadOutput, Priors, TwoStageOutput
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 TINY = ["model.neck.out_channels=16", "model.roi.head.representation_size=32"]
 STRIDES = (4, 8, 16, 32, 64)
-
-
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 def build(overrides: list[str] = (), num_classes: int = 3):

@@ -1,18 +1,15 @@
 """SSD300/SSD512 through the real configs: composition, default boxes (8732, against torchvision), shapes,
 matching against torchvision's SSDMatcher, and a training step with every classification loss."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchvision.models.detection._utils import SSDMatcher
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator as TVDefaultBoxGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
-from detlab.config import ConfigError, validate
+from detlab.config import ConfigError, compose_train, validate
 from detlab.losses.focal import SigmoidFocalLoss
 from detlab.losses.softmax import HardNegativeMiningCE, SoftmaxFocalLoss
 from detlab.models.heads.common import prior_bias
@@ -21,16 +18,10 @@ from detlab.models.necks.ssd import SSDNeck
 from detlab.models.priors import DefaultBoxGenerator
 from detlab.structures import Batch
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 SSD300_MAPS = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
 SSD512_MAPS = [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
 # SSD300 at 64 px for CPU tests: the same network with every extra layer a padded stride-2 conv (8, 4, 2, 1, 1, 1).
 TINY = ["data.image_size=64", "model.neck.extra_strides=[2,2,2,2]", "model.neck.extra_paddings=[1,1,1,1]"]
-
-
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 def build(overrides: list[str], num_classes: int = 3):
