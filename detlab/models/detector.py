@@ -29,7 +29,9 @@ class Detector(nn.Module):
         targets is ignored: a one-stage detector has nothing to sample between stages (two-stage models do).
         """
         levels = self.neck(self.backbone(images))
-        priors = self.priors([tuple(x.shape[-2:]) for x in levels], self.neck.strides, images.device)
+        priors = self.priors(
+            [tuple(x.shape[-2:]) for x in levels], self.neck.strides, images.device, images.shape[-2:]
+        )
         outputs = self.head(levels)
         if outputs.box_reg.shape[1] != len(priors):  # would otherwise surface later as a shape error in the loss
             raise ValueError(

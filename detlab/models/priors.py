@@ -27,24 +27,35 @@ class PriorGenerator:
     _cache: dict[tuple, Priors]  # set to {} by each subclass's __init__
 
     def __call__(
-        self, feature_shapes: Sequence[tuple[int, int]], strides: Sequence[int], device: torch.device | str
+        self,
+        feature_shapes: Sequence[tuple[int, int]],
+        strides: Sequence[int],
+        device: torch.device | str,
+        image_shape: tuple[int, int] | None = None,
     ) -> Priors:
-        """Priors (boxes [A, 4] xyxy input pixels, strides [A]) for levels of (H_l, W_l) at the given strides."""
+        """Priors (boxes [A, 4] xyxy input pixels, strides [A]) for levels of (H_l, W_l) at the given strides.
+
+        image_shape: (H, W) of the padded input batch; the generators that follow torchvision's tiling need it
+        (AnchorGenerator with stride="input"), the others ignore it.
+        """
         if len(feature_shapes) != self.num_levels or len(strides) != self.num_levels:
             raise ValueError(
                 f"model.priors.{self.levels_key} has {self.num_levels} levels for {len(feature_shapes)} pyramid "
                 f"levels (strides {list(strides)}); give one entry per level"
             )
-        key = (tuple((int(h), int(w)) for h, w in feature_shapes), tuple(int(s) for s in strides), str(device))
+        image = None if image_shape is None else (int(image_shape[0]), int(image_shape[1]))
+        key = (tuple((int(h), int(w)) for h, w in feature_shapes), tuple(int(s) for s in strides), str(device), image)
         if key not in self._cache:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))  # the oldest geometry
-            self._cache[key] = self._generate(key[0], key[1], torch.device(device))
+            self._cache[key] = self._generate(key[0], key[1], torch.device(device), image)
         return self._cache[key]
 
-    def _generate(self, feature_shapes: tuple, strides: tuple, device: torch.device) -> Priors:
+    def _generate(
+        self, feature_shapes: tuple, strides: tuple, device: torch.device, image_shape: tuple[int, int] | None
+    ) -> Priors:
         boxes = [
-            self._level_boxes(level, h, w, stride, device)
+            self._level_boxes(level, h, w, stride, device, image_shape)
             for level, ((h, w), stride) in enumerate(zip(feature_shapes, strides))
         ]
         return Priors(
@@ -53,8 +64,11 @@ class PriorGenerator:
             level_sizes=tuple(len(b) for b in boxes),
         )
 
-    def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device) -> Tensor:
-        """[H * W * A_loc, 4] xyxy boxes of one level."""
+    def _level_boxes(
+        self, level: int, h: int, w: int, stride: int, device: torch.device, image_shape: tuple[int, int] | None
+    ) -> Tensor:
+        """[H * W * A_loc, 4] xyxy boxes of one level of (h, w) cells at the neck's stride, in an input of
+        image_shape (H, W), when the caller gave it."""
         raise NotImplementedError
 
 
@@ -67,46 +81,85 @@ def place(xs: Tensor, ys: Tensor, half_wh: Tensor) -> Tensor:
     return torch.cat([centres - half, centres + half], dim=-1).reshape(-1, 4)
 
 
-class AnchorGenerator(PriorGenerator):
-    """Anchors of one base size per level (RetinaNet: 32..512 for P3..P7), scales x aspect ratios each.
+STRIDE_RULES = ("neck", "input")
 
-    Each level has num_per_location = len(scales) * len(aspect_ratios) anchors per cell, of area
-    (size * scale)^2 and height / width = aspect ratio, ordered ratio-major then scale (as torchvision).
-    offset: the anchor centre within a cell in units of stride (0.0 as torchvision and detectron2; 0.5 for
-            cell centres). Anchors are ordered level-major, then y, x, then anchor index: the order in
-            which the heads flatten their outputs. One Priors object is cached per input geometry and device.
+
+class AnchorGenerator(PriorGenerator):
+    """Anchors of one or more base sizes per level (RetinaNet: 32..512 for P3..P7), scales x aspect ratios each.
+
+    sizes:   per level, a base size or a list of them (torchvision's RetinaNet: [32, 40, 50] on P3, its sizes
+             32 * 2^(i/3) truncated to whole pixels). A level has num_per_location = len(its sizes) *
+             len(scales) * len(aspect_ratios) anchors per cell, of area (size * scale)^2 and height / width =
+             aspect ratio, ordered ratio-major, then size, then scale (as torchvision).
+    offset:  the anchor centre within a cell in units of stride (0.0 as torchvision and detectron2; 0.5 for
+             cell centres).
+    round:   round the zero-centred anchors to whole pixels before placing them, as torchvision does (its
+             RetinaNet and Faster R-CNN); False keeps the exact sizes.
+    stride:  the distance between anchor centres: "neck" (the level's nominal stride, 8 on P3) or "input" (the
+             padded input side // the feature map side per axis, as torchvision computes it; it differs from
+             the nominal stride where a size is not a multiple of it, and then moves the P6/P7 anchors).
+    Anchors are ordered level-major, then y, x, then anchor index: the order in which the heads flatten their
+    outputs. One Priors object is cached per input geometry and device.
     """
 
     def __init__(
         self,
-        sizes: Sequence[float] = (32, 64, 128, 256, 512),
+        sizes: Sequence[float | Sequence[float]] = (32, 64, 128, 256, 512),
         scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         offset: float = 0.0,
+        round: bool = False,
+        stride: str = "neck",
     ) -> None:
-        for key, values in (("sizes", sizes), ("scales", scales), ("aspect_ratios", aspect_ratios)):
+        level_sizes = [tuple(s) if isinstance(s, Sequence) else (s,) for s in sizes]
+        for key, values in (("sizes", [v for level in level_sizes for v in level] if all(level_sizes) else []),
+                            ("scales", scales), ("aspect_ratios", aspect_ratios)):
             if not values or min(values) <= 0:
-                raise ValueError(f"model.priors.{key}={list(values)} must be a non-empty list of positive numbers")
-        self.sizes = tuple(float(s) for s in sizes)
+                raise ValueError(
+                    f"model.priors.{key}={_plain(sizes if key == 'sizes' else values)} must be a non-empty list of "
+                    "positive numbers" + (" (per level, a number or a list of them)" if key == "sizes" else "")
+                )
+        if stride not in STRIDE_RULES:
+            raise ValueError(f"model.priors.stride={stride!r}: use one of {list(STRIDE_RULES)}")
+        self.sizes = tuple(tuple(float(v) for v in level) for level in level_sizes)
         self.scales = tuple(float(s) for s in scales)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.offset = float(offset)
-        self.num_per_location = len(self.scales) * len(self.aspect_ratios)
+        self.round = bool(round)
+        self.stride = stride
+        per_level = {len(level) for level in self.sizes}
+        if len(per_level) != 1:  # the heads predict the same number of anchors on every level
+            raise ValueError(f"model.priors.sizes={_plain(sizes)}: every level needs the same number of sizes")
+        self.num_per_location = per_level.pop() * len(self.scales) * len(self.aspect_ratios)
         self.num_levels, self.levels_key = len(self.sizes), "sizes"
         self._cache = {}
 
-    def cell_anchors(self, size: float, device: torch.device | str = "cpu") -> Tensor:
+    def cell_anchors(self, level: int, device: torch.device | str = "cpu") -> Tensor:
         """[num_per_location, 4] xyxy anchors of one level centred on (0, 0)."""
-        scales = torch.tensor(self.scales, device=device) * size
-        h_ratios = torch.tensor(self.aspect_ratios, device=device).sqrt()
-        ws = (scales[None, :] / h_ratios[:, None]).reshape(-1)
-        hs = (scales[None, :] * h_ratios[:, None]).reshape(-1)
-        return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+        scales = (torch.tensor(self.sizes[level])[:, None] * torch.tensor(self.scales)[None, :]).reshape(-1)
+        h_ratios = torch.tensor(self.aspect_ratios).sqrt()
+        # torchvision's arithmetic (w = (1 / sqrt(r)) * size): the same floats, so that rounding agrees with it
+        ws = ((1 / h_ratios)[:, None] * scales[None, :]).reshape(-1)
+        hs = (h_ratios[:, None] * scales[None, :]).reshape(-1)
+        anchors = torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+        return (anchors.round() if self.round else anchors).to(device)
 
-    def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device) -> Tensor:
-        xs = (torch.arange(w, dtype=torch.float32, device=device) + self.offset) * stride
-        ys = (torch.arange(h, dtype=torch.float32, device=device) + self.offset) * stride
-        return place(xs, ys, self.cell_anchors(self.sizes[level], device)[:, 2:])
+    def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device, image_shape=None) -> Tensor:
+        stride_y = stride_x = stride
+        if self.stride == "input":
+            if image_shape is None:
+                raise ValueError("model.priors.stride=input needs the input's shape: call the generator with image_shape")
+            stride_y, stride_x = image_shape[0] // h, image_shape[1] // w
+        xs = (torch.arange(w, dtype=torch.float32, device=device) + self.offset) * stride_x
+        ys = (torch.arange(h, dtype=torch.float32, device=device) + self.offset) * stride_y
+        cell = self.cell_anchors(level, device)
+        # x1 = centre + (-w / 2): rounding is symmetric (half to even), so centre - half is the same number
+        return place(xs, ys, cell[:, 2:])
+
+
+def _plain(values):
+    """A config value (ListConfig, tuples) as plain lists, for messages."""
+    return [_plain(v) for v in values] if isinstance(values, Sequence) and not isinstance(values, str) else values
 
 
 class DefaultBoxGenerator(PriorGenerator):
@@ -154,7 +207,7 @@ class DefaultBoxGenerator(PriorGenerator):
             sides += [(s_k * a**0.5, s_k / a**0.5), (s_k / a**0.5, s_k * a**0.5)]
         return torch.tensor(sides, dtype=torch.float32, device=device) * self.image_size
 
-    def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device) -> Tensor:
+    def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device, image_shape=None) -> Tensor:
         xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) * (self.image_size / w)
         ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) * (self.image_size / h)
         return place(xs, ys, self.box_sizes(level, device) / 2)
@@ -192,7 +245,7 @@ class YoloAnchorGenerator(PriorGenerator):
         self.num_levels, self.levels_key = len(self.anchors), "anchors"
         self._cache = {}
 
-    def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device) -> Tensor:
+    def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device, image_shape=None) -> Tensor:
         xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) * stride
         ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) * stride
         return place(xs, ys, torch.tensor(self.anchors[level], dtype=torch.float32, device=device) / 2)

@@ -119,7 +119,9 @@ class FasterRCNN(nn.Module):
                 "or model.eval() for inference"
             )
         levels = self.neck(self.backbone(images))
-        anchors = self.priors([tuple(x.shape[-2:]) for x in levels], self.neck.strides, images.device)
+        anchors = self.priors(
+            [tuple(x.shape[-2:]) for x in levels], self.neck.strides, images.device, images.shape[-2:]
+        )
         rpn = self.rpn_head(levels)
         if rpn.box_reg.shape[1] != len(anchors):  # would otherwise surface later as a shape error in the loss
             raise ValueError(

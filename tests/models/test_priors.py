@@ -65,3 +65,36 @@ def test_wrong_number_of_sizes_names_the_key():
         AnchorGenerator(sizes=(32,))([(4, 4)], [8, 16], torch.device("cpu"))
     with pytest.raises(ValueError, match="model.priors.aspect_ratios"):
         AnchorGenerator(aspect_ratios=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("image_shape", [(800, 1216), (384, 512), (96, 160)])
+def test_torchvision_rule_gives_torchvision_retinanet_anchors_exactly(image_shape):
+    """round=True, stride="input" and torchvision's truncated per-level sizes are its RetinaNet's anchors, bit for
+    bit, also where the input side is not a multiple of a level's stride (P6, P7 at 800 x 1216)."""
+    tv_sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
+    tv = TVAnchorGenerator(tv_sizes, (RATIOS,) * 5)
+    ours = AnchorGenerator(sizes=tv_sizes, scales=(1.0,), aspect_ratios=RATIOS, round=True, stride="input")
+    h, w = image_shape
+    shapes = [(math.ceil(h / s), math.ceil(w / s)) for s in (8, 16, 32, 64, 128)]  # ResNet's ceil halving
+    expected = tv(ImageList(torch.zeros(1, 3, h, w), [image_shape]), [torch.zeros(1, 1, *s) for s in shapes])[0]
+    priors = ours(shapes, [8, 16, 32, 64, 128], "cpu", image_shape)
+    assert torch.equal(priors.boxes, expected)
+    # the nominal strides place the same anchors elsewhere wherever h // H_l differs from the stride
+    nominal = AnchorGenerator(sizes=tv_sizes, scales=(1.0,), aspect_ratios=RATIOS, round=True)(
+        shapes, [8, 16, 32, 64, 128], "cpu"
+    )
+    differs = any(h // sh != s or w // sw != s for (sh, sw), s in zip(shapes, (8, 16, 32, 64, 128)))
+    assert torch.equal(nominal.boxes, expected) != differs
+
+
+def test_per_level_size_lists_and_bad_rules_are_named():
+    gen = AnchorGenerator(sizes=[[16, 20], [32, 40]], scales=(1.0,), aspect_ratios=(1.0,))
+    assert gen.num_per_location == 2
+    sides = gen([(1, 1), (1, 1)], [8, 16], "cpu").boxes[:, 2] * 2
+    assert sides.tolist() == [16, 20, 32, 40]
+    with pytest.raises(ValueError, match="model.priors.stride='pixel'"):
+        AnchorGenerator(stride="pixel")
+    with pytest.raises(ValueError, match="same number of sizes"):
+        AnchorGenerator(sizes=[[16, 20], [32]])
+    with pytest.raises(ValueError, match="image_shape"):
+        AnchorGenerator(sizes=(16,), stride="input")([(2, 2)], [8], "cpu")
