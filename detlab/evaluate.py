@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from detlab.evaluation.backends import BACKENDS
 from detlab.evaluation.coco_evaluator import evaluate_results_file, format_table
+from detlab.inference import checkpoint_of
 from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import checkpoint_speed, format_speed
 from detlab.train import user_error
@@ -42,14 +43,6 @@ def evaluate_checkpoint(checkpoint: Path, overrides: list[str], backend: str | N
     trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
     trainer.validate(module, datamodule=datamodule, verbose=False)
     return module.last_eval
-
-
-def _checkpoint_of(path: Path) -> Path:
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (give a run directory or a .ckpt file)")
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,12 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            result = evaluate_checkpoint(_checkpoint_of(args.path), args.overrides, args.backend)
+            result = evaluate_checkpoint(checkpoint_of(args.path), args.overrides, args.backend)
         elif args.command == "speed":
             protocol = {"batch_size": args.batch_size, "warmup": args.warmup, "repeats": args.repeats}
             if args.precision:
                 protocol["precision"] = args.precision
-            result = checkpoint_speed(_checkpoint_of(args.path), args.overrides, args.image, args.device, **protocol)
+            result = checkpoint_speed(checkpoint_of(args.path), args.overrides, args.image, args.device, **protocol)
         else:
             result = evaluate_results_file(str(args.ann), str(args.results), backend=args.backend)
     except Exception as err:

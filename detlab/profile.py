@@ -19,7 +19,6 @@ DataLoader with workers overlaps it with the model in training.
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -28,15 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from detlab.data.coco import read_rgb
-from detlab.data.collate import collate
-from detlab.data.transforms import DetectionTransform
-from detlab.structures import Batch
+from detlab.inference import Predictor
 
 # Lightning's precision names (and their short aliases) -> the autocast dtype (None: plain float32).
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -117,11 +112,9 @@ def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
 
 
 def measure_speed(
-    module: nn.Module,
-    image_size: int,
+    predictor: Predictor,
     *,
     image: np.ndarray | None = None,
-    size_divisor: int = 32,
     device: torch.device | str | None = None,
     precision: str | int = "32-true",
     batch_size: int = 8,
@@ -130,13 +123,11 @@ def measure_speed(
 ) -> dict[str, Any]:
     """Speed of a built detector under the protocol above, as a plain dict for results.json ("speed").
 
-    module:       has `.model` (images [B, 3, H, W] -> (outputs, priors)) and `.postprocess`
-                  ((outputs, priors, batch) -> detections): a DetectionModule.
-    image_size:   the side of the letterboxed input (data.image_size).
+    predictor:    the inference object (detlab.inference.Predictor): the run's eval transform, model and
+                  post-processing, so that a preset is timed with its own resize and normalisation.
     image:        a real RGB uint8 image [H, W, 3] to pre-process (e.g. the first val image); None = a
                   synthetic image_size x image_size one.
-    size_divisor: the collate's padding multiple (data.size_divisor).
-    device:       where to run; None = where the model's parameters are. The module is moved there.
+    device:       where to run; None = where the model's parameters are. The model is moved there.
     precision:    a Lightning precision name: 32-true, 16-mixed or bf16-mixed (autocast).
 
     Returns {"ms_per_img", "img_per_s", "latency_ms" (batch 1) and "batch_ms" (at batch_size), each
@@ -145,23 +136,24 @@ def measure_speed(
     """
     _check_protocol(batch_size, warmup, repeats)
     autocast_dtype = _autocast_dtype(precision)
-    device = torch.device(device) if device is not None else next(module.model.parameters()).device
-    module.to(device)
+    model = predictor.model
+    device = torch.device(device) if device is not None else predictor.device
+    model.to(device)
+    image_size = predictor.transform.image_size
     if image is None:
         image = np.random.default_rng(0).integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
-    transform = DetectionTransform(image_size)
     sync = synchronizer(device)
+    stages = [("preprocess", predictor.preprocess), ("model", predictor.forward), ("postprocess", predictor.detect)]
 
-    was_training = module.training
-    module.eval()
+    was_training = model.training
+    model.eval()
     try:
         autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
         with torch.inference_mode(), autocast:
-            stages = _stages(module, transform, size_divisor, device)
             latency = time_stages(stages, [image], warmup, repeats, sync)
             batched = time_stages(stages, [image] * batch_size, warmup, repeats, sync)
     finally:
-        module.train(was_training)
+        model.train(was_training)
 
     latency_ms, batch_ms = _per_stage_ms(latency), _per_stage_ms(batched)
     return {
@@ -173,7 +165,7 @@ def measure_speed(
         "warmup": warmup,
         "repeats": repeats,
         "precision": str(precision),
-        **complexity(module.model, image_size),
+        **complexity(model, image_size),
         **environment(device),
     }
 
@@ -207,34 +199,18 @@ def checkpoint_speed(
     **protocol: Any,
 ) -> dict[str, Any]:
     """`measure_speed` of a trained run, for `detlab-eval speed`: the detector is rebuilt from the config saved
-    in the checkpoint (plus dotlist overrides such as data.image_size=512) and its weights loaded.
-
-    Only the model and the post-processing are built: neither the dataset nor its annotation file has to
-    exist on the machine that measures. image: an image file to pre-process (None = synthetic).
-    device: auto (CUDA when there is one), cpu, cuda, cuda:1, ... protocol: measure_speed's keywords
-    (batch_size, warmup, repeats, precision; precision defaults to the run's trainer.precision).
+    in the checkpoint (plus dotlist overrides such as data.image_size=512) and its weights loaded
+    (Predictor.from_checkpoint). Neither the dataset nor its annotation file has to exist on the machine that
+    measures. image: an image file to pre-process (None = synthetic). device: auto (CUDA when there is one),
+    cpu, cuda, cuda:1, ... protocol: measure_speed's keywords (batch_size, warmup, repeats, precision;
+    precision defaults to the run's trainer.precision).
     """
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"no checkpoint at {checkpoint}")
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hparams = saved["hyper_parameters"]
-    cfg = OmegaConf.merge(OmegaConf.create(hparams["cfg"]), OmegaConf.from_dotlist(list(overrides)))
-    parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=hparams["num_classes"])
-    weights = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")}
-    parts.model.load_state_dict(weights)
-    detector = nn.Module()
-    detector.model, detector.postprocess = parts.model, parts.postprocess
+    predictor, cfg = Predictor.from_checkpoint(checkpoint, overrides)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     protocol.setdefault("precision", cfg.trainer.get("precision", "32-true"))
     return measure_speed(
-        detector,
-        cfg.data.image_size,
-        image=_read_image(Path(image)) if image is not None else None,
-        size_divisor=cfg.data.get("size_divisor", 32),
-        device=device,
-        **protocol,
+        predictor, image=_read_image(Path(image)) if image is not None else None, device=device, **protocol
     )
 
 
@@ -248,27 +224,6 @@ def format_speed(speed: dict[str, Any]) -> str:
         f"       {speed['input_size']} px, {speed['precision']}, {speed['device']}, torch {speed['torch']}, "
         f"CUDA {speed['cuda']}, median of {speed['repeats']} after {speed['warmup']} warm-up"
     )
-
-
-def _stages(module: nn.Module, transform: DetectionTransform, size_divisor: int, device: torch.device):
-    """The three stages as pipeline functions: images -> Batch on device -> (batch, outputs, priors) -> detections."""
-    no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
-
-    def preprocess(images: list[np.ndarray]) -> Batch:
-        # albumentations transforms one image at a time, as the dataset does per item
-        samples = [transform(img, no_boxes, no_labels, image_id=i) for i, img in enumerate(images)]
-        batch = collate(samples, size_divisor=size_divisor)
-        fields = dataclasses.fields(batch)
-        return Batch(**{f.name: getattr(batch, f.name).to(device, non_blocking=True) for f in fields})
-
-    def model(batch: Batch):
-        return (batch, *module.model(batch.images))
-
-    def postprocess(state):
-        batch, outputs, priors = state
-        return module.postprocess(outputs, priors, batch)
-
-    return [("preprocess", preprocess), ("model", model), ("postprocess", postprocess)]
 
 
 def _per_stage_ms(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:

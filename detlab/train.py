@@ -23,8 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from detlab.config import CONF_DIR, validate
+from detlab.data.datamodule import eval_transform
 from detlab.ema import EMA
 from detlab.evaluation.coco_evaluator import format_table
+from detlab.inference import Predictor
 from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import complexity, format_complexity, format_speed, measure_speed, speed_summary
 from detlab.pruning import MedianStopping
@@ -93,11 +95,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _speed(cfg: DictConfig, module: DetectionModule, datamodule, device) -> dict[str, Any]:
     """The speed protocol (detlab.profile) on the trained detector, pre-processing the first val image."""
+    predictor = Predictor(
+        eval_transform(cfg.data), module.model, module.postprocess, cfg.data.size_divisor,
+        datamodule.category_ids, datamodule.class_names,
+    )
     return measure_speed(
-        module,
-        cfg.data.image_size,
+        predictor,
         image=datamodule.datasets["val"].load_image(0),
-        size_divisor=cfg.data.get("size_divisor", 32),
         device=device,
         precision=cfg.speed.precision or cfg.trainer.precision,
         batch_size=cfg.speed.batch_size,

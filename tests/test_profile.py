@@ -13,6 +13,8 @@ from torch import nn
 
 from detlab import profile
 from detlab.config import compose_train
+from detlab.data.transforms import DetectionTransform
+from detlab.inference import Predictor
 from detlab.profile import complexity, measure_speed, speed_summary, synchronizer, time_stages
 
 
@@ -44,7 +46,7 @@ class SleepyModel(nn.Module):
         self.seconds, self.first_seconds, self.slow_calls = seconds, first_seconds, slow_calls
         self.calls = 0
 
-    def forward(self, images):
+    def forward(self, images, targets=None):
         self.calls += 1
         time.sleep(self.first_seconds if self.calls <= self.slow_calls else self.seconds)
         return images.mean() * self.weight, None
@@ -60,15 +62,14 @@ class SleepyPostprocess(nn.Module):
         return [None] * len(batch)
 
 
-class Detector(nn.Module):
-    def __init__(self, model: nn.Module, postprocess: nn.Module) -> None:
-        super().__init__()
-        self.model, self.postprocess = model, postprocess
+def Detector(model: nn.Module, postprocess: nn.Module, size: int = 32) -> Predictor:
+    """The inference object the protocol times, around a model and post-processing whose times are known."""
+    return Predictor(DetectionTransform(size), model, postprocess, 32, [1], ["thing"])
 
 
 def test_median_is_the_sleep_of_each_stage():
     detector = Detector(SleepyModel(0.030), SleepyPostprocess(0.010))
-    speed = measure_speed(detector, 32, batch_size=2, warmup=1, repeats=5, device="cpu")
+    speed = measure_speed(detector, batch_size=2, warmup=1, repeats=5, device="cpu")
     lat = speed["latency_ms"]
     # sleep() never returns early; the upper margins absorb a loaded 2-core machine
     assert 30 <= lat["model"]["median"] < 60
@@ -84,7 +85,7 @@ def test_median_is_the_sleep_of_each_stage():
 def test_warmup_iterations_are_not_timed():
     # 3 slow first calls: cold caches, cuDNN autotuning. Two passes (batch 1, batch B), each with 3 warm-up.
     model = SleepyModel(0.005, first_seconds=0.300, slow_calls=3)
-    speed = measure_speed(Detector(model, SleepyPostprocess(0.0)), 32, batch_size=1, warmup=3, repeats=4, device="cpu")
+    speed = measure_speed(Detector(model, SleepyPostprocess(0.0)), batch_size=1, warmup=3, repeats=4, device="cpu")
     assert model.calls == 2 * (3 + 4) + 1  # + the FLOP count's forward
     assert speed["latency_ms"]["model"]["p90"] < 150  # a slow call in the statistics would put p90 near 300
     assert speed["warmup"] == 3 and speed["repeats"] == 4
@@ -93,7 +94,7 @@ def test_warmup_iterations_are_not_timed():
 def test_warmup_zero_times_the_slow_calls():
     """The same model without warm-up: the slow calls show (so the previous test can fail)."""
     model = SleepyModel(0.005, first_seconds=0.300, slow_calls=3)
-    speed = measure_speed(Detector(model, SleepyPostprocess(0.0)), 32, batch_size=1, warmup=0, repeats=4, device="cpu")
+    speed = measure_speed(Detector(model, SleepyPostprocess(0.0)), batch_size=1, warmup=0, repeats=4, device="cpu")
     assert speed["latency_ms"]["model"]["p90"] >= 300
 
 
@@ -142,7 +143,7 @@ def test_measure_speed_synchronises_the_cuda_device_it_runs_on(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
     cpu_autocast = torch.autocast
     monkeypatch.setattr(torch, "autocast", lambda *a, **k: cpu_autocast("cpu", enabled=False))
-    speed = measure_speed(Detector(SleepyModel(0.0), SleepyPostprocess(0.0)), 32, device="cuda", warmup=2, repeats=3)
+    speed = measure_speed(Detector(SleepyModel(0.0), SleepyPostprocess(0.0)), device="cuda", warmup=2, repeats=3)
     assert calls and set(calls) == {torch.device("cuda")}
     assert len(calls) == 2 * 3 * 2 * (2 + 3)  # 2 per stage, 3 stages, 2 passes (batch 1 and batch B)
     assert speed["device"] == "Fake GPU"
@@ -151,10 +152,11 @@ def test_measure_speed_synchronises_the_cuda_device_it_runs_on(monkeypatch):
 def test_record_of_a_real_tiny_detector():
     cfg = compose_train(["model.neck.out_channels=16", "model.head.width=16", "model.head.depth=1"])
     parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
-    detector = Detector(parts.model, parts.postprocess).train()
+    parts.model.train()
+    detector = Detector(parts.model, parts.postprocess, size=64)
     image = np.random.default_rng(1).integers(0, 256, (48, 80, 3), dtype=np.uint8)
-    speed = measure_speed(detector, 64, image=image, batch_size=2, warmup=1, repeats=2)
-    assert detector.training  # put back as it was
+    speed = measure_speed(detector, image=image, batch_size=2, warmup=1, repeats=2)
+    assert parts.model.training  # put back as it was
     assert speed["input_size"] == 64 and speed["batch_size"] == 2 and speed["precision"] == "32-true"
     assert speed["params"] == sum(p.numel() for p in parts.model.parameters()) and speed["gflops"] > 0
     assert speed["torch"] == torch.__version__ and speed["device"].startswith("cpu")
@@ -170,7 +172,7 @@ def test_record_of_a_real_tiny_detector():
 )
 def test_bad_protocol_names_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
-        measure_speed(Detector(SleepyModel(0.0), SleepyPostprocess(0.0)), 32, **kwargs)
+        measure_speed(Detector(SleepyModel(0.0), SleepyPostprocess(0.0)), **kwargs)
 
 
 def test_checkpoint_speed_rebuilds_the_trained_model(tmp_path, monkeypatch):
@@ -181,15 +183,15 @@ def test_checkpoint_speed_rebuilds_the_trained_model(tmp_path, monkeypatch):
     state = {f"model.{k}": v + 1.0 if v.is_floating_point() else v for k, v in trained.state_dict().items()}
     checkpoint = tmp_path / "last.ckpt"
     saved_cfg = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "data", "trainer")}
-    hparams = {"cfg": saved_cfg, "num_classes": 3}
+    hparams = {"cfg": saved_cfg, "num_classes": 3, "category_ids": [1, 2, 3], "class_names": ["a", "b", "c"]}
     torch.save({"hyper_parameters": hparams, "state_dict": state}, checkpoint)
 
     seen = {}
-    monkeypatch.setattr(profile, "measure_speed", lambda det, size, **kw: seen.update(detector=det, size=size, **kw))
+    monkeypatch.setattr(profile, "measure_speed", lambda det, **kw: seen.update(detector=det, **kw))
     profile.checkpoint_speed(checkpoint, ["data.image_size=96"], device="cpu", repeats=3)
     loaded = seen["detector"].model.state_dict()
     assert all(torch.equal(loaded[k.removeprefix("model.")], v) for k, v in state.items())
-    assert seen["size"] == 96 and seen["precision"] == "bf16-mixed" and seen["repeats"] == 3
+    assert seen["detector"].transform.image_size == 96 and seen["precision"] == "bf16-mixed" and seen["repeats"] == 3
     assert callable(seen["detector"].postprocess)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         profile.checkpoint_speed(tmp_path / "missing.ckpt")

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -122,6 +123,7 @@ class CocoDetection(Dataset):
         img_dir: str | Path,
         transform: Callable[..., Sample],
         on_invalid: str = "error",
+        category_ids: Sequence[int] | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
         if on_invalid not in ON_INVALID:
@@ -135,8 +137,8 @@ class CocoDetection(Dataset):
         self.eval_ann_file = self.ann_file if not self.problems else _write_clean_copy(data, cache_dir)
 
         coco = _index(data)
-        self.category_ids = sorted(checked.categories)
-        self.class_names = [checked.categories[c] for c in self.category_ids]
+        self.category_ids = sorted(checked.categories) if category_ids is None else list(category_ids)
+        self.class_names = _label_space_names(checked.categories, self.category_ids, self.ann_file)
         label_of = {cat_id: label for label, cat_id in enumerate(self.category_ids)}
         self.image_ids = sorted(coco.getImgIds())
         self._images = [coco.imgs[i] for i in self.image_ids]
@@ -185,6 +187,20 @@ class CocoDetection(Dataset):
                 f"'width'={record['width']}, 'height'={record['height']}; the boxes are in the record's size"
             )
         return rgb
+
+
+def _label_space_names(categories: dict[int, str], category_ids: list[int], ann_file: str) -> list[str]:
+    """Class names of a label space (label k = category_ids[k]): the file's names, "unused_<id>" for an id that
+    the file does not have (torchvision's 91-way COCO labels keep a place for ids COCO never used)."""
+    if len(set(category_ids)) != len(category_ids):
+        raise ValueError(f"data.category_ids={category_ids} repeats an id")
+    outside = sorted(set(categories) - set(category_ids))
+    if outside:
+        raise ValueError(
+            f"{ann_file}: categories {outside} (field 'categories') are not in data.category_ids={category_ids}: "
+            "the model would have no output for them; add them, or set data.category_ids=null"
+        )
+    return [categories.get(c, f"unused_{c}") for c in category_ids]
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from detlab.data.coco import MAX_LISTED, CocoDetection, CocoFiles, problem_report
 from detlab.data.collate import collate
-from detlab.data.transforms import DetectionTransform
+from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,13 @@ class DetectionDataModule(pl.LightningDataModule):
 
     train, val:   {"ann_file": ..., "img_dir": ...} per split; or
     source:       a SplitSource that writes them (then train/val are not given).
-    image_size:   side of the square letterboxed input.
+    image_size:   side of the square letterboxed input (resize=letterbox, stretch) or the shorter side
+                  (resize=keep_ratio).
+    resize, max_size, mean, std: the input's resize policy and normalisation (DetectionTransform's), the same
+                  for both splits.
+    category_ids: the label space, label k = category_ids[k]; None: the train file's categories in id order.
+                  A torchvision preset gives its 91-way COCO labels (label = COCO category id), with ids that no
+                  file has; every category of the files must be in it.
     augment:      DetectionTransform's augmentation arguments for the train split (hflip, scale_range,
                   color_jitter, photometric, expand_ratio, min_iou_crop, min_visibility, min_box_size); val
                   uses none of them but min_box_size.
@@ -67,6 +73,11 @@ class DetectionDataModule(pl.LightningDataModule):
         size_divisor: int = 32,
         augment: Mapping[str, Any] | None = None,
         on_invalid: str = "error",
+        resize: str = "letterbox",
+        max_size: int | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        category_ids: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         _check_loader_args(batch_size, num_workers, size_divisor)
@@ -78,13 +89,15 @@ class DetectionDataModule(pl.LightningDataModule):
             _stop_on_source_problems(files)
         self.files = files
         augment = dict(augment or {})
+        geometry = {"resize": resize, "max_size": max_size, "mean": tuple(mean), "std": tuple(std)}
         # Seeded from torch so that seed_everything makes single-process (num_workers=0) runs repeatable.
         transforms = {
-            "train": _transform(image_size, augment, seed=torch.initial_seed() % 2**32),
-            "val": _transform(image_size, {k: v for k, v in augment.items() if k == "min_box_size"}),
+            "train": _transform(image_size, {**augment, **geometry}, seed=torch.initial_seed() % 2**32),
+            "val": _transform(image_size, {**{k: v for k, v in augment.items() if k == "min_box_size"}, **geometry}),
         }
+        labels = None if category_ids is None else [int(c) for c in category_ids]
         self.datasets = {
-            split: CocoDetection(files[split].ann_file, files[split].img_dir, transforms[split], on_invalid)
+            split: CocoDetection(files[split].ann_file, files[split].img_dir, transforms[split], on_invalid, labels)
             for split in SPLITS
         }
         _check_splits(self.datasets)
@@ -202,6 +215,15 @@ def _given_files(train: Mapping | None, val: Mapping | None) -> dict[str, CocoFi
             raise FileNotFoundError(f"data.{split}.img_dir={img_dir}: no such folder")
         files[split] = CocoFiles(ann_file=str(ann_file), img_dir=str(img_dir))
     return files
+
+
+def eval_transform(data: Mapping[str, Any]) -> DetectionTransform:
+    """The val split's transform of a data config (data.image_size, resize, max_size, mean, std): what
+    evaluation, prediction and the speed protocol pre-process an image with."""
+    keys = ("resize", "max_size", "mean", "std")
+    geometry = {k: (tuple(data[k]) if k in ("mean", "std") else data[k]) for k in keys if data.get(k) is not None}
+    min_box = {"min_box_size": data["augment"]["min_box_size"]} if "min_box_size" in data.get("augment", {}) else {}
+    return _transform(data["image_size"], {**min_box, **geometry})
 
 
 def _transform(image_size: int, augment: dict[str, Any], seed: int | None = None) -> DetectionTransform:

@@ -10,7 +10,9 @@ them across DDP ranks once in `compute()`, and scores them with COCOeval. The ru
 - A DistributedSampler pads the last batches by repeating images; an image id seen more than once (on any
   ranks, or twice on one) keeps the detections of its first copy only (rank order, then update order).
 - Only the evaluator's categories are scored (``params.catIds = category_ids``), so a model trained on a
-  subset of the file's classes is not charged for the others.
+  subset of the file's classes is not charged for the others. A label space may also be wider than the file
+  (torchvision's 91-way COCO labels keep places for ids COCO never used): labels whose category the file does
+  not have cannot match anything, are not scored and have no per-class AP.
 - Per-class AP is the mean of COCO's precision array at IoU 0.50:0.95, area all, maxDets 100. Classes with
   no ground truth in the scored images have no AP (COCO marks them -1) and are left out of ``per_class_AP``,
   so the dict holds only real numbers (it is written to JSON and W&B tables); the mean of its values is AP.
@@ -126,7 +128,8 @@ class CocoEvaluator:
         seen, results = _gather_and_deduplicate(self._local_state())
         if seen.size == 0:
             raise RuntimeError("CocoEvaluator.compute() before any update(): there are no images to score")
-        names = dict(zip(self.category_ids, self.class_names))
+        file_ids = {int(c["id"]) for c in self._gt.dataset["categories"]}
+        names = {c: n for c, n in zip(self.category_ids, self.class_names) if c in file_ids}
         return _score(self._gt, results, seen, names, self.backend)
 
     def _local_state(self) -> tuple[np.ndarray, BoxResults, np.ndarray]:
@@ -171,12 +174,13 @@ def _score(coco_gt: Any, results: BoxResults, img_ids: np.ndarray, names: dict[i
 
 def _class_names(coco_gt: Any, ann_file: str, category_ids: list[int], class_names: Sequence[str] | None) -> list[str]:
     file_names = {int(c["id"]): str(c["name"]) for c in coco_gt.dataset["categories"]}
-    unknown = [c for c in category_ids if c not in file_names]
-    if unknown:
-        raise ValueError(f"category ids {unknown} are not categories of {ann_file} (it has {sorted(file_names)})")
+    if not set(category_ids) & set(file_names):
+        raise ValueError(f"category ids {category_ids} are not categories of {ann_file} (it has {sorted(file_names)})")
     if len(set(category_ids)) != len(category_ids):
         raise ValueError(f"category_ids {category_ids} repeat an id")
-    names = [file_names[c] for c in category_ids] if class_names is None else [str(n) for n in class_names]
+    names = [file_names.get(c, f"unused_{c}") for c in category_ids] if class_names is None else [
+        str(n) for n in class_names
+    ]
     if len(names) != len(category_ids):
         raise ValueError(f"{len(names)} class_names for {len(category_ids)} category_ids")
     if len(set(names)) != len(names):

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from detlab.models.detector import Detector
+from detlab.models.torchvision_weights import load_weights
 from detlab.models.two_stage import FasterRCNN
 
 
@@ -37,10 +38,13 @@ def dense_detector(
     postprocess: DictConfig,
     cls_loss: DictConfig,
     num_classes: int,
+    weights: str | None = None,
 ) -> DetectorParts:
     """A one-stage dense detector (RetinaNet, SSD, YOLO): backbone -> neck -> head over priors.
 
     criterion is the loss that combines the classification loss (the `loss` config group) with box_loss.
+    weights: a file to load into the model, strictly (detlab.models.torchvision_weights.load_weights): a
+    torchvision detection state dict for the matching preset, or a detlab checkpoint or weights file.
 
     The classification loss decides the number of logits (K for sigmoid losses, K + 1 for softmax ones).
     """
@@ -61,7 +65,7 @@ def dense_detector(
         background_first=softmax,
     )
     return DetectorParts(
-        model=Detector(backbone_net, neck_net, head_net, prior_gen),
+        model=load_weights(Detector(backbone_net, neck_net, head_net, prior_gen), weights),
         assigner=instantiate(assigner),
         criterion=instantiate(criterion, cls_loss=classification, box_loss=instantiate(box_loss), box_coder=coder),
         postprocess=instantiate(postprocess, box_coder=coder, softmax=softmax),
@@ -78,6 +82,7 @@ def two_stage_detector(
     postprocess: DictConfig,
     cls_loss: DictConfig,
     num_classes: int,
+    weights: str | None = None,
 ) -> DetectorParts:
     """Faster R-CNN with FPN: backbone -> neck -> RPN over the anchors (priors) -> proposals -> RoI box head.
 
@@ -86,6 +91,7 @@ def two_stage_detector(
     roi: sampler (RoIs drawn from the proposals in training), head, box_coder and box_loss of the second stage.
     criterion combines the four terms; the RoI head's classification loss is cls_loss (the `loss` config group),
     which decides its outputs (K sigmoid or K + 1 softmax) and so its bias init and decoding.
+    weights: a file to load into the model, strictly, as dense_detector's.
     """
     classification = instantiate(cls_loss)
     rpn_coder, roi_coder = instantiate(rpn.box_coder), instantiate(roi.box_coder)
@@ -120,7 +126,7 @@ def two_stage_detector(
         box_coder=roi_coder,
     )
     return DetectorParts(
-        model=model,
+        model=load_weights(model, weights),
         assigner=instantiate(rpn.assigner),
         criterion=loss,
         postprocess=instantiate(postprocess, box_coder=roi_coder, softmax=softmax),

@@ -86,6 +86,22 @@ def test_labels_follow_sorted_category_ids_crowd_is_excluded_empty_images_kept(d
     assert dataset.eval_ann_file == str(data_coco / "annotations.json") and dataset.problems == []
 
 
+def test_an_explicit_label_space_maps_category_ids_to_its_positions(data_coco):
+    """data.category_ids (torchvision's 91-way COCO labels: label = category id) keeps places for ids the file
+    lacks; a category of the file that the label space lacks stops with both named."""
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough, category_ids=list(range(12)))
+    assert dataset.category_ids == list(range(12))
+    assert dataset.class_names[3] == "ant" and dataset.class_names[7] == "bee" and dataset.class_names[0] == "unused_0"
+    reference = COCO(str(data_coco / "annotations.json"))
+    for index, image_id in enumerate(dataset.image_ids):
+        anns = [a for a in reference.loadAnns(reference.getAnnIds(imgIds=image_id)) if not a["iscrowd"]]
+        assert dataset[index].labels.tolist() == [a["category_id"] for a in anns]
+    with pytest.raises(ValueError, match=r"annotations.json: categories \[11\] .* not in data.category_ids=\[3, 7\]"):
+        CocoDetection(data_coco / "annotations.json", data_coco, passthrough, category_ids=[3, 7])
+    with pytest.raises(ValueError, match=r"data.category_ids=\[3, 3, 7, 11\] repeats an id"):
+        CocoDetection(data_coco / "annotations.json", data_coco, passthrough, category_ids=[3, 3, 7, 11])
+
+
 def test_grayscale_palette_and_rgba_images_become_rgb(data_coco):
     dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough)
     expected = {42: (10, 20, 30), 7: (77, 77, 77), 1001: (200, 100, 50), 5: (40, 50, 60)}

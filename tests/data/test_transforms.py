@@ -106,3 +106,46 @@ def test_augmentation_never_returns_a_degenerate_box():
 def test_bad_arguments_name_their_key(args, key):
     with pytest.raises(ValueError, match=key):
         DetectionTransform(64, **args)
+
+
+@pytest.mark.parametrize(("resize", "extra"), [("keep_ratio", {"max_size": 100}), ("stretch", {})])
+@pytest.mark.parametrize("seed", range(3))
+def test_torchvision_resize_policies_give_torchvisions_pixels_and_boxes(resize, extra, seed):
+    """keep_ratio and stretch are torchvision's GeneralizedRCNNTransform (normalise, bilinear resize, box scaling)
+    to the float, on odd sizes of both orientations; the meta maps the boxes back to the original."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(20, 160, 2))
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    xy = rng.uniform(0, [w - 10, h - 10], (4, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 10, (4, 2))], axis=1).astype(np.float32)
+    mean, std = (0.48, 0.46, 0.41), (0.2, 0.3, 0.25)
+    fixed = {"fixed_size": (64, 64)} if resize == "stretch" else {}
+    reference = GeneralizedRCNNTransform(64, extra.get("max_size", 64), list(mean), list(std), size_divisible=1, **fixed)
+    reference.eval()
+    images, targets = reference([torch.from_numpy(image).permute(2, 0, 1).float().div(255)],
+                                [{"boxes": torch.from_numpy(boxes), "labels": torch.arange(4)}])
+    transform = DetectionTransform(64, min_box_size=1e-3, resize=resize, mean=mean, std=std, **extra)
+    sample = transform(image, boxes, np.arange(4), 5)
+    h_in, w_in = images.image_sizes[0]
+    assert sample.size == (h_in, w_in) and sample.image.shape == (3, h_in, w_in)
+    assert torch.equal(sample.image, images.tensors[0, :, :h_in, :w_in])
+    assert torch.equal(sample.boxes, targets[0]["boxes"])
+    back = boxes_to_original(sample.boxes[None], torch.tensor([sample.scale]), torch.tensor([sample.offset]))[0]
+    torch.testing.assert_close(back, torch.from_numpy(boxes), atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        ({"resize": "crop"}, "data.resize='crop'"),
+        ({"resize": "keep_ratio"}, "data.resize=keep_ratio needs data.max_size"),
+        ({"resize": "stretch", "scale_range": (0.5, 1.5)}, "data.augment.scale_range=.*letterbox only"),
+        ({"std": (0.2, 0.0, 0.2)}, "data.std"),
+        ({"mean": (0.5, 0.5)}, "data.mean"),
+    ],
+)
+def test_bad_resize_settings_name_their_key(args, key):
+    with pytest.raises(ValueError, match=key):
+        DetectionTransform(64, **args)

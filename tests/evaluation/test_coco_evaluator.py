@@ -307,11 +307,30 @@ def test_bad_results_file_names_the_file(ann_file, tmp_path, content, message):
     assert str(results_file) in str(err.value) and message in str(err.value)
 
 
+def test_wider_label_space_scores_the_files_categories_only(ann_file):
+    """torchvision's 91-way labels keep places for ids the file lacks: labels of such ids are not scored, the
+    others score exactly as pycocotools does on the file's own categories."""
+    rows = random_rows()
+    reference = reference_eval(ann_file, rows)
+    wide_ids = [0, *CATEGORY_IDS, 99]  # label k + 1 is CATEGORY_IDS[k]; labels 0 and 5 have no category
+    evaluator = CocoEvaluator(ann_file, wide_ids)
+    assert evaluator.class_names == ["unused_0", "cat", "dog", "bird", "fish", "unused_99"]
+    detections = detections_from_xywh(rows, IMAGE_IDS)
+    for d in detections:  # shift to the wide space and add confident boxes of the two unused labels
+        d.labels = torch.cat([d.labels + 1, torch.tensor([0, 5])])
+        d.boxes = torch.cat([d.boxes, torch.tensor([[0.0, 0.0, 50.0, 50.0]] * 2)])
+        d.scores = torch.cat([d.scores, torch.tensor([0.99, 0.99])])
+    evaluator.update(detections, torch.tensor(IMAGE_IDS))
+    result = evaluator.compute()
+    assert result["metrics"] == pytest.approx(metric_dict(reference.stats), abs=TOL)
+    assert set(result["per_class_AP"]) == {"cat", "dog", "bird"}
+
+
 def test_bad_inputs_are_named(ann_file, tmp_path):
     with pytest.raises(ValueError, match="faster_coco_eval.*pycocotools"):
         CocoEvaluator(ann_file, CATEGORY_IDS, backend="detectron2")
-    with pytest.raises(ValueError, match=r"category ids \[2\] are not categories of .*instances_val.json"):
-        CocoEvaluator(ann_file, [1, 2])
+    with pytest.raises(ValueError, match=r"category ids \[2, 3\] are not categories of .*instances_val.json"):
+        CocoEvaluator(ann_file, [2, 3])
     with pytest.raises(ValueError, match="2 class_names for 4 category_ids"):
         CocoEvaluator(ann_file, CATEGORY_IDS, class_names=["a", "b"])
     bad_ann = tmp_path / "not_coco.json"

@@ -1,0 +1,125 @@
+"""One object for inference: the eval transform, the model and the post-processing, with the label space.
+
+`Predictor` turns RGB images into detections in original pixels and COCO category ids. Prediction
+(detlab-predict) and the speed protocol (detlab.profile) use it; `Predictor.from_config` builds it from a composed
+config (a preset with `model.weights`, or any model), `Predictor.from_checkpoint` from a trained run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from detlab.data.collate import collate
+from detlab.data.datamodule import eval_transform
+from detlab.data.transforms import DetectionTransform
+from detlab.module import load_hparams
+from detlab.structures import Batch, Detections
+
+NO_BOXES, NO_LABELS = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+
+
+class Predictor:
+    """images (RGB uint8 [H, W, 3] arrays) -> one Detections per image, boxes xyxy in original pixels.
+
+    transform:    the eval transform (DetectionTransform of the run's data config).
+    model, postprocess: a detector's parts (detlab.models.build).
+    size_divisor: the collate's padding multiple (data.size_divisor).
+    category_ids: label -> category id (the label space); class_names: label -> name.
+    """
+
+    def __init__(
+        self,
+        transform: DetectionTransform,
+        model: nn.Module,
+        postprocess: nn.Module,
+        size_divisor: int,
+        category_ids: Sequence[int],
+        class_names: Sequence[str],
+    ) -> None:
+        self.transform = transform
+        self.model = model
+        self.postprocess = postprocess
+        self.size_divisor = size_divisor
+        self.category_ids = [int(c) for c in category_ids]
+        self.class_names = [str(n) for n in class_names]
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig, category_ids: Sequence[int], class_names: Sequence[str] | None = None
+    ) -> Predictor:
+        """The detector of a composed config (its model.weights loaded, if set) for the given label space."""
+        parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=len(category_ids))
+        names = class_names if class_names is not None else [str(c) for c in category_ids]
+        return cls(eval_transform(cfg.data), parts.model, parts.postprocess, cfg.data.size_divisor, category_ids, names)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple[Predictor, DictConfig]:
+        """The trained detector of a run's checkpoint: its saved config (plus dotlist overrides such as
+        data.image_size=512) rebuilt, its weights loaded, its label space; and that config."""
+        hparams = load_hparams(checkpoint)
+        cfg = OmegaConf.merge(OmegaConf.create(hparams["cfg"]), OmegaConf.from_dotlist(list(overrides)))
+        cfg.model.weights = str(checkpoint)  # the run's own weights replace whatever it started from
+        return cls.from_config(cfg, hparams["category_ids"], hparams["class_names"]), cfg
+
+    def to(self, device: torch.device | str) -> Predictor:
+        self.model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def preprocess(self, images: Sequence[np.ndarray], image_ids: Sequence[int] | None = None) -> Batch:
+        """A padded Batch on the model's device; image_ids default to 0..B-1."""
+        ids = range(len(images)) if image_ids is None else image_ids
+        # the transform works on one image at a time, as the dataset does per item
+        samples = [self.transform(image, NO_BOXES, NO_LABELS, image_id=i) for image, i in zip(images, ids)]
+        batch = collate(samples, size_divisor=self.size_divisor)
+        device = self.device
+        return Batch(**{f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)})
+
+    def forward(self, batch: Batch) -> tuple[Batch, Any, Any]:
+        # the targets carry each image's content size: two-stage models clip their proposals to it
+        return (batch, *self.model(batch.images, targets=batch))
+
+    def detect(self, state: tuple[Batch, Any, Any]) -> list[Detections]:
+        batch, outputs, priors = state
+        return self.postprocess(outputs, priors, batch)
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[np.ndarray], image_ids: Sequence[int] | None = None) -> list[Detections]:
+        """Detections of each image (the model in eval mode), boxes in original pixels, labels 0..K-1."""
+        self.model.eval()
+        return self.detect(self.forward(self.preprocess(images, image_ids)))
+
+    def coco_results(self, detections: Sequence[Detections], image_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """COCO results (image_id, category_id, bbox [x, y, w, h] in original pixels, score) of per-image
+        detections; labels whose id no category has (torchvision's unused COCO ids) are kept: scoring drops them."""
+        results = []
+        for image_id, det in zip(image_ids, detections):
+            boxes = det.boxes.detach().float().cpu()
+            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+            for box, score, label in zip(xywh, det.scores.tolist(), det.labels.tolist()):
+                results.append(
+                    {"image_id": int(image_id), "category_id": self.category_ids[label], "bbox": box, "score": score}
+                )
+        return results
+
+
+def checkpoint_of(path: str | Path) -> Path:
+    """The checkpoint a run directory (its checkpoints/last.ckpt) or a .ckpt path names."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (give a run directory or a .ckpt file)")
+    return path

@@ -1,0 +1,117 @@
+"""Weights files into a built detector: torchvision's detection state dicts, detlab's checkpoints and weights.
+
+`load_weights(model, path)` is what `model.weights=<path>` does. The file may be
+- a torchvision detection state dict (what torchvision's weights enum saves in the torch hub cache, or
+  `torch.save(model.state_dict())` of its detector): recognised by its keys and renamed to detlab's by the
+  converter of that detector, for the matching preset (`model=tv_retinanet_r50_fpn`, ...);
+- a detlab Lightning checkpoint (`checkpoints/*.ckpt`): its `model.*` weights;
+- a plain state dict of detlab's model (a weights file).
+Loading is strict: a file made for another architecture is an error naming the missing and unexpected keys.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+MAX_LISTED = 8  # keys named in a mismatch message
+
+
+def retinanet_resnet50_fpn(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """torchvision's retinanet_resnet50_fpn (v1) state dict -> the keys of detlab's tv_retinanet_r50_fpn model.
+
+    The backbone keeps torchvision's ResNet names; FPN inner/layer blocks become the neck's lateral/output
+    convs and P6/P7 its extra convs; the heads' conv towers (Conv2dNormActivation, conv at index 0 of each
+    block) become the towers' convs at 0, 2, 4, 6 (a ReLU between them).
+    """
+    rules = [
+        (r"^backbone\.body\.", "backbone."),
+        (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"neck.lateral.\1."),
+        (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"neck.output.\1."),
+        (r"^backbone\.fpn\.extra_blocks\.p6\.", "neck.extra.0."),
+        (r"^backbone\.fpn\.extra_blocks\.p7\.", "neck.extra.1."),
+        (r"^head\.classification_head\.conv\.(\d+)\.0\.", lambda m: f"head.cls_tower.{2 * int(m[1])}."),
+        (r"^head\.regression_head\.conv\.(\d+)\.0\.", lambda m: f"head.box_tower.{2 * int(m[1])}."),
+        (r"^head\.classification_head\.cls_logits\.", "head.cls_out."),
+        (r"^head\.regression_head\.bbox_reg\.", "head.box_out."),
+    ]
+    return _rename(state_dict, rules)
+
+
+# torchvision detector -> (a key only its state dicts have, its converter, the preset that matches it)
+TORCHVISION_DETECTORS: dict[str, tuple[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]], str]] = {
+    "retinanet_resnet50_fpn": (
+        "head.classification_head.cls_logits.weight", retinanet_resnet50_fpn, "model=tv_retinanet_r50_fpn"
+    ),
+}
+
+
+def load_weights(model: nn.Module, path: str | Path | None) -> nn.Module:
+    """model with the weights of the file at path loaded strictly (see the module's docstring); path None: as is."""
+    if path is None:
+        return model
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"model.weights={path}: no such file")
+    try:
+        loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to replace; the cause is named
+        raise ValueError(f"model.weights={path}: not a readable torch weights file ({type(err).__name__}: {err})") from None
+    state, source = _detlab_state(loaded, file)
+    missing, unexpected = _mismatch(model, state)
+    if missing or unexpected:
+        raise ValueError(
+            f"model.weights={path} ({source}) does not fit the configured model: {len(missing)} missing keys "
+            f"{missing[:MAX_LISTED]}, {len(unexpected)} unexpected keys {unexpected[:MAX_LISTED]}; "
+            + _hint(source)
+        )
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _detlab_state(loaded: object, file: Path) -> tuple[dict[str, Tensor], str]:
+    """(the state dict in detlab's model keys, a word on what the file was) of a loaded weights file."""
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):  # a Lightning checkpoint
+        model_keys = {k[len("model."):]: v for k, v in loaded["state_dict"].items() if k.startswith("model.")}
+        return model_keys, "a detlab checkpoint"
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
+        raise ValueError(f"model.weights={file}: not a state dict (a mapping of names to tensors) or a checkpoint")
+    for name, (signature, convert, preset) in TORCHVISION_DETECTORS.items():
+        if signature in loaded:
+            return convert(loaded), f"torchvision's {name}, for {preset}"
+    return dict(loaded), "a state dict in detlab's keys"
+
+
+def _mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> tuple[list[str], list[str]]:
+    """Keys the model has and the file lacks, keys the file has and the model lacks, and shape mismatches
+    (reported as missing), sorted."""
+    own = model.state_dict()
+    # torchvision's FrozenBatchNorm2d drops num_batches_tracked when loading: a BatchNorm state fits it
+    extra = {k for k in state if k not in own and not k.endswith("num_batches_tracked")}
+    missing = {k for k in own if k not in state}
+    wrong = {f"{k} (shape {list(state[k].shape)} for {list(v.shape)})" for k, v in own.items()
+             if k in state and state[k].shape != v.shape}
+    return sorted(missing | wrong), sorted(extra)
+
+
+def _hint(source: str) -> str:
+    if source.startswith("torchvision"):
+        return "configure the preset named (its data.category_ids fix the class outputs) and no other backbone"
+    return "build the model the file was trained as (the run's config: detlab-eval run / detlab-predict --run)"
+
+
+def _rename(state_dict: Mapping[str, Tensor], rules: list[tuple[str, object]]) -> dict[str, Tensor]:
+    """state_dict with each key renamed by the first rule whose pattern it matches (others kept as they are)."""
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in rules:
+            new, count = re.subn(pattern, replacement, key, count=1)
+            if count:
+                key = new
+                break
+        out[key] = value
+    return out

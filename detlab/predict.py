@@ -1,0 +1,171 @@
+"""detlab-predict: run a detector on images and write COCO results (and, if asked, the images with their boxes).
+
+    detlab-predict photos/ --out results.json model=tv_retinanet_r50_fpn model.weights=retinanet_coco.pth
+    detlab-predict instances_val2017.json --img-dir val2017 --out results.json --run runs/2026-12-06/10-00-00
+    detlab-predict a.jpg b.png --out results.json --run runs/.../checkpoints/best.ckpt --draw drawn/
+
+IMAGES are image files, folders of them, or one COCO json (with --img-dir): then the results carry the file's
+image ids and can be scored with `detlab-eval results --ann <json> --results <out>`. For plain files the image
+id is the file's index in the sorted list and each result also names its `file_name`. Category ids come from the
+model's label space: the run's (--run), a preset's data.category_ids, or the COCO json's categories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detlab.data.coco import read_rgb
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def predict(
+    inputs: list[Path],
+    out: Path,
+    overrides: list[str],
+    run: Path | None = None,
+    img_dir: Path | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    draw: Path | None = None,
+    draw_thresh: float = 0.3,
+) -> list[dict[str, Any]]:
+    """Detections of every image as COCO results, written to out; see the module's docstring."""
+    from detlab.inference import Predictor, checkpoint_of
+
+    images, coco_categories = _image_list(inputs, img_dir)
+    if run is not None:
+        predictor, _ = Predictor.from_checkpoint(checkpoint_of(run), overrides)
+    else:
+        from detlab.config import compose_train, validate
+
+        cfg = compose_train(overrides)
+        validate(cfg)
+        category_ids = cfg.data.get("category_ids") or (sorted(coco_categories) if coco_categories else None)
+        if not category_ids:
+            raise ValueError(
+                "detlab-predict needs the model's label space: --run DIR (a trained run), a preset that sets "
+                "data.category_ids (model=tv_retinanet_r50_fpn, ...), or a COCO json as IMAGES"
+            )
+        names = [coco_categories.get(c, f"unused_{c}") for c in category_ids] if coco_categories else None
+        predictor = Predictor.from_config(cfg, list(category_ids), names)
+    if batch_size < 1:
+        raise ValueError(f"--batch-size={batch_size} must be >= 1")
+    predictor.to("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+
+    results: list[dict[str, Any]] = []
+    # Batches of files: each image is read, transformed and collated into one padded batch, as in evaluation.
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        pixels = [_read(path) for path, _ in chunk]
+        ids = [image_id for _, image_id in chunk]
+        detections = predictor(pixels, ids)
+        found = predictor.coco_results(detections, ids)
+        if coco_categories is None:
+            names = {image_id: path.name for path, image_id in chunk}
+            for record in found:
+                record["file_name"] = names[record["image_id"]]
+        results += found
+        if draw is not None:
+            _draw(draw, chunk, pixels, detections, predictor.class_names, draw_thresh)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results))
+    return results
+
+
+def _image_list(inputs: list[Path], img_dir: Path | None) -> tuple[list[tuple[Path, int]], dict[int, str] | None]:
+    """[(image path, image id)] and, for a COCO json, its categories {id: name}."""
+    if len(inputs) == 1 and inputs[0].suffix == ".json":
+        return _coco_images(inputs[0], img_dir)
+    if img_dir is not None:
+        raise ValueError("--img-dir goes with one COCO json as IMAGES; give image files or folders without it")
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such image file or folder")
+    return [(path, i) for i, path in enumerate(sorted(files))], None
+
+
+def _coco_images(ann_file: Path, img_dir: Path | None) -> tuple[list[tuple[Path, int]], dict[int, str]]:
+    if img_dir is None:
+        raise ValueError(f"{ann_file} is a COCO json: give --img-dir, the folder its file_names are relative to")
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"{ann_file}: no such file")
+    try:
+        data = json.loads(ann_file.read_text())
+        images = [(img_dir / str(img["file_name"]), int(img["id"])) for img in data["images"]]
+        categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{ann_file}: not a COCO json with images (id, file_name) ({type(err).__name__}: {err})") from None
+    return images, categories
+
+
+def _read(path: Path):
+    try:
+        return read_rgb(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such image file") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises several types for undecodable files
+        raise ValueError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from None
+
+
+def _draw(folder: Path, chunk, pixels, detections, class_names: list[str], thresh: float) -> None:
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for (path, _), image, det in zip(chunk, pixels, detections):
+        keep = det.scores >= thresh
+        labels = [f"{class_names[int(l)]} {float(s):.2f}" for l, s in zip(det.labels[keep], det.scores[keep])]
+        drawn = draw_bounding_boxes(torch.from_numpy(image.copy()).permute(2, 0, 1), det.boxes[keep].cpu(), labels, width=2)
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(folder / f"{path.stem}.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="detlab-predict", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[2:]),
+    )
+    parser.add_argument("items", nargs="+", metavar="IMAGES|OVERRIDE",
+                        help="image files, folders or one COCO json; config overrides (key=value) after them")
+    parser.add_argument("--out", type=Path, required=True, help="the COCO results json to write")
+    parser.add_argument("--run", type=Path, help="a trained run's directory or checkpoint, instead of a config")
+    parser.add_argument("--img-dir", type=Path, help="the image folder of a COCO json")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--draw", type=Path, help="write each image with its boxes (score >= --draw-thresh) here")
+    parser.add_argument("--draw-thresh", type=float, default=0.3)
+    args = parser.parse_intermixed_args(argv)  # images, options and overrides in any order
+    overrides = [item for item in args.items if "=" in item]
+    inputs = [Path(item) for item in args.items if "=" not in item]
+    if not inputs:
+        parser.error("no IMAGES given (image files, folders or a COCO json)")
+    from detlab.train import user_error
+
+    try:
+        results = predict(inputs, args.out, overrides, args.run, args.img_dir, args.device, args.batch_size,
+                          args.draw, args.draw_thresh)
+    except Exception as err:
+        problem = user_error(err)
+        if problem is None:
+            raise
+        print(f"detlab-predict: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{len(results)} detections written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

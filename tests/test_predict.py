@@ -1,0 +1,103 @@
+"""detlab-predict: COCO results that score what torchvision's own detections score, files named on every error."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.ops import box_convert
+
+from detlab.evaluation.coco_evaluator import evaluate_results_file
+from detlab.predict import main
+
+PRESET = ["model=tv_retinanet_r50_fpn", "data.image_size=304", "data.max_size=512"]
+TINY = ["data.image_size=64", "data.max_size=96", "model.backbone.depth=18", "model.neck.out_channels=16",
+        "model.head.width=16", "model.head.depth=1"]
+
+
+def as_results(image_ids, detections) -> list[dict]:
+    return [
+        {"image_id": i, "category_id": int(label), "bbox": box, "score": float(score)}
+        for i, det in zip(image_ids, detections)
+        for box, score, label in zip(box_convert(det["boxes"], "xyxy", "xywh").tolist(), det["scores"], det["labels"])
+    ]
+
+
+@pytest.mark.realdata
+def test_results_score_exactly_what_torchvisions_detections_score(tv_retinanet, tv_retinanet_on_coco128, real_data,
+                                                                  tmp_path):
+    """A COCO file of three coco128 photos whose objects are torchvision's confident detections, moved by a few
+    pixels (so that AP is far from 0 and from 1): detlab-predict's results and torchvision's, both scored by
+    pycocotools, give the same 12 numbers and per-class APs."""
+    _, weights = tv_retinanet
+    photos, expected = tv_retinanet_on_coco128
+    ids = list(photos)
+    rng = np.random.default_rng(0)
+    gts = [r for r in as_results(ids, expected) if r["score"] > 0.9]
+    annotations = [
+        {"id": n + 1, "image_id": r["image_id"], "category_id": r["category_id"], "iscrowd": 0,
+         "bbox": (np.asarray(r["bbox"]) + rng.normal(0, 3, 4)).tolist(), "area": r["bbox"][2] * r["bbox"][3]}
+        for n, r in enumerate(gts)
+    ]
+    coco = {"images": [{"id": i, "file_name": f"{i:012d}.jpg", "width": p.shape[1], "height": p.shape[0]}
+                       for i, p in photos.items()],
+            "annotations": annotations,
+            # every label the 91-way model can give, so that no detection falls outside the file
+            "categories": [{"id": c, "name": f"class{c}"} for c in range(91)]}
+    ann_file = tmp_path / "subset.json"
+    ann_file.write_text(json.dumps(coco))
+    (tmp_path / "tv.json").write_text(json.dumps(as_results(ids, expected)))
+
+    out = tmp_path / "detlab.json"
+    # one batch of three, as torchvision ran them: padding a batch moves its anchors and border features
+    main([str(ann_file), "--img-dir", str(real_data / "coco128" / "train2017"), "--out", str(out),
+          "--batch-size", "3", *PRESET, f"model.weights={weights}"])
+    ours = evaluate_results_file(str(ann_file), str(out), backend="pycocotools")
+    theirs = evaluate_results_file(str(ann_file), str(tmp_path / "tv.json"), backend="pycocotools")
+    assert ours == theirs
+    assert 0.1 < theirs["metrics"]["AP"] < 0.9 and len(annotations) >= 10
+    assert {r["image_id"] for r in json.loads(out.read_text())} == set(ids)
+
+
+def test_files_and_folders_get_their_names_and_drawings(tmp_path):
+    """Plain files: ids by sorted path, file names recorded, every image drawn at its own size. A tiny untrained
+    model in the preset's label space, every score kept, so that there are boxes to draw."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"b.png": (60, 80), "a.jpg": (90, 50), "c.png": (40, 40)}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save((folder if name != "c.png" else tmp_path) / name)
+    out, drawn = tmp_path / "r.json", tmp_path / "drawn"
+    main([str(folder), str(tmp_path / "c.png"), "--out", str(out), "--draw", str(drawn), "--draw-thresh", "0",
+          "model=tv_retinanet_r50_fpn", *TINY, "model.postprocess.score_thresh=0", "model.postprocess.max_per_image=5"])
+    results = json.loads(out.read_text())
+    assert {(r["image_id"], r["file_name"]) for r in results} == {(0, "c.png"), (1, "a.jpg"), (2, "b.png")}
+    assert len(results) == 15 and {r["category_id"] for r in results} <= set(range(91))
+    for name, (h, w) in sizes.items():
+        picture = np.asarray(Image.open(drawn / f"{name[:-4]}.png"))
+        assert picture.shape == (h, w, 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.jpg"], "missing.jpg: no such image file or folder"),
+        (["broken.jpg"], "broken.jpg: cannot read the image"),
+        (["empty_dir"], "empty_dir: no image files"),
+        (["coco.json"], "coco.json is a COCO json: give --img-dir"),
+        (["ok.png", "model=retinanet"], "needs the model's label space"),
+    ],
+)
+def test_bad_inputs_name_the_file_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "coco.json").write_text('{"images": []}')
+    Image.new("RGB", (40, 30)).save(tmp_path / "ok.png")
+    overrides = [] if any("=" in a for a in args) else ["model=tv_retinanet_r50_fpn"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, *overrides, "--out", "r.json", *TINY])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
