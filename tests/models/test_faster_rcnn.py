@@ -267,28 +267,34 @@ def test_roi_sampler_appends_the_gts_and_draws_512_with_a_quarter_positive():
 # ------------------------------------------------------------------------------------------------- proposals
 
 
-def reference_proposals(rpn: HeadOutput, anchors: Priors, image_sizes, pre_n, post_n, nms_iou, min_size):
-    """torchvision's RPN filter_proposals, one image at a time (NMS per image over all levels, like ours)."""
+def reference_proposals(
+    rpn: HeadOutput, anchors: Priors, image_sizes, pre_n, post_n, nms_iou, min_size, per_level=False
+):
+    """torchvision's RPN filter_proposals, one image at a time: NMS per image and level (per_level, as
+    torchvision) or per image over all levels (detlab's default)."""
     coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+    starts = torch.tensor((0,) + anchors.level_sizes).cumsum(0).tolist()
     results = []
     for i in range(len(rpn.box_reg)):
         logits, deltas = rpn.cls_logits[i, :, 0], rpn.box_reg[i]
         index = torch.cat([
             start + logits[start : start + size].topk(min(pre_n, size)).indices
-            for start, size in zip(torch.tensor((0,) + anchors.level_sizes).cumsum(0).tolist(), anchors.level_sizes)
+            for start, size in zip(starts, anchors.level_sizes)
         ])
         boxes = coder.decode_single(deltas[index], anchors.boxes[index])
         boxes = clip_boxes_to_image(boxes, tuple(image_sizes[i].tolist()))
         scores = logits[index]
+        levels = torch.bucketize(index, torch.tensor(starts[1:]), right=True) if per_level else torch.zeros_like(index)
         keep = remove_small_boxes(boxes, min_size)
-        boxes, scores = boxes[keep], scores[keep]
-        keep = nms(boxes, scores, nms_iou)[:post_n]
+        boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+        keep = batched_nms(boxes, scores, levels, nms_iou)[:post_n]
         results.append(boxes[keep])
     return results
 
 
+@pytest.mark.parametrize("per_level", [False, True])
 @pytest.mark.parametrize("pre_n, post_n", [(60, 50), (300, 2000)])
-def test_batched_proposals_equal_a_per_image_loop(pre_n, post_n):
+def test_batched_proposals_equal_a_per_image_loop(pre_n, post_n, per_level):
     g = torch.Generator().manual_seed(0)
     generator = AnchorGenerator(sizes=(16, 32, 64), scales=(1.0,), aspect_ratios=(0.5, 1.0, 2.0))
     anchors = generator([(24, 24), (12, 12), (6, 6)], [4, 8, 16], "cpu")
@@ -299,10 +305,14 @@ def test_batched_proposals_equal_a_per_image_loop(pre_n, post_n):
     )
     rpn.box_reg[2, :500, 2:] = -8.0  # tiny boxes on part of the third image: min_size drops them
     image_sizes = torch.tensor([[96, 96], [80, 64], [96, 50]])
-    proposals = ProposalGenerator(DeltaXYWHBoxCoder(), pre_nms_top_n=pre_n, post_nms_top_n=post_n, min_size=0.5)
+    proposals = ProposalGenerator(
+        DeltaXYWHBoxCoder(), pre_nms_top_n=pre_n, post_nms_top_n=post_n, min_size=0.5, nms_per_level=per_level
+    )
     boxes, valid = proposals(rpn, anchors, image_sizes)
     assert boxes.shape == (num_images, post_n, 4) and valid.shape == (num_images, post_n)
-    expected = reference_proposals(rpn, anchors, image_sizes, pre_n, post_n, 0.7, 0.5)
+    expected = reference_proposals(rpn, anchors, image_sizes, pre_n, post_n, 0.7, 0.5, per_level)
+    other = reference_proposals(rpn, anchors, image_sizes, pre_n, post_n, 0.7, 0.5, not per_level)
+    assert any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(expected, other))  # the option acts
     for i in range(num_images):
         assert valid[i].sum() == len(expected[i]) and valid[i, : len(expected[i])].all()  # valid rows first
         torch.testing.assert_close(boxes[i, valid[i]], expected[i], msg=f"image {i}")
