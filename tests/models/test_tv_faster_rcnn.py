@@ -6,7 +6,8 @@ The torchvision model is seeded and built as its published COCO model is (frozen
 statistics of the test batch and a spread affine part, so that a wrongly mapped buffer shows), with head weights
 and biases spread so that the RPN's top-n and NMS, the score threshold, the class-aware NMS and the 100
 detections cap all act. Two coco128 photographs of different aspect go through torchvision's own transform at
-320 / 512 px (one padded batch of two sizes), then through both models.
+352 / 512 px (one batch of two sizes, padded to 480 x 480: not a multiple of 64, so that torchvision's P6 anchor
+stride, 480 // 8 = 60 px, is not the nominal 64), then through both models.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def torchvision_run(real_data: Path):
     """torchvision's model and what it makes of the two photos, stage by stage (as its GeneralizedRCNN.forward)."""
     torch.manual_seed(0)
     model = fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=91, min_size=320, max_size=512
+        weights=None, weights_backbone=None, num_classes=91, min_size=352, max_size=512
     ).eval()
     photos = [to_tensor(Image.open(real_data / "coco128" / "train2017" / name).convert("RGB")) for name in PHOTOS]
     with torch.no_grad():
@@ -104,7 +105,7 @@ def detlab_run(torchvision_run):
 def test_proposals_and_detections_equal_torchvisions(torchvision_run, detlab_run):
     _, images, _, tv_proposals, tv_detections = torchvision_run
     _, outputs, _, detections = detlab_run
-    assert images.tensors.shape[-2:] == (448, 448) and images.image_sizes == [(320, 426), (425, 320)]
+    assert images.tensors.shape[-2:] == (480, 480) and images.image_sizes == [(352, 469), (468, 352)]
     for i, expected in enumerate(tv_proposals):
         ours = outputs.proposals[i][outputs.proposal_valid[i]]
         assert len(ours) == len(expected) == 1000
