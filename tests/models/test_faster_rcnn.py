@@ -3,12 +3,14 @@ RoI stage's batched sampling against torchvision's sampler counts, proposals aga
 loop, the losses against torchvision's formulas, the post-processing against torchvision's per-image
 postprocess_detections, and a few training steps with every classification loss of conf/loss."""
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
 from torchvision.models.detection.roi_heads import fastrcnn_loss
@@ -20,6 +22,7 @@ from detlab.models.box_coder import DeltaXYWHBoxCoder
 from detlab.models.detector import Detector
 from detlab.models.priors import AnchorGenerator
 from detlab.models.two_stage import ProposalGenerator, RoIPostProcess
+from detlab.module import DetectionModule
 from detlab.structures import Batch, HeadOutput, Priors, TwoStageOutput
 
 TINY = ["model.neck.out_channels=16", "model.roi.head.representation_size=32"]
@@ -146,6 +149,30 @@ def test_one_stage_detector_ignores_targets():
         plain, _ = model(batch.images)
         with_targets, _ = model(batch.images, targets=batch)
     torch.testing.assert_close(plain.cls_logits, with_targets.cls_logits, rtol=0, atol=0)
+
+
+def test_module_predicts_what_it_evaluates(tmp_path):
+    """module(batch), which prediction and the logged images use, gives the detections that validation scores:
+    the proposals clipped to each image's content (60 x 80 px of 64 x 96 for the second image), not to the
+    padded input, which moves the RoIs and so the scores."""
+    cfg = compose_train(["model=faster_rcnn", *TINY])
+    ann = {"images": [], "annotations": [], "categories": [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]}
+    (tmp_path / "val.json").write_text(json.dumps(ann))
+    torch.manual_seed(0)
+    module = DetectionModule(
+        OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "loss", "optim", "eval"]), resolve=True), 3, [1, 2, 3], ["c1", "c2", "c3"], str(tmp_path / "val.json")
+    ).eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        predicted = module(batch)
+        outputs, priors = module.model(batch.images, targets=batch)
+        evaluated = module.postprocess(outputs, priors, batch)
+        padded, _ = module.model(batch.images)
+    assert not torch.equal(padded.proposals[1], outputs.proposals[1])  # the clipping matters for this batch
+    for ours, expected in zip(predicted, evaluated):
+        assert len(expected.boxes) > 0
+        torch.testing.assert_close(ours.boxes, expected.boxes, rtol=0, atol=0)
+        torch.testing.assert_close(ours.scores, expected.scores, rtol=0, atol=0)
 
 
 def test_training_step_reaches_every_parameter():
