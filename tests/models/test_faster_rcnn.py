@@ -159,9 +159,8 @@ def test_module_predicts_what_it_evaluates(tmp_path):
     ann = {"images": [], "annotations": [], "categories": [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]}
     (tmp_path / "val.json").write_text(json.dumps(ann))
     torch.manual_seed(0)
-    module = DetectionModule(
-        OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "loss", "optim", "eval"]), resolve=True), 3, [1, 2, 3], ["c1", "c2", "c3"], str(tmp_path / "val.json")
-    ).eval()
+    module_cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "loss", "optim", "eval"]), resolve=True)
+    module = DetectionModule(module_cfg, 3, [1, 2, 3], ["c1", "c2", "c3"], str(tmp_path / "val.json")).eval()
     batch = tiny_batch()
     with torch.no_grad():
         predicted = module(batch)

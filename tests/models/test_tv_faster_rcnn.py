@@ -174,5 +174,5 @@ def test_wrong_state_dict_names_missing_and_unexpected_keys():
     with pytest.raises(ValueError, match=r"1 missing keys \['rpn.head.cls_logits.bias'\], 1 unexpected keys "
                                          r"\['roi_heads.mask_head.0.weight'\]"):
         torchvision_weights.fasterrcnn_resnet50_fpn(state)
-    with pytest.raises(ValueError, match=r"not a state dict of torchvision's fasterrcnn_resnet50_fpn: 295 missing keys"):
+    with pytest.raises(ValueError, match=r"of torchvision's fasterrcnn_resnet50_fpn: 295 missing keys"):
         torchvision_weights.fasterrcnn_resnet50_fpn({"model": state})
