@@ -52,7 +52,10 @@ class DetectionModule(pl.LightningModule):
 
     def forward(self, batch: Batch):
         """Detections of a batch (list of per-image Detections, boxes in original pixels)."""
-        outputs, priors = self.model(batch.images)
+        # The batch goes in as targets for its image sizes: Faster R-CNN clips its proposals to each image's
+        # content, as in validation (and torchvision); without them it clips to the padded input and its
+        # detections differ. One-stage detectors ignore it.
+        outputs, priors = self.model(batch.images, targets=batch)
         return self.postprocess(outputs, priors, batch)
 
     def _losses(self, batch: Batch, outputs, priors) -> dict[str, torch.Tensor]:

@@ -42,10 +42,40 @@ def retinanet_resnet50_fpn(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor
     return _rename(state_dict, rules)
 
 
+def fasterrcnn_resnet50_fpn(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """torchvision's fasterrcnn_resnet50_fpn (v1) state dict -> the keys of detlab's tv_fasterrcnn_r50_fpn model.
+
+    Every tensor keeps its values; the keys are renamed, with one exception: ``roi_heads.box_predictor.bbox_pred``
+    regresses 4 deltas for each of torchvision's C outputs, background (label 0) included, weight [C * 4, 1024],
+    bias [C * 4]; detlab's class-specific deltas cover the K = C - 1 object classes only. The background's 4 rows
+    (the first) are dropped: torchvision never uses them, its loss trains only the deltas of the gt's class and
+    its inference removes the background column before NMS. The classification layer keeps its C = K + 1
+    outputs, background first: detlab's layout for a softmax loss (loss=ce with K = 90 COCO classes).
+    """
+    rules = [
+        (r"^backbone\.body\.", "backbone."),
+        (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"neck.lateral.\1."),
+        (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"neck.output.\1."),
+        (r"^rpn\.head\.conv\.0\.0\.", "rpn_head.conv."),
+        (r"^rpn\.head\.cls_logits\.", "rpn_head.objectness."),
+        (r"^rpn\.head\.bbox_pred\.", "rpn_head.box."),
+        (r"^roi_heads\.box_head\.", "roi_head."),
+        (r"^roi_heads\.box_predictor\.", "roi_head."),
+    ]
+    converted = _rename(state_dict, rules)
+    for name in ("roi_head.bbox_pred.weight", "roi_head.bbox_pred.bias"):
+        if name in converted:  # else the strict load names it missing
+            converted[name] = converted[name][4:]
+    return converted
+
+
 # torchvision detector -> (a key only its state dicts have, its converter, the preset that matches it)
 TORCHVISION_DETECTORS: dict[str, tuple[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]], str]] = {
     "retinanet_resnet50_fpn": (
         "head.classification_head.cls_logits.weight", retinanet_resnet50_fpn, "model=tv_retinanet_r50_fpn"
+    ),
+    "fasterrcnn_resnet50_fpn": (
+        "roi_heads.box_predictor.cls_score.weight", fasterrcnn_resnet50_fpn, "model=tv_fasterrcnn_r50_fpn"
     ),
 }
 
@@ -61,25 +91,31 @@ def load_weights(model: nn.Module, path: str | Path | None) -> nn.Module:
         loaded = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to replace; the cause is named
         raise ValueError(f"model.weights={path}: not a readable torch weights file ({type(err).__name__}: {err})") from None
-    state, source = _detlab_state(loaded, file)
+    return load_state(model, loaded, f"model.weights={path}")
+
+
+def load_state(model: nn.Module, loaded: object, name: str) -> nn.Module:
+    """model with `loaded` (what torch.load gave: a torchvision or detlab state dict, or a checkpoint) loaded
+    strictly; `name` says where it came from in messages."""
+    state, source = _detlab_state(loaded, name)
     missing, unexpected = _mismatch(model, state)
     if missing or unexpected:
         raise ValueError(
-            f"model.weights={path} ({source}) does not fit the configured model: {len(missing)} missing keys "
+            f"{name} ({source}) does not fit the configured model: {len(missing)} missing keys "
             f"{missing[:MAX_LISTED]}, {len(unexpected)} unexpected keys {unexpected[:MAX_LISTED]}; "
             + _hint(source)
         )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=any(t.is_meta for t in model.state_dict().values()))
     return model
 
 
-def _detlab_state(loaded: object, file: Path) -> tuple[dict[str, Tensor], str]:
+def _detlab_state(loaded: object, name: str) -> tuple[dict[str, Tensor], str]:
     """(the state dict in detlab's model keys, a word on what the file was) of a loaded weights file."""
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):  # a Lightning checkpoint
         model_keys = {k[len("model."):]: v for k, v in loaded["state_dict"].items() if k.startswith("model.")}
         return model_keys, "a detlab checkpoint"
     if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
-        raise ValueError(f"model.weights={file}: not a state dict (a mapping of names to tensors) or a checkpoint")
+        raise ValueError(f"{name}: not a state dict (a mapping of names to tensors) or a checkpoint")
     for name, (signature, convert, preset) in TORCHVISION_DETECTORS.items():
         if signature in loaded:
             return convert(loaded), f"torchvision's {name}, for {preset}"

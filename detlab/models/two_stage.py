@@ -33,8 +33,12 @@ class ProposalGenerator(nn.Module):
     ``post_nms_top_n`` per image. Training and evaluation have their own top-n (torchvision's FPN models:
     2000 / 1000 before NMS). No gradient flows through the proposals (Faster R-CNN's approximate joint training).
 
-    NMS compares all levels' boxes of an image together (one group per image); torchvision and detectron2 run it
-    per level and image instead.
+    nms_per_level: False compares all levels' boxes of an image together (one NMS group per image, detlab's
+                   default); True compares boxes of the same level only (one group per image and level), as
+                   torchvision's and detectron2's RPNs: a large box of P5 then does not suppress a P2 box that
+                   overlaps it, and the levels' survivors compete only for the post-NMS top-n.
+    With nms_per_level and the top-n above this is torchvision's filter_proposals; its score_thresh 0.0 on the
+    sigmoid keeps every box, so there is no such option here.
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class ProposalGenerator(nn.Module):
         eval_post_nms_top_n: int = 1000,
         nms_iou: float = 0.7,
         min_size: float = 1e-3,
+        nms_per_level: bool = False,
     ) -> None:
         super().__init__()
         counts = (pre_nms_top_n, post_nms_top_n, eval_pre_nms_top_n, eval_post_nms_top_n)
@@ -56,9 +61,13 @@ class ProposalGenerator(nn.Module):
         self.eval_top_n = (eval_pre_nms_top_n, eval_post_nms_top_n)
         self.nms_iou = nms_iou
         self.min_size = min_size
+        self.nms_per_level = nms_per_level
 
     def extra_repr(self) -> str:
-        return f"train_top_n={self.train_top_n}, eval_top_n={self.eval_top_n}, nms_iou={self.nms_iou}"
+        return (
+            f"train_top_n={self.train_top_n}, eval_top_n={self.eval_top_n}, nms_iou={self.nms_iou}, "
+            f"nms_per_level={self.nms_per_level}"
+        )
 
     @torch.no_grad()
     def forward(self, rpn: HeadOutput, anchors: Priors, image_sizes: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,8 +80,13 @@ class ProposalGenerator(nn.Module):
         boxes = decode_at(self.box_coder, rpn.box_reg.detach(), anchors, anchor_index, image_sizes)  # [B, T, 4]
         candidate = ((boxes[..., 2:] - boxes[..., :2]) >= self.min_size).all(dim=-1)  # [B, T]
         image_index = torch.arange(num_images, device=boxes.device)[:, None].expand_as(logits)[candidate]
+        groups = image_index
+        if self.nms_per_level:
+            levels = torch.arange(len(anchors.level_sizes), device=boxes.device)
+            anchor_level = levels.repeat_interleave(torch.tensor(anchors.level_sizes, device=boxes.device))  # [A]
+            groups = image_index * len(levels) + anchor_level[anchor_index[candidate]]
         boxes, logits = boxes[candidate], logits[candidate]
-        keep, counts = nms_top_k_per_image(boxes, logits, image_index, image_index, num_images, self.nms_iou, size)
+        keep, counts = nms_top_k_per_image(boxes, logits, groups, image_index, num_images, self.nms_iou, size)
         # keep is grouped by image: slot = rank within its image, at row image * size + slot of the padded output
         image_index = image_index[keep]
         slot = torch.arange(len(keep), device=keep.device) - (counts.cumsum(0) - counts)[image_index]

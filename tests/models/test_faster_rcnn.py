@@ -3,12 +3,14 @@ RoI stage's batched sampling against torchvision's sampler counts, proposals aga
 loop, the losses against torchvision's formulas, the post-processing against torchvision's per-image
 postprocess_detections, and a few training steps with every classification loss of conf/loss."""
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
 from torchvision.models.detection.roi_heads import fastrcnn_loss
@@ -20,6 +22,7 @@ from detlab.models.box_coder import DeltaXYWHBoxCoder
 from detlab.models.detector import Detector
 from detlab.models.priors import AnchorGenerator
 from detlab.models.two_stage import ProposalGenerator, RoIPostProcess
+from detlab.module import DetectionModule
 from detlab.structures import Batch, HeadOutput, Priors, TwoStageOutput
 
 TINY = ["model.neck.out_channels=16", "model.roi.head.representation_size=32"]
@@ -148,6 +151,29 @@ def test_one_stage_detector_ignores_targets():
     torch.testing.assert_close(plain.cls_logits, with_targets.cls_logits, rtol=0, atol=0)
 
 
+def test_module_predicts_what_it_evaluates(tmp_path):
+    """module(batch), which prediction and the logged images use, gives the detections that validation scores:
+    the proposals clipped to each image's content (60 x 80 px of 64 x 96 for the second image), not to the
+    padded input, which moves the RoIs and so the scores."""
+    cfg = compose_train(["model=faster_rcnn", *TINY])
+    ann = {"images": [], "annotations": [], "categories": [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]}
+    (tmp_path / "val.json").write_text(json.dumps(ann))
+    torch.manual_seed(0)
+    module_cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "loss", "optim", "eval"]), resolve=True)
+    module = DetectionModule(module_cfg, 3, [1, 2, 3], ["c1", "c2", "c3"], str(tmp_path / "val.json")).eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        predicted = module(batch)
+        outputs, priors = module.model(batch.images, targets=batch)
+        evaluated = module.postprocess(outputs, priors, batch)
+        padded, _ = module.model(batch.images)
+    assert not torch.equal(padded.proposals[1], outputs.proposals[1])  # the clipping matters for this batch
+    for ours, expected in zip(predicted, evaluated):
+        assert len(expected.boxes) > 0
+        torch.testing.assert_close(ours.boxes, expected.boxes, rtol=0, atol=0)
+        torch.testing.assert_close(ours.scores, expected.scores, rtol=0, atol=0)
+
+
 def test_training_step_reaches_every_parameter():
     _, (model, assigner, criterion, _) = build()
     batch = tiny_batch()
@@ -267,28 +293,34 @@ def test_roi_sampler_appends_the_gts_and_draws_512_with_a_quarter_positive():
 # ------------------------------------------------------------------------------------------------- proposals
 
 
-def reference_proposals(rpn: HeadOutput, anchors: Priors, image_sizes, pre_n, post_n, nms_iou, min_size):
-    """torchvision's RPN filter_proposals, one image at a time (NMS per image over all levels, like ours)."""
+def reference_proposals(
+    rpn: HeadOutput, anchors: Priors, image_sizes, pre_n, post_n, nms_iou, min_size, per_level=False
+):
+    """torchvision's RPN filter_proposals, one image at a time: NMS per image and level (per_level, as
+    torchvision) or per image over all levels (detlab's default)."""
     coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+    starts = torch.tensor((0,) + anchors.level_sizes).cumsum(0).tolist()
     results = []
     for i in range(len(rpn.box_reg)):
         logits, deltas = rpn.cls_logits[i, :, 0], rpn.box_reg[i]
         index = torch.cat([
             start + logits[start : start + size].topk(min(pre_n, size)).indices
-            for start, size in zip(torch.tensor((0,) + anchors.level_sizes).cumsum(0).tolist(), anchors.level_sizes)
+            for start, size in zip(starts, anchors.level_sizes)
         ])
         boxes = coder.decode_single(deltas[index], anchors.boxes[index])
         boxes = clip_boxes_to_image(boxes, tuple(image_sizes[i].tolist()))
         scores = logits[index]
+        levels = torch.bucketize(index, torch.tensor(starts[1:]), right=True) if per_level else torch.zeros_like(index)
         keep = remove_small_boxes(boxes, min_size)
-        boxes, scores = boxes[keep], scores[keep]
-        keep = nms(boxes, scores, nms_iou)[:post_n]
+        boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+        keep = batched_nms(boxes, scores, levels, nms_iou)[:post_n]
         results.append(boxes[keep])
     return results
 
 
+@pytest.mark.parametrize("per_level", [False, True])
 @pytest.mark.parametrize("pre_n, post_n", [(60, 50), (300, 2000)])
-def test_batched_proposals_equal_a_per_image_loop(pre_n, post_n):
+def test_batched_proposals_equal_a_per_image_loop(pre_n, post_n, per_level):
     g = torch.Generator().manual_seed(0)
     generator = AnchorGenerator(sizes=(16, 32, 64), scales=(1.0,), aspect_ratios=(0.5, 1.0, 2.0))
     anchors = generator([(24, 24), (12, 12), (6, 6)], [4, 8, 16], "cpu")
@@ -299,10 +331,14 @@ def test_batched_proposals_equal_a_per_image_loop(pre_n, post_n):
     )
     rpn.box_reg[2, :500, 2:] = -8.0  # tiny boxes on part of the third image: min_size drops them
     image_sizes = torch.tensor([[96, 96], [80, 64], [96, 50]])
-    proposals = ProposalGenerator(DeltaXYWHBoxCoder(), pre_nms_top_n=pre_n, post_nms_top_n=post_n, min_size=0.5)
+    proposals = ProposalGenerator(
+        DeltaXYWHBoxCoder(), pre_nms_top_n=pre_n, post_nms_top_n=post_n, min_size=0.5, nms_per_level=per_level
+    )
     boxes, valid = proposals(rpn, anchors, image_sizes)
     assert boxes.shape == (num_images, post_n, 4) and valid.shape == (num_images, post_n)
-    expected = reference_proposals(rpn, anchors, image_sizes, pre_n, post_n, 0.7, 0.5)
+    expected = reference_proposals(rpn, anchors, image_sizes, pre_n, post_n, 0.7, 0.5, per_level)
+    other = reference_proposals(rpn, anchors, image_sizes, pre_n, post_n, 0.7, 0.5, not per_level)
+    assert any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(expected, other))  # the option acts
     for i in range(num_images):
         assert valid[i].sum() == len(expected[i]) and valid[i, : len(expected[i])].all()  # valid rows first
         torch.testing.assert_close(boxes[i, valid[i]], expected[i], msg=f"image {i}")

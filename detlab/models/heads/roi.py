@@ -88,6 +88,10 @@ class RoIBoxHead(nn.Module):
         features = {name: x for name, x in zip(self.level_names, levels) if name in self.featmap_names}
         # torchvision's pooler takes one box tensor per image; split() only slices, the work is one batched call.
         boxes = list(rois[roi_valid].split(roi_valid.sum(1).tolist()))
+        # The pooler infers each level's scale as the power of 2 nearest to feature side / image side (from its
+        # first call on). torchvision passes each image's unpadded size; under its resize (batch padded by < 32 px)
+        # that gives the same scales as the padded input, which stays right under a square letterbox too, where a
+        # batch of wide images would make the unpadded heights infer twice the scale.
         pooled = self.pooler(features, boxes, [image_size] * num_images)  # [N, in_channels, S, S]
         hidden = F.relu(self.fc7(F.relu(self.fc6(pooled.flatten(1)))))
         cls_logits = hidden.new_zeros(num_images, num_rois, self.cls_score.out_features)
