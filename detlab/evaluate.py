@@ -32,6 +32,7 @@ def evaluate_checkpoint(checkpoint: Path, overrides: list[str], backend: str | N
     cfg = OmegaConf.merge(OmegaConf.create(saved["cfg"]), OmegaConf.from_dotlist(overrides))
     if backend:
         cfg.eval.backend = backend
+    cfg.model.weights = None  # the checkpoint's own weights replace what the run started from (that file may be gone)
     datamodule = instantiate(cfg.data)
     check_classes(saved, checkpoint, list(datamodule.class_names), list(datamodule.category_ids))
     module = DetectionModule.load_from_checkpoint(
