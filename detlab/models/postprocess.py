@@ -46,10 +46,10 @@ class DensePostProcess(nn.Module):
                 f"postprocess.topk_per_level={topk_per_level} and postprocess.topk_per_class={topk_per_class}: set "
                 "exactly one of them (per level: RetinaNet's, YOLO's; per class: SSD's) and the other to null"
             )
-        if (topk_per_level or topk_per_class) < 1 or max_per_image < 1:
+        key, topk = ("topk_per_level", topk_per_level) if topk_per_class is None else ("topk_per_class", topk_per_class)
+        if topk < 1 or max_per_image < 1:
             raise ValueError(
-                "postprocess.topk_per_level (or topk_per_class) and postprocess.max_per_image must be >= 1, "
-                f"got {topk_per_level or topk_per_class}, {max_per_image}"
+                f"postprocess.{key} and postprocess.max_per_image must be >= 1, got {topk}, {max_per_image}"
             )
         self.box_coder = box_coder
         self.score_thresh = score_thresh
@@ -109,7 +109,7 @@ def top_k_per_level(scores: Tensor, level_sizes: Sequence[int], k: int) -> tuple
 def top_k_per_class(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Scores, prior indices and labels [B, K * k'] of each class's k' = min(k, A) best priors of scores [B, A, K],
     class by class."""
-    num_images, num_priors, num_classes = scores.shape
+    _, num_priors, num_classes = scores.shape
     top_scores, prior_index = scores.transpose(1, 2).topk(min(k, num_priors), dim=2)  # [B, K, k']
     labels = torch.arange(num_classes, device=scores.device)[None, :, None].expand_as(prior_index)
     return top_scores.flatten(1), prior_index.flatten(1), labels.flatten(1)
