@@ -1,5 +1,5 @@
-"""Suite-wide settings: W&B never reaches the network, caches live in the test's temp space, few threads; the
-real-data tier's one way to find its data."""
+"""Suite-wide settings: W&B never reaches the network, caches live in the test's temp space, few threads; and the
+real-data tier's one way to find its data: $DETLAB_REAL_DATA, with a clear failure when it is not there."""
 
 import os
 from pathlib import Path
@@ -11,7 +11,6 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
 REAL_DATASETS = ("raccoon", "coco128")
 
 
@@ -19,6 +18,7 @@ REAL_DATASETS = ("raccoon", "coco128")
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Generated datasets go to one session-wide temp cache, never to ~/.cache of the machine."""
     monkeypatch.setenv("DETLAB_CACHE", str(tmp_path_factory.getbasetemp() / "detlab-cache"))
+
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +33,51 @@ def real_data() -> Path:
             pytest.fail(f"DETLAB_REAL_DATA={root} but {Path(root) / name} does not exist; fix the variable or "
                         "fetch the data (see ../shared/data/README.md)")
     return Path(root)
+
+
+@pytest.fixture(scope="session")
+def tv_retinanet(tmp_path_factory):
+    """torchvision's retinanet_resnet50_fpn as it is built for its published COCO weights (frozen BN, P6/P7 from
+    P5, 91 classes), at a CPU-sized input (shorter side 304, longer at most 512), in eval mode, with seeded random
+    weights: the frozen BN statistics spread, and the heads' last layers scaled so that the box deltas stay
+    sensible and the class scores spread across the 0.05 threshold (the threshold, the top-1000 per level, NMS
+    and the 300 per image all act). Returns (model, the path of its state dict saved as the hub cache holds it).
+    """
+    from torchvision.models import resnet50
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    torch.manual_seed(0)
+    body = resnet50(norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(body, 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    model = RetinaNet(backbone, num_classes=91, min_size=304, max_size=512)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+        model.head.classification_head.cls_logits.weight.mul_(0.3)
+        model.head.classification_head.cls_logits.bias.normal_(-4.0, 1.0)
+        model.head.regression_head.bbox_reg.weight.mul_(0.02)
+    path = tmp_path_factory.mktemp("torchvision") / "retinanet_resnet50_fpn_coco.pth"
+    torch.save(model.state_dict(), path)
+    return model.eval(), path
+
+
+TV_PHOTOS = {9: "000000000009.jpg", 36: "000000000036.jpg", 49: "000000000049.jpg"}  # landscape and portraits
+
+
+@pytest.fixture(scope="session")
+def tv_retinanet_on_coco128(tv_retinanet, real_data):
+    """Three coco128 photographs (640x480, 481x640, 381x500) as RGB arrays {image id: array}, and torchvision's
+    own detections of them, run as one batch (`model.eval()(images)`: boxes in original pixels, label = COCO id)."""
+    from detlab.data.coco import read_rgb
+
+    photos = {i: read_rgb(real_data / "coco128" / "train2017" / name) for i, name in TV_PHOTOS.items()}
+    with torch.no_grad():
+        detections = tv_retinanet[0]([torch.from_numpy(p.copy()).permute(2, 0, 1).float().div(255) for p in photos.values()])
+    return photos, detections

@@ -1,55 +1,175 @@
-"""torchvision's detection state dicts renamed into detlab's models (the `model=tv_*` presets), key by key.
+"""Weights files into a built detector: torchvision's detection state dicts, detlab's checkpoints and weights.
 
-Each converter takes the state dict that torchvision's weights enum saves (what `model.state_dict()` returns)
-and gives the state dict of the matching detlab preset's `parts.model`, to load with strict=True. A state dict
-of another model is an error that names the keys it lacks and the keys it should not have.
+`load_weights(model, path)` is what `model.weights=<path>` does. The file may be
+- a torchvision detection state dict (what torchvision's weights enum saves in the torch hub cache, or
+  `torch.save(model.state_dict())` of its detector): recognised by its keys and renamed to detlab's by the
+  converter of that detector, for the matching preset (`model=tv_retinanet_r50_fpn`, `model=tv_ssd300_vgg16`, ...);
+- a detlab Lightning checkpoint (`checkpoints/*.ckpt`): its `model.*` weights;
+- a plain state dict of detlab's model (a weights file).
+Loading is strict: a file made for another architecture is an error naming the missing and unexpected keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-SHOWN_KEYS = 5  # keys named in an error message, per kind; the rest are counted
+MAX_LISTED = 8  # keys named in a mismatch message
+
+
+def retinanet_resnet50_fpn(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """torchvision's retinanet_resnet50_fpn (v1) state dict -> the keys of detlab's tv_retinanet_r50_fpn model.
+
+    The backbone keeps torchvision's ResNet names; FPN inner/layer blocks become the neck's lateral/output
+    convs and P6/P7 its extra convs; the heads' conv towers (Conv2dNormActivation, conv at index 0 of each
+    block) become the towers' convs at 0, 2, 4, 6 (a ReLU between them).
+    """
+    rules = [
+        (r"^backbone\.body\.", "backbone."),
+        (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"neck.lateral.\1."),
+        (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"neck.output.\1."),
+        (r"^backbone\.fpn\.extra_blocks\.p6\.", "neck.extra.0."),
+        (r"^backbone\.fpn\.extra_blocks\.p7\.", "neck.extra.1."),
+        (r"^head\.classification_head\.conv\.(\d+)\.0\.", lambda m: f"head.cls_tower.{2 * int(m[1])}."),
+        (r"^head\.regression_head\.conv\.(\d+)\.0\.", lambda m: f"head.box_tower.{2 * int(m[1])}."),
+        (r"^head\.classification_head\.cls_logits\.", "head.cls_out."),
+        (r"^head\.regression_head\.bbox_reg\.", "head.box_out."),
+    ]
+    return _rename(state_dict, rules)
+
+
+def fasterrcnn_resnet50_fpn(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """torchvision's fasterrcnn_resnet50_fpn (v1) state dict -> the keys of detlab's tv_fasterrcnn_r50_fpn model.
+
+    Every tensor keeps its values; the keys are renamed, with one exception: ``roi_heads.box_predictor.bbox_pred``
+    regresses 4 deltas for each of torchvision's C outputs, background (label 0) included, weight [C * 4, 1024],
+    bias [C * 4]; detlab's class-specific deltas cover the K = C - 1 object classes only. The background's 4 rows
+    (the first) are dropped: torchvision never uses them, its loss trains only the deltas of the gt's class and
+    its inference removes the background column before NMS. The classification layer keeps its C = K + 1
+    outputs, background first: detlab's layout for a softmax loss (loss=ce with K = 90 COCO classes).
+    """
+    rules = [
+        (r"^backbone\.body\.", "backbone."),
+        (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"neck.lateral.\1."),
+        (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"neck.output.\1."),
+        (r"^rpn\.head\.conv\.0\.0\.", "rpn_head.conv."),
+        (r"^rpn\.head\.cls_logits\.", "rpn_head.objectness."),
+        (r"^rpn\.head\.bbox_pred\.", "rpn_head.box."),
+        (r"^roi_heads\.box_head\.", "roi_head."),
+        (r"^roi_heads\.box_predictor\.", "roi_head."),
+    ]
+    converted = _rename(state_dict, rules)
+    for name in ("roi_head.bbox_pred.weight", "roi_head.bbox_pred.bias"):
+        if name in converted:  # else the strict load names it missing
+            converted[name] = converted[name][4:]
+    return converted
 
 
 def ssd300_vgg16(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """torchvision's `ssd300_vgg16` -> detlab's `model=tv_ssd300_vgg16` (VGG16, SSD300 neck, SSD head).
+    """torchvision's ssd300_vgg16 state dict -> the keys of detlab's tv_ssd300_vgg16 model.
 
-    The tensors are the same objects, only renamed. The class logits need no reordering: both heads lay out
-    each default box's C outputs together (anchor-major), torchvision's 91 with background at 0 being detlab's
-    K + 1 softmax outputs for K = 90 (detlab label l is torchvision label l + 1).
+    VGG's conv1_1 .. conv4_3 keep torchvision's vgg16 names (backbone.features.0 .. 21), as detlab's VGG16 does;
+    torchvision's extra.0 is features 23..29 (pool4, conv5_x) followed by (pool5, fc6, ReLU, fc7), and its
+    extra.1 .. extra.4 (conv8 .. conv11) are detlab's neck. The class logits need no reordering: both heads lay
+    out each default box's C outputs together, torchvision's 91 with the background at 0 being detlab's K + 1
+    softmax outputs for K = 90 (data.category_ids 1..90: detlab label l is torchvision label l + 1).
     """
-    # conv1_1 .. conv4_3 in torchvision's vgg16.features numbering, which detlab's VGG16 keeps
-    layers = {f"backbone.features.{i}": f"backbone.features.{i}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21)}
-    # torchvision's extra.0 is features 23..29 (pool4, conv5_1 .. conv5_3) then (pool5, fc6, ReLU, fc7)
-    layers |= {f"backbone.extra.0.{i - 23}": f"backbone.features.{i}" for i in (24, 26, 28)}
-    layers |= {"backbone.extra.0.7.1": "backbone.fc6", "backbone.extra.0.7.3": "backbone.fc7"}
-    # extra.1 .. extra.4 are conv8 .. conv11 (1x1, ReLU, 3x3, ReLU): detlab's neck
-    layers |= {f"backbone.extra.{k}.{j}": f"neck.extra.{k - 1}.{j}" for k in range(1, 5) for j in (0, 2)}
-    layers |= {f"head.classification_head.module_list.{i}": f"head.cls_convs.{i}" for i in range(6)}
-    layers |= {f"head.regression_head.module_list.{i}": f"head.box_convs.{i}" for i in range(6)}
-    renames = {f"{theirs}.{name}": f"{ours}.{name}" for theirs, ours in layers.items() for name in ("weight", "bias")}
-    renames["backbone.scale_weight"] = "backbone.l2norm.weight"  # conv4_3's L2Norm scale
-    return _renamed(state_dict, renames, "ssd300_vgg16")
+    rules = [
+        (r"^backbone\.scale_weight$", "backbone.l2norm.weight"),
+        (r"^backbone\.extra\.0\.7\.1\.", "backbone.fc6."),
+        (r"^backbone\.extra\.0\.7\.3\.", "backbone.fc7."),
+        (r"^backbone\.extra\.0\.(\d+)\.", lambda m: f"backbone.features.{23 + int(m[1])}."),
+        (r"^backbone\.extra\.(\d+)\.", lambda m: f"neck.extra.{int(m[1]) - 1}."),
+        (r"^head\.classification_head\.module_list\.", "head.cls_convs."),
+        (r"^head\.regression_head\.module_list\.", "head.box_convs."),
+    ]
+    return _rename(state_dict, rules)
 
 
-def _renamed(state_dict: Mapping[str, Tensor], renames: dict[str, str], model: str) -> dict[str, Tensor]:
-    """state_dict with every key renamed by renames (torchvision key -> detlab key), which must cover it exactly."""
-    missing = [key for key in renames if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in renames]
+# torchvision detector -> (a key only its state dicts have, its converter, the preset that matches it)
+TORCHVISION_DETECTORS: dict[str, tuple[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]], str]] = {
+    "retinanet_resnet50_fpn": (
+        "head.classification_head.cls_logits.weight", retinanet_resnet50_fpn, "model=tv_retinanet_r50_fpn"
+    ),
+    "fasterrcnn_resnet50_fpn": (
+        "roi_heads.box_predictor.cls_score.weight", fasterrcnn_resnet50_fpn, "model=tv_fasterrcnn_r50_fpn"
+    ),
+    "ssd300_vgg16": ("backbone.scale_weight", ssd300_vgg16, "model=tv_ssd300_vgg16"),
+}
+
+
+def load_weights(model: nn.Module, path: str | Path | None) -> nn.Module:
+    """model with the weights of the file at path loaded strictly (see the module's docstring); path None: as is."""
+    if path is None:
+        return model
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"model.weights={path}: no such file")
+    try:
+        loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to replace; the cause is named
+        raise ValueError(f"model.weights={path}: not a readable torch weights file ({type(err).__name__}: {err})") from None
+    return load_state(model, loaded, f"model.weights={path}")
+
+
+def load_state(model: nn.Module, loaded: object, name: str) -> nn.Module:
+    """model with `loaded` (what torch.load gave: a torchvision or detlab state dict, or a checkpoint) loaded
+    strictly; `name` says where it came from in messages."""
+    state, source = _detlab_state(loaded, name)
+    missing, unexpected = _mismatch(model, state)
     if missing or unexpected:
         raise ValueError(
-            f"not a state dict of torchvision's {model}: missing keys {_some(missing)}; unexpected keys "
-            f"{_some(unexpected)}. Give the file that torchvision's {model} weights save (its model.state_dict())"
+            f"{name} ({source}) does not fit the configured model: {len(missing)} missing keys "
+            f"{missing[:MAX_LISTED]}, {len(unexpected)} unexpected keys {unexpected[:MAX_LISTED]}; "
+            + _hint(source)
         )
-    return {renames[key]: value for key, value in state_dict.items()}
+    model.load_state_dict(state, strict=True, assign=any(t.is_meta for t in model.state_dict().values()))
+    return model
 
 
-def _some(keys: list[str]) -> str:
-    """The first few keys and how many there are in all, for an error message."""
-    if not keys:
-        return "none"
-    more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
-    return f"{keys[:SHOWN_KEYS]}{more} ({len(keys)} in all)"
+def _detlab_state(loaded: object, name: str) -> tuple[dict[str, Tensor], str]:
+    """(the state dict in detlab's model keys, a word on what the file was) of a loaded weights file."""
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):  # a Lightning checkpoint
+        model_keys = {k[len("model."):]: v for k, v in loaded["state_dict"].items() if k.startswith("model.")}
+        return model_keys, "a detlab checkpoint"
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
+        raise ValueError(f"{name}: not a state dict (a mapping of names to tensors) or a checkpoint")
+    for name, (signature, convert, preset) in TORCHVISION_DETECTORS.items():
+        if signature in loaded:
+            return convert(loaded), f"torchvision's {name}, for {preset}"
+    return dict(loaded), "a state dict in detlab's keys"
+
+
+def _mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> tuple[list[str], list[str]]:
+    """Keys the model has and the file lacks, keys the file has and the model lacks, and shape mismatches
+    (reported as missing), sorted."""
+    own = model.state_dict()
+    # torchvision's FrozenBatchNorm2d drops num_batches_tracked when loading: a BatchNorm state fits it
+    extra = {k for k in state if k not in own and not k.endswith("num_batches_tracked")}
+    missing = {k for k in own if k not in state}
+    wrong = {f"{k} (shape {list(state[k].shape)} for {list(v.shape)})" for k, v in own.items()
+             if k in state and state[k].shape != v.shape}
+    return sorted(missing | wrong), sorted(extra)
+
+
+def _hint(source: str) -> str:
+    if source.startswith("torchvision"):
+        return "configure the preset named (its data.category_ids fix the class outputs) and no other backbone"
+    return "build the model the file was trained as (the run's config: detlab-eval run / detlab-predict --run)"
+
+
+def _rename(state_dict: Mapping[str, Tensor], rules: list[tuple[str, object]]) -> dict[str, Tensor]:
+    """state_dict with each key renamed by the first rule whose pattern it matches (others kept as they are)."""
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in rules:
+            new, count = re.subn(pattern, replacement, key, count=1)
+            if count:
+                key = new
+                break
+        out[key] = value
+    return out

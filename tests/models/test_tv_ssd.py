@@ -1,6 +1,7 @@
-"""model=tv_ssd300_vgg16 is torchvision 0.29.1's ssd300_vgg16: its settings, its state dict loaded strictly through
-detlab.models.torchvision_weights, its default boxes bit for bit, and its detections in the 300 x 300 frame on the
-input that torchvision's own transform makes (two coco128 photos, and a synthetic pair without the data)."""
+"""model=tv_ssd300_vgg16 is torchvision 0.29.1's ssd300_vgg16: its settings, its state dict file loaded strictly
+(detlab.models.torchvision_weights.load_weights, which recognises it and renames its keys), its default boxes bit
+for bit, and its detections in the 300 x 300 frame on the input that torchvision's own transform makes (two
+coco128 photos, and a synthetic pair without the data)."""
 
 from contextlib import contextmanager
 
@@ -12,7 +13,7 @@ from PIL import Image
 from torchvision.models.detection import retinanet_resnet50_fpn, ssd300_vgg16
 
 from detlab.config import compose_train, validate
-from detlab.models import torchvision_weights
+from detlab.models.torchvision_weights import load_state, load_weights
 from detlab.structures import Batch
 
 NUM_CLASSES = 90  # torchvision's 91 outputs = background + 90 (COCO's category ids 1..90, some unused)
@@ -20,8 +21,9 @@ PHOTOS = ("000000000009.jpg", "000000000036.jpg")  # 640 x 480 and 481 x 640
 
 
 @pytest.fixture(scope="module")
-def models():
-    """torchvision's SSD300 (seeded random weights, class biases spread) and detlab's preset holding its weights."""
+def models(tmp_path_factory):
+    """torchvision's SSD300 (seeded random weights, class biases spread) and detlab's preset holding its weights,
+    loaded from the state dict file as torchvision's weights enum saves it."""
     torch.manual_seed(0)
     tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1).eval()
     generator = torch.Generator().manual_seed(0)
@@ -41,8 +43,9 @@ def models():
     cfg = compose_train(["model=tv_ssd300_vgg16"])
     validate(cfg)
     parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=NUM_CLASSES)
-    parts.model.load_state_dict(torchvision_weights.ssd300_vgg16(tv.state_dict()), strict=True)
-    parts.model.eval()
+    path = tmp_path_factory.mktemp("torchvision") / "ssd300_vgg16_coco.pth"
+    torch.save(tv.state_dict(), path)
+    load_weights(parts.model, path).eval()
     return tv, parts
 
 
@@ -143,13 +146,16 @@ def changed(module, name: str, value):
         setattr(module, name, before)
 
 
-def test_converter_names_missing_and_unexpected_keys(models):
-    tv, _ = models
-    with pytest.raises(ValueError, match=r"ssd300_vgg16: missing keys \['backbone.features.0.weight'.*unexpected keys "
-                                         r"\['backbone.body.conv1.weight'"):
-        torchvision_weights.ssd300_vgg16(retinanet_resnet50_fpn(weights=None, weights_backbone=None).state_dict())
+def test_a_wrong_state_dict_names_the_missing_and_unexpected_keys(models):
+    tv, parts = models
+    retinanet = retinanet_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+    with pytest.raises(ValueError, match=r"torchvision's retinanet_resnet50_fpn, for model=tv_retinanet_r50_fpn\) does "
+                                         r"not fit the configured model: 71 missing keys \['backbone.fc6.bias'.*, "
+                                         r"\d+ unexpected keys \['backbone.bn1.bias'"):
+        load_state(parts.model, retinanet, "a RetinaNet file")
     state = dict(tv.state_dict())
-    state["head.extra.weight"] = state.pop("backbone.scale_weight")
-    with pytest.raises(ValueError, match=r"missing keys \['backbone.scale_weight'\] \(1 in all\); unexpected keys "
-                                         r"\['head.extra.weight'\] \(1 in all\)"):
-        torchvision_weights.ssd300_vgg16(state)
+    state["head.extra.weight"] = state.pop("head.regression_head.module_list.5.bias")
+    with pytest.raises(ValueError, match=r"\(torchvision's ssd300_vgg16, for model=tv_ssd300_vgg16\) does not fit the "
+                                         r"configured model: 1 missing keys \['head.box_convs.5.bias'\], 1 unexpected "
+                                         r"keys \['head.extra.weight'\]"):
+        load_state(parts.model, state, "an SSD file")
