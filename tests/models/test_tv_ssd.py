@@ -21,9 +21,9 @@ PHOTOS = ("000000000009.jpg", "000000000036.jpg")  # 640 x 480 and 481 x 640
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """torchvision's SSD300 (seeded random weights, class biases spread) and detlab's preset holding its weights,
-    loaded from the state dict file as torchvision's weights enum saves it."""
+def tv_ssd(tmp_path_factory):
+    """torchvision's SSD300 (seeded random weights, class biases spread) in eval mode, and its state dict saved
+    as torchvision's weights enum saves it."""
     torch.manual_seed(0)
     tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1).eval()
     generator = torch.Generator().manual_seed(0)
@@ -40,11 +40,18 @@ def models(tmp_path_factory):
         for conv in tv.head.regression_head.module_list:
             conv.weight.mul_(0.3)
             conv.bias.view(-1, 4)[:, 2:] = 3.5  # exp(3.5 / 5) = 2 x the default box's width and height
+    path = tmp_path_factory.mktemp("torchvision") / "ssd300_vgg16_coco.pth"
+    torch.save(tv.state_dict(), path)
+    return tv, path
+
+
+@pytest.fixture(scope="module")
+def models(tv_ssd):
+    """torchvision's SSD300 and detlab's preset holding its weights, loaded from its file."""
+    tv, path = tv_ssd
     cfg = compose_train(["model=tv_ssd300_vgg16"])
     validate(cfg)
     parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=NUM_CLASSES)
-    path = tmp_path_factory.mktemp("torchvision") / "ssd300_vgg16_coco.pth"
-    torch.save(tv.state_dict(), path)
     load_weights(parts.model, path).eval()
     return tv, parts
 
