@@ -81,3 +81,18 @@ def tv_retinanet_on_coco128(tv_retinanet, real_data):
     with torch.no_grad():
         detections = tv_retinanet[0]([torch.from_numpy(p.copy()).permute(2, 0, 1).float().div(255) for p in photos.values()])
     return photos, detections
+
+
+@pytest.fixture(scope="session")
+def canonical():
+    """(boxes [N, 4], scores [N], labels [N]) -> the same by decreasing score, equal scores by label, then x1: a
+    comparison of two implementations' detections must not depend on the order of tied scores (flat image regions
+    and float32 softmaxes tie now and then), which NMS may return either way."""
+
+    def in_canonical_order(boxes, scores, labels):
+        order = torch.arange(len(scores))
+        for key, descending in ((boxes[:, 0], False), (labels, False), (scores, True)):  # least significant first
+            order = order[torch.sort(key[order], descending=descending, stable=True).indices]
+        return boxes[order], scores[order], labels[order]
+
+    return in_canonical_order

@@ -1,7 +1,7 @@
 """From dense head outputs to detections in original image pixels, for the whole batch at once.
 
-Score, threshold and top-k per level, decode, clip to the image content, class-aware NMS over the batch in
-one call, the best ``max_per_image`` per image, back to original pixels; only then split per image.
+Score, threshold and top-k (per level or per class), decode, clip to the image content, class-aware NMS over the
+batch in one call, the best ``max_per_image`` per image, back to original pixels; only then split per image.
 """
 
 from __future__ import annotations
@@ -17,9 +17,14 @@ from detlab.structures import Batch, Detections, HeadOutput, Priors, boxes_to_or
 
 
 class DensePostProcess(nn.Module):
-    """RetinaNet's inference: per level the ``topk_per_level`` best (prior, class) pairs above
-    ``score_thresh``, class-aware NMS at ``nms_iou``, then the ``max_per_image`` best.
+    """Dense detectors' inference: the top-k best (prior, class) pairs above ``score_thresh``, class-aware NMS
+    at ``nms_iou``, then the ``max_per_image`` best.
 
+    topk_per_level: per pyramid level, the k best (prior, class) pairs of all classes together (RetinaNet's
+             inference, torchvision's and detectron2's).
+    topk_per_class: per class, the k best priors over all levels (SSD's: the paper's caffe DetectionOutput with
+             top_k 400, and torchvision's SSD postprocess_detections with topk_candidates 400). Exactly one of
+             the two is set; the other is null.
     softmax: scores are a softmax over C = K + 1 outputs whose column 0 is background (softmax losses);
              otherwise a sigmoid per class over C = K outputs.
     With an objectness output (YOLO), a score is sigmoid(objectness) x the class probability.
@@ -29,20 +34,27 @@ class DensePostProcess(nn.Module):
         self,
         box_coder: DeltaXYWHBoxCoder,
         score_thresh: float = 0.05,
-        topk_per_level: int = 1000,
+        topk_per_level: int | None = 1000,
+        topk_per_class: int | None = None,
         nms_iou: float = 0.5,
         max_per_image: int = 100,
         softmax: bool = False,
     ):
         super().__init__()
-        if topk_per_level < 1 or max_per_image < 1:
+        if (topk_per_level is None) == (topk_per_class is None):
             raise ValueError(
-                "postprocess.topk_per_level and postprocess.max_per_image must be >= 1, "
-                f"got {topk_per_level}, {max_per_image}"
+                f"postprocess.topk_per_level={topk_per_level} and postprocess.topk_per_class={topk_per_class}: set "
+                "exactly one of them (per level: RetinaNet's, YOLO's; per class: SSD's) and the other to null"
+            )
+        key, topk = ("topk_per_level", topk_per_level) if topk_per_class is None else ("topk_per_class", topk_per_class)
+        if topk < 1 or max_per_image < 1:
+            raise ValueError(
+                f"postprocess.{key} and postprocess.max_per_image must be >= 1, got {topk}, {max_per_image}"
             )
         self.box_coder = box_coder
         self.score_thresh = score_thresh
         self.topk_per_level = topk_per_level
+        self.topk_per_class = topk_per_class
         self.nms_iou = nms_iou
         self.max_per_image = max_per_image
         self.softmax = softmax
@@ -53,8 +65,12 @@ class DensePostProcess(nn.Module):
         sorted by decreasing score."""
         _check_inputs(outputs, priors)
         class_scores = self._scores(outputs)  # [B, A, K]
-        scores, prior_index, labels = top_k_per_level(class_scores, priors.level_sizes, self.topk_per_level)
+        if self.topk_per_class is None:
+            scores, prior_index, labels = top_k_per_level(class_scores, priors.level_sizes, self.topk_per_level)
+        else:
+            scores, prior_index, labels = top_k_per_class(class_scores, self.topk_per_class)
         boxes = decode_at(self.box_coder, outputs.box_reg, priors, prior_index, batch.image_sizes)  # [B, T, 4]
+        # Thresholding after the top-k keeps what thresholding first would: the best k of those above it.
         candidate = scores > self.score_thresh  # [B, T]
         num_classes = class_scores.shape[-1]
         return select_detections(boxes, scores, labels, candidate, batch, num_classes, self.nms_iou, self.max_per_image)
@@ -88,6 +104,15 @@ def top_k_per_level(scores: Tensor, level_sizes: Sequence[int], k: int) -> tuple
         start += size
     flat_index = torch.cat(top_index, dim=1)
     return torch.cat(top_scores, dim=1), flat_index // num_classes, flat_index % num_classes
+
+
+def top_k_per_class(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Scores, prior indices and labels [B, K * k'] of each class's k' = min(k, A) best priors of scores [B, A, K],
+    class by class."""
+    _, num_priors, num_classes = scores.shape
+    top_scores, prior_index = scores.transpose(1, 2).topk(min(k, num_priors), dim=2)  # [B, K, k']
+    labels = torch.arange(num_classes, device=scores.device)[None, :, None].expand_as(prior_index)
+    return top_scores.flatten(1), prior_index.flatten(1), labels.flatten(1)
 
 
 def decode_at(

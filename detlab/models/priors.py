@@ -4,6 +4,7 @@ ordering, same Priors; the level check, the cache and the assembly live once, in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -165,23 +166,35 @@ def _plain(values):
 class DefaultBoxGenerator(PriorGenerator):
     """SSD's default boxes (Liu et al. 2016, section 2.2), sized as fractions of the input side.
 
-    image_size:    side of the square input (the model config passes ${data.image_size}); the scales are
-                   fractions of it and the cells of every level are spread over all of it.
+    image_size:    side of the square input (the model config passes ${data.image_size}); the scales and the
+                   centres are fractions of it.
     scales:        s_1 .. s_{m+1} for m levels. Level k has, on every cell, a box of side s_k, one of side
                    sqrt(s_k * s_{k+1}), and for each a in aspect_ratios[k] one of s_k sqrt(a) x s_k / sqrt(a) and
                    its transpose: num_per_location[k] = 2 + 2 * len(aspect_ratios[k]), in that order (as the
                    paper's caffe code and torchvision).
     aspect_ratios: per level, the ratios a besides 1 (each adds a and 1 / a).
+    steps:         null: centres at the paper's (j + 0.5) / |f_k| of the input side, which spreads a level's cells
+                   evenly over the input whatever its size (torchvision's steps=None). A list, one per level: centres
+                   at (j + 0.5) * steps[k] pixels, caffe's and torchvision's SSD300 tiling ([8, 16, 32, 64, 100,
+                   300]: conv4_3's 38 cells of 8 px end at 304, its last centre on the border).
+    clip:          clamp every box's width and height to [0, 1] of the input side, as torchvision does (its
+                   SSD300's 1.05 boxes become 1.0); caffe's SSD300/SSD512 and mmdetection do not.
 
-    Box centres are the paper's ((j + 0.5) / |f_k|) * image_size, which spreads a level's cells evenly over the
-    input whatever its size (torchvision's DefaultBoxGenerator with steps=None), rather than caffe's fixed steps
-    (8, 16, 32, 64, 100, 300) that put conv4_3's last centre on the border. Boxes are not clipped to the image
-    (caffe's SSD300/SSD512 and mmdetection do not either). Boxes are ordered level, y, x, then box, as the heads
-    flatten their outputs; Priors.strides holds the strides passed in (the neck's nominal strides) to name each
-    box's level. One Priors object is cached per input geometry and device.
+    The boxes are torchvision's arithmetic, step for step in float32 on the CPU: (centre -/+ size / 2) as
+    fractions, times the side. So they equal torchvision's DefaultBoxGenerator bit for bit on an image_size x
+    image_size input, on any device. Boxes are ordered level, y, x, then box, as the heads flatten their outputs;
+    Priors.strides holds the strides passed in (the neck's nominal strides) to name each box's level. One Priors
+    object is cached per input geometry and device.
     """
 
-    def __init__(self, image_size: int, scales: Sequence[float], aspect_ratios: Sequence[Sequence[float]]) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        scales: Sequence[float],
+        aspect_ratios: Sequence[Sequence[float]],
+        steps: Sequence[float] | None = None,
+        clip: bool = False,
+    ) -> None:
         if not isinstance(image_size, int) or image_size <= 0:
             raise ValueError(f"model.priors.image_size={image_size!r} must be a positive integer (data.image_size)")
         if len(scales) != len(aspect_ratios) + 1 or min(scales) <= 0:
@@ -192,25 +205,35 @@ class DefaultBoxGenerator(PriorGenerator):
             )
         if any(min(ratios, default=1.0) <= 0 for ratios in aspect_ratios):
             raise ValueError(f"model.priors.aspect_ratios={[list(r) for r in aspect_ratios]} must be positive")
+        if steps is not None and (len(steps) != len(aspect_ratios) or min(steps) <= 0):
+            raise ValueError(
+                f"model.priors.steps={list(steps)} must be null or {len(aspect_ratios)} positive distances in pixels "
+                "between box centres, one per level of model.priors.aspect_ratios"
+            )
         self.image_size = image_size
         self.scales = tuple(float(s) for s in scales)
         self.aspect_ratios = tuple(tuple(float(a) for a in ratios) for ratios in aspect_ratios)
+        self.steps = None if steps is None else tuple(float(s) for s in steps)
+        self.clip = bool(clip)
         self.num_per_location = [2 + 2 * len(ratios) for ratios in self.aspect_ratios]
         self.num_levels, self.levels_key = len(self.aspect_ratios), "aspect_ratios"
         self._cache = {}
 
-    def box_sizes(self, level: int, device: torch.device | str = "cpu") -> Tensor:
-        """[num_per_location[level], 2] (width, height) of one level's boxes, in input pixels."""
+    def box_sizes(self, level: int) -> Tensor:
+        """[num_per_location[level], 2] (width, height) of one level's boxes as fractions of the input side."""
         s_k, s_next = self.scales[level], self.scales[level + 1]
-        sides = [(s_k, s_k), ((s_k * s_next) ** 0.5,) * 2]
-        for a in self.aspect_ratios[level]:
-            sides += [(s_k * a**0.5, s_k / a**0.5), (s_k / a**0.5, s_k * a**0.5)]
-        return torch.tensor(sides, dtype=torch.float32, device=device) * self.image_size
+        sides = [(s_k, s_k), (math.sqrt(s_k * s_next),) * 2]
+        for a in self.aspect_ratios[level]:  # math.sqrt in float64, then float32: torchvision's numbers
+            sides += [(s_k * math.sqrt(a), s_k / math.sqrt(a)), (s_k / math.sqrt(a), s_k * math.sqrt(a))]
+        sizes = torch.tensor(sides, dtype=torch.float32)
+        return sizes.clamp(min=0, max=1) if self.clip else sizes
 
     def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device, image_shape=None) -> Tensor:
-        xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) * (self.image_size / w)
-        ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) * (self.image_size / h)
-        return place(xs, ys, self.box_sizes(level, device) / 2)
+        # Cells per input side: the map's own size, or as many steps as fit (a fraction: 300 / 8 = 37.5)
+        cells_y, cells_x = (h, w) if self.steps is None else (self.image_size / self.steps[level],) * 2
+        xs = (torch.arange(w, dtype=torch.float32) + 0.5) / cells_x
+        ys = (torch.arange(h, dtype=torch.float32) + 0.5) / cells_y
+        return (place(xs, ys, 0.5 * self.box_sizes(level)) * self.image_size).to(device)
 
 
 class YoloAnchorGenerator(PriorGenerator):

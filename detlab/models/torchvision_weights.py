@@ -3,7 +3,7 @@
 `load_weights(model, path)` is what `model.weights=<path>` does. The file may be
 - a torchvision detection state dict (what torchvision's weights enum saves in the torch hub cache, or
   `torch.save(model.state_dict())` of its detector): recognised by its keys and renamed to detlab's by the
-  converter of that detector, for the matching preset (`model=tv_retinanet_r50_fpn`, ...);
+  converter of that detector, for the matching preset (`model=tv_retinanet_r50_fpn`, `model=tv_ssd300_vgg16`, ...);
 - a detlab Lightning checkpoint (`checkpoints/*.ckpt`): its `model.*` weights;
 - a plain state dict of detlab's model (a weights file).
 Loading is strict: a file made for another architecture is an error naming the missing and unexpected keys.
@@ -69,6 +69,27 @@ def fasterrcnn_resnet50_fpn(state_dict: Mapping[str, Tensor]) -> dict[str, Tenso
     return converted
 
 
+def ssd300_vgg16(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """torchvision's ssd300_vgg16 state dict -> the keys of detlab's tv_ssd300_vgg16 model.
+
+    VGG's conv1_1 .. conv4_3 keep torchvision's vgg16 names (backbone.features.0 .. 21), as detlab's VGG16 does;
+    torchvision's extra.0 is features 23..29 (pool4, conv5_x) followed by (pool5, fc6, ReLU, fc7), and its
+    extra.1 .. extra.4 (conv8 .. conv11) are detlab's neck. The class logits need no reordering: both heads lay
+    out each default box's C outputs together, torchvision's 91 with the background at 0 being detlab's K + 1
+    softmax outputs for K = 90 (data.category_ids 1..90: detlab label l is torchvision label l + 1).
+    """
+    rules = [
+        (r"^backbone\.scale_weight$", "backbone.l2norm.weight"),
+        (r"^backbone\.extra\.0\.7\.1\.", "backbone.fc6."),
+        (r"^backbone\.extra\.0\.7\.3\.", "backbone.fc7."),
+        (r"^backbone\.extra\.0\.(\d+)\.", lambda m: f"backbone.features.{23 + int(m[1])}."),
+        (r"^backbone\.extra\.(\d+)\.", lambda m: f"neck.extra.{int(m[1]) - 1}."),
+        (r"^head\.classification_head\.module_list\.", "head.cls_convs."),
+        (r"^head\.regression_head\.module_list\.", "head.box_convs."),
+    ]
+    return _rename(state_dict, rules)
+
+
 # torchvision detector -> (a key only its state dicts have, its converter, the preset that matches it)
 TORCHVISION_DETECTORS: dict[str, tuple[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]], str]] = {
     "retinanet_resnet50_fpn": (
@@ -77,6 +98,7 @@ TORCHVISION_DETECTORS: dict[str, tuple[str, Callable[[Mapping[str, Tensor]], dic
     "fasterrcnn_resnet50_fpn": (
         "roi_heads.box_predictor.cls_score.weight", fasterrcnn_resnet50_fpn, "model=tv_fasterrcnn_r50_fpn"
     ),
+    "ssd300_vgg16": ("backbone.scale_weight", ssd300_vgg16, "model=tv_ssd300_vgg16"),
 }
 
 

@@ -1,8 +1,12 @@
-"""DensePostProcess against a straightforward per-image reference built from torchvision ops."""
+"""DensePostProcess against a straightforward per-image reference built from torchvision ops, and its per-class
+top-k against torchvision's SSD post-processing itself."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection.ssd import SSD
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from detlab.models.box_coder import DeltaXYWHBoxCoder
@@ -119,3 +123,36 @@ def test_mismatched_priors_name_the_field():
     wrong_levels = Priors(priors.boxes, priors.strides, (96, 24))
     with pytest.raises(ValueError, match="level_sizes"):
         DensePostProcess(DeltaXYWHBoxCoder())(outputs, wrong_levels, batch)
+
+
+def test_top_k_per_class_is_torchvisions_ssd_postprocess():
+    outputs, priors, batch = make_case(num_classes=5, seed=4)
+    thresh, topk, nms_iou, max_det = 0.5, 20, 0.45, 64
+    post = DensePostProcess(
+        DeltaXYWHBoxCoder((10.0, 10.0, 5.0, 5.0)), score_thresh=thresh, topk_per_level=None, topk_per_class=topk,
+        nms_iou=nms_iou, max_per_image=max_det, softmax=True,
+    )
+    detections = post(outputs, priors, batch)
+    # torchvision's SSD.postprocess_detections, one image and one class at a time, on a stand-in for its model
+    ssd = SimpleNamespace(box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)), score_thresh=thresh, topk_candidates=topk,
+                          nms_thresh=nms_iou, detections_per_img=max_det)
+    head = {"cls_logits": outputs.cls_logits, "bbox_regression": outputs.box_reg}
+    expected = SSD.postprocess_detections(ssd, head, [priors.boxes] * len(batch), batch.image_sizes.tolist())
+    above = (outputs.cls_logits.softmax(-1)[..., 1:] > thresh).sum(dim=1)  # [B, K] boxes above it per class
+    assert (above > topk).any() and (above < topk).any()  # the top-k limits some classes, the threshold others
+    for i, (det, tv) in enumerate(zip(detections, expected)):
+        offset, scale = batch.offsets[i].repeat(2), batch.scales[i].repeat(2)
+        torch.testing.assert_close(det.boxes, (tv["boxes"] - offset) / scale, msg=f"image {i}")
+        torch.testing.assert_close(det.scores, tv["scores"], msg=f"image {i}")
+        assert torch.equal(det.labels + 1, tv["labels"]), f"image {i}"  # torchvision's labels count the background
+    # 68, 65 and 70 candidates: the cap binds on images 0 and 2, NMS leaves 61 on image 1
+    assert above.clamp(max=topk).sum(dim=1).tolist() == [68, 65, 70]
+    assert [len(d.scores) for d in detections] == [64, 61, 64]
+
+
+@pytest.mark.parametrize("per_level, per_class", [(None, None), (100, 400)])
+def test_exactly_one_top_k_is_set(per_level, per_class):
+    with pytest.raises(ValueError, match="postprocess.topk_per_level=.* and postprocess.topk_per_class=.*exactly one"):
+        DensePostProcess(DeltaXYWHBoxCoder(), topk_per_level=per_level, topk_per_class=per_class)
+    with pytest.raises(ValueError, match="postprocess.topk_per_class and postprocess.max_per_image must be >= 1"):
+        DensePostProcess(DeltaXYWHBoxCoder(), topk_per_level=None, topk_per_class=0)

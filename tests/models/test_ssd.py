@@ -67,17 +67,34 @@ def test_ssd300_has_the_papers_8732_default_boxes_equal_to_torchvision():
     assert len(priors) == 8732 and generator.num_per_location == [4, 6, 6, 6, 4, 4]
     assert priors.level_sizes == (38 * 38 * 4, 19 * 19 * 6, 10 * 10 * 6, 5 * 5 * 6, 3 * 3 * 4, 4)
     # torchvision's generator with the same scales, centres (j + 0.5) / f_k (its steps=None) and no clipping
-    # (its clip=True clamps w, h to the image side; caffe's SSD300 does not clip).
+    # (its clip=True clamps w, h to the image side; caffe's SSD300 does not clip): the same float32 arithmetic.
     ratios = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
     tv = TVDefaultBoxGenerator(ratios, scales=list(cfg.model.priors.scales), clip=False)
     maps = [torch.zeros(1, 1, h, w) for h, w in SSD300_MAPS]
     expected = tv(ImageList(torch.zeros(1, 3, 300, 300), [(300, 300)]), maps)[0]
-    torch.testing.assert_close(priors.boxes, expected, rtol=0, atol=1e-4)
+    assert torch.equal(priors.boxes, expected)
     # The paper's SSD300 sizes in pixels (mmdetection's [30, 60, 111, 162, 213, 264, 315]), level 0 and 5:
     sides = priors.boxes[:, 2:] - priors.boxes[:, :2]
     expected_sides = [[30, 30], [(30 * 60) ** 0.5] * 2, [30 * 2**0.5, 30 / 2**0.5], [30 / 2**0.5, 30 * 2**0.5]]
     torch.testing.assert_close(sides[:4], torch.tensor(expected_sides))
     torch.testing.assert_close(sides[-3], torch.tensor([264 * 315]).sqrt().repeat(2))
+
+
+@pytest.mark.parametrize("steps", [None, [8, 16, 32, 64, 100, 300]])
+@pytest.mark.parametrize("clip", [False, True])
+def test_steps_and_clip_are_torchvisions_tiling(steps, clip):
+    """torchvision's SSD300 boxes (COCO scales, caffe's steps, clipped), each option on its own, bit for bit."""
+    ratios, scales = [[2], [2, 3], [2, 3], [2, 3], [2], [2]], [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]
+    generator = DefaultBoxGenerator(300, scales, ratios, steps=steps, clip=clip)
+    priors = generator(SSD300_MAPS, [8, 16, 32, 64, 64, 64], "cpu")
+    tv = TVDefaultBoxGenerator(ratios, scales=scales, steps=steps, clip=clip)
+    maps = [torch.zeros(1, 1, h, w) for h, w in SSD300_MAPS]
+    assert torch.equal(priors.boxes, tv(ImageList(torch.zeros(1, 3, 300, 300), [(300, 300)]), maps)[0])
+    centres = (priors.boxes[:, :2] + priors.boxes[:, 2:]) / 2
+    level_0_last = centres[38 * 38 * 4 - 1].tolist()  # conv4_3's last cell: 37.5 of 38 cells, or 37.5 steps of 8 px
+    assert level_0_last == pytest.approx([300 * 37.5 / 38] * 2 if steps is None else [300.0] * 2)
+    sides = priors.boxes[-4:, 2:] - priors.boxes[-4:, :2]  # the 1 x 1 map's widest box: 0.87 sqrt(2) = 1.23
+    assert sides.max().item() == pytest.approx(300.0 if clip else 300 * 0.87 * 2**0.5)
 
 
 def test_ssd512_has_24564_default_boxes():
@@ -125,9 +142,10 @@ def test_matching_is_ssds_best_box_per_object_plus_iou_half():
     iou = box_iou(gt, priors.boxes)
     expected = SSDMatcher(0.5)(iou)  # -1 below 0.5, plus each gt's best prior (torch's argmax: the first one)
     # One difference: a tie for an object's best IoU makes every tied prior positive, not the first only. The
-    # 12 px object lies wholly inside several 30 px boxes of level 0, all at IoU 144 / 900.
+    # 12 px object lies wholly inside several 30 px boxes of level 0, all at IoU 144 / 900 (12 of them to the
+    # last float32 bit: the boxes' sides differ in the last bit from cell to cell).
     tied = iou == iou.max(dim=1, keepdim=True).values  # [5, A]
-    assert tied.sum(dim=1).tolist() == [1, 1, 1, 1, 8]
+    assert tied.sum(dim=1).tolist() == [1, 1, 1, 1, 12]
     expected[tied[4]] = 4
     assert torch.equal(matched, expected)
     assert matched.min() == -1 and not (matched == -2).any()  # no ignored band below 0.5
@@ -201,3 +219,5 @@ def test_neck_and_head_errors_name_the_key():
         DefaultBoxGenerator(300, [0.1, 0.2], [[2], [2]])
     with pytest.raises(ValueError, match="model.priors.aspect_ratios"):
         DefaultBoxGenerator(300, [0.1, 0.2, 0.3], [[2], [2]])([(4, 4)], [8], "cpu")
+    with pytest.raises(ValueError, match="model.priors.steps"):
+        DefaultBoxGenerator(300, [0.1, 0.2, 0.3], [[2], [2]], steps=[8, 16, 32])

@@ -10,7 +10,6 @@ category_ids[label]).
 
 import inspect
 
-import numpy as np
 import pytest
 import torch
 from torchvision.models.detection.retinanet import RetinaNet
@@ -28,15 +27,8 @@ def detlab_predictor(weights) -> Predictor:
     return Predictor.from_config(cfg, list(cfg.data.category_ids))
 
 
-def canonical(boxes, scores, labels):
-    """The detections by decreasing score, equal scores by label and box: flat image regions give identical
-    scores to distant boxes, which NMS may return in either order."""
-    order = np.lexsort((*boxes.T.flip(0).numpy(), labels.numpy(), -scores.numpy()))
-    return boxes[order], scores[order], labels[order]
-
-
 @pytest.mark.realdata
-def test_detections_equal_torchvisions(tv_retinanet, tv_retinanet_on_coco128):
+def test_detections_equal_torchvisions(tv_retinanet, tv_retinanet_on_coco128, canonical):
     tv_model, weights = tv_retinanet
     photos, expected = tv_retinanet_on_coco128
     photos = list(photos.values())

@@ -1,10 +1,12 @@
 """SSD's VGG16 against torchvision's SSDFeatureExtractorVGG; weights by name from a local cache (no network)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from torchvision.models.detection.ssd import SSDFeatureExtractorVGG
+from torchvision.models.detection.ssd import SSDFeatureExtractorVGG, _vgg_extractor
 from torchvision.models.vgg import cfgs, make_layers
 
 from detlab.models.backbones.vgg import VGG16
@@ -103,3 +105,19 @@ def test_bad_settings_name_the_key():
     # caffe-preprocessed weights would silently see wrongly normalised images
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
         VGG16(pretrained="IMAGENET1K_FEATURES")
+
+
+@pytest.mark.parametrize("trainable_layers", [5, 4, 1])
+def test_frozen_stages_are_torchvisions_trainable_backbone_layers(trainable_layers):
+    # torchvision's ssd300_vgg16 freezes its VGG's first 5 - trainable_layers blocks (it reads only .features)
+    tv = _vgg_extractor(SimpleNamespace(features=make_layers(cfgs["D"])), False, trainable_layers)
+    # torchvision's extra.0.j is VGG's features.(23 + j): the names of the frozen parameters in our numbering
+    frozen_tv = {
+        name if name.startswith("features.") else f"features.{23 + int(name.split('.')[2])}.{name.split('.')[3]}"
+        for name, p in tv.named_parameters() if not p.requires_grad
+    }
+    net = VGG16(frozen_stages=5 - trainable_layers).train()
+    assert {name for name, p in net.named_parameters() if not p.requires_grad} == frozen_tv
+    assert len(frozen_tv) == {5: 0, 4: 4, 1: 20}[trainable_layers]  # conv1_x: 2 convs; conv1_x .. conv4_x: 10
+    with pytest.raises(ValueError, match="model.backbone.frozen_stages"):
+        VGG16(frozen_stages=6)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 from torchvision.models.vgg import cfgs, make_layers
 
+from detlab.models.backbones.stages import StagedBackbone
 from detlab.models.backbones.weights import fetch, torchvision_weights
 
 # ResNet's numbering (index i has stride 2^(i+1), C3 and C4), so that out_indices reads the same everywhere.
@@ -18,6 +19,7 @@ OUTPUTS = {2: "conv4_3", 3: "fc7"}
 CONV4_3 = 23  # torchvision's vgg16.features[:23] ends with conv4_3's ReLU, [23] is pool4
 POOL3 = 16
 POOL5 = 30
+BLOCK_ENDS = (4, 9, 16, 23, 30)  # features[:BLOCK_ENDS[n - 1]] holds conv1_x .. convn_x (and the pools between)
 # SSD's VGG was trained with caffe's preprocessing (0..255 inputs): detlab normalises with ImageNet mean/std.
 CAFFE_WEIGHTS = ("IMAGENET1K_FEATURES",)
 
@@ -35,7 +37,7 @@ class L2Norm(nn.Module):
         return (F.normalize(x.float(), dim=1) * self.weight[None, :, None, None].float()).to(x.dtype)
 
 
-class VGG16(nn.Module):
+class VGG16(StagedBackbone):
     """torchvision's vgg16 with SSD's changes, as a feature extractor.
 
     `features` keeps torchvision's layer names (features.0 .. features.28, pool5 dropped), so its state dict
@@ -47,10 +49,17 @@ class VGG16(nn.Module):
                  "IMAGENET1K_V1"; loaded through torchvision's weights API only when asked. fc6 and fc7 then
                  start from the classifier's fc6/fc7 decimated as the paper does (every 4th unit, every 3rd
                  tap of fc6's 7 x 7), as in the paper's "VGG16 fc reduced" model.
+    frozen_stages: -1 nothing frozen (0 too: VGG has no stem), N in 1..5 the conv blocks conv1_x .. convN_x (no
+                 grad). torchvision's ssd300_vgg16 trains all with a random backbone and freezes conv1_x (its
+                 trainable_backbone_layers = 4 = 5 - N) with pretrained ones.
     """
 
     def __init__(
-        self, pretrained: bool | str = False, out_indices: Sequence[int] = (2, 3), l2_scale: float = 20.0
+        self,
+        pretrained: bool | str = False,
+        out_indices: Sequence[int] = (2, 3),
+        l2_scale: float = 20.0,
+        frozen_stages: int = -1,
     ) -> None:
         super().__init__()
         indices = list(out_indices)
@@ -79,6 +88,12 @@ class VGG16(nn.Module):
         self.out_indices = tuple(indices)
         self.out_channels = tuple({2: 512, 3: 1024}[i] for i in self.out_indices)
         self.strides = tuple(2 ** (i + 1) for i in self.out_indices)
+        if not -1 <= frozen_stages <= len(BLOCK_ENDS):
+            raise ValueError(f"model.backbone.frozen_stages={frozen_stages} must be in -1..{len(BLOCK_ENDS)}")
+        self.freeze(frozen_stages)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        return [self.features[: BLOCK_ENDS[self.frozen_stages - 1]]] if self.frozen_stages > 0 else []
 
     def _load_torchvision(self, state: dict[str, Tensor]) -> None:
         """Conv weights as they are; fc6/fc7 decimated from the classifier's 4096-unit layers."""
