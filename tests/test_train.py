@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 # A model and data small enough for seconds on a CPU; the same override list serves every test here.
 TINY = [
@@ -85,7 +87,8 @@ def test_offline_wandb_run_holds_the_ap_table(trained_run):
     assert table["columns"] == ["metric", "value"]
     results = json.loads((trained_run / "results.json").read_text())
     assert dict(table["data"]) == pytest.approx(results["metrics"])
-    assert list((files / "media" / "images" / "val").glob("predictions_*.png"))
+    pngs = list((files / "media" / "images" / "val").glob("predictions_*.png"))
+    assert pngs and all(np.asarray(Image.open(p)).max() > 0 for p in pngs)  # not black: uint8 pixels, not [0, 1]
 
 
 def test_speed_entry_point_times_the_checkpoint(trained_run, tmp_path):
