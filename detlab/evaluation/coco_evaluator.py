@@ -200,47 +200,89 @@ def evaluate_results_file(ann_file: str, results_file: str, backend: str = "fast
     return _score(coco_gt, results, image_ids, categories, backend)
 
 
+class ResultsFileError(ValueError):
+    """A COCO results file that cannot be scored as written; the message names the file, detection and field.
+
+    (#17's error policy gives it its final place among detlab's exception types.)
+    """
+
+
 def _read_results(results_file: str, image_ids: np.ndarray, category_ids: np.ndarray) -> BoxResults:
-    """A COCO results json (a list of {image_id, category_id, bbox [x, y, w, h], score}) as BoxResults."""
+    """A COCO results json (a list of {image_id, category_id, bbox [x, y, w, h], score}) as BoxResults.
+
+    Nothing is coerced: pycocotools rejects an image_id of 74.5 or "74", and a bbox of 8 numbers reshaped to
+    4 pairs boxes with the wrong detections, so each is an error naming the detection's index and field.
+    """
     try:
         with open(results_file) as f:
             records = json.load(f)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{results_file}: not a valid JSON file ({err})") from err
+        raise ResultsFileError(f"{results_file}: not a valid JSON file ({err})") from err
     if not isinstance(records, list):
-        raise ValueError(
+        raise ResultsFileError(
             f"{results_file}: a COCO results file is a JSON list of detections, got a {type(records).__name__}"
         )
-    required = {"image_id", "category_id", "bbox", "score"}
     for i, record in enumerate(records):  # a check per record: the JSON is already Python objects
-        if not isinstance(record, dict) or not required <= record.keys():
-            missing = sorted(required - record.keys()) if isinstance(record, dict) else sorted(required)
-            raise ValueError(f"{results_file}: detection {i} lacks {missing} (each needs {sorted(required)})")
-    try:
-        results = BoxResults(
-            np.asarray([r["image_id"] for r in records], dtype=np.int64).reshape(-1),
-            np.asarray([r["category_id"] for r in records], dtype=np.int64).reshape(-1),
-            np.asarray([r["bbox"] for r in records], dtype=np.float64).reshape(-1, 4),
-            np.asarray([r["score"] for r in records], dtype=np.float64).reshape(-1),
-        )
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{results_file}: ids must be integers, bbox 4 numbers [x, y, w, h], score a number ({err})"
-        ) from err
+        problem = _record_problem(record)
+        if problem:
+            raise ResultsFileError(f"{results_file}: detection {i}: {problem}")
+    results = BoxResults(
+        np.asarray([r["image_id"] for r in records], dtype=np.int64).reshape(-1),
+        np.asarray([r["category_id"] for r in records], dtype=np.int64).reshape(-1),
+        np.asarray([r["bbox"] for r in records], dtype=np.float64).reshape(-1, 4),
+        np.asarray([r["score"] for r in records], dtype=np.float64).reshape(-1),
+    )
+    _check_finite(results_file, "bbox", np.isfinite(results.bbox_xywh).all(axis=1), results.bbox_xywh)
+    _check_finite(results_file, "score", np.isfinite(results.scores), results.scores)
     _check_known(results_file, "image_id", results.image_ids, image_ids)
     _check_known(results_file, "category_id", results.category_ids, category_ids)
-    if not (np.isfinite(results.bbox_xywh).all() and np.isfinite(results.scores).all()):
-        raise ValueError(f"{results_file}: bbox or score values are not finite")
     return results
+
+
+_FIELDS = ("image_id", "category_id", "bbox", "score")
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with one detection's types (None when nothing is): ids ints, bbox 4 numbers, score a number."""
+    if not isinstance(record, dict) or not set(_FIELDS) <= record.keys():
+        missing = [f for f in _FIELDS if not isinstance(record, dict) or f not in record]
+        return f"lacks {missing} (each detection needs {list(_FIELDS)})"
+    for field in ("image_id", "category_id"):
+        if not _is_int(record[field]):
+            return f"{field} {record[field]!r} is not an integer; write the annotation file's {field}"
+    bbox = record["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+        return f"bbox {bbox!r} is not 4 numbers [x, y, w, h] in original image pixels"
+    if not _is_number(record["score"]):
+        return f"score {record['score']!r} is not a number"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # not bool (a subclass of int), not 74.0 or "74"
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _check_finite(results_file: str, field: str, finite: np.ndarray, values: np.ndarray) -> None:
+    """finite [N] per detection; json reads NaN and Infinity, which no box or score may be."""
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise ResultsFileError(
+            f"{results_file}: detection {first}: {field} {values[first].tolist()} is not finite "
+            f"({(~finite).sum()} detections have a non-finite {field})"
+        )
 
 
 def _check_known(results_file: str, field: str, values: np.ndarray, known: np.ndarray) -> None:
     unknown = ~np.isin(values, known)
     if unknown.any():
         first = int(np.argmax(unknown))
-        raise ValueError(
-            f"{results_file}: {unknown.sum()} detections have a {field} that is not in the annotation file, e.g. "
-            f"detection {first} with {field} {int(values[first])} (unknown: {np.unique(values[unknown])[:5].tolist()})"
+        raise ResultsFileError(
+            f"{results_file}: detection {first}: {field} {int(values[first])} is not in the annotation file "
+            f"({unknown.sum()} detections have an unknown {field}: {np.unique(values[unknown])[:5].tolist()})"
         )
 
 

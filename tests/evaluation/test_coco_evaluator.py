@@ -20,6 +20,7 @@ from torchvision.ops import box_convert
 from detlab.evaluation.coco_evaluator import (
     METRIC_NAMES,
     CocoEvaluator,
+    ResultsFileError,
     evaluate_results_file,
     format_table,
 )
@@ -288,23 +289,41 @@ def test_results_file_matches_evaluator(ann_file, backend, tmp_path):
     assert from_file["metrics"] == pytest.approx(metric_dict(reference_eval(ann_file, rows).stats), abs=TOL)
 
 
+GOOD = {"image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         ("{not json", "not a valid JSON"),
         ('{"image_id": 3}', "JSON list"),
-        ('[{"image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5]}]', "lacks ['score']"),
-        ('[{"image_id": 4, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}]', "image_id 4"),
-        ('[{"image_id": 3, "category_id": 2, "bbox": [0, 0, 5, 5], "score": 0.5}]', "category_id 2"),
-        ('[{"image_id": 3, "category_id": 1, "bbox": [0, 0, 5], "score": 0.5}]', "bbox 4 numbers"),
+        ('[{"image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5]}]', "detection 0: lacks ['score']"),
+        ("[3]", "detection 0: lacks ['image_id', 'category_id', 'bbox', 'score']"),
+        ([GOOD, {**GOOD, "image_id": 4}], "detection 1: image_id 4 is not in the annotation file"),
+        ([GOOD, {**GOOD, "category_id": 2}], "detection 1: category_id 2 is not in the annotation file"),
+        # pycocotools rejects these ids; int() or numpy would score 74.5 and "3" as image 74 and 3.
+        ([GOOD, {**GOOD, "image_id": 3.5}], "detection 1: image_id 3.5 is not an integer"),
+        ([{**GOOD, "image_id": "3"}], "detection 0: image_id '3' is not an integer"),
+        ([{**GOOD, "image_id": 3.0}], "detection 0: image_id 3.0 is not an integer"),
+        ([{**GOOD, "category_id": 1.9}], "detection 0: category_id 1.9 is not an integer"),
+        ([{**GOOD, "category_id": True}], "detection 0: category_id True is not an integer"),
+        ([GOOD, {**GOOD, "bbox": [0, 0, 5]}], "detection 1: bbox [0, 0, 5] is not 4 numbers"),
+        # 8 numbers: a reshape to [-1, 4] would pair the boxes with the wrong detections.
+        ([{**GOOD, "bbox": [0, 0, 5, 5, 1, 1, 5, 5]}, GOOD], "detection 0: bbox [0, 0, 5, 5, 1, 1, 5, 5] is not 4"),
+        ([{**GOOD, "bbox": [0, "0", 5, 5]}], "detection 0: bbox [0, '0', 5, 5] is not 4 numbers"),
+        ([{**GOOD, "bbox": [[0, 0], [5, 5]]}], "is not 4 numbers"),
+        ([{**GOOD, "score": None}], "detection 0: score None is not a number"),
+        ([GOOD, GOOD, {**GOOD, "score": float("nan")}], "detection 2: score nan is not finite"),
+        ([GOOD, {**GOOD, "bbox": [0, 0, float("inf"), 5]}], "detection 1: bbox [0.0, 0.0, inf, 5.0] is not finite"),
     ],
 )
-def test_bad_results_file_names_the_file(ann_file, tmp_path, content, message):
+def test_bad_results_file_names_the_file_detection_and_field(ann_file, tmp_path, content, message):
     results_file = tmp_path / "bad_results.json"
-    results_file.write_text(content)
-    with pytest.raises(ValueError) as err:
+    results_file.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ResultsFileError) as err:
         evaluate_results_file(ann_file, str(results_file))
-    assert str(results_file) in str(err.value) and message in str(err.value)
+    assert isinstance(err.value, ValueError)  # every CLI reports a ValueError as one message, exit 2
+    assert str(err.value).startswith(f"{results_file}: ") and message in str(err.value), str(err.value)
 
 
 def test_bad_inputs_are_named(ann_file, tmp_path):
