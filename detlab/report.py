@@ -58,6 +58,7 @@ class Run:
     study: str | None = None
     device: str | None = None
     pruned: bool = False  # stopped early by prune.* (detlab.pruning): its numbers are not its budget's
+    provenance: dict[str, Any] = field(default_factory=dict)  # results.json["provenance"] (detlab.provenance)
 
 
 @dataclass
@@ -105,7 +106,7 @@ def read_run(run_dir: Path) -> Run:
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
     study = (results.get("config") or {}).get("tracking", {}).get("group")
     return Run(name=str(run_dir), overrides=overrides, values=values, study=study, device=speed.get("device"),
-               pruned=results.get("pruned") is not None)
+               pruned=results.get("pruned") is not None, provenance=results.get("provenance") or {})
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
@@ -163,7 +164,8 @@ def wandb_runs(project: str, group: str | None = None) -> list[Run]:
         for key in ("ms_per_img", "img_per_s"):
             if f"speed/{key}" in summary:
                 values[key] = float(summary[f"speed/{key}"])
-        runs.append(Run(name="/".join(remote.path), overrides=overrides, values=values, study=remote.group))
+        runs.append(Run(name="/".join(remote.path), overrides=overrides, values=values, study=remote.group,
+                        provenance=config.get("provenance") or {}))
     return runs
 
 
@@ -591,6 +593,9 @@ def write_report(
         notes.append(f"Speed was measured on different devices ({', '.join(devices)}): those numbers do not compare.\n")
     elif devices:
         notes.append(f"Speed measured on: {devices[0]}.\n")
+    for warning in provenance_warnings(runs):  # in the report, and on the console of whoever makes it
+        log.warning(warning.strip())
+        notes.append(warning)
     if left_out:
         names = ", ".join(map(str, left_out))
         notes.append(f"Runs without results.json (failed or unfinished) or pruned, left out: {names}\n")
@@ -599,6 +604,35 @@ def write_report(
     write_csv(rows, metrics, files["csv"])
     write_runs_csv(groups, files["runs"])
     return Report(rows, text, files)
+
+
+def provenance_warnings(runs: Sequence[Run]) -> list[str]:
+    """A warning when the runs of one table come from different code (detlab version, git sha, uncommitted
+    changes) or different data (data_fingerprint): a difference between them may then be neither the factor's
+    nor the seed's. Runs that recorded no provenance count as one more kind."""
+    warnings = []
+    for what, identity in (("code", _code_of), ("data", _data_of)):
+        kinds: dict[str, list[str]] = {}
+        for run in runs:
+            kinds.setdefault(identity(run.provenance), []).append(run.name)
+        if len(kinds) > 1:
+            listed = "; ".join(f"{kind}: {len(names)} runs (e.g. {names[0]})" for kind, names in kinds.items())
+            warnings.append(f"Warning: the runs in this table come from different {what} ({listed}).\n")
+    return warnings
+
+
+def _code_of(provenance: dict[str, Any]) -> str:
+    if not provenance:
+        return "no provenance recorded"
+    if provenance.get("git_sha") is None:
+        return f"detlab {provenance.get('detlab')} (not a git checkout)"
+    dirty = " with uncommitted changes" if provenance.get("git_dirty") else ""
+    return f"detlab {provenance.get('detlab')} at {str(provenance['git_sha'])[:10]}{dirty}"
+
+
+def _data_of(provenance: dict[str, Any]) -> str:
+    fingerprint = provenance.get("data_fingerprint")
+    return f"data {fingerprint[:12]}" if fingerprint else "no data fingerprint recorded"
 
 
 def log_to_wandb(report: Report, metrics: Sequence[str], project: str, study: str | None) -> str:

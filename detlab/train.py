@@ -27,6 +27,7 @@ from detlab.ema import EMA
 from detlab.evaluation.coco_evaluator import format_table
 from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import complexity, format_complexity, format_speed, measure_speed, speed_summary
+from detlab.provenance import provenance
 from detlab.pruning import MedianStopping
 from detlab.tracking import EvaluationLogger
 
@@ -61,6 +62,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if pruning:
         callbacks.append(pruning)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    data_files = {split: (ds.ann_file, str(ds.img_dir)) for split, ds in datamodule.datasets.items()}
+    origin = provenance(OmegaConf.to_container(cfg, resolve=True), data_files, trainer.strategy.root_device)
+    if logger:  # in the W&B config, where runs are filtered and grouped
+        logger.log_hyperparams({"provenance": origin})
     cost = complexity(module.model, cfg.data.image_size)
     if trainer.is_global_zero:
         print(format_complexity(cost), flush=True)
@@ -77,6 +82,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "pruned": pruning.pruned if pruning else None,
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "provenance": origin,
     }
     if trainer.is_global_zero:
         if cfg.speed.enabled:  # rank 0 alone: the other ranks would only compete for the same device

@@ -25,7 +25,8 @@ from detlab.report import (
 STUDY = ["experiment=focal_gamma", "trainer.max_epochs=2"]
 
 
-def fake_run(root: Path, name: str, overrides: list[str], ap: float, ms: float | None = None, study="focal_gamma"):
+def fake_run(root: Path, name: str, overrides: list[str], ap: float, ms: float | None = None, study="focal_gamma",
+             provenance: dict | None = None):
     """A run directory as detlab-train writes it, with made-up numbers."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
@@ -34,6 +35,8 @@ def fake_run(root: Path, name: str, overrides: list[str], ap: float, ms: float |
         "metrics": {"AP": ap, "AP50": ap + 0.2, "AP75": ap - 0.05, "APl": -1.0},
         "config": {"tracking": {"group": study}},
     }
+    if provenance is not None:
+        results["provenance"] = provenance
     if ms is not None:
         results["speed"] = {"ms_per_img": ms, "img_per_s": 1e3 / ms, "device": "cpu: Test CPU"}
     (run / "results.json").write_text(json.dumps(results))
@@ -146,6 +149,23 @@ def test_without_speed_the_table_leaves_it_out(tmp_path):
     report = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out", baseline="loss=ce_ohem")
     assert "speed_accuracy" not in report.files and "ms_per_img" not in report.markdown
     assert "| focal |" in report.markdown
+
+
+def test_report_warns_when_runs_differ_in_code_or_data(tmp_path, caplog):
+    same = {"detlab": "0.1.0", "git_sha": "a" * 40, "git_dirty": False, "data_fingerprint": "d" * 64}
+    for seed in range(2):
+        fake_run(tmp_path / "same", f"a{seed}", ["loss=ce", f"seed={seed}"], 0.2, provenance=same)
+        fake_run(tmp_path / "same", f"b{seed}", ["loss=focal", f"seed={seed}"], 0.3, provenance=same)
+    report = write_report(find_runs([tmp_path / "same"])[0], tmp_path / "out")
+    assert "Warning" not in report.markdown and not caplog.records
+    fake_run(tmp_path / "same", "b2", ["loss=focal", "seed=2"], 0.3, provenance={**same, "git_dirty": True})
+    fake_run(tmp_path / "same", "b3", ["loss=focal", "seed=3"], 0.3, provenance={**same, "data_fingerprint": "e" * 64})
+    report = write_report(find_runs([tmp_path / "same"])[0], tmp_path / "out")
+    code = f"Warning: the runs in this table come from different code (detlab 0.1.0 at aaaaaaaaaa: 5 runs"
+    assert code in report.markdown and "aaaaaaaaaa with uncommitted changes: 1 runs (e.g. " in report.markdown
+    data = "Warning: the runs in this table come from different data (data dddddddddddd: 5 runs"
+    assert data in report.markdown and "data eeeeeeeeeeee: 1 runs" in report.markdown
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 2
 
 
 def test_pareto_front_by_hand():

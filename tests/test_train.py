@@ -66,6 +66,9 @@ def test_run_writes_results_config_and_checkpoints(trained_run):
     assert (speed["batch_size"], speed["warmup"], speed["repeats"], speed["input_size"]) == (2, 1, 2, 64)
     assert speed["ms_per_img"] == pytest.approx(speed["latency_ms"]["total"]["median"])
     assert speed["device"].startswith("cpu") and speed["precision"] == "32-true"
+    origin = results["provenance"]
+    assert origin["git_sha"] == subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+    assert len(origin["data_fingerprint"]) == len(origin["config_hash"]) == 64 and origin["device"] == speed["device"]
 
 
 def test_model_cost_is_printed_before_training(trained_run):
@@ -87,6 +90,9 @@ def test_offline_wandb_run_holds_the_ap_table(trained_run):
     assert table["columns"] == ["metric", "value"]
     results = json.loads((trained_run / "results.json").read_text())
     assert dict(table["data"]) == pytest.approx(results["metrics"])
+    # The W&B config holds the provenance (an offline run keeps its config in the run's .wandb record).
+    fingerprint = results["provenance"]["data_fingerprint"]
+    assert f'"data_fingerprint":"{fingerprint}"'.encode() in next(runs[0].glob("run-*.wandb")).read_bytes()
     pngs = list((files / "media" / "images" / "val").glob("predictions_*.png"))
     assert pngs and all(np.asarray(Image.open(p)).max() > 0 for p in pngs)  # not black: uint8 pixels, not [0, 1]
 
