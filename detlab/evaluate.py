@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from detlab.evaluation.backends import BACKENDS
+from detlab.evaluation.backends import BACKENDS, DEFAULT_BACKEND
 from detlab.evaluation.coco_evaluator import evaluate_results_file, format_table
 from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import checkpoint_speed, format_speed
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     res = commands.add_parser("results", help="score a COCO results json against a COCO annotation file")
     res.add_argument("--ann", type=Path, required=True)
     res.add_argument("--results", type=Path, required=True)
-    res.add_argument("--backend", choices=BACKENDS, default="faster_coco_eval")
+    res.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
     res.add_argument("--output", type=Path, help="write the result as JSON here")
     speed = commands.add_parser("speed", help="time a checkpoint's detector under the speed protocol")
     speed.add_argument("path", type=Path)

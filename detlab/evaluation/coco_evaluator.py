@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from detlab.evaluation.backends import BoxResults, check_backend, coco_eval, load_ground_truth
+from detlab.evaluation.backends import DEFAULT_BACKEND, BoxResults, check_backend, coco_eval, load_ground_truth
 from detlab.structures import Detections
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -60,7 +60,7 @@ class CocoEvaluator:
     ann_file:     the COCO annotation file the images come from (original image ids and pixels).
     category_ids: label -> the file's category id (label k is category_ids[k]).
     class_names:  label -> name for ``per_class_AP``; the file's category names when None.
-    backend:      "faster_coco_eval" (default) or "pycocotools" (the reference; equal to ~1e-16).
+    backend:      "hotcoco" (default), "faster_coco_eval" or "pycocotools" (the reference they equal).
     """
 
     def __init__(
@@ -68,7 +68,7 @@ class CocoEvaluator:
         ann_file: str,
         category_ids: Sequence[int],
         class_names: Sequence[str] | None = None,
-        backend: str = "faster_coco_eval",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         check_backend(backend)
         self.ann_file = str(ann_file)
@@ -184,7 +184,7 @@ def _class_names(coco_gt: Any, ann_file: str, category_ids: list[int], class_nam
     return names
 
 
-def evaluate_results_file(ann_file: str, results_file: str, backend: str = "faster_coco_eval") -> dict[str, Any]:
+def evaluate_results_file(ann_file: str, results_file: str, backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
     """Score a COCO box results json (from any framework) against a COCO annotation file.
 
     Every image and category of the annotation file is scored (the official protocol); per-class AP is keyed
