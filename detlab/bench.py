@@ -31,7 +31,7 @@ from torchvision.models.detection import retinanet_resnet50_fpn
 
 from detlab.config import compose_train
 from detlab.evaluation.backends import BACKENDS
-from detlab.evaluation.coco_evaluator import evaluate_results_file
+from detlab.evaluation.results_file import evaluate_results_file
 from detlab.profile import summarize_ms, synchronizer, time_stages
 from detlab.structures import Batch, HeadOutput
 

@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 
 from detlab.config import CONF_DIR, validate
 from detlab.ema import EMA
-from detlab.evaluation.coco_evaluator import format_table
+from detlab.evaluation.coco_table import format_table
 from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import complexity, format_complexity, format_speed, measure_speed, speed_summary
 from detlab.provenance import provenance

@@ -18,13 +18,9 @@ from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert
 
 from detlab.evaluation.backends import BACKENDS, DEFAULT_BACKEND
-from detlab.evaluation.coco_evaluator import (
-    METRIC_NAMES,
-    CocoEvaluator,
-    ResultsFileError,
-    evaluate_results_file,
-    format_table,
-)
+from detlab.evaluation.coco_evaluator import CocoEvaluator
+from detlab.evaluation.coco_table import METRIC_NAMES, format_table
+from detlab.evaluation.results_file import ResultsFileError, evaluate_results_file
 from detlab.structures import Detections, boxes_to_original
 
 # Non-contiguous category ids; "fish" has no ground truth anywhere.
