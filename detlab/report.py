@@ -10,8 +10,11 @@ configuration and metric: mean, sample standard deviation and a 95% confidence i
 (Student's t with n - 1 degrees of freedom); the difference from the baseline configuration with Welch's 95%
 interval (no equal-variance assumption). Written to the output folder: results.md, results.csv (one row per
 configuration), runs.csv (one row per run), speed_accuracy.png (AP against ms per image, the Pareto front
-drawn) and metrics.png (one bar chart per metric). `ReportCallback` runs all of it at the end of a Hydra
-multirun; the experiment configs register it.
+drawn) and metrics.png (one bar chart per metric). The figures are for a paper: PNG at 200 dpi and PDF, the
+study's name as title, axes with units, a caption line saying what the points and bars are, intervals clipped
+to the metric's valid range. The report warns when speeds come from different devices or a busy machine
+(p90/median latency above 1.5), and when runs come from different code or data. `ReportCallback` runs all of
+it at the end of a Hydra multirun; the experiment configs register it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 METRICS = ("AP", "AP50", "AP75", "ms_per_img")  # the Markdown table's columns unless --metrics says otherwise
 SPEED = "ms_per_img"
 IGNORED = ("seed",)
+SPREAD_LIMIT = 1.5  # p90 / median latency above which a speed is flagged: the machine did other work meanwhile
+DPI = 200
 LABEL_BOX = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75}  # text stays readable on lines
 
 
@@ -57,6 +62,7 @@ class Run:
     values: dict[str, float]
     study: str | None = None
     device: str | None = None
+    speed_spread: float | None = None  # p90 / median of the batch-1 latency: above SPREAD_LIMIT the machine was busy
     pruned: bool = False  # stopped early by prune.* (detlab.pruning): its numbers are not its budget's
     provenance: dict[str, Any] = field(default_factory=dict)  # results.json["provenance"] (detlab.provenance)
 
@@ -105,8 +111,10 @@ def read_run(run_dir: Path) -> Run:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
     study = (results.get("config") or {}).get("tracking", {}).get("group")
+    total = (speed.get("latency_ms") or {}).get("total") or {}
+    spread = total["p90"] / total["median"] if total.get("median") else None
     return Run(name=str(run_dir), overrides=overrides, values=values, study=study, device=speed.get("device"),
-               pruned=results.get("pruned") is not None, provenance=results.get("provenance") or {})
+               speed_spread=spread, pruned=results.get("pruned") is not None, provenance=results.get("provenance") or {})
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
@@ -353,6 +361,21 @@ def scale(metric: str) -> float:
     return 100.0 if metric.startswith(("AP", "AR")) else 1.0
 
 
+def valid_range(metric: str) -> tuple[float, float]:
+    """Where a metric's values can lie (raw units): AP and AR in [0, 1], every other recorded number >= 0
+    (ms, images per second, parameters, GFLOPs). A t-interval of few seeds can reach past it."""
+    return (0.0, 1.0) if metric.startswith(("AP", "AR")) else (0.0, math.inf)
+
+
+UNITS = {"ms_per_img": "ms per image (batch 1, median)", "img_per_s": "images per second", "params": "parameters",
+         "gflops": "GFLOPs"}
+
+
+def axis_label(metric: str) -> str:
+    """A metric with its unit, for an axis."""
+    return f"{metric} (points, x100)" if scale(metric) == 100 else UNITS.get(metric, metric)
+
+
 def markdown(
     rows: Sequence[Row], metrics: Sequence[str], title: str, common: dict[str, str], notes: Sequence[str]
 ) -> str:
@@ -459,7 +482,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def plot_speed_accuracy(
     rows: Sequence[Row], path: Path, metric: str = "AP", title: str = "", device: str | None = None
-) -> None:
+) -> Figure:
     """AP against ms per image, one point per configuration with 95% intervals on both axes, the Pareto front."""
     rows = [r for r in rows if not math.isnan(r.stats[SPEED].estimate) and not math.isnan(r.stats[metric].estimate)]
     k = scale(metric)
@@ -468,7 +491,7 @@ def plot_speed_accuracy(
     ax = fig.subplots()
     points = [(r.stats[SPEED].estimate, r.stats[metric].estimate * k) for r in rows]
     for r, (x, y) in zip(rows, points):
-        xerr, yerr = _error_bar(r.stats[SPEED], 1.0), _error_bar(r.stats[metric], k)
+        xerr, yerr = _error_bar(r.stats[SPEED], 1.0, SPEED), _error_bar(r.stats[metric], k, metric)
         color = "C3" if r.is_baseline else "C0"
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", ms=6, capsize=3, color=color, alpha=0.9)
     front = pareto_front(points)
@@ -476,13 +499,15 @@ def plot_speed_accuracy(
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "-", color="C1", lw=2.5, alpha=0.6,
                 label="Pareto front (faster and more accurate than the rest)", zorder=3)
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("ms per image (batch 1, median)" + (f", {device}" if device else ""))
-    ax.set_ylabel(f"{metric} (points)" if k == 100 else metric)
+    ax.set_xlabel(axis_label(SPEED) + (f", {device}" if device else ""))
+    ax.set_ylabel(axis_label(metric))
     ax.set_title(title or f"{metric} against speed")
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.2, y=0.15)
     _place_labels(ax, [r.label + (" (baseline)" if r.is_baseline else "") for r in rows], points)
-    fig.savefig(path, dpi=150)
+    _caption(fig, rows, "points: mean of {seeds}; bars: 95% t-intervals on both axes")
+    _save(fig, path)
+    return fig
 
 
 def _place_labels(ax: Any, labels: Sequence[str], points: Sequence[tuple[float, float]]) -> None:
@@ -507,7 +532,7 @@ def _place_labels(ax: Any, labels: Sequence[str], points: Sequence[tuple[float, 
         taken.append(box)
 
 
-def plot_metrics(rows: Sequence[Row], metrics: Sequence[str], path: Path, title: str = "") -> None:
+def plot_metrics(rows: Sequence[Row], metrics: Sequence[str], path: Path, title: str = "") -> Figure:
     """One bar chart per metric: a bar per configuration (mean, 95% interval) and a dot per seed."""
     grid_rows, grid_cols = math.ceil(len(metrics) / 2), min(2, len(metrics))
     panel_width = max(4.3, 0.7 + 0.65 * len(rows))  # room for each configuration's tick label
@@ -518,26 +543,43 @@ def plot_metrics(rows: Sequence[Row], metrics: Sequence[str], path: Path, title:
         k = scale(metric)
         means = [r.stats[metric].estimate * k for r in rows]
         colors = ["C3" if r.is_baseline else "C0" for r in rows]
-        yerr = np.array([_error_bar(r.stats[metric], k) for r in rows])[:, :, 0].T  # [2, configurations]
+        yerr = np.array([_error_bar(r.stats[metric], k, metric) for r in rows])[:, :, 0].T  # [2, configurations]
         ax.bar(x, means, color=colors, alpha=0.6, yerr=yerr, capsize=4)
         for i, r in enumerate(rows):
             seeds = r.group.values(metric) * k
             ax.plot(np.full(len(seeds), i), seeds, "k.", ms=4)
         ax.set_xticks(x, [r.label for r in rows], rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{metric} (points)" if k == 100 else metric, fontsize=10)
+        ax.set_ylabel(axis_label(metric), fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=150)
+    _caption(fig, rows, "bars: mean of {seeds}, 95% t-interval; dots: single seeds; red: the baseline")
+    _save(fig, path)
+    return fig
 
 
-def _error_bar(s: Interval, k: float) -> list[list[float]]:
-    """[[below], [above]] for matplotlib; zero where the interval is unknown (one seed)."""
+def _error_bar(s: Interval, k: float, metric: str) -> list[list[float]]:
+    """[[below], [above]] for matplotlib, the interval clipped to the metric's valid range (no negative AP or
+    milliseconds); zero where the interval is unknown (one seed)."""
     if math.isnan(s.low):
         return [[0.0], [0.0]]
-    return [[(s.estimate - s.low) * k], [(s.high - s.estimate) * k]]
+    low, high = valid_range(metric)
+    return [[(s.estimate - max(s.low, low)) * k], [(min(s.high, high) - s.estimate) * k]]
+
+
+def _caption(fig: Figure, rows: Sequence[Row], text: str) -> None:
+    """A caption line under the plot, as a paper's figure needs: what a point or bar and its interval are."""
+    counts = sorted({max((s.n for s in r.stats.values()), default=0) for r in rows})
+    seeds = f"{counts[0]} seeds" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds"
+    fig.supxlabel(text.format(seeds=seeds) + " (clipped to the valid range)", fontsize=8, color="0.3")
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """PNG at DPI for reading, and PDF beside it (vector, for a paper)."""
+    fig.savefig(path, dpi=DPI)
+    fig.savefig(path.with_suffix(".pdf"))
 
 
 # --- the whole report ---------------------------------------------------------------------------------
@@ -575,7 +617,8 @@ def write_report(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     studies = sorted({r.study for r in runs if r.study})
-    title = title or (", ".join(studies) or "runs") + f": {len(groups)} configurations, {len(runs)} runs"
+    name = title or ", ".join(studies) or "runs"  # the figures' title: the study's name
+    title = f"{name}: {len(groups)} configurations, {len(runs)} runs"
     devices = sorted({r.device for r in runs if r.device})
 
     files = {"markdown": output / "results.md", "csv": output / "results.csv", "runs": output / "runs.csv"}
@@ -584,16 +627,16 @@ def write_report(
         files["speed_accuracy"] = output / "speed_accuracy.png"
         plotted = compare(groups, list(dict.fromkeys([*metrics, "AP", SPEED])), base)
         device = devices[0] if len(devices) == 1 else None
-        plot_speed_accuracy(plotted, files["speed_accuracy"], title=title, device=device)
+        plot_speed_accuracy(plotted, files["speed_accuracy"], title=name, device=device)
+        files["speed_accuracy_pdf"] = files["speed_accuracy"].with_suffix(".pdf")
         notes.append("![AP against ms per image](speed_accuracy.png)\n")
     files["metrics"] = output / "metrics.png"
-    plot_metrics(rows, metrics, files["metrics"], title=title)
+    plot_metrics(rows, metrics, files["metrics"], title=name)
+    files["metrics_pdf"] = files["metrics"].with_suffix(".pdf")
     notes.append("![metrics per configuration](metrics.png)\n")
-    if len(devices) > 1:
-        notes.append(f"Speed was measured on different devices ({', '.join(devices)}): those numbers do not compare.\n")
-    elif devices:
+    if len(devices) == 1:
         notes.append(f"Speed measured on: {devices[0]}.\n")
-    for warning in provenance_warnings(runs):  # in the report, and on the console of whoever makes it
+    for warning in speed_warnings(runs) + provenance_warnings(runs):  # in the report, and on the console of whoever makes it
         log.warning(warning.strip())
         notes.append(warning)
     if left_out:
@@ -604,6 +647,22 @@ def write_report(
     write_csv(rows, metrics, files["csv"])
     write_runs_csv(groups, files["runs"])
     return Report(rows, text, files)
+
+
+def speed_warnings(runs: Sequence[Run]) -> list[str]:
+    """Warnings when the speeds of one table do not compare: measured on different devices, or on a machine
+    busy enough that a run's p90 latency exceeds SPREAD_LIMIT times its median."""
+    warnings = []
+    devices = sorted({r.device for r in runs if r.device})
+    if len(devices) > 1:
+        warnings.append(f"Warning: speed was measured on different devices ({', '.join(devices)}): "
+                        "those numbers do not compare.\n")
+    noisy = [r for r in runs if r.speed_spread is not None and r.speed_spread > SPREAD_LIMIT]
+    if noisy:
+        listed = ", ".join(f"{r.name} ({r.speed_spread:.2f})" for r in noisy)
+        warnings.append(f"Warning: {len(noisy)} runs' speed varied (p90/median latency above {SPREAD_LIMIT}: the "
+                        f"machine was busy), their ms_per_img is unreliable: {listed}.\n")
+    return warnings
 
 
 def provenance_warnings(runs: Sequence[Run]) -> list[str]:

@@ -7,16 +7,22 @@ import math
 from pathlib import Path
 
 import matplotlib.image
+import PIL.Image
 import pytest
 import yaml
 
 from detlab.report import (
+    Interval,
     ReportError,
+    _error_bar,
+    compare,
     find_runs,
     group_runs,
     main,
     mean_interval,
     pareto_front,
+    plot_metrics,
+    plot_speed_accuracy,
     t_quantile,
     welch_interval,
     write_report,
@@ -26,7 +32,7 @@ STUDY = ["experiment=focal_gamma", "trainer.max_epochs=2"]
 
 
 def fake_run(root: Path, name: str, overrides: list[str], ap: float, ms: float | None = None, study="focal_gamma",
-             provenance: dict | None = None):
+             provenance: dict | None = None, device: str = "cpu: Test CPU", p90: float | None = None):
     """A run directory as detlab-train writes it, with made-up numbers."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
@@ -38,7 +44,8 @@ def fake_run(root: Path, name: str, overrides: list[str], ap: float, ms: float |
     if provenance is not None:
         results["provenance"] = provenance
     if ms is not None:
-        results["speed"] = {"ms_per_img": ms, "img_per_s": 1e3 / ms, "device": "cpu: Test CPU"}
+        total = {"median": ms, "p90": p90 or ms * 1.1}
+        results["speed"] = {"ms_per_img": ms, "img_per_s": 1e3 / ms, "device": device, "latency_ms": {"total": total}}
     (run / "results.json").write_text(json.dumps(results))
     return run
 
@@ -140,6 +147,41 @@ def test_plots_are_written(sweep, tmp_path):
         image = matplotlib.image.imread(report.files[name])
         assert image.shape[0] > 400 and image.shape[1] > 600, image.shape
     assert "![AP against ms per image](speed_accuracy.png)" in report.markdown
+
+
+def test_figures_for_a_paper(sweep, tmp_path):
+    """200 dpi PNG and a PDF, the study's name as title, units on the axes, a caption line, and intervals clipped
+    to the valid range: 3 seeds at AP 0, 0, 0.3 have a t-interval of 0.1 +- 0.43 that would reach -33 points."""
+    report = write_report(find_runs([sweep])[0], tmp_path / "out", baseline="experiment/focal_gamma=gamma0_alpha0.75")
+    for name in ("speed_accuracy", "metrics"):
+        assert PIL.Image.open(report.files[name]).info["dpi"] == pytest.approx((200, 200), abs=0.01)
+        assert report.files[f"{name}_pdf"].read_bytes().startswith(b"%PDF")
+    groups = group_runs(find_runs([sweep])[0])
+    rows = compare(groups, ["AP", "ms_per_img"], None)
+    fig = plot_metrics(rows, ["AP", "ms_per_img"], tmp_path / "m.png", title="focal_gamma")
+    assert fig.get_suptitle() == "focal_gamma"
+    assert fig.get_supxlabel().startswith("bars: mean of 3 seeds, 95% t-interval; dots: single seeds")
+    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["AP (points, x100)", "ms per image (batch 1, median)"]
+    fig = plot_speed_accuracy(rows, tmp_path / "s.png", title="focal_gamma")
+    assert fig.axes[0].get_xlabel() == "ms per image (batch 1, median)" and fig.axes[0].get_title() == "focal_gamma"
+    assert fig.get_supxlabel().startswith("points: mean of 3 seeds; bars: 95% t-intervals on both axes")
+    wide = mean_interval([0.0, 0.0, 0.3])
+    assert wide.low == pytest.approx(0.1 - 4.302653 * math.sqrt(0.03) / math.sqrt(3), abs=1e-6) and wide.low < -0.3
+    assert _error_bar(wide, 100, "AP") == [[pytest.approx(10.0)], [pytest.approx((wide.high - 0.1) * 100)]]
+    assert _error_bar(Interval(0.95, 0.8, 1.1), 100, "AP") == [[pytest.approx(15.0)], [pytest.approx(5.0)]]
+    assert _error_bar(Interval(5.0, -2.0, 12.0), 1, "ms_per_img") == [[5.0], [7.0]]
+
+
+def test_speed_warnings_for_devices_and_a_busy_machine(tmp_path):
+    fake_run(tmp_path / "runs", "a0", ["loss=ce", "seed=0"], 0.2, ms=10.0)
+    fake_run(tmp_path / "runs", "b0", ["loss=focal", "seed=0"], 0.3, ms=10.0, p90=15.0)  # p90/median 1.5: fine
+    report = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out")
+    assert "Warning" not in report.markdown and "Speed measured on: cpu: Test CPU." in report.markdown
+    fake_run(tmp_path / "runs", "b1", ["loss=focal", "seed=1"], 0.3, ms=10.0, p90=16.0, device="cuda: Test GPU")
+    report = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out")
+    assert "Warning: speed was measured on different devices (cpu: Test CPU, cuda: Test GPU)" in report.markdown
+    assert f"Warning: 1 runs' speed varied (p90/median latency above 1.5" in report.markdown
+    assert f"{tmp_path / 'runs' / 'b1'} (1.60)" in report.markdown
 
 
 def test_without_speed_the_table_leaves_it_out(tmp_path):
