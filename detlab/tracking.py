@@ -82,6 +82,7 @@ class EvaluationLogger(pl.Callback):
         wb.log_table("val/coco_table", columns=["metric", "value"], data=[[k, float(v)] for k, v in metrics.items()])
         per_class = module.last_eval["per_class_AP"]
         wb.log_table("val/per_class_AP", columns=["class", "AP"], data=[[k, float(v)] for k, v in per_class.items()])
+        wb.log_metrics(wandb_analysis(module.last_eval), step=trainer.global_step)
         if self.num_images > 0:
             wb.log_image("val/predictions", self._draw(trainer, module))
 
@@ -130,6 +131,40 @@ def wandb_images(batch: Batch, detections: list[Detections], class_names: list[s
             )
         )
     return images
+
+
+def wandb_analysis(result: dict[str, Any]) -> dict[str, Any]:
+    """The error analysis (detlab.evaluation.analysis) as W&B charts and scalars: a PR curve per class at IoU
+    0.5 and 0.75, the TIDE breakdown (val/dAP_<type> scalars, comparable across runs, and a bar chart), the
+    confusion matrix with background as a table, the calibration curve and val/ECE."""
+    import wandb
+
+    logged: dict[str, Any] = {}
+    curves = result["pr_curves"]
+    for key, iou in (("AP50", "0.50"), ("AP75", "0.75")):
+        if curves[key]:
+            logged[f"val/pr_curve_{key}"] = wandb.plot.line_series(
+                xs=curves["recall"], ys=list(curves[key].values()), keys=list(curves[key]),
+                title=f"Precision-recall per class at IoU {iou}", xname="recall",
+            )
+    if "errors" in result:
+        dap, counts = result["errors"]["dAP"], result["errors"]["counts"]
+        logged.update({f"val/dAP_{k}": v for k, v in dap.items()})
+        table = wandb.Table(columns=["error", "dAP", "count"], data=[[k, dap[k], counts[k]] for k in counts])
+        logged["val/errors"] = wandb.plot.bar(table, "error", "dAP", title="TIDE: AP50 gained by fixing each error")
+    if "confusion_matrix" in result:
+        classes, matrix = result["confusion_matrix"]["classes"], result["confusion_matrix"]["matrix"]
+        logged["val/confusion_matrix"] = wandb.Table(
+            columns=["ground truth", *(f"predicted {c}" for c in classes)],
+            data=[[c, *row] for c, row in zip(classes, matrix)],
+        )
+    if "calibration" in result:
+        calibration = result["calibration"]
+        logged["val/ECE"] = calibration["ECE"]
+        bins = [[b["confidence"], b["precision"], b["count"]] for b in calibration["bins"] if b["count"]]
+        table = wandb.Table(columns=["score", "fraction matched", "count"], data=bins)
+        logged["val/calibration"] = wandb.plot.line(table, "score", "fraction matched", title="Calibration")
+    return logged
 
 
 def input_pixels(images: torch.Tensor) -> np.ndarray:

@@ -25,6 +25,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from detlab.config import CONF_DIR, validate
 from detlab.ema import EMA
 from detlab.evaluation.coco_table import format_table
+from detlab.evaluation.figures import plot_error_analysis
 from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import complexity, format_complexity, format_speed, measure_speed, speed_summary
 from detlab.provenance import provenance
@@ -88,6 +89,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.speed.enabled:  # rank 0 alone: the other ranks would only compete for the same device
             results["speed"] = _speed(cfg, module, datamodule, trainer.strategy.root_device)
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        plot_error_analysis(results, run_dir / "analysis")
         print(format_table(results), flush=True)
         print(format_complexity(cost), flush=True)
         if "speed" in results:

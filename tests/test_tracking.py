@@ -73,3 +73,30 @@ def test_logged_image_is_the_input_in_0_255_with_both_box_sets():
     assert [b["position"]["maxX"] for b in logged[1]._boxes["ground_truth"]._val] == [5.0, 15.0]
     assert logged[0]._boxes["ground_truth"]._val[0]["position"] == {"minX": 1.0, "minY": 2.0, "maxX": 9.0, "maxY": 10.0}
     assert logged[1]._boxes["predictions"]._val == []
+
+
+def test_error_analysis_as_wandb_charts():
+    import wandb
+
+    from detlab.tracking import wandb_analysis
+
+    dap = {"Cls": 0.5, "Loc": 0.07, "Both": 0.006, "Dupe": 0.006, "Bkg": 0.006, "Miss": 0.05, "FP": 0.09, "FN": 0.16}
+    result = {
+        "pr_curves": {"recall": [0.0, 0.5, 1.0], "AP50": {"a": [1.0, 0.3, 0.0], "b": [0.0, 0.0, 0.0]}, "AP75": {}},
+        "errors": {"AP50": 0.16, "dAP": dap, "counts": {k: 1 for k in ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")}},
+        "confusion_matrix": {"classes": ["a", "b", "background"], "matrix": [[2, 0, 2], [1, 0, 0], [4, 0, 0]]},
+        "calibration": {"ECE": 0.49, "bins": [{"confidence": 0.9, "precision": 1.0, "count": 1},
+                                              {"confidence": 0.5, "precision": 0.0, "count": 0}]},
+    }
+    logged = wandb_analysis(result)
+    assert logged["val/ECE"] == 0.49 and {k: logged[f"val/dAP_{k}"] for k in dap} == dap
+    table = logged["val/confusion_matrix"]
+    assert isinstance(table, wandb.Table)
+    assert table.columns == ["ground truth", "predicted a", "predicted b", "predicted background"]
+    assert table.data == [["a", 2, 0, 2], ["b", 1, 0, 0], ["background", 4, 0, 0]]
+    assert "val/pr_curve_AP75" not in logged  # no class with ground truth: no chart
+    for key in ("val/pr_curve_AP50", "val/errors", "val/calibration"):
+        assert type(logged[key]).__name__ == "CustomChart", key
+    assert logged["val/errors"].table.data[0] == ["Cls", 0.5, 1]
+    assert logged["val/calibration"].table.data == [[0.9, 1.0, 1]]  # empty bins left out
+    assert wandb_analysis({"pr_curves": result["pr_curves"]}).keys() == {"val/pr_curve_AP50"}  # other engines

@@ -110,12 +110,13 @@ def load_ground_truth(ann_file: str, backend: str) -> Any:
 
 def coco_eval(
     coco_gt: Any, results: BoxResults, img_ids: Sequence[int], cat_ids: Sequence[int], backend: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run COCOeval (bbox) on the given images and categories.
+) -> Any:
+    """Run COCOeval (bbox) on the given images and categories; the backend's evaluator, summarised.
 
-    Returns the 12 summary stats [12] in COCO's order (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100,
-    ARs, ARm, ARl; -1 where nothing is defined) and the precision array [T, R, K, A, M] (IoU thresholds,
-    recall thresholds, categories in sorted id order, area ranges, max detections).
+    Its ``stats[:12]`` are the summary numbers in COCO's order (AP, AP50, AP75, APs, APm, APl, AR1, AR10,
+    AR100, ARs, ARm, ARl; -1 where nothing is defined) and ``eval["precision"]`` the precision array
+    [T, R, K, A, M] (IoU thresholds, recall thresholds, categories in sorted id order, area ranges, max
+    detections); hotcoco's also has the error analysis (detlab.evaluation.analysis).
     """
     coco_dt = _results_index(coco_gt, results, backend)
     with quiet():
@@ -130,7 +131,7 @@ def coco_eval(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return np.asarray(evaluator.stats[:12], dtype=np.float64), np.asarray(evaluator.eval["precision"])
+    return evaluator
 
 
 def _results_index(coco_gt: Any, results: BoxResults, backend: str) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from detlab.evaluation.analysis import error_analysis
 from detlab.evaluation.backends import BoxResults, coco_eval
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -33,9 +34,12 @@ _DESCRIPTIONS = {
 
 
 def score(coco_gt: Any, results: BoxResults, img_ids: np.ndarray, names: dict[int, str], backend: str) -> dict:
-    """COCOeval on img_ids and the categories of names (category id -> class name); the output dict."""
+    """COCOeval on img_ids and the categories of names (category id -> class name); the output dict:
+    {"metrics", "per_class_AP"} and the error analysis (detlab.evaluation.analysis)."""
     cat_ids = list(names)
-    stats, precision = coco_eval(coco_gt, results, img_ids.tolist(), cat_ids, backend)
+    evaluator = coco_eval(coco_gt, results, img_ids.tolist(), cat_ids, backend)
+    stats = np.asarray(evaluator.stats[:12], dtype=np.float64)
+    precision = np.asarray(evaluator.eval["precision"])
     # precision [T, R, K, A, M]: K in sorted category-id order; area index 0 is "all", M index -1 is 100.
     per_cat = precision[:, :, :, 0, -1]
     valid = per_cat > -1
@@ -45,6 +49,7 @@ def score(coco_gt: Any, results: BoxResults, img_ids: np.ndarray, names: dict[in
     return {
         "metrics": {name: float(v) for name, v in zip(METRIC_NAMES, stats)},
         "per_class_AP": {names[c]: ap_of_cat[c] for c in cat_ids if c in ap_of_cat},
+        **error_analysis(evaluator, names, backend),
     }
 
 
