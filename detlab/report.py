@@ -26,6 +26,7 @@ import logging
 import math
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from scipy import stats
 from hydra.experimental.callback import Callback
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -237,8 +239,9 @@ def find_baseline(groups: Sequence[Group], spec: str) -> Group:
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
-    """Mean, sample std (n - 1) and the t interval of the mean: mean +- t(1 - (1 - c) / 2, n - 1) std / sqrt(n).
-    With one value the std and the interval are NaN: one seed says nothing about the spread."""
+    """Mean, sample std (n - 1) and the t interval of the mean (scipy.stats' one-sample t):
+    mean +- t(1 - (1 - c) / 2, n - 1) std / sqrt(n). With one value the std and the interval are NaN: one seed
+    says nothing about the spread."""
     x = np.asarray(values, dtype=np.float64)
     n = len(x)
     if n == 0:
@@ -247,86 +250,34 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
     if n < 2:
         return Interval(mean, math.nan, math.nan, n=1)
     std = float(x.std(ddof=1))
-    half = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n=n, std=std, dof=n - 1)
+    if std == 0:  # every seed the same: the interval is the point (scipy would give NaN)
+        return Interval(mean, mean, mean, n=n, std=0.0, dof=n - 1)
+    ci = _t_test(stats.ttest_1samp, x, 0.0).confidence_interval(confidence)
+    return Interval(mean, float(ci.low), float(ci.high), n=n, std=std, dof=n - 1)
 
 
 def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Interval:
-    """mean(a) - mean(b) with Welch's interval: se^2 = s_a^2/n_a + s_b^2/n_b, Welch-Satterthwaite dof
-    se^4 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1)). NaN bounds when either side has fewer than 2."""
+    """mean(a) - mean(b) with Welch's interval (scipy.stats.ttest_ind, equal_var=False: se^2 = s_a^2/n_a +
+    s_b^2/n_b, Welch-Satterthwaite dof). NaN bounds when either side has fewer than 2."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if len(a) == 0 or len(b) == 0:
         return Interval(math.nan, math.nan, math.nan)
     diff = float(a.mean() - b.mean())
     if len(a) < 2 or len(b) < 2:
         return Interval(diff, math.nan, math.nan)
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:  # identical values within each group: no spread, the difference is exact
+    if a.var(ddof=1) + b.var(ddof=1) == 0:  # identical values within each group: no spread, the difference is exact
         return Interval(diff, diff, diff, dof=math.inf)
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = t_quantile(0.5 + confidence / 2, dof) * se
-    return Interval(diff, diff - half, diff + half, dof=dof)
+    test = _t_test(stats.ttest_ind, a, b, equal_var=False)
+    ci = test.confidence_interval(confidence)
+    return Interval(diff, float(ci.low), float(ci.high), dof=float(test.df))
 
 
-def t_quantile(p: float, dof: float) -> float:
-    """The p-quantile of Student's t distribution with dof > 0 degrees of freedom (real-valued dof, as Welch's
-    are), by bisection on the CDF; exact to ~1e-10."""
-    if not 0 < p < 1 or not dof > 0:
-        raise ValueError(f"t_quantile needs 0 < p < 1 and dof > 0, got p={p}, dof={dof}")
-    if math.isinf(dof):
-        return math.sqrt(2) * _erfinv(2 * p - 1)
-    if p < 0.5:
-        return -t_quantile(1 - p, dof)
-    low, high = 0.0, 1.0
-    while t_cdf(high, dof) < p:
-        high *= 2
-    for _ in range(100):
-        mid = (low + high) / 2
-        low, high = (mid, high) if t_cdf(mid, dof) < p else (low, mid)
-    return (low + high) / 2
-
-
-def t_cdf(t: float, dof: float) -> float:
-    """P(T <= t) = 1 - I_x(dof/2, 1/2) / 2 for t >= 0, x = dof / (dof + t^2) (I: regularised incomplete beta)."""
-    tail = 0.5 * _incomplete_beta(dof / 2, 0.5, dof / (dof + t * t))
-    return 1 - tail if t >= 0 else tail
-
-
-def _incomplete_beta(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b) by its continued fraction (modified Lentz), on the side where the
-    fraction converges fast (x < (a + 1) / (a + b + 2)), by symmetry I_x(a, b) = 1 - I_{1-x}(b, a) otherwise."""
-    if x <= 0 or x >= 1:
-        return 0.0 if x <= 0 else 1.0
-    if x > (a + 1) / (a + b + 2):
-        return 1 - _incomplete_beta(b, a, 1 - x)
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    tiny = 1e-300
-    c, d = 1.0, 1 - (a + b) * x / (a + 1)
-    d = 1 / (d if abs(d) > tiny else tiny)
-    fraction = d
-    for m in range(1, 500):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1 + numerator * d
-            d = 1 / (d if abs(d) > tiny else tiny)
-            c = 1 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            fraction *= c * d
-        if abs(c * d - 1) < 1e-15:
-            break
-    return math.exp(log_front) * fraction / a
-
-
-def _erfinv(y: float) -> float:
-    """Inverse error function by Newton's method on math.erf (for the normal limit of t)."""
-    x = 0.0
-    for _ in range(100):
-        step = (math.erf(x) - y) / (2 / math.sqrt(math.pi) * math.exp(-x * x))
-        x -= step
-        if abs(step) < 1e-14:
-            break
-    return x
+def _t_test(test: Any, *args: Any, **kwargs: Any) -> Any:
+    """A scipy.stats t-test, silent about nearly constant samples: the same AP from every seed is a valid
+    result (scipy warns of precision loss in its moments, which does not change the interval)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return test(*args, **kwargs)
 
 
 # --- the table ----------------------------------------------------------------------------------------

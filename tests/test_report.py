@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import PIL.Image
 import pytest
 import yaml
@@ -23,7 +24,6 @@ from detlab.report import (
     pareto_front,
     plot_metrics,
     plot_speed_accuracy,
-    t_quantile,
     welch_interval,
     write_report,
 )
@@ -73,13 +73,16 @@ def read_csv(path: Path) -> dict[str, dict[str, str]]:
         return {row["configuration"]: row for row in csv.DictReader(f)}
 
 
-def test_t_quantile_matches_the_published_table():
-    # Student's t, two-sided 95% (p = 0.975) and one-sided 95% (p = 0.95), from any statistics textbook's table
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 29: 2.045, math.inf: 1.960}
-    for dof, value in table.items():
-        assert t_quantile(0.975, dof) == pytest.approx(value, abs=5e-4)
-    assert t_quantile(0.95, 5) == pytest.approx(2.015, abs=5e-4)
-    assert t_quantile(0.025, 3) == pytest.approx(-3.182, abs=5e-4)
+def test_intervals_use_the_published_t_table():
+    # Student's t, two-sided 95%, from any statistics textbook's table: the half-width of n seeds with std s is
+    # t(0.975, n - 1) s / sqrt(n)
+    table = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 10: 2.262, 30: 2.045}
+    for n, t in table.items():
+        values = np.linspace(0.2, 0.4, n)
+        s = mean_interval(values)
+        half = t * values.std(ddof=1) / math.sqrt(n)
+        assert (s.high - s.estimate) == pytest.approx(half, rel=2e-4) and s.dof == n - 1
+    assert mean_interval([0.2, 0.3], confidence=0.90).high - 0.25 == pytest.approx(6.314 * 0.05, rel=2e-4)
 
 
 def test_mean_std_and_interval_by_hand():
