@@ -12,7 +12,8 @@ interval (no equal-variance assumption). Written to the output folder: results.m
 configuration), runs.csv (one row per run), speed_accuracy.png (AP against ms per image, the Pareto front
 drawn) and metrics.png (one bar chart per metric). The figures are for a paper: PNG at 200 dpi and PDF, the
 study's name as title, axes with units, a caption line saying what the points and bars are, intervals clipped
-to the metric's valid range. The report warns when speeds come from different devices or a busy machine
+to the metric's valid range. With a baseline, per-class AP and the TIDE error breakdown (dAP per error type)
+of each configuration against it, as tables and figures (per_class.png, errors.png). The report warns when speeds come from different devices or a busy machine
 (p90/median latency above 1.5), and when runs come from different code or data. `ReportCallback` runs all of
 it at the end of a Hydra multirun; the experiment configs register it.
 """
@@ -40,6 +41,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 from omegaconf import DictConfig
+
+from detlab.evaluation.analysis import ERROR_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,10 @@ def read_run(run_dir: Path) -> Run:
     for key in ("params", "gflops"):
         if key in cost:
             values[key] = float(cost[key])
+    # Per-class AP ("AP/<class>") and the TIDE breakdown ("dAP_<type>"): compared like any other number.
+    values.update({f"AP/{name}": float(ap) for name, ap in (results.get("per_class_AP") or {}).items()})
+    dap = (results.get("errors") or {}).get("dAP") or {}
+    values.update({f"dAP_{kind}": float(dap[kind]) for kind in ERROR_TYPES if kind in dap})
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
     study = (results.get("config") or {}).get("tracking", {}).get("group")
@@ -308,14 +315,14 @@ def compare(groups: Sequence[Group], metrics: Sequence[str], baseline: Group | N
 
 
 def scale(metric: str) -> float:
-    """COCO AP/AR are stored as fractions and read as points (x100), as papers print them."""
-    return 100.0 if metric.startswith(("AP", "AR")) else 1.0
+    """COCO AP/AR (and TIDE's dAP) are stored as fractions and read as points (x100), as papers print them."""
+    return 100.0 if metric.startswith(("AP", "AR", "dAP")) else 1.0
 
 
 def valid_range(metric: str) -> tuple[float, float]:
     """Where a metric's values can lie (raw units): AP and AR in [0, 1], every other recorded number >= 0
     (ms, images per second, parameters, GFLOPs). A t-interval of few seeds can reach past it."""
-    return (0.0, 1.0) if metric.startswith(("AP", "AR")) else (0.0, math.inf)
+    return (0.0, 1.0) if scale(metric) == 100 else (0.0, math.inf)
 
 
 UNITS = {"ms_per_img": "ms per image (batch 1, median)", "img_per_s": "images per second", "params": "parameters",
@@ -381,8 +388,36 @@ def _diff_cell(d: Interval, k: float) -> str:
     if math.isnan(d.estimate):
         return "–"
     if math.isnan(d.low):
-        return f"{d.estimate * k:+.1f}"
-    return f"{d.estimate * k:+.1f} [{d.low * k:+.1f}, {d.high * k:+.1f}]"
+        return _signed(d.estimate * k)
+    return f"{_signed(d.estimate * k)} [{_signed(d.low * k)}, {_signed(d.high * k)}]"
+
+
+def _signed(x: float) -> str:
+    return f"{round(x, 1) + 0.0:+.1f}"  # + 0.0: a rounding residue of -1e-17 prints +0.0, not -0.0
+
+
+def difference_table(rows: Sequence[Row], items: Sequence[str], what: str, prefix: str) -> str:
+    """Markdown: one line per item (a class's AP, an error type's dAP): the baseline's mean with its t-interval,
+    then each configuration's difference from it with Welch's interval. Items down, configurations across:
+    a dataset has more classes than a study has configurations."""
+    baseline = next(r for r in rows if r.is_baseline)
+    others = [r for r in rows if not r.is_baseline]
+    intro = {
+        "Per-class AP": "AP of each class (IoU 0.50:0.95, points).",
+        "Error breakdown": "TIDE at IoU 0.5: the AP50 (points) each error type costs, dAP = AP50 with it fixed - "
+        "AP50; a negative difference is an error the configuration makes less.",
+    }[what]
+    lines = [
+        f"## {what}: difference from the baseline ({baseline.label})", "",
+        f"{intro} Baseline: mean ± std [95% t-interval]; others: difference [Welch's 95% interval].", "",
+        f"| {'class' if prefix == 'AP/' else 'error'} | {baseline.label} (baseline) | "
+        + " | ".join(f"Δ {r.label}" for r in others) + " |",
+        "|---|" + "---:|" * (1 + len(others)),
+    ]
+    for item in items:
+        cells = [_mean_cell(baseline.stats[item], scale(item))] + [_diff_cell(r.diffs[item], scale(item)) for r in others]
+        lines.append(f"| {item.removeprefix(prefix)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: Sequence[Row], metrics: Sequence[str], path: Path) -> None:
@@ -456,7 +491,7 @@ def plot_speed_accuracy(
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.2, y=0.15)
     _place_labels(ax, [r.label + (" (baseline)" if r.is_baseline else "") for r in rows], points)
-    _caption(fig, rows, "points: mean of {seeds}; bars: 95% t-intervals on both axes")
+    _caption(fig, rows, "points: mean of {seeds}; bars: 95% t-intervals on both axes (clipped to the valid range)")
     _save(fig, path)
     return fig
 
@@ -506,7 +541,37 @@ def plot_metrics(rows: Sequence[Row], metrics: Sequence[str], path: Path, title:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    _caption(fig, rows, "bars: mean of {seeds}, 95% t-interval; dots: single seeds; red: the baseline")
+    _caption(fig, rows, "bars: mean of {seeds}, 95% t-interval (clipped to the valid range); dots: single seeds; red: the baseline")
+    _save(fig, path)
+    return fig
+
+
+def plot_differences(rows: Sequence[Row], items: Sequence[str], path: Path, prefix: str, title: str) -> Figure:
+    """Each configuration's difference from the baseline per item (class or error type): a point at the mean
+    difference with Welch's 95% interval, items down the side, a line at 0."""
+    others = [r for r in rows if not r.is_baseline]
+    baseline = next(r for r in rows if r.is_baseline)
+    fig = Figure(figsize=(7.5, 1.2 + 0.32 * len(items) * max(1, len(others)) ** 0.5), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(items))
+    step = 0.8 / max(1, len(others))
+    for j, r in enumerate(others):
+        offset = (j - (len(others) - 1) / 2) * step
+        diffs = [r.diffs[m] for m in items]
+        k = np.array([scale(m) for m in items])
+        estimate = np.array([d.estimate for d in diffs]) * k
+        spread = np.array([[d.estimate - d.low, d.high - d.estimate] if not math.isnan(d.low) else [0.0, 0.0]
+                           for d in diffs]).T * k
+        ax.errorbar(estimate, y + offset, xerr=spread, fmt="o", ms=4, capsize=2, color=f"C{j}", label=r.label)
+    ax.axvline(0, color="0.3", lw=1)
+    ax.set_yticks(y, [m.removeprefix(prefix) for m in items], fontsize=8)
+    ax.invert_yaxis()
+    unit = "AP (points)" if prefix == "AP/" else "dAP50 (points)"
+    ax.set_xlabel(f"difference from the baseline ({baseline.label}), {unit}")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    _caption(fig, rows, "points: mean difference over {seeds}; bars: Welch's 95% interval")
     _save(fig, path)
     return fig
 
@@ -524,7 +589,7 @@ def _caption(fig: Figure, rows: Sequence[Row], text: str) -> None:
     """A caption line under the plot, as a paper's figure needs: what a point or bar and its interval are."""
     counts = sorted({max((s.n for s in r.stats.values()), default=0) for r in rows})
     seeds = f"{counts[0]} seeds" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds"
-    fig.supxlabel(text.format(seeds=seeds) + " (clipped to the valid range)", fontsize=8, color="0.3")
+    fig.supxlabel(text.format(seeds=seeds), fontsize=8, color="0.3")
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -590,6 +655,16 @@ def write_report(
     for warning in speed_warnings(runs) + provenance_warnings(runs):  # in the report, and on the console of whoever makes it
         log.warning(warning.strip())
         notes.append(warning)
+    if base is not None:  # where the difference from the baseline comes from: which classes, which errors
+        for key, what, prefix in (("per_class", "Per-class AP", "AP/"), ("errors", "Error breakdown", "dAP_")):
+            items = [m for m in dict.fromkeys(m for r in runs for m in r.values) if m.startswith(prefix)]
+            if items:
+                item_rows = compare(groups, items, base)
+                notes.append(difference_table(item_rows, items, what, prefix))
+                files[key] = output / f"{key}.png"
+                plot_differences(item_rows, items, files[key], prefix, f"{name}: {what}")
+                files[f"{key}_pdf"] = files[key].with_suffix(".pdf")
+                notes.append(f"![{what} against the baseline]({key}.png)\n")
     if left_out:
         names = ", ".join(map(str, left_out))
         notes.append(f"Runs without results.json (failed or unfinished) or pruned, left out: {names}\n")

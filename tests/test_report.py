@@ -32,7 +32,8 @@ STUDY = ["experiment=focal_gamma", "trainer.max_epochs=2"]
 
 
 def fake_run(root: Path, name: str, overrides: list[str], ap: float, ms: float | None = None, study="focal_gamma",
-             provenance: dict | None = None, device: str = "cpu: Test CPU", p90: float | None = None):
+             provenance: dict | None = None, device: str = "cpu: Test CPU", p90: float | None = None,
+             per_class: dict | None = None, dap: dict | None = None):
     """A run directory as detlab-train writes it, with made-up numbers."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
@@ -43,6 +44,10 @@ def fake_run(root: Path, name: str, overrides: list[str], ap: float, ms: float |
     }
     if provenance is not None:
         results["provenance"] = provenance
+    if per_class is not None:
+        results["per_class_AP"] = per_class
+    if dap is not None:
+        results["errors"] = {"dAP": dap}
     if ms is not None:
         total = {"median": ms, "p90": p90 or ms * 1.1}
         results["speed"] = {"ms_per_img": ms, "img_per_s": 1e3 / ms, "device": device, "latency_ms": {"total": total}}
@@ -163,7 +168,7 @@ def test_figures_for_a_paper(sweep, tmp_path):
     rows = compare(groups, ["AP", "ms_per_img"], None)
     fig = plot_metrics(rows, ["AP", "ms_per_img"], tmp_path / "m.png", title="focal_gamma")
     assert fig.get_suptitle() == "focal_gamma"
-    assert fig.get_supxlabel().startswith("bars: mean of 3 seeds, 95% t-interval; dots: single seeds")
+    assert fig.get_supxlabel().startswith("bars: mean of 3 seeds, 95% t-interval (clipped to the valid range); dots")
     assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["AP (points, x100)", "ms per image (batch 1, median)"]
     fig = plot_speed_accuracy(rows, tmp_path / "s.png", title="focal_gamma")
     assert fig.axes[0].get_xlabel() == "ms per image (batch 1, median)" and fig.axes[0].get_title() == "focal_gamma"
@@ -173,6 +178,31 @@ def test_figures_for_a_paper(sweep, tmp_path):
     assert _error_bar(wide, 100, "AP") == [[pytest.approx(10.0)], [pytest.approx((wide.high - 0.1) * 100)]]
     assert _error_bar(Interval(0.95, 0.8, 1.1), 100, "AP") == [[pytest.approx(15.0)], [pytest.approx(5.0)]]
     assert _error_bar(Interval(5.0, -2.0, 12.0), 1, "ms_per_img") == [[5.0], [7.0]]
+
+
+def test_per_class_and_error_breakdown_differences_from_the_baseline(tmp_path):
+    """Per-class AP and TIDE dAP of each seed, compared like the headline numbers: cat as in the Welch case
+    worked by hand above (+10.0 [+4.5, +15.5] points), Cls errors with no spread (an exact -3.0)."""
+    cat = {"ce": [0.20, 0.21, 0.25], "focal": [0.30, 0.32, 0.34]}
+    cls = {"ce": 0.05, "focal": 0.02}
+    for loss in ("ce", "focal"):
+        for seed in range(3):
+            fake_run(tmp_path / "runs", f"{loss}{seed}", [f"loss={loss}", f"seed={seed}"], 0.3,
+                     per_class={"cat": cat[loss][seed], "dog": 0.4}, dap={"Cls": cls[loss], "Loc": 0.1, "FP": 0.3})
+    report = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out", baseline="loss=ce")
+    text = report.markdown
+    assert "## Per-class AP: difference from the baseline (ce)" in text
+    assert "| class | ce (baseline) | Δ focal |" in text
+    assert "| cat | 22.0 ± 2.6 [15.4, 28.6] | +10.0 [+4.5, +15.5] |" in text
+    assert "| dog | 40.0 ± 0.0 [40.0, 40.0] | +0.0 [+0.0, +0.0] |" in text
+    assert "## Error breakdown: difference from the baseline (ce)" in text
+    assert "| Cls | 5.0 ± 0.0 [5.0, 5.0] | -3.0 [-3.0, -3.0] |" in text
+    assert "| FP |" not in text  # the six TIDE types only
+    for name in ("per_class", "errors"):
+        assert report.files[name].is_file() and report.files[f"{name}_pdf"].is_file()
+        assert f"({name}.png)" in text
+    no_baseline = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out2")
+    assert "Per-class AP" not in no_baseline.markdown and "per_class" not in no_baseline.files
 
 
 def test_speed_warnings_for_devices_and_a_busy_machine(tmp_path):
