@@ -108,6 +108,12 @@ def load_ground_truth(ann_file: str, backend: str) -> Any:
     return coco
 
 
+def categories(coco_gt: Any) -> dict[int, str]:
+    """{category id: name} of a ground truth, through the index: hotcoco's ``dataset`` property converts the
+    whole file to Python on every read (0.4 s for 100k annotations)."""
+    return {int(c["id"]): str(c["name"]) for c in coco_gt.loadCats(coco_gt.getCatIds())}
+
+
 def coco_eval(
     coco_gt: Any, results: BoxResults, img_ids: Sequence[int], cat_ids: Sequence[int], backend: str
 ) -> Any:

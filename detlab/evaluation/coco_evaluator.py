@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from detlab.evaluation.backends import DEFAULT_BACKEND, BoxResults, check_backend, load_ground_truth
+from detlab.evaluation.backends import DEFAULT_BACKEND, BoxResults, categories, check_backend, load_ground_truth
 from detlab.evaluation.coco_table import score
 from detlab.structures import Detections
 
@@ -135,7 +135,7 @@ def _gather_and_deduplicate(local: tuple[np.ndarray, BoxResults, np.ndarray]) ->
 
 
 def _class_names(coco_gt: Any, ann_file: str, category_ids: list[int], class_names: Sequence[str] | None) -> list[str]:
-    file_names = {int(c["id"]): str(c["name"]) for c in coco_gt.dataset["categories"]}
+    file_names = categories(coco_gt)
     unknown = [c for c in category_ids if c not in file_names]
     if unknown:
         raise ValueError(f"category ids {unknown} are not categories of {ann_file} (it has {sorted(file_names)})")

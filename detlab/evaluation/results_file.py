@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from detlab.evaluation.backends import DEFAULT_BACKEND, BoxResults, check_backend, load_ground_truth
+from detlab.evaluation.backends import DEFAULT_BACKEND, BoxResults, categories, check_backend, load_ground_truth
 from detlab.evaluation.coco_table import score
 
 def evaluate_results_file(ann_file: str, results_file: str, backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
@@ -22,12 +22,12 @@ def evaluate_results_file(ann_file: str, results_file: str, backend: str = DEFAU
     """
     check_backend(backend)
     coco_gt = load_ground_truth(str(ann_file), backend)
-    categories = {int(c["id"]): str(c["name"]) for c in coco_gt.dataset["categories"]}
-    if len(set(categories.values())) != len(categories):
+    names = categories(coco_gt)
+    if len(set(names.values())) != len(names):
         raise ValueError(f"{ann_file}: category names repeat; per-class AP is keyed by name")
     image_ids = np.unique(np.asarray(coco_gt.getImgIds(), dtype=np.int64))
-    results = _read_results(str(results_file), image_ids, np.asarray(sorted(categories), dtype=np.int64))
-    return score(coco_gt, results, image_ids, categories, backend)
+    results = _read_results(str(results_file), image_ids, np.asarray(sorted(names), dtype=np.int64))
+    return score(coco_gt, results, image_ids, names, backend)
 
 
 class ResultsFileError(ValueError):
