@@ -61,6 +61,15 @@ class CocoEvaluator:
         self._file_image_ids = np.unique(np.asarray(self._gt.getImgIds(), dtype=np.int64))
         self.reset()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # hotcoco's COCO (a Rust object) can be neither pickled nor deep-copied, and Lightning's weight averaging
+        # (ema.decay) deep-copies the whole module: a copy reads the annotation file again instead.
+        return {k: v for k, v in self.__dict__.items() if k != "_gt"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._gt = load_ground_truth(self.ann_file, self.backend)
+
     def reset(self) -> None:
         """Forget everything accumulated (call at the start of each validation epoch)."""
         self._seen: list[np.ndarray] = []  # image ids of each update, [B] each

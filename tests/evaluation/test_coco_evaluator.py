@@ -355,6 +355,19 @@ def test_bad_inputs_are_named(ann_file, tmp_path):
         evaluator.compute()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluator_survives_deepcopy_and_pickle(ann_file, backend):
+    """Lightning's weight averaging (ema.decay) deep-copies the module, evaluator included; DDP spawn pickles it."""
+    import pickle
+
+    rows = random_rows(seed=4)
+    evaluator = CocoEvaluator(ann_file, CATEGORY_IDS, backend=backend)
+    evaluator.update(detections_from_xywh(rows, IMAGE_IDS[:2]), torch.tensor(IMAGE_IDS[:2]))
+    for clone in (copy.deepcopy(evaluator), pickle.loads(pickle.dumps(evaluator))):
+        clone.update(detections_from_xywh(rows, IMAGE_IDS[2:]), torch.tensor(IMAGE_IDS[2:]))
+        assert clone.compute()["metrics"] == pytest.approx(metric_dict(reference_eval(ann_file, rows).stats), abs=TOL)
+
+
 def test_repeated_image_keeps_its_first_copy(ann_file):
     rows = random_rows(seed=4)
     evaluator = CocoEvaluator(ann_file, CATEGORY_IDS)
