@@ -213,7 +213,7 @@ def test_speed_warnings_for_devices_and_a_busy_machine(tmp_path):
     fake_run(tmp_path / "runs", "b1", ["loss=focal", "seed=1"], 0.3, ms=10.0, p90=16.0, device="cuda: Test GPU")
     report = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out")
     assert "Warning: speed was measured on different devices (cpu: Test CPU, cuda: Test GPU)" in report.markdown
-    assert f"Warning: 1 runs' speed varied (p90/median latency above 1.5" in report.markdown
+    assert "Warning: 1 runs' speed varied (p90/median latency above 1.5" in report.markdown
     assert f"{tmp_path / 'runs' / 'b1'} (1.60)" in report.markdown
 
 
@@ -236,7 +236,7 @@ def test_report_warns_when_runs_differ_in_code_or_data(tmp_path, caplog):
     fake_run(tmp_path / "same", "b2", ["loss=focal", "seed=2"], 0.3, provenance={**same, "git_dirty": True})
     fake_run(tmp_path / "same", "b3", ["loss=focal", "seed=3"], 0.3, provenance={**same, "data_fingerprint": "e" * 64})
     report = write_report(find_runs([tmp_path / "same"])[0], tmp_path / "out")
-    code = f"Warning: the runs in this table come from different code (detlab 0.1.0 at aaaaaaaaaa: 5 runs"
+    code = "Warning: the runs in this table come from different code (detlab 0.1.0 at aaaaaaaaaa: 5 runs"
     assert code in report.markdown and "aaaaaaaaaa with uncommitted changes: 1 runs (e.g. " in report.markdown
     data = "Warning: the runs in this table come from different data (data dddddddddddd: 5 runs"
     assert data in report.markdown and "data eeeeeeeeeeee: 1 runs" in report.markdown
