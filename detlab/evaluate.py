@@ -14,20 +14,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
-from detlab.evaluation.backends import BACKENDS
-from detlab.evaluation.coco_evaluator import evaluate_results_file, format_table
-from detlab.inference import checkpoint_of
-from detlab.module import DetectionModule, check_classes, load_hparams
-from detlab.profile import checkpoint_speed, format_speed
-from detlab.train import user_error
+# Only what `detlab-eval results` needs is imported here (no torch, Lightning, Hydra or model code: it would
+# add seconds to scoring a file); the run and speed commands import theirs where they start.
+from detlab.evaluation.backends import BACKENDS, DEFAULT_BACKEND
+from detlab.evaluation.coco_table import format_table
+from detlab.evaluation.results_file import evaluate_results_file
 
 
 def evaluate_checkpoint(checkpoint: Path, overrides: list[str], backend: str | None = None) -> dict[str, Any]:
     """Rebuild the run from the config saved in the checkpoint (plus overrides) and score its val split."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from detlab.module import DetectionModule, check_classes, load_hparams
+
     saved = load_hparams(checkpoint)
     cfg = OmegaConf.merge(OmegaConf.create(saved["cfg"]), OmegaConf.from_dotlist(overrides))
     if backend:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     res = commands.add_parser("results", help="score a COCO results json against a COCO annotation file")
     res.add_argument("--ann", type=Path, required=True)
     res.add_argument("--results", type=Path, required=True)
-    res.add_argument("--backend", choices=BACKENDS, default="faster_coco_eval")
+    res.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
     res.add_argument("--output", type=Path, help="write the result as JSON here")
     speed = commands.add_parser("speed", help="time a checkpoint's detector under the speed protocol")
     speed.add_argument("path", type=Path)
@@ -71,16 +72,24 @@ def main(argv: list[str] | None = None) -> None:
     speed.add_argument("--output", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     try:
+        if args.command in ("run", "speed"):
+            from detlab.inference import checkpoint_of
+
+            checkpoint = checkpoint_of(args.path)
         if args.command == "run":
-            result = evaluate_checkpoint(checkpoint_of(args.path), args.overrides, args.backend)
+            result = evaluate_checkpoint(checkpoint, args.overrides, args.backend)
         elif args.command == "speed":
+            from detlab.profile import checkpoint_speed, format_speed
+
             protocol = {"batch_size": args.batch_size, "warmup": args.warmup, "repeats": args.repeats}
             if args.precision:
                 protocol["precision"] = args.precision
-            result = checkpoint_speed(checkpoint_of(args.path), args.overrides, args.image, args.device, **protocol)
+            result = checkpoint_speed(checkpoint, args.overrides, args.image, args.device, **protocol)
         else:
             result = evaluate_results_file(str(args.ann), str(args.results), backend=args.backend)
     except Exception as err:
+        from detlab.train import user_error
+
         problem = user_error(err)
         if problem is None:
             raise

@@ -60,6 +60,7 @@ def predict(
     predictor.to("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
 
     results: list[dict[str, Any]] = []
+    outside = 0  # detections of label-space categories that the COCO json does not have
     # Batches of files: each image is read, transformed and collated into one padded batch, as in evaluation.
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
@@ -67,13 +68,19 @@ def predict(
         ids = [image_id for _, image_id in chunk]
         detections = predictor(pixels, ids)
         found = predictor.coco_results(detections, ids)
-        if coco_categories is None:
+        if coco_categories is not None:  # a results file for that json: it can only score the json's categories
+            outside += sum(r["category_id"] not in coco_categories for r in found)
+            found = [r for r in found if r["category_id"] in coco_categories]
+        else:
             names = {image_id: path.name for path, image_id in chunk}
             for record in found:
                 record["file_name"] = names[record["image_id"]]
         results += found
         if draw is not None:
             _draw(draw, chunk, pixels, detections, predictor.class_names, draw_thresh)
+    if outside:
+        print(f"detlab-predict: {outside} detections of categories that {inputs[0]} does not have are left out "
+              "(the model's label space is wider than the file's)", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results))
     return results

@@ -181,7 +181,7 @@ def speed_summary(speed: dict[str, Any]) -> dict[str, float]:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """The device's name and the software versions a speed number depends on."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}: {_cpu_name()}"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}: {cpu_name()}"
     return {
         "device": name,
         "torch": torch.__version__,
@@ -245,7 +245,8 @@ def _check_protocol(batch_size: int, warmup: int, repeats: int) -> None:
             raise ValueError(f"speed.{key}={value!r} must be an integer >= {least}")
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

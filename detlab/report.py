@@ -10,8 +10,12 @@ configuration and metric: mean, sample standard deviation and a 95% confidence i
 (Student's t with n - 1 degrees of freedom); the difference from the baseline configuration with Welch's 95%
 interval (no equal-variance assumption). Written to the output folder: results.md, results.csv (one row per
 configuration), runs.csv (one row per run), speed_accuracy.png (AP against ms per image, the Pareto front
-drawn) and metrics.png (one bar chart per metric). `ReportCallback` runs all of it at the end of a Hydra
-multirun; the experiment configs register it.
+drawn) and metrics.png (one bar chart per metric). The figures are for a paper: PNG at 200 dpi and PDF, the
+study's name as title, axes with units, a caption line saying what the points and bars are, intervals clipped
+to the metric's valid range. With a baseline, per-class AP and the TIDE error breakdown (dAP per error type)
+of each configuration against it, as tables and figures (per_class.png, errors.png). The report warns when speeds come from different devices or a busy machine
+(p90/median latency above 1.5), and when runs come from different code or data. `ReportCallback` runs all of
+it at the end of a Hydra multirun; the experiment configs register it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import math
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +35,22 @@ from typing import Any
 
 import numpy as np
 import yaml
+from scipy import stats
 from hydra.experimental.callback import Callback
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 from omegaconf import DictConfig
 
+from detlab.evaluation.analysis import ERROR_TYPES
+
 log = logging.getLogger(__name__)
 
 METRICS = ("AP", "AP50", "AP75", "ms_per_img")  # the Markdown table's columns unless --metrics says otherwise
 SPEED = "ms_per_img"
 IGNORED = ("seed",)
+SPREAD_LIMIT = 1.5  # p90 / median latency above which a speed is flagged: the machine did other work meanwhile
+DPI = 200
 LABEL_BOX = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75}  # text stays readable on lines
 
 
@@ -57,7 +67,9 @@ class Run:
     values: dict[str, float]
     study: str | None = None
     device: str | None = None
+    speed_spread: float | None = None  # p90 / median of the batch-1 latency: above SPREAD_LIMIT the machine was busy
     pruned: bool = False  # stopped early by prune.* (detlab.pruning): its numbers are not its budget's
+    provenance: dict[str, Any] = field(default_factory=dict)  # results.json["provenance"] (detlab.provenance)
 
 
 @dataclass
@@ -101,11 +113,17 @@ def read_run(run_dir: Path) -> Run:
     for key in ("params", "gflops"):
         if key in cost:
             values[key] = float(cost[key])
+    # Per-class AP ("AP/<class>") and the TIDE breakdown ("dAP_<type>"): compared like any other number.
+    values.update({f"AP/{name}": float(ap) for name, ap in (results.get("per_class_AP") or {}).items()})
+    dap = (results.get("errors") or {}).get("dAP") or {}
+    values.update({f"dAP_{kind}": float(dap[kind]) for kind in ERROR_TYPES if kind in dap})
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
     study = (results.get("config") or {}).get("tracking", {}).get("group")
+    total = (speed.get("latency_ms") or {}).get("total") or {}
+    spread = total["p90"] / total["median"] if total.get("median") else None
     return Run(name=str(run_dir), overrides=overrides, values=values, study=study, device=speed.get("device"),
-               pruned=results.get("pruned") is not None)
+               speed_spread=spread, pruned=results.get("pruned") is not None, provenance=results.get("provenance") or {})
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
@@ -163,7 +181,8 @@ def wandb_runs(project: str, group: str | None = None) -> list[Run]:
         for key in ("ms_per_img", "img_per_s"):
             if f"speed/{key}" in summary:
                 values[key] = float(summary[f"speed/{key}"])
-        runs.append(Run(name="/".join(remote.path), overrides=overrides, values=values, study=remote.group))
+        runs.append(Run(name="/".join(remote.path), overrides=overrides, values=values, study=remote.group,
+                        provenance=config.get("provenance") or {}))
     return runs
 
 
@@ -227,8 +246,9 @@ def find_baseline(groups: Sequence[Group], spec: str) -> Group:
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
-    """Mean, sample std (n - 1) and the t interval of the mean: mean +- t(1 - (1 - c) / 2, n - 1) std / sqrt(n).
-    With one value the std and the interval are NaN: one seed says nothing about the spread."""
+    """Mean, sample std (n - 1) and the t interval of the mean (scipy.stats' one-sample t):
+    mean +- t(1 - (1 - c) / 2, n - 1) std / sqrt(n). With one value the std and the interval are NaN: one seed
+    says nothing about the spread."""
     x = np.asarray(values, dtype=np.float64)
     n = len(x)
     if n == 0:
@@ -237,86 +257,34 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
     if n < 2:
         return Interval(mean, math.nan, math.nan, n=1)
     std = float(x.std(ddof=1))
-    half = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n=n, std=std, dof=n - 1)
+    if std == 0:  # every seed the same: the interval is the point (scipy would give NaN)
+        return Interval(mean, mean, mean, n=n, std=0.0, dof=n - 1)
+    ci = _t_test(stats.ttest_1samp, x, 0.0).confidence_interval(confidence)
+    return Interval(mean, float(ci.low), float(ci.high), n=n, std=std, dof=n - 1)
 
 
 def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Interval:
-    """mean(a) - mean(b) with Welch's interval: se^2 = s_a^2/n_a + s_b^2/n_b, Welch-Satterthwaite dof
-    se^4 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1)). NaN bounds when either side has fewer than 2."""
+    """mean(a) - mean(b) with Welch's interval (scipy.stats.ttest_ind, equal_var=False: se^2 = s_a^2/n_a +
+    s_b^2/n_b, Welch-Satterthwaite dof). NaN bounds when either side has fewer than 2."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if len(a) == 0 or len(b) == 0:
         return Interval(math.nan, math.nan, math.nan)
     diff = float(a.mean() - b.mean())
     if len(a) < 2 or len(b) < 2:
         return Interval(diff, math.nan, math.nan)
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:  # identical values within each group: no spread, the difference is exact
+    if a.var(ddof=1) + b.var(ddof=1) == 0:  # identical values within each group: no spread, the difference is exact
         return Interval(diff, diff, diff, dof=math.inf)
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = t_quantile(0.5 + confidence / 2, dof) * se
-    return Interval(diff, diff - half, diff + half, dof=dof)
+    test = _t_test(stats.ttest_ind, a, b, equal_var=False)
+    ci = test.confidence_interval(confidence)
+    return Interval(diff, float(ci.low), float(ci.high), dof=float(test.df))
 
 
-def t_quantile(p: float, dof: float) -> float:
-    """The p-quantile of Student's t distribution with dof > 0 degrees of freedom (real-valued dof, as Welch's
-    are), by bisection on the CDF; exact to ~1e-10."""
-    if not 0 < p < 1 or not dof > 0:
-        raise ValueError(f"t_quantile needs 0 < p < 1 and dof > 0, got p={p}, dof={dof}")
-    if math.isinf(dof):
-        return math.sqrt(2) * _erfinv(2 * p - 1)
-    if p < 0.5:
-        return -t_quantile(1 - p, dof)
-    low, high = 0.0, 1.0
-    while t_cdf(high, dof) < p:
-        high *= 2
-    for _ in range(100):
-        mid = (low + high) / 2
-        low, high = (mid, high) if t_cdf(mid, dof) < p else (low, mid)
-    return (low + high) / 2
-
-
-def t_cdf(t: float, dof: float) -> float:
-    """P(T <= t) = 1 - I_x(dof/2, 1/2) / 2 for t >= 0, x = dof / (dof + t^2) (I: regularised incomplete beta)."""
-    tail = 0.5 * _incomplete_beta(dof / 2, 0.5, dof / (dof + t * t))
-    return 1 - tail if t >= 0 else tail
-
-
-def _incomplete_beta(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b) by its continued fraction (modified Lentz), on the side where the
-    fraction converges fast (x < (a + 1) / (a + b + 2)), by symmetry I_x(a, b) = 1 - I_{1-x}(b, a) otherwise."""
-    if x <= 0 or x >= 1:
-        return 0.0 if x <= 0 else 1.0
-    if x > (a + 1) / (a + b + 2):
-        return 1 - _incomplete_beta(b, a, 1 - x)
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    tiny = 1e-300
-    c, d = 1.0, 1 - (a + b) * x / (a + 1)
-    d = 1 / (d if abs(d) > tiny else tiny)
-    fraction = d
-    for m in range(1, 500):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1 + numerator * d
-            d = 1 / (d if abs(d) > tiny else tiny)
-            c = 1 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            fraction *= c * d
-        if abs(c * d - 1) < 1e-15:
-            break
-    return math.exp(log_front) * fraction / a
-
-
-def _erfinv(y: float) -> float:
-    """Inverse error function by Newton's method on math.erf (for the normal limit of t)."""
-    x = 0.0
-    for _ in range(100):
-        step = (math.erf(x) - y) / (2 / math.sqrt(math.pi) * math.exp(-x * x))
-        x -= step
-        if abs(step) < 1e-14:
-            break
-    return x
+def _t_test(test: Any, *args: Any, **kwargs: Any) -> Any:
+    """A scipy.stats t-test, silent about nearly constant samples: the same AP from every seed is a valid
+    result (scipy warns of precision loss in its moments, which does not change the interval)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return test(*args, **kwargs)
 
 
 # --- the table ----------------------------------------------------------------------------------------
@@ -347,8 +315,23 @@ def compare(groups: Sequence[Group], metrics: Sequence[str], baseline: Group | N
 
 
 def scale(metric: str) -> float:
-    """COCO AP/AR are stored as fractions and read as points (x100), as papers print them."""
-    return 100.0 if metric.startswith(("AP", "AR")) else 1.0
+    """COCO AP/AR (and TIDE's dAP) are stored as fractions and read as points (x100), as papers print them."""
+    return 100.0 if metric.startswith(("AP", "AR", "dAP")) else 1.0
+
+
+def valid_range(metric: str) -> tuple[float, float]:
+    """Where a metric's values can lie (raw units): AP and AR in [0, 1], every other recorded number >= 0
+    (ms, images per second, parameters, GFLOPs). A t-interval of few seeds can reach past it."""
+    return (0.0, 1.0) if scale(metric) == 100 else (0.0, math.inf)
+
+
+UNITS = {"ms_per_img": "ms per image (batch 1, median)", "img_per_s": "images per second", "params": "parameters",
+         "gflops": "GFLOPs"}
+
+
+def axis_label(metric: str) -> str:
+    """A metric with its unit, for an axis."""
+    return f"{metric} (points, x100)" if scale(metric) == 100 else UNITS.get(metric, metric)
 
 
 def markdown(
@@ -405,8 +388,36 @@ def _diff_cell(d: Interval, k: float) -> str:
     if math.isnan(d.estimate):
         return "–"
     if math.isnan(d.low):
-        return f"{d.estimate * k:+.1f}"
-    return f"{d.estimate * k:+.1f} [{d.low * k:+.1f}, {d.high * k:+.1f}]"
+        return _signed(d.estimate * k)
+    return f"{_signed(d.estimate * k)} [{_signed(d.low * k)}, {_signed(d.high * k)}]"
+
+
+def _signed(x: float) -> str:
+    return f"{round(x, 1) + 0.0:+.1f}"  # + 0.0: a rounding residue of -1e-17 prints +0.0, not -0.0
+
+
+def difference_table(rows: Sequence[Row], items: Sequence[str], what: str, prefix: str) -> str:
+    """Markdown: one line per item (a class's AP, an error type's dAP): the baseline's mean with its t-interval,
+    then each configuration's difference from it with Welch's interval. Items down, configurations across:
+    a dataset has more classes than a study has configurations."""
+    baseline = next(r for r in rows if r.is_baseline)
+    others = [r for r in rows if not r.is_baseline]
+    intro = {
+        "Per-class AP": "AP of each class (IoU 0.50:0.95, points).",
+        "Error breakdown": "TIDE at IoU 0.5: the AP50 (points) each error type costs, dAP = AP50 with it fixed - "
+        "AP50; a negative difference is an error the configuration makes less.",
+    }[what]
+    lines = [
+        f"## {what}: difference from the baseline ({baseline.label})", "",
+        f"{intro} Baseline: mean ± std [95% t-interval]; others: difference [Welch's 95% interval].", "",
+        f"| {'class' if prefix == 'AP/' else 'error'} | {baseline.label} (baseline) | "
+        + " | ".join(f"Δ {r.label}" for r in others) + " |",
+        "|---|" + "---:|" * (1 + len(others)),
+    ]
+    for item in items:
+        cells = [_mean_cell(baseline.stats[item], scale(item))] + [_diff_cell(r.diffs[item], scale(item)) for r in others]
+        lines.append(f"| {item.removeprefix(prefix)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: Sequence[Row], metrics: Sequence[str], path: Path) -> None:
@@ -457,7 +468,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def plot_speed_accuracy(
     rows: Sequence[Row], path: Path, metric: str = "AP", title: str = "", device: str | None = None
-) -> None:
+) -> Figure:
     """AP against ms per image, one point per configuration with 95% intervals on both axes, the Pareto front."""
     rows = [r for r in rows if not math.isnan(r.stats[SPEED].estimate) and not math.isnan(r.stats[metric].estimate)]
     k = scale(metric)
@@ -466,7 +477,7 @@ def plot_speed_accuracy(
     ax = fig.subplots()
     points = [(r.stats[SPEED].estimate, r.stats[metric].estimate * k) for r in rows]
     for r, (x, y) in zip(rows, points):
-        xerr, yerr = _error_bar(r.stats[SPEED], 1.0), _error_bar(r.stats[metric], k)
+        xerr, yerr = _error_bar(r.stats[SPEED], 1.0, SPEED), _error_bar(r.stats[metric], k, metric)
         color = "C3" if r.is_baseline else "C0"
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", ms=6, capsize=3, color=color, alpha=0.9)
     front = pareto_front(points)
@@ -474,13 +485,15 @@ def plot_speed_accuracy(
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "-", color="C1", lw=2.5, alpha=0.6,
                 label="Pareto front (faster and more accurate than the rest)", zorder=3)
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("ms per image (batch 1, median)" + (f", {device}" if device else ""))
-    ax.set_ylabel(f"{metric} (points)" if k == 100 else metric)
+    ax.set_xlabel(axis_label(SPEED) + (f", {device}" if device else ""))
+    ax.set_ylabel(axis_label(metric))
     ax.set_title(title or f"{metric} against speed")
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.2, y=0.15)
     _place_labels(ax, [r.label + (" (baseline)" if r.is_baseline else "") for r in rows], points)
-    fig.savefig(path, dpi=150)
+    _caption(fig, rows, "points: mean of {seeds}; bars: 95% t-intervals on both axes (clipped to the valid range)")
+    _save(fig, path)
+    return fig
 
 
 def _place_labels(ax: Any, labels: Sequence[str], points: Sequence[tuple[float, float]]) -> None:
@@ -505,7 +518,7 @@ def _place_labels(ax: Any, labels: Sequence[str], points: Sequence[tuple[float, 
         taken.append(box)
 
 
-def plot_metrics(rows: Sequence[Row], metrics: Sequence[str], path: Path, title: str = "") -> None:
+def plot_metrics(rows: Sequence[Row], metrics: Sequence[str], path: Path, title: str = "") -> Figure:
     """One bar chart per metric: a bar per configuration (mean, 95% interval) and a dot per seed."""
     grid_rows, grid_cols = math.ceil(len(metrics) / 2), min(2, len(metrics))
     panel_width = max(4.3, 0.7 + 0.65 * len(rows))  # room for each configuration's tick label
@@ -516,26 +529,73 @@ def plot_metrics(rows: Sequence[Row], metrics: Sequence[str], path: Path, title:
         k = scale(metric)
         means = [r.stats[metric].estimate * k for r in rows]
         colors = ["C3" if r.is_baseline else "C0" for r in rows]
-        yerr = np.array([_error_bar(r.stats[metric], k) for r in rows])[:, :, 0].T  # [2, configurations]
+        yerr = np.array([_error_bar(r.stats[metric], k, metric) for r in rows])[:, :, 0].T  # [2, configurations]
         ax.bar(x, means, color=colors, alpha=0.6, yerr=yerr, capsize=4)
         for i, r in enumerate(rows):
             seeds = r.group.values(metric) * k
             ax.plot(np.full(len(seeds), i), seeds, "k.", ms=4)
         ax.set_xticks(x, [r.label for r in rows], rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{metric} (points)" if k == 100 else metric, fontsize=10)
+        ax.set_ylabel(axis_label(metric), fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=150)
+    _caption(fig, rows, "bars: mean of {seeds}, 95% t-interval (clipped to the valid range); dots: single seeds; red: the baseline")
+    _save(fig, path)
+    return fig
 
 
-def _error_bar(s: Interval, k: float) -> list[list[float]]:
-    """[[below], [above]] for matplotlib; zero where the interval is unknown (one seed)."""
+def plot_differences(rows: Sequence[Row], items: Sequence[str], path: Path, prefix: str, title: str) -> Figure:
+    """Each configuration's difference from the baseline per item (class or error type): a point at the mean
+    difference with Welch's 95% interval, items down the side, a line at 0."""
+    others = [r for r in rows if not r.is_baseline]
+    baseline = next(r for r in rows if r.is_baseline)
+    fig = Figure(figsize=(7.5, 1.2 + 0.32 * len(items) * max(1, len(others)) ** 0.5), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(items))
+    step = 0.8 / max(1, len(others))
+    for j, r in enumerate(others):
+        offset = (j - (len(others) - 1) / 2) * step
+        diffs = [r.diffs[m] for m in items]
+        k = np.array([scale(m) for m in items])
+        estimate = np.array([d.estimate for d in diffs]) * k
+        spread = np.array([[d.estimate - d.low, d.high - d.estimate] if not math.isnan(d.low) else [0.0, 0.0]
+                           for d in diffs]).T * k
+        ax.errorbar(estimate, y + offset, xerr=spread, fmt="o", ms=4, capsize=2, color=f"C{j}", label=r.label)
+    ax.axvline(0, color="0.3", lw=1)
+    ax.set_yticks(y, [m.removeprefix(prefix) for m in items], fontsize=8)
+    ax.invert_yaxis()
+    unit = "AP (points)" if prefix == "AP/" else "dAP50 (points)"
+    ax.set_xlabel(f"difference from the baseline ({baseline.label}), {unit}")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    _caption(fig, rows, "points: mean difference over {seeds}; bars: Welch's 95% interval")
+    _save(fig, path)
+    return fig
+
+
+def _error_bar(s: Interval, k: float, metric: str) -> list[list[float]]:
+    """[[below], [above]] for matplotlib, the interval clipped to the metric's valid range (no negative AP or
+    milliseconds); zero where the interval is unknown (one seed)."""
     if math.isnan(s.low):
         return [[0.0], [0.0]]
-    return [[(s.estimate - s.low) * k], [(s.high - s.estimate) * k]]
+    low, high = valid_range(metric)
+    return [[(s.estimate - max(s.low, low)) * k], [(min(s.high, high) - s.estimate) * k]]
+
+
+def _caption(fig: Figure, rows: Sequence[Row], text: str) -> None:
+    """A caption line under the plot, as a paper's figure needs: what a point or bar and its interval are."""
+    counts = sorted({max((s.n for s in r.stats.values()), default=0) for r in rows})
+    seeds = f"{counts[0]} seeds" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds"
+    fig.supxlabel(text.format(seeds=seeds), fontsize=8, color="0.3")
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """PNG at DPI for reading, and PDF beside it (vector, for a paper)."""
+    fig.savefig(path, dpi=DPI)
+    fig.savefig(path.with_suffix(".pdf"))
 
 
 # --- the whole report ---------------------------------------------------------------------------------
@@ -573,7 +633,8 @@ def write_report(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     studies = sorted({r.study for r in runs if r.study})
-    title = title or (", ".join(studies) or "runs") + f": {len(groups)} configurations, {len(runs)} runs"
+    name = title or ", ".join(studies) or "runs"  # the figures' title: the study's name
+    title = f"{name}: {len(groups)} configurations, {len(runs)} runs"
     devices = sorted({r.device for r in runs if r.device})
 
     files = {"markdown": output / "results.md", "csv": output / "results.csv", "runs": output / "runs.csv"}
@@ -582,15 +643,28 @@ def write_report(
         files["speed_accuracy"] = output / "speed_accuracy.png"
         plotted = compare(groups, list(dict.fromkeys([*metrics, "AP", SPEED])), base)
         device = devices[0] if len(devices) == 1 else None
-        plot_speed_accuracy(plotted, files["speed_accuracy"], title=title, device=device)
+        plot_speed_accuracy(plotted, files["speed_accuracy"], title=name, device=device)
+        files["speed_accuracy_pdf"] = files["speed_accuracy"].with_suffix(".pdf")
         notes.append("![AP against ms per image](speed_accuracy.png)\n")
     files["metrics"] = output / "metrics.png"
-    plot_metrics(rows, metrics, files["metrics"], title=title)
+    plot_metrics(rows, metrics, files["metrics"], title=name)
+    files["metrics_pdf"] = files["metrics"].with_suffix(".pdf")
     notes.append("![metrics per configuration](metrics.png)\n")
-    if len(devices) > 1:
-        notes.append(f"Speed was measured on different devices ({', '.join(devices)}): those numbers do not compare.\n")
-    elif devices:
+    if len(devices) == 1:
         notes.append(f"Speed measured on: {devices[0]}.\n")
+    for warning in speed_warnings(runs) + provenance_warnings(runs):  # in the report, and on the console of whoever makes it
+        log.warning(warning.strip())
+        notes.append(warning)
+    if base is not None:  # where the difference from the baseline comes from: which classes, which errors
+        for key, what, prefix in (("per_class", "Per-class AP", "AP/"), ("errors", "Error breakdown", "dAP_")):
+            items = [m for m in dict.fromkeys(m for r in runs for m in r.values) if m.startswith(prefix)]
+            if items:
+                item_rows = compare(groups, items, base)
+                notes.append(difference_table(item_rows, items, what, prefix))
+                files[key] = output / f"{key}.png"
+                plot_differences(item_rows, items, files[key], prefix, f"{name}: {what}")
+                files[f"{key}_pdf"] = files[key].with_suffix(".pdf")
+                notes.append(f"![{what} against the baseline]({key}.png)\n")
     if left_out:
         names = ", ".join(map(str, left_out))
         notes.append(f"Runs without results.json (failed or unfinished) or pruned, left out: {names}\n")
@@ -599,6 +673,51 @@ def write_report(
     write_csv(rows, metrics, files["csv"])
     write_runs_csv(groups, files["runs"])
     return Report(rows, text, files)
+
+
+def speed_warnings(runs: Sequence[Run]) -> list[str]:
+    """Warnings when the speeds of one table do not compare: measured on different devices, or on a machine
+    busy enough that a run's p90 latency exceeds SPREAD_LIMIT times its median."""
+    warnings = []
+    devices = sorted({r.device for r in runs if r.device})
+    if len(devices) > 1:
+        warnings.append(f"Warning: speed was measured on different devices ({', '.join(devices)}): "
+                        "those numbers do not compare.\n")
+    noisy = [r for r in runs if r.speed_spread is not None and r.speed_spread > SPREAD_LIMIT]
+    if noisy:
+        listed = ", ".join(f"{r.name} ({r.speed_spread:.2f})" for r in noisy)
+        warnings.append(f"Warning: {len(noisy)} runs' speed varied (p90/median latency above {SPREAD_LIMIT}: the "
+                        f"machine was busy), their ms_per_img is unreliable: {listed}.\n")
+    return warnings
+
+
+def provenance_warnings(runs: Sequence[Run]) -> list[str]:
+    """A warning when the runs of one table come from different code (detlab version, git sha, uncommitted
+    changes) or different data (data_fingerprint): a difference between them may then be neither the factor's
+    nor the seed's. Runs that recorded no provenance count as one more kind."""
+    warnings = []
+    for what, identity in (("code", _code_of), ("data", _data_of)):
+        kinds: dict[str, list[str]] = {}
+        for run in runs:
+            kinds.setdefault(identity(run.provenance), []).append(run.name)
+        if len(kinds) > 1:
+            listed = "; ".join(f"{kind}: {len(names)} runs (e.g. {names[0]})" for kind, names in kinds.items())
+            warnings.append(f"Warning: the runs in this table come from different {what} ({listed}).\n")
+    return warnings
+
+
+def _code_of(provenance: dict[str, Any]) -> str:
+    if not provenance:
+        return "no provenance recorded"
+    if provenance.get("git_sha") is None:
+        return f"detlab {provenance.get('detlab')} (not a git checkout)"
+    dirty = " with uncommitted changes" if provenance.get("git_dirty") else ""
+    return f"detlab {provenance.get('detlab')} at {str(provenance['git_sha'])[:10]}{dirty}"
+
+
+def _data_of(provenance: dict[str, Any]) -> str:
+    fingerprint = provenance.get("data_fingerprint")
+    return f"data {fingerprint[:12]}" if fingerprint else "no data fingerprint recorded"
 
 
 def log_to_wandb(report: Report, metrics: Sequence[str], project: str, study: str | None) -> str:

@@ -17,8 +17,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from detlab.structures import Batch
-
+from detlab.structures import Batch, Detections
 
 
 def wandb_logged_in() -> bool:
@@ -83,48 +82,101 @@ class EvaluationLogger(pl.Callback):
         wb.log_table("val/coco_table", columns=["metric", "value"], data=[[k, float(v)] for k, v in metrics.items()])
         per_class = module.last_eval["per_class_AP"]
         wb.log_table("val/per_class_AP", columns=["class", "AP"], data=[[k, float(v)] for k, v in per_class.items()])
+        wb.log_metrics(wandb_analysis(module.last_eval), step=trainer.global_step)
         if self.num_images > 0:
             wb.log_image("val/predictions", self._draw(trainer, module))
 
     @torch.no_grad()
     def _draw(self, trainer: pl.Trainer, module: pl.LightningModule) -> list[Any]:
-        import wandb
-
         loader = trainer.val_dataloaders
         batch: Batch = module.transfer_batch_to_device(next(iter(loader)), module.device, 0)
         was_training = module.training
         module.eval()
         detections = module(batch)
         module.train(was_training)
-        images = []
-        for i in range(min(self.num_images, len(batch))):
-            # The whole padded input, as the model saw it: one size for every image of the step (W&B wants that).
-            pixels = batch.images[i].permute(1, 2, 0).float().cpu().numpy() * IMAGENET_STD + IMAGENET_MEAN
-            sx, sy = batch.scales[i].tolist()
-            ox, oy = batch.offsets[i].tolist()
-            to_input = torch.tensor([sx, sy, sx, sy]), torch.tensor([ox, oy, ox, oy])
+        return wandb_images(batch, detections, self.class_names, self.num_images)
 
-            det = detections[i]
-            pred_xyxy = det.boxes.cpu() * to_input[0] + to_input[1]
-            valid = batch.gt_valid[i].cpu()
-            class_labels = dict(enumerate(self.class_names))
-            images.append(
-                wandb.Image(
-                    np.clip(pixels, 0, 1),
-                    boxes={
-                        "predictions": {
-                            "box_data": _wandb_boxes(pred_xyxy, det.labels.cpu(), det.scores.cpu()),
-                            "class_labels": class_labels,
-                        },
-                        "ground_truth": {
-                            "box_data": _wandb_boxes(batch.gt_boxes[i].cpu()[valid], batch.gt_labels[i].cpu()[valid], None),
-                            "class_labels": class_labels,
-                        },
+
+def wandb_images(batch: Batch, detections: list[Detections], class_names: list[str], num_images: int) -> list[Any]:
+    """The first num_images inputs of a batch as W&B images with their predicted and ground-truth boxes.
+
+    Each image is the whole padded input [H, W, 3] uint8, as the model saw it (one size for every image of
+    the step, which W&B wants); boxes are drawn in its pixels.
+    """
+    import wandb
+
+    pixels = input_pixels(batch.images[:num_images])
+    class_labels = dict(enumerate(class_names))
+    images = []
+    for i in range(len(pixels)):  # one wandb.Image per picture: W&B's API takes them one by one
+        to_input = batch.scales[i].cpu().repeat(2), batch.offsets[i].cpu().repeat(2)  # input = original * s + o
+        det = detections[i]
+        valid = batch.gt_valid[i].cpu()
+        images.append(
+            wandb.Image(
+                pixels[i],
+                boxes={
+                    "predictions": {
+                        "box_data": _wandb_boxes(
+                            det.boxes.cpu() * to_input[0] + to_input[1], det.labels.cpu(), det.scores.cpu()
+                        ),
+                        "class_labels": class_labels,
                     },
-                    caption=f"image_id {int(batch.image_ids[i])}",
-                )
+                    "ground_truth": {
+                        "box_data": _wandb_boxes(batch.gt_boxes[i].cpu()[valid], batch.gt_labels[i].cpu()[valid], None),
+                        "class_labels": class_labels,
+                    },
+                },
+                caption=f"image_id {int(batch.image_ids[i])}",
             )
-        return images
+        )
+    return images
+
+
+def wandb_analysis(result: dict[str, Any]) -> dict[str, Any]:
+    """The error analysis (detlab.evaluation.analysis) as W&B charts and scalars: a PR curve per class at IoU
+    0.5 and 0.75, the TIDE breakdown (val/dAP_<type> scalars, comparable across runs, and a bar chart), the
+    confusion matrix with background as a table, the calibration curve and val/ECE."""
+    import wandb
+
+    logged: dict[str, Any] = {}
+    curves = result["pr_curves"]
+    for key, iou in (("AP50", "0.50"), ("AP75", "0.75")):
+        if curves[key]:
+            logged[f"val/pr_curve_{key}"] = wandb.plot.line_series(
+                xs=curves["recall"], ys=list(curves[key].values()), keys=list(curves[key]),
+                title=f"Precision-recall per class at IoU {iou}", xname="recall",
+            )
+    if "errors" in result:
+        dap, counts = result["errors"]["dAP"], result["errors"]["counts"]
+        logged.update({f"val/dAP_{k}": v for k, v in dap.items()})
+        table = wandb.Table(columns=["error", "dAP", "count"], data=[[k, dap[k], counts[k]] for k in counts])
+        logged["val/errors"] = wandb.plot.bar(table, "error", "dAP", title="TIDE: AP50 gained by fixing each error")
+    if "confusion_matrix" in result:
+        classes, matrix = result["confusion_matrix"]["classes"], result["confusion_matrix"]["matrix"]
+        logged["val/confusion_matrix"] = wandb.Table(
+            columns=["ground truth", *(f"predicted {c}" for c in classes)],
+            data=[[c, *row] for c, row in zip(classes, matrix)],
+        )
+    if "calibration" in result:
+        calibration = result["calibration"]
+        logged["val/ECE"] = calibration["ECE"]
+        bins = [[b["confidence"], b["precision"], b["count"]] for b in calibration["bins"] if b["count"]]
+        table = wandb.Table(columns=["score", "fraction matched", "count"], data=bins)
+        logged["val/calibration"] = wandb.plot.line(table, "score", "fraction matched", title="Calibration")
+    return logged
+
+
+def input_pixels(images: torch.Tensor) -> np.ndarray:
+    """Normalised inputs [B, 3, H, W] back to the RGB pixels [B, H, W, 3] uint8 in 0-255 they came from.
+
+    uint8, because wandb.Image casts a float array to integers without scaling: pixels in [0, 1] became a
+    black PNG. The zero padding comes back as the mean colour.
+    """
+    mean = images.new_tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
+    std = images.new_tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
+    rgb = (images.float() * std + mean) * 255.0
+    return rgb.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _wandb_boxes(boxes_xyxy: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None) -> list[dict]:

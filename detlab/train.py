@@ -25,10 +25,12 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from detlab.config import CONF_DIR, validate
 from detlab.data.datamodule import eval_transform
 from detlab.ema import EMA
-from detlab.evaluation.coco_evaluator import format_table
+from detlab.evaluation.coco_table import format_table
+from detlab.evaluation.figures import plot_error_analysis
 from detlab.inference import Predictor
 from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import complexity, format_complexity, format_speed, measure_speed, speed_summary
+from detlab.provenance import provenance
 from detlab.pruning import MedianStopping
 from detlab.tracking import EvaluationLogger
 
@@ -63,6 +65,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if pruning:
         callbacks.append(pruning)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    data_files = {split: (ds.ann_file, str(ds.img_dir)) for split, ds in datamodule.datasets.items()}
+    origin = provenance(OmegaConf.to_container(cfg, resolve=True), data_files, trainer.strategy.root_device)
+    if logger:  # in the W&B config, where runs are filtered and grouped
+        logger.log_hyperparams({"provenance": origin})
     cost = complexity(module.model, cfg.data.image_size)
     if trainer.is_global_zero:
         print(format_complexity(cost), flush=True)
@@ -79,11 +85,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "pruned": pruning.pruned if pruning else None,
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "provenance": origin,
     }
     if trainer.is_global_zero:
         if cfg.speed.enabled:  # rank 0 alone: the other ranks would only compete for the same device
             results["speed"] = _speed(cfg, module, datamodule, trainer.strategy.root_device)
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        plot_error_analysis(results, run_dir / "analysis")
         print(format_table(results), flush=True)
         print(format_complexity(cost), flush=True)
         if "speed" in results:

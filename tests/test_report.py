@@ -7,17 +7,23 @@ import math
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
+import PIL.Image
 import pytest
 import yaml
 
 from detlab.report import (
+    Interval,
     ReportError,
+    _error_bar,
+    compare,
     find_runs,
     group_runs,
     main,
     mean_interval,
     pareto_front,
-    t_quantile,
+    plot_metrics,
+    plot_speed_accuracy,
     welch_interval,
     write_report,
 )
@@ -25,7 +31,9 @@ from detlab.report import (
 STUDY = ["experiment=focal_gamma", "trainer.max_epochs=2"]
 
 
-def fake_run(root: Path, name: str, overrides: list[str], ap: float, ms: float | None = None, study="focal_gamma"):
+def fake_run(root: Path, name: str, overrides: list[str], ap: float, ms: float | None = None, study="focal_gamma",
+             provenance: dict | None = None, device: str = "cpu: Test CPU", p90: float | None = None,
+             per_class: dict | None = None, dap: dict | None = None):
     """A run directory as detlab-train writes it, with made-up numbers."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
@@ -34,8 +42,15 @@ def fake_run(root: Path, name: str, overrides: list[str], ap: float, ms: float |
         "metrics": {"AP": ap, "AP50": ap + 0.2, "AP75": ap - 0.05, "APl": -1.0},
         "config": {"tracking": {"group": study}},
     }
+    if provenance is not None:
+        results["provenance"] = provenance
+    if per_class is not None:
+        results["per_class_AP"] = per_class
+    if dap is not None:
+        results["errors"] = {"dAP": dap}
     if ms is not None:
-        results["speed"] = {"ms_per_img": ms, "img_per_s": 1e3 / ms, "device": "cpu: Test CPU"}
+        total = {"median": ms, "p90": p90 or ms * 1.1}
+        results["speed"] = {"ms_per_img": ms, "img_per_s": 1e3 / ms, "device": device, "latency_ms": {"total": total}}
     (run / "results.json").write_text(json.dumps(results))
     return run
 
@@ -63,13 +78,16 @@ def read_csv(path: Path) -> dict[str, dict[str, str]]:
         return {row["configuration"]: row for row in csv.DictReader(f)}
 
 
-def test_t_quantile_matches_the_published_table():
-    # Student's t, two-sided 95% (p = 0.975) and one-sided 95% (p = 0.95), from any statistics textbook's table
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 29: 2.045, math.inf: 1.960}
-    for dof, value in table.items():
-        assert t_quantile(0.975, dof) == pytest.approx(value, abs=5e-4)
-    assert t_quantile(0.95, 5) == pytest.approx(2.015, abs=5e-4)
-    assert t_quantile(0.025, 3) == pytest.approx(-3.182, abs=5e-4)
+def test_intervals_use_the_published_t_table():
+    # Student's t, two-sided 95%, from any statistics textbook's table: the half-width of n seeds with std s is
+    # t(0.975, n - 1) s / sqrt(n)
+    table = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 10: 2.262, 30: 2.045}
+    for n, t in table.items():
+        values = np.linspace(0.2, 0.4, n)
+        s = mean_interval(values)
+        half = t * values.std(ddof=1) / math.sqrt(n)
+        assert (s.high - s.estimate) == pytest.approx(half, rel=2e-4) and s.dof == n - 1
+    assert mean_interval([0.2, 0.3], confidence=0.90).high - 0.25 == pytest.approx(6.314 * 0.05, rel=2e-4)
 
 
 def test_mean_std_and_interval_by_hand():
@@ -139,6 +157,66 @@ def test_plots_are_written(sweep, tmp_path):
     assert "![AP against ms per image](speed_accuracy.png)" in report.markdown
 
 
+def test_figures_for_a_paper(sweep, tmp_path):
+    """200 dpi PNG and a PDF, the study's name as title, units on the axes, a caption line, and intervals clipped
+    to the valid range: 3 seeds at AP 0, 0, 0.3 have a t-interval of 0.1 +- 0.43 that would reach -33 points."""
+    report = write_report(find_runs([sweep])[0], tmp_path / "out", baseline="experiment/focal_gamma=gamma0_alpha0.75")
+    for name in ("speed_accuracy", "metrics"):
+        assert PIL.Image.open(report.files[name]).info["dpi"] == pytest.approx((200, 200), abs=0.01)
+        assert report.files[f"{name}_pdf"].read_bytes().startswith(b"%PDF")
+    groups = group_runs(find_runs([sweep])[0])
+    rows = compare(groups, ["AP", "ms_per_img"], None)
+    fig = plot_metrics(rows, ["AP", "ms_per_img"], tmp_path / "m.png", title="focal_gamma")
+    assert fig.get_suptitle() == "focal_gamma"
+    assert fig.get_supxlabel().startswith("bars: mean of 3 seeds, 95% t-interval (clipped to the valid range); dots")
+    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["AP (points, x100)", "ms per image (batch 1, median)"]
+    fig = plot_speed_accuracy(rows, tmp_path / "s.png", title="focal_gamma")
+    assert fig.axes[0].get_xlabel() == "ms per image (batch 1, median)" and fig.axes[0].get_title() == "focal_gamma"
+    assert fig.get_supxlabel().startswith("points: mean of 3 seeds; bars: 95% t-intervals on both axes")
+    wide = mean_interval([0.0, 0.0, 0.3])
+    assert wide.low == pytest.approx(0.1 - 4.302653 * math.sqrt(0.03) / math.sqrt(3), abs=1e-6) and wide.low < -0.3
+    assert _error_bar(wide, 100, "AP") == [[pytest.approx(10.0)], [pytest.approx((wide.high - 0.1) * 100)]]
+    assert _error_bar(Interval(0.95, 0.8, 1.1), 100, "AP") == [[pytest.approx(15.0)], [pytest.approx(5.0)]]
+    assert _error_bar(Interval(5.0, -2.0, 12.0), 1, "ms_per_img") == [[5.0], [7.0]]
+
+
+def test_per_class_and_error_breakdown_differences_from_the_baseline(tmp_path):
+    """Per-class AP and TIDE dAP of each seed, compared like the headline numbers: cat as in the Welch case
+    worked by hand above (+10.0 [+4.5, +15.5] points), Cls errors with no spread (an exact -3.0)."""
+    cat = {"ce": [0.20, 0.21, 0.25], "focal": [0.30, 0.32, 0.34]}
+    cls = {"ce": 0.05, "focal": 0.02}
+    for loss in ("ce", "focal"):
+        for seed in range(3):
+            fake_run(tmp_path / "runs", f"{loss}{seed}", [f"loss={loss}", f"seed={seed}"], 0.3,
+                     per_class={"cat": cat[loss][seed], "dog": 0.4}, dap={"Cls": cls[loss], "Loc": 0.1, "FP": 0.3})
+    report = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out", baseline="loss=ce")
+    text = report.markdown
+    assert "## Per-class AP: difference from the baseline (ce)" in text
+    assert "| class | ce (baseline) | Δ focal |" in text
+    assert "| cat | 22.0 ± 2.6 [15.4, 28.6] | +10.0 [+4.5, +15.5] |" in text
+    assert "| dog | 40.0 ± 0.0 [40.0, 40.0] | +0.0 [+0.0, +0.0] |" in text
+    assert "## Error breakdown: difference from the baseline (ce)" in text
+    assert "| Cls | 5.0 ± 0.0 [5.0, 5.0] | -3.0 [-3.0, -3.0] |" in text
+    assert "| FP |" not in text  # the six TIDE types only
+    for name in ("per_class", "errors"):
+        assert report.files[name].is_file() and report.files[f"{name}_pdf"].is_file()
+        assert f"({name}.png)" in text
+    no_baseline = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out2")
+    assert "Per-class AP" not in no_baseline.markdown and "per_class" not in no_baseline.files
+
+
+def test_speed_warnings_for_devices_and_a_busy_machine(tmp_path):
+    fake_run(tmp_path / "runs", "a0", ["loss=ce", "seed=0"], 0.2, ms=10.0)
+    fake_run(tmp_path / "runs", "b0", ["loss=focal", "seed=0"], 0.3, ms=10.0, p90=15.0)  # p90/median 1.5: fine
+    report = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out")
+    assert "Warning" not in report.markdown and "Speed measured on: cpu: Test CPU." in report.markdown
+    fake_run(tmp_path / "runs", "b1", ["loss=focal", "seed=1"], 0.3, ms=10.0, p90=16.0, device="cuda: Test GPU")
+    report = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out")
+    assert "Warning: speed was measured on different devices (cpu: Test CPU, cuda: Test GPU)" in report.markdown
+    assert "Warning: 1 runs' speed varied (p90/median latency above 1.5" in report.markdown
+    assert f"{tmp_path / 'runs' / 'b1'} (1.60)" in report.markdown
+
+
 def test_without_speed_the_table_leaves_it_out(tmp_path):
     for seed in range(2):
         fake_run(tmp_path / "runs", f"a{seed}", ["loss=ce_ohem", f"seed={seed}"], 0.2 + seed / 100)
@@ -146,6 +224,23 @@ def test_without_speed_the_table_leaves_it_out(tmp_path):
     report = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out", baseline="loss=ce_ohem")
     assert "speed_accuracy" not in report.files and "ms_per_img" not in report.markdown
     assert "| focal |" in report.markdown
+
+
+def test_report_warns_when_runs_differ_in_code_or_data(tmp_path, caplog):
+    same = {"detlab": "0.1.0", "git_sha": "a" * 40, "git_dirty": False, "data_fingerprint": "d" * 64}
+    for seed in range(2):
+        fake_run(tmp_path / "same", f"a{seed}", ["loss=ce", f"seed={seed}"], 0.2, provenance=same)
+        fake_run(tmp_path / "same", f"b{seed}", ["loss=focal", f"seed={seed}"], 0.3, provenance=same)
+    report = write_report(find_runs([tmp_path / "same"])[0], tmp_path / "out")
+    assert "Warning" not in report.markdown and not caplog.records
+    fake_run(tmp_path / "same", "b2", ["loss=focal", "seed=2"], 0.3, provenance={**same, "git_dirty": True})
+    fake_run(tmp_path / "same", "b3", ["loss=focal", "seed=3"], 0.3, provenance={**same, "data_fingerprint": "e" * 64})
+    report = write_report(find_runs([tmp_path / "same"])[0], tmp_path / "out")
+    code = "Warning: the runs in this table come from different code (detlab 0.1.0 at aaaaaaaaaa: 5 runs"
+    assert code in report.markdown and "aaaaaaaaaa with uncommitted changes: 1 runs (e.g. " in report.markdown
+    data = "Warning: the runs in this table come from different data (data dddddddddddd: 5 runs"
+    assert data in report.markdown and "data eeeeeeeeeeee: 1 runs" in report.markdown
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 2
 
 
 def test_pareto_front_by_hand():

@@ -2,6 +2,7 @@
 on this machine (never asking the network)."""
 
 import pytest
+import torch
 
 from detlab.tracking import wandb_mode
 
@@ -31,3 +32,71 @@ def test_wandb_mode_in_the_environment_wins(home, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() == "disabled"
+
+
+def test_logged_image_is_the_input_in_0_255_with_both_box_sets():
+    """The PNG W&B writes holds the input's own pixels (not [0, 1] floats cast to a black image), and the
+    boxes sit in its pixels: predictions mapped from original pixels by input = original * scale + offset."""
+    import numpy as np
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+
+    from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from detlab.structures import Batch, Detections
+    from detlab.tracking import wandb_images
+
+    rgb = torch.randint(0, 256, (2, 3, 12, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images = TF.normalize(rgb.float() / 255, IMAGENET_MEAN, IMAGENET_STD)  # the eval transform's normalisation
+    batch = Batch(
+        images=images,
+        gt_boxes=torch.tensor([[[1.0, 2.0, 9.0, 10.0], [0, 0, 0, 0]], [[3.0, 3.0, 5.0, 6.0], [4.0, 1.0, 15.0, 11.0]]]),
+        gt_labels=torch.tensor([[1, 0], [0, 1]]),
+        gt_valid=torch.tensor([[True, False], [True, True]]),
+        image_sizes=torch.tensor([[12, 16], [12, 16]]),
+        image_ids=torch.tensor([7, 9]),
+        orig_sizes=torch.tensor([[6, 8], [12, 16]]),
+        scales=torch.tensor([[2.0, 2.0], [1.0, 1.0]]),
+        offsets=torch.tensor([[0.0, 1.0], [0.0, 0.0]]),
+    )
+    detections = [
+        Detections(torch.tensor([[1.0, 1.0, 3.0, 4.0]]), torch.tensor([0.9]), torch.tensor([1])),
+        Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)),
+    ]
+    logged = wandb_images(batch, detections, ["circle", "square"], num_images=2)
+    assert len(logged) == 2
+    for image, expected in zip(logged, rgb.permute(0, 2, 3, 1).numpy()):
+        pixels = np.asarray(Image.open(image._path).convert("RGB"))
+        assert pixels.dtype == np.uint8 and np.array_equal(pixels, expected)
+    predicted = logged[0]._boxes["predictions"]._val
+    assert [b["position"] for b in predicted] == [{"minX": 2.0, "minY": 3.0, "maxX": 6.0, "maxY": 9.0}]
+    assert predicted[0]["class_id"] == 1 and predicted[0]["scores"]["score"] == pytest.approx(0.9)
+    assert [b["position"]["maxX"] for b in logged[1]._boxes["ground_truth"]._val] == [5.0, 15.0]
+    assert logged[0]._boxes["ground_truth"]._val[0]["position"] == {"minX": 1.0, "minY": 2.0, "maxX": 9.0, "maxY": 10.0}
+    assert logged[1]._boxes["predictions"]._val == []
+
+
+def test_error_analysis_as_wandb_charts():
+    import wandb
+
+    from detlab.tracking import wandb_analysis
+
+    dap = {"Cls": 0.5, "Loc": 0.07, "Both": 0.006, "Dupe": 0.006, "Bkg": 0.006, "Miss": 0.05, "FP": 0.09, "FN": 0.16}
+    result = {
+        "pr_curves": {"recall": [0.0, 0.5, 1.0], "AP50": {"a": [1.0, 0.3, 0.0], "b": [0.0, 0.0, 0.0]}, "AP75": {}},
+        "errors": {"AP50": 0.16, "dAP": dap, "counts": {k: 1 for k in ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")}},
+        "confusion_matrix": {"classes": ["a", "b", "background"], "matrix": [[2, 0, 2], [1, 0, 0], [4, 0, 0]]},
+        "calibration": {"ECE": 0.49, "bins": [{"confidence": 0.9, "precision": 1.0, "count": 1},
+                                              {"confidence": 0.5, "precision": 0.0, "count": 0}]},
+    }
+    logged = wandb_analysis(result)
+    assert logged["val/ECE"] == 0.49 and {k: logged[f"val/dAP_{k}"] for k in dap} == dap
+    table = logged["val/confusion_matrix"]
+    assert isinstance(table, wandb.Table)
+    assert table.columns == ["ground truth", "predicted a", "predicted b", "predicted background"]
+    assert table.data == [["a", 2, 0, 2], ["b", 1, 0, 0], ["background", 4, 0, 0]]
+    assert "val/pr_curve_AP75" not in logged  # no class with ground truth: no chart
+    for key in ("val/pr_curve_AP50", "val/errors", "val/calibration"):
+        assert type(logged[key]).__name__ == "CustomChart", key
+    assert logged["val/errors"].table.data[0] == ["Cls", 0.5, 1]
+    assert logged["val/calibration"].table.data == [[0.9, 1.0, 1]]  # empty bins left out
+    assert wandb_analysis({"pr_curves": result["pr_curves"]}).keys() == {"val/pr_curve_AP50"}  # other engines

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 # A model and data small enough for seconds on a CPU; the same override list serves every test here.
 TINY = [
@@ -64,6 +66,15 @@ def test_run_writes_results_config_and_checkpoints(trained_run):
     assert (speed["batch_size"], speed["warmup"], speed["repeats"], speed["input_size"]) == (2, 1, 2, 64)
     assert speed["ms_per_img"] == pytest.approx(speed["latency_ms"]["total"]["median"])
     assert speed["device"].startswith("cpu") and speed["precision"] == "32-true"
+    assert set(results["errors"]["dAP"]) == {"Cls", "Loc", "Both", "Dupe", "Bkg", "Miss", "FP", "FN"}
+    classes = results["confusion_matrix"]["classes"]
+    assert classes[-1] == "background" and len(results["confusion_matrix"]["matrix"]) == len(classes)
+    assert 0 <= results["calibration"]["ECE"] <= 1 and len(results["pr_curves"]["recall"]) == 101
+    for name in ("pr_curves", "errors", "confusion_matrix", "calibration"):
+        assert (trained_run / "analysis" / f"{name}.png").is_file() and (trained_run / "analysis" / f"{name}.pdf").is_file()
+    origin = results["provenance"]
+    assert origin["git_sha"] == subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+    assert len(origin["data_fingerprint"]) == len(origin["config_hash"]) == 64 and origin["device"] == speed["device"]
 
 
 def test_model_cost_is_printed_before_training(trained_run):
@@ -85,7 +96,13 @@ def test_offline_wandb_run_holds_the_ap_table(trained_run):
     assert table["columns"] == ["metric", "value"]
     results = json.loads((trained_run / "results.json").read_text())
     assert dict(table["data"]) == pytest.approx(results["metrics"])
-    assert list((files / "media" / "images" / "val").glob("predictions_*.png"))
+    # The W&B config holds the provenance (an offline run keeps its config in the run's .wandb record).
+    fingerprint = results["provenance"]["data_fingerprint"]
+    assert f'"data_fingerprint":"{fingerprint}"'.encode() in next(runs[0].glob("run-*.wandb")).read_bytes()
+    confusion = json.loads(next((files / "media" / "table" / "val").glob("confusion_matrix_*.table.json")).read_text())
+    assert [row[1:] for row in confusion["data"]] == results["confusion_matrix"]["matrix"]
+    pngs = list((files / "media" / "images" / "val").glob("predictions_*.png"))
+    assert pngs and all(np.asarray(Image.open(p)).max() > 0 for p in pngs)  # not black: uint8 pixels, not [0, 1]
 
 
 def test_speed_entry_point_times_the_checkpoint(trained_run, tmp_path):

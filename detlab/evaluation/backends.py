@@ -1,13 +1,17 @@
-"""The thin layer over the two COCO APIs: read an annotation file, index box results, run COCOeval.
+"""The thin layer over the COCO APIs: read an annotation file, index box results, run COCOeval.
 
-faster-coco-eval (C++ evaluate/accumulate) is the default; pycocotools is the reference implementation and
-gives the same numbers up to float rounding (~1e-16: pycocotools divides precision by tp + fp + eps, so a
-perfect AP reads 0.9999999999999998 there and 1.0 in faster-coco-eval).
+Three engines, one choice (``eval.backend``, ``--backend``), the same numbers:
+- hotcoco (Rust; the default): a port of pycocotools' evaluate/accumulate/summarize, equal to it to the bit
+  in the suite's cases and the fastest of the three (`make bench`);
+- faster-coco-eval (C++ evaluate/accumulate), an option. Equal up to float rounding (~1e-16): pycocotools
+  divides precision by tp + fp + eps, so a perfect AP reads 0.9999999999999998 there and 1.0 here;
+- pycocotools, the reference every engine must equal (the suite checks it).
 
-Both are driven the same way: we build the results index ourselves instead of calling ``loadRes``, because
-pycocotools' ``loadRes`` crashes on an empty result list and its asserts name neither the file nor the
-offending ids. The index is built exactly as ``loadRes`` builds it for boxes (ids from 1,
-``area = w * h``, ``iscrowd = 0``), so the numbers are those of the official API.
+The results index is built exactly as pycocotools' ``loadRes`` builds box results (ids from 1,
+``area = w * h``, ``iscrowd = 0``), so the numbers are those of the official API, but never by calling
+pycocotools' ``loadRes`` on a list of dicts: it crashes on an empty result list and its asserts name neither
+the file nor the offending ids. For pycocotools and faster-coco-eval we index the dicts ourselves; hotcoco's
+``loadRes`` takes the [N, 7] array form (empty too) and needs no per-detection Python objects.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-BACKENDS = ("faster_coco_eval", "pycocotools")
+BACKENDS = ("hotcoco", "faster_coco_eval", "pycocotools")
+DEFAULT_BACKEND = "hotcoco"
 
 
 @dataclass(frozen=True)
@@ -103,35 +108,44 @@ def load_ground_truth(ann_file: str, backend: str) -> Any:
     return coco
 
 
+def categories(coco_gt: Any) -> dict[int, str]:
+    """{category id: name} of a ground truth, through the index: hotcoco's ``dataset`` property converts the
+    whole file to Python on every read (0.4 s for 100k annotations)."""
+    return {int(c["id"]): str(c["name"]) for c in coco_gt.loadCats(coco_gt.getCatIds())}
+
+
 def coco_eval(
     coco_gt: Any, results: BoxResults, img_ids: Sequence[int], cat_ids: Sequence[int], backend: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run COCOeval (bbox) on the given images and categories.
+) -> Any:
+    """Run COCOeval (bbox) on the given images and categories; the backend's evaluator, summarised.
 
-    Returns the 12 summary stats [12] in COCO's order (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100,
-    ARs, ARm, ARl; -1 where nothing is defined) and the precision array [T, R, K, A, M] (IoU thresholds,
-    recall thresholds, categories in sorted id order, area ranges, max detections).
+    Its ``stats[:12]`` are the summary numbers in COCO's order (AP, AP50, AP75, APs, APm, APl, AR1, AR10,
+    AR100, ARs, ARm, ARl; -1 where nothing is defined) and ``eval["precision"]`` the precision array
+    [T, R, K, A, M] (IoU thresholds, recall thresholds, categories in sorted id order, area ranges, max
+    detections); hotcoco's also has the error analysis (detlab.evaluation.analysis).
     """
     coco_dt = _results_index(coco_gt, results, backend)
     with quiet():
-        if backend == "pycocotools":
-            from pycocotools.cocoeval import COCOeval
-
-            evaluator = COCOeval(coco_gt, coco_dt, "bbox")
-        else:
+        if backend == "faster_coco_eval":
             from faster_coco_eval import COCOeval_faster
 
             evaluator = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_ignore)
+        else:
+            evaluator = _cocoeval_class(backend)(coco_gt, coco_dt, "bbox")
         evaluator.params.imgIds = [int(i) for i in img_ids]
         evaluator.params.catIds = [int(c) for c in cat_ids]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return np.asarray(evaluator.stats[:12], dtype=np.float64), np.asarray(evaluator.eval["precision"])
+    return evaluator
 
 
 def _results_index(coco_gt: Any, results: BoxResults, backend: str) -> Any:
     """The results as a COCO object of the backend, built the way ``loadRes`` builds box results."""
+    if backend == "hotcoco":  # its loadRes takes pycocotools' [N, 7] array form (and an empty one): no dicts
+        rows = np.column_stack([results.image_ids, results.bbox_xywh, results.scores, results.category_ids])
+        with quiet():
+            return coco_gt.loadRes(rows.reshape(-1, 7).astype(np.float64))
     w, h = results.bbox_xywh[:, 2], results.bbox_xywh[:, 3]
     annotations = [
         {"id": i, "image_id": img, "category_id": cat, "bbox": box, "score": score, "area": area, "iscrowd": 0}
@@ -158,12 +172,23 @@ def _results_index(coco_gt: Any, results: BoxResults, backend: str) -> Any:
 
 
 def _coco_class(backend: str) -> type:
-    # Imported on use: no import-time cost for the backend that is not chosen.
-    if backend == "pycocotools":
+    # Imported on use: no import-time cost for the backends that are not chosen.
+    if backend == "hotcoco":
+        from hotcoco import COCO
+    elif backend == "pycocotools":
         from pycocotools.coco import COCO
     else:
         from faster_coco_eval import COCO
     return COCO
+
+
+def _cocoeval_class(backend: str) -> type:
+    """COCOeval of hotcoco or pycocotools (the same signature); faster-coco-eval's differs."""
+    if backend == "hotcoco":
+        from hotcoco import COCOeval
+    else:
+        from pycocotools.cocoeval import COCOeval
+    return COCOeval
 
 
 def _ignore(*args: Any, **kwargs: Any) -> None:

@@ -24,8 +24,6 @@ them across DDP ranks once in `compute()`, and scores them with COCOeval. The ru
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,26 +32,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from detlab.evaluation.backends import BoxResults, check_backend, coco_eval, load_ground_truth
+from detlab.evaluation.backends import DEFAULT_BACKEND, BoxResults, categories, check_backend, load_ground_truth
+from detlab.evaluation.coco_table import score
 from detlab.structures import Detections
-
-METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-
-# (title, IoU, area, maxDets) of each summary number, as pycocotools' summarize() prints them.
-_DESCRIPTIONS = {
-    "AP": ("Average Precision", "0.50:0.95", "all", 100),
-    "AP50": ("Average Precision", "0.50", "all", 100),
-    "AP75": ("Average Precision", "0.75", "all", 100),
-    "APs": ("Average Precision", "0.50:0.95", "small", 100),
-    "APm": ("Average Precision", "0.50:0.95", "medium", 100),
-    "APl": ("Average Precision", "0.50:0.95", "large", 100),
-    "AR1": ("Average Recall", "0.50:0.95", "all", 1),
-    "AR10": ("Average Recall", "0.50:0.95", "all", 10),
-    "AR100": ("Average Recall", "0.50:0.95", "all", 100),
-    "ARs": ("Average Recall", "0.50:0.95", "small", 100),
-    "ARm": ("Average Recall", "0.50:0.95", "medium", 100),
-    "ARl": ("Average Recall", "0.50:0.95", "large", 100),
-}
 
 
 class CocoEvaluator:
@@ -62,7 +43,7 @@ class CocoEvaluator:
     ann_file:     the COCO annotation file the images come from (original image ids and pixels).
     category_ids: label -> the file's category id (label k is category_ids[k]).
     class_names:  label -> name for ``per_class_AP``; the file's category names when None.
-    backend:      "faster_coco_eval" (default) or "pycocotools" (the reference; equal to ~1e-16).
+    backend:      "hotcoco" (default), "faster_coco_eval" or "pycocotools" (the reference they equal).
     """
 
     def __init__(
@@ -70,7 +51,7 @@ class CocoEvaluator:
         ann_file: str,
         category_ids: Sequence[int],
         class_names: Sequence[str] | None = None,
-        backend: str = "faster_coco_eval",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         check_backend(backend)
         self.ann_file = str(ann_file)
@@ -81,6 +62,15 @@ class CocoEvaluator:
         self._category_of_label = np.asarray(self.category_ids, dtype=np.int64)
         self._file_image_ids = np.unique(np.asarray(self._gt.getImgIds(), dtype=np.int64))
         self.reset()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # hotcoco's COCO (a Rust object) can be neither pickled nor deep-copied, and Lightning's weight averaging
+        # (ema.decay) deep-copies the whole module: a copy reads the annotation file again instead.
+        return {k: v for k, v in self.__dict__.items() if k != "_gt"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._gt = load_ground_truth(self.ann_file, self.backend)
 
     def reset(self) -> None:
         """Forget everything accumulated (call at the start of each validation epoch)."""
@@ -128,9 +118,10 @@ class CocoEvaluator:
         seen, results = _gather_and_deduplicate(self._local_state())
         if seen.size == 0:
             raise RuntimeError("CocoEvaluator.compute() before any update(): there are no images to score")
-        file_ids = {int(c["id"]) for c in self._gt.dataset["categories"]}
-        names = {c: n for c, n in zip(self.category_ids, self.class_names) if c in file_ids}
-        return _score(self._gt, results, seen, names, self.backend)
+        names = {c: n for c, n in zip(self.category_ids, self.class_names) if c in categories(self._gt)}
+        # labels of a wider label space whose category the file lacks cannot match anything: not scored
+        results = results.select(np.isin(results.category_ids, list(names)))
+        return score(self._gt, results, seen, names, self.backend)
 
     def _local_state(self) -> tuple[np.ndarray, BoxResults, np.ndarray]:
         """This rank's seen image ids [I], results [N] and each result's index into the seen ids [N]."""
@@ -156,24 +147,8 @@ def _gather_and_deduplicate(local: tuple[np.ndarray, BoxResults, np.ndarray]) ->
     return unique_ids, results.select(is_first_copy[owner])
 
 
-def _score(coco_gt: Any, results: BoxResults, img_ids: np.ndarray, names: dict[int, str], backend: str) -> dict:
-    """COCOeval on img_ids and the categories of names (category id -> class name); the output dict."""
-    cat_ids = list(names)
-    stats, precision = coco_eval(coco_gt, results, img_ids.tolist(), cat_ids, backend)
-    # precision [T, R, K, A, M]: K in sorted category-id order; area index 0 is "all", M index -1 is 100.
-    per_cat = precision[:, :, :, 0, -1]
-    valid = per_cat > -1
-    counts = valid.sum(axis=(0, 1))
-    sums = np.where(valid, per_cat, 0.0).sum(axis=(0, 1))
-    ap_of_cat = {c: float(s / n) for c, s, n in zip(sorted(cat_ids), sums, counts) if n > 0}
-    return {
-        "metrics": {name: float(v) for name, v in zip(METRIC_NAMES, stats)},
-        "per_class_AP": {names[c]: ap_of_cat[c] for c in cat_ids if c in ap_of_cat},
-    }
-
-
 def _class_names(coco_gt: Any, ann_file: str, category_ids: list[int], class_names: Sequence[str] | None) -> list[str]:
-    file_names = {int(c["id"]): str(c["name"]) for c in coco_gt.dataset["categories"]}
+    file_names = categories(coco_gt)
     if not set(category_ids) & set(file_names):
         raise ValueError(f"category ids {category_ids} are not categories of {ann_file} (it has {sorted(file_names)})")
     if len(set(category_ids)) != len(category_ids):
@@ -186,84 +161,3 @@ def _class_names(coco_gt: Any, ann_file: str, category_ids: list[int], class_nam
     if len(set(names)) != len(names):
         raise ValueError(f"class names {names} repeat a name; per-class AP is keyed by name")
     return names
-
-
-def evaluate_results_file(ann_file: str, results_file: str, backend: str = "faster_coco_eval") -> dict[str, Any]:
-    """Score a COCO box results json (from any framework) against a COCO annotation file.
-
-    Every image and category of the annotation file is scored (the official protocol); per-class AP is keyed
-    by the file's category names. Returns the same dict as `CocoEvaluator.compute`.
-    """
-    check_backend(backend)
-    coco_gt = load_ground_truth(str(ann_file), backend)
-    categories = {int(c["id"]): str(c["name"]) for c in coco_gt.dataset["categories"]}
-    if len(set(categories.values())) != len(categories):
-        raise ValueError(f"{ann_file}: category names repeat; per-class AP is keyed by name")
-    image_ids = np.unique(np.asarray(coco_gt.getImgIds(), dtype=np.int64))
-    results = _read_results(str(results_file), image_ids, np.asarray(sorted(categories), dtype=np.int64))
-    return _score(coco_gt, results, image_ids, categories, backend)
-
-
-def _read_results(results_file: str, image_ids: np.ndarray, category_ids: np.ndarray) -> BoxResults:
-    """A COCO results json (a list of {image_id, category_id, bbox [x, y, w, h], score}) as BoxResults."""
-    try:
-        with open(results_file) as f:
-            records = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{results_file}: not a valid JSON file ({err})") from err
-    if not isinstance(records, list):
-        raise ValueError(
-            f"{results_file}: a COCO results file is a JSON list of detections, got a {type(records).__name__}"
-        )
-    required = {"image_id", "category_id", "bbox", "score"}
-    for i, record in enumerate(records):  # a check per record: the JSON is already Python objects
-        if not isinstance(record, dict) or not required <= record.keys():
-            missing = sorted(required - record.keys()) if isinstance(record, dict) else sorted(required)
-            raise ValueError(f"{results_file}: detection {i} lacks {missing} (each needs {sorted(required)})")
-    try:
-        results = BoxResults(
-            np.asarray([r["image_id"] for r in records], dtype=np.int64).reshape(-1),
-            np.asarray([r["category_id"] for r in records], dtype=np.int64).reshape(-1),
-            np.asarray([r["bbox"] for r in records], dtype=np.float64).reshape(-1, 4),
-            np.asarray([r["score"] for r in records], dtype=np.float64).reshape(-1),
-        )
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{results_file}: ids must be integers, bbox 4 numbers [x, y, w, h], score a number ({err})"
-        ) from err
-    _check_known(results_file, "image_id", results.image_ids, image_ids)
-    _check_known(results_file, "category_id", results.category_ids, category_ids)
-    if not (np.isfinite(results.bbox_xywh).all() and np.isfinite(results.scores).all()):
-        raise ValueError(f"{results_file}: bbox or score values are not finite")
-    return results
-
-
-def _check_known(results_file: str, field: str, values: np.ndarray, known: np.ndarray) -> None:
-    unknown = ~np.isin(values, known)
-    if unknown.any():
-        first = int(np.argmax(unknown))
-        raise ValueError(
-            f"{results_file}: {unknown.sum()} detections have a {field} that is not in the annotation file, e.g. "
-            f"detection {first} with {field} {int(values[first])} (unknown: {np.unique(values[unknown])[:5].tolist()})"
-        )
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """The COCO summary (12 numbers with pycocotools' descriptions, aligned) and per-class AP, as text."""
-    metrics, per_class = result["metrics"], result.get("per_class_AP", {})
-    lines = ["COCO box evaluation"]
-    for name in METRIC_NAMES:
-        title, iou, area, max_dets = _DESCRIPTIONS[name]
-        where = f"@[ IoU={iou:<9} | area={area:>6} | maxDets={max_dets:>3} ]"
-        lines.append(f"  {name:<6}{title:<18} {where} = {_value(metrics[name])}")
-    if per_class:
-        lines.append("Per-class AP @[ IoU=0.50:0.95 | area=all | maxDets=100 ]")
-        width = max(len(n) for n in per_class)
-        lines += [f"  {name:<{width}}  {_value(ap)}" for name, ap in per_class.items()]
-    if any(v < 0 for v in metrics.values()):
-        lines.append("  (n/a: no ground truth in that range; COCO reports -1)")
-    return "\n".join(lines)
-
-
-def _value(v: float) -> str:
-    return "  n/a" if v < 0 or math.isnan(v) else f"{v:.3f}"

@@ -17,12 +17,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert
 
-from detlab.evaluation.coco_evaluator import (
-    METRIC_NAMES,
-    CocoEvaluator,
-    evaluate_results_file,
-    format_table,
-)
+from detlab.evaluation.backends import BACKENDS, DEFAULT_BACKEND
+from detlab.evaluation.coco_evaluator import CocoEvaluator
+from detlab.evaluation.coco_table import METRIC_NAMES, format_table
+from detlab.evaluation.results_file import ResultsFileError, evaluate_results_file
 from detlab.structures import Detections, boxes_to_original
 
 # Non-contiguous category ids; "fish" has no ground truth anywhere.
@@ -142,7 +140,7 @@ def random_rows(seed: int = 0, per_image: int = 80):
     return rows
 
 
-def evaluate(ann_file: str, rows, image_ids=IMAGE_IDS, backend="faster_coco_eval", category_ids=CATEGORY_IDS):
+def evaluate(ann_file: str, rows, image_ids=IMAGE_IDS, backend=DEFAULT_BACKEND, category_ids=CATEGORY_IDS):
     evaluator = CocoEvaluator(ann_file, category_ids, backend=backend)
     detections = detections_from_xywh(rows, image_ids)
     # Two updates, to exercise accumulation across validation steps.
@@ -151,7 +149,7 @@ def evaluate(ann_file: str, rows, image_ids=IMAGE_IDS, backend="faster_coco_eval
     return evaluator.compute()
 
 
-@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_perfect_predictions_score_one(ann_file, backend):
     result = evaluate(ann_file, perfect_rows(), backend=backend)
     for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR10", "AR100", "ARs", "ARm", "ARl"):
@@ -161,7 +159,7 @@ def test_perfect_predictions_score_one(ann_file, backend):
     assert result["per_class_AP"] == pytest.approx({"cat": 1.0, "dog": 1.0, "bird": 1.0}, abs=TOL)
 
 
-@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_shifted_box_matches_pycocotools(ann_file, backend):
     rows = perfect_rows()
     img, cat, (x, y, w, h), score = rows[0]
@@ -172,27 +170,36 @@ def test_shifted_box_matches_pycocotools(ann_file, backend):
     assert result["metrics"]["AP"] < 0.99
 
 
-def test_backends_agree_on_random_predictions(ann_file):
-    rows = random_rows()
-    assert len(rows) >= 300
-    fast = evaluate(ann_file, rows, backend="faster_coco_eval")
-    slow = evaluate(ann_file, rows, backend="pycocotools")
-    reference = reference_eval(ann_file, rows)
-    assert slow["metrics"] == metric_dict(reference.stats)  # the same computation: bit for bit
-    assert fast["metrics"] == pytest.approx(slow["metrics"], abs=TOL)
-    assert fast["per_class_AP"] == pytest.approx(slow["per_class_AP"], abs=TOL)
-    assert 0.05 < fast["metrics"]["AP"] < 0.95  # a non-trivial set: the comparison means something
-
-
-def test_per_class_ap_from_precision_array(ann_file):
-    rows = random_rows(seed=1)
-    reference = reference_eval(ann_file, rows)
-    precision = reference.eval["precision"]  # [T, R, K, A, M], K in sorted category-id order
+def reference_per_class_ap(reference: COCOeval) -> dict[str, float]:
+    """Per-class AP from pycocotools' precision array [T, R, K, A, M] (K in sorted category-id order): the mean
+    over IoU thresholds and recall points at area all, maxDets 100, of the entries that are defined."""
+    precision = reference.eval["precision"]
     expected = {}
     for k, cat in enumerate(sorted(CATEGORY_IDS)):
         p = precision[:, :, k, 0, -1]
         if (p > -1).any():
             expected[next(c["name"] for c in CATEGORIES if c["id"] == cat)] = float(p[p > -1].mean())
+    return expected
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_engine_gives_pycocotools_numbers(ann_file, backend):
+    """A crowd region (image 3, with detections near it), an image without objects (42) and 150 detections per
+    image (past maxDets=100) of every class: each engine's 12 stats and per-class AP are pycocotools'."""
+    rows = random_rows(per_image=150)
+    assert len(rows) == 750 and any(r[0] == 42 for r in rows)
+    reference = reference_eval(ann_file, rows)
+    result = evaluate(ann_file, rows, backend=backend)
+    assert result["metrics"] == pytest.approx(metric_dict(reference.stats), abs=TOL)
+    assert result["per_class_AP"] == pytest.approx(reference_per_class_ap(reference), abs=TOL)
+    assert 0.05 < result["metrics"]["AP"] < 0.95  # a non-trivial set: the comparison means something
+    if backend != "faster_coco_eval":  # the same computation as pycocotools' (faster-coco-eval drops its eps)
+        assert result["metrics"] == metric_dict(reference.stats)
+
+
+def test_per_class_ap_from_precision_array(ann_file):
+    rows = random_rows(seed=1)
+    expected = reference_per_class_ap(reference_eval(ann_file, rows))
     result = evaluate(ann_file, rows)
     assert "fish" not in result["per_class_AP"]  # no ground truth: left out, documented
     assert result["per_class_AP"] == pytest.approx(expected, abs=TOL)
@@ -251,7 +258,7 @@ def test_predictions_on_resized_inputs_map_back(ann_file):
     assert evaluator.compute()["metrics"]["AP"] < 0.5
 
 
-@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_no_detections_give_cocoeval_zeros(ann_file, backend, tmp_path):
     empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
     evaluator = CocoEvaluator(ann_file, CATEGORY_IDS, backend=backend)
@@ -276,7 +283,7 @@ def test_no_detections_on_images_without_small_objects(ann_file):
     assert metrics["APs"] == -1.0 and metrics["AP"] == 0.0
 
 
-@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_results_file_matches_evaluator(ann_file, backend, tmp_path):
     rows = random_rows(seed=3)
     results_file = tmp_path / "detections.json"
@@ -288,23 +295,41 @@ def test_results_file_matches_evaluator(ann_file, backend, tmp_path):
     assert from_file["metrics"] == pytest.approx(metric_dict(reference_eval(ann_file, rows).stats), abs=TOL)
 
 
+GOOD = {"image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         ("{not json", "not a valid JSON"),
         ('{"image_id": 3}', "JSON list"),
-        ('[{"image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5]}]', "lacks ['score']"),
-        ('[{"image_id": 4, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}]', "image_id 4"),
-        ('[{"image_id": 3, "category_id": 2, "bbox": [0, 0, 5, 5], "score": 0.5}]', "category_id 2"),
-        ('[{"image_id": 3, "category_id": 1, "bbox": [0, 0, 5], "score": 0.5}]', "bbox 4 numbers"),
+        ('[{"image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5]}]', "detection 0: lacks ['score']"),
+        ("[3]", "detection 0: lacks ['image_id', 'category_id', 'bbox', 'score']"),
+        ([GOOD, {**GOOD, "image_id": 4}], "detection 1: image_id 4 is not in the annotation file"),
+        ([GOOD, {**GOOD, "category_id": 2}], "detection 1: category_id 2 is not in the annotation file"),
+        # pycocotools rejects these ids; int() or numpy would score 74.5 and "3" as image 74 and 3.
+        ([GOOD, {**GOOD, "image_id": 3.5}], "detection 1: image_id 3.5 is not an integer"),
+        ([{**GOOD, "image_id": "3"}], "detection 0: image_id '3' is not an integer"),
+        ([{**GOOD, "image_id": 3.0}], "detection 0: image_id 3.0 is not an integer"),
+        ([{**GOOD, "category_id": 1.9}], "detection 0: category_id 1.9 is not an integer"),
+        ([{**GOOD, "category_id": True}], "detection 0: category_id True is not an integer"),
+        ([GOOD, {**GOOD, "bbox": [0, 0, 5]}], "detection 1: bbox [0, 0, 5] is not 4 numbers"),
+        # 8 numbers: a reshape to [-1, 4] would pair the boxes with the wrong detections.
+        ([{**GOOD, "bbox": [0, 0, 5, 5, 1, 1, 5, 5]}, GOOD], "detection 0: bbox [0, 0, 5, 5, 1, 1, 5, 5] is not 4"),
+        ([{**GOOD, "bbox": [0, "0", 5, 5]}], "detection 0: bbox [0, '0', 5, 5] is not 4 numbers"),
+        ([{**GOOD, "bbox": [[0, 0], [5, 5]]}], "is not 4 numbers"),
+        ([{**GOOD, "score": None}], "detection 0: score None is not a number"),
+        ([GOOD, GOOD, {**GOOD, "score": float("nan")}], "detection 2: score nan is not finite"),
+        ([GOOD, {**GOOD, "bbox": [0, 0, float("inf"), 5]}], "detection 1: bbox [0.0, 0.0, inf, 5.0] is not finite"),
     ],
 )
-def test_bad_results_file_names_the_file(ann_file, tmp_path, content, message):
+def test_bad_results_file_names_the_file_detection_and_field(ann_file, tmp_path, content, message):
     results_file = tmp_path / "bad_results.json"
-    results_file.write_text(content)
-    with pytest.raises(ValueError) as err:
+    results_file.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ResultsFileError) as err:
         evaluate_results_file(ann_file, str(results_file))
-    assert str(results_file) in str(err.value) and message in str(err.value)
+    assert isinstance(err.value, ValueError)  # every CLI reports a ValueError as one message, exit 2
+    assert str(err.value).startswith(f"{results_file}: ") and message in str(err.value), str(err.value)
 
 
 def test_wider_label_space_scores_the_files_categories_only(ann_file):
@@ -327,7 +352,7 @@ def test_wider_label_space_scores_the_files_categories_only(ann_file):
 
 
 def test_bad_inputs_are_named(ann_file, tmp_path):
-    with pytest.raises(ValueError, match="faster_coco_eval.*pycocotools"):
+    with pytest.raises(ValueError, match="hotcoco.*faster_coco_eval.*pycocotools"):
         CocoEvaluator(ann_file, CATEGORY_IDS, backend="detectron2")
     with pytest.raises(ValueError, match=r"category ids \[2, 3\] are not categories of .*instances_val.json"):
         CocoEvaluator(ann_file, [2, 3])
@@ -347,6 +372,19 @@ def test_bad_inputs_are_named(ann_file, tmp_path):
         evaluator.update([one, one], torch.tensor([3]))
     with pytest.raises(RuntimeError, match="before any update"):
         evaluator.compute()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluator_survives_deepcopy_and_pickle(ann_file, backend):
+    """Lightning's weight averaging (ema.decay) deep-copies the module, evaluator included; DDP spawn pickles it."""
+    import pickle
+
+    rows = random_rows(seed=4)
+    evaluator = CocoEvaluator(ann_file, CATEGORY_IDS, backend=backend)
+    evaluator.update(detections_from_xywh(rows, IMAGE_IDS[:2]), torch.tensor(IMAGE_IDS[:2]))
+    for clone in (copy.deepcopy(evaluator), pickle.loads(pickle.dumps(evaluator))):
+        clone.update(detections_from_xywh(rows, IMAGE_IDS[2:]), torch.tensor(IMAGE_IDS[2:]))
+        assert clone.compute()["metrics"] == pytest.approx(metric_dict(reference_eval(ann_file, rows).stats), abs=TOL)
 
 
 def test_repeated_image_keeps_its_first_copy(ann_file):

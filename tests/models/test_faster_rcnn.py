@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
 from torchvision.models.detection.roi_heads import fastrcnn_loss
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, nms, remove_small_boxes
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from detlab.config import ConfigError, compose_train, validate
 from detlab.models.assigners import MaxIoUAssigner, RoISampler, SampledMaxIoUAssigner, balanced_sample

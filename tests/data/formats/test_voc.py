@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from detlab.data.formats.voc import read_voc
-from detlab.evaluation.coco_evaluator import evaluate_results_file
+from detlab.evaluation.results_file import evaluate_results_file
 
 # What a careful human reads from the files written below: boxes xywh in pixels, difficult as a crowd (ignore)
 # region: both COCO evaluators take `ignore` from `iscrowd`.

@@ -1,0 +1,83 @@
+"""The error analysis (detlab.evaluation.analysis) as figures for the run directory: PR curves per class, the
+TIDE breakdown, the confusion matrix with background and the calibration curve. PNG at 200 dpi and PDF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from detlab.evaluation.analysis import ERROR_TYPES
+
+DPI = 200
+
+
+def plot_error_analysis(result: dict[str, Any], folder: Path) -> list[Path]:
+    """Write the figures of what result holds (pr_curves always; errors, confusion_matrix and calibration with
+    hotcoco) into folder; return the PNG paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = {"pr_curves": _pr_curves, "errors": _errors, "confusion_matrix": _confusion, "calibration": _calibration}
+    written = []
+    for key, plot in plots.items():
+        if result.get(key):
+            fig = Figure(figsize=(7.0, 4.6), layout="constrained")
+            FigureCanvasAgg(fig)
+            plot(fig, result[key])
+            path = folder / f"{key}.png"
+            fig.savefig(path, dpi=DPI)
+            fig.savefig(path.with_suffix(".pdf"))
+            written.append(path)
+    return written
+
+
+def _pr_curves(fig: Figure, curves: dict[str, Any]) -> None:
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, key, iou in zip(axes, ("AP50", "AP75"), ("0.50", "0.75")):
+        for name, precision in curves[key].items():
+            ax.plot(curves["recall"], precision, lw=1.2, label=f"{name} ({np.mean(precision) * 100:.1f})")
+        ax.set(title=f"IoU {iou}", xlabel="recall", xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, title="class (AP, points)", title_fontsize=6, loc="upper right")
+    axes[0].set_ylabel("interpolated precision")
+    fig.suptitle("Precision-recall per class (area all, maxDets 100)")
+
+
+def _errors(fig: Figure, errors: dict[str, Any]) -> None:
+    ax = fig.subplots()
+    values = [errors["dAP"][k] * 100 for k in ERROR_TYPES]
+    bars = ax.bar(ERROR_TYPES, values, color="C3", alpha=0.7)
+    ax.bar_label(bars, labels=[f"n={errors['counts'][k]}" for k in ERROR_TYPES], fontsize=7)
+    ax.set_ylabel("dAP50 (points): AP50 gained by fixing it")
+    ax.set_title(f"TIDE error breakdown (AP50 {errors['AP50'] * 100:.1f})")
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def _confusion(fig: Figure, confusion: dict[str, Any]) -> None:
+    ax = fig.subplots()
+    matrix = np.asarray(confusion["matrix"], dtype=np.float64)
+    rows = np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    image = ax.imshow(matrix / rows, cmap="Blues", vmin=0, vmax=1)
+    if len(matrix) <= 21:  # counts stay readable up to 20 classes
+        for (i, j), count in np.ndenumerate(matrix.astype(int)):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=6)
+    ticks = range(len(confusion["classes"]))
+    ax.set_xticks(ticks, confusion["classes"], rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(ticks, confusion["classes"], fontsize=7)
+    ax.set(xlabel="predicted class", ylabel="ground-truth class",
+           title=f"Confusion at IoU {confusion['iou_thr']:.2f} (colour: fraction of the row)")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+
+
+def _calibration(fig: Figure, calibration: dict[str, Any]) -> None:
+    ax = fig.subplots()
+    bins = [b for b in calibration["bins"] if b["count"]]
+    ax.plot([0, 1], [0, 1], "--", color="0.5", lw=1, label="perfectly calibrated")
+    ax.plot([b["confidence"] for b in bins], [b["precision"] for b in bins], "o-", color="C0", label="detections")
+    ax.set(xlabel="score (mean in its bin)", ylabel=f"fraction matched at IoU {calibration['iou_thr']:.2f}",
+           xlim=(0, 1), ylim=(0, 1.02),
+           title=f"Calibration: ECE {calibration['ECE']:.3f}, MCE {calibration['MCE']:.3f}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")

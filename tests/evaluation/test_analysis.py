@@ -1,0 +1,106 @@
+"""The error analysis (hotcoco's TIDE breakdown, confusion matrix, calibration; PR curves) on a case worked out by
+hand, and PR curves against pycocotools' precision array."""
+
+import contextlib
+import io
+import json
+
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detlab.evaluation.backends import BACKENDS
+from detlab.evaluation.results_file import evaluate_results_file
+
+# One 100x100 image, classes a (id 1) and b (id 2). Ground truth (id, class, xywh):
+GROUND_TRUTH = [
+    (1, 1, [0, 0, 20, 20]),  # G1 a: found by D1
+    (2, 1, [50, 50, 20, 20]),  # G2 a: only a badly placed box (D3)
+    (3, 2, [0, 50, 20, 20]),  # G3 b: only a box of class a on it (D4)
+    (4, 1, [70, 0, 20, 20]),  # G4 a: found by D7
+    (5, 1, [40, 20, 10, 10]),  # G5 a: no detection near it
+]
+# Detections (class, xywh, score), all of class a, one of each error type, in score order:
+DETECTIONS = [
+    (1, [0, 0, 20, 20], 0.9),  # D1 true positive on G1
+    (1, [0, 0, 20, 20], 0.85),  # D2 Dupe: G1 again
+    (1, [30, 80, 10, 10], 0.8),  # D5 Bkg: nothing near
+    (1, [0, 50, 20, 20], 0.75),  # D4 Cls: exactly G3, wrong class
+    (1, [60, 50, 20, 20], 0.7),  # D3 Loc: IoU 1/3 with G2
+    (1, [10, 50, 20, 20], 0.65),  # D6 Both: IoU 1/3 with G3, wrong class
+    (1, [70, 0, 20, 20], 0.6),  # D7 true positive on G4
+]
+
+
+def write_case(tmp_path):
+    ann = {
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        "annotations": [{"id": i, "image_id": 1, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                        for i, c, b in GROUND_TRUTH],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(ann))
+    dets = [{"image_id": 1, "category_id": c, "bbox": b, "score": s} for c, b, s in DETECTIONS]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    return str(tmp_path / "gt.json"), str(tmp_path / "dets.json")
+
+
+def test_error_breakdown_confusion_and_calibration_by_hand(tmp_path):
+    """COCO's AP50 is the mean over classes of 101-point interpolated precision. Class a (4 objects) has true
+    positives at ranks 1 and 7: precision 1 up to recall 0.25 (26 recall points), 2/7 up to 0.5 (25 points):
+    AP_a = (26 + 25 * 2/7) / 101; class b has an object and no detection: 0. AP50 = AP_a / 2 = 0.164074.
+
+    Fixing one error type (TIDE) and scoring again, in units of 1/202 (mean of two classes over 101 points):
+    - Dupe, Bkg or Both removed: the second true positive moves to rank 6: 26 + 25 * 2/6; dAP = 1.190476/202.
+    - Cls: D4 becomes a true positive of b (AP_b = 1) and leaves a's list: 26 + 25/3 + 101; dAP = 102.190476/202.
+    - Loc: D3 takes G2: true positives at ranks 1, 5, 7 (recall 1/4, 2/4, 3/4), interpolated precision 3/7 from
+      recall 0.26 to 0.75 (50 points): 26 + 50 * 3/7; dAP = 14.285714/202.
+    - Miss: G5 removed, 3 objects of a: precision 1 to recall 1/3 (34 points), 2/7 to 2/3 (33 points):
+      34 + 33 * 2/7; dAP = 10.285714/202.
+    """
+    result = evaluate_results_file(*write_case(tmp_path))
+    base = (26 + 25 * 2 / 7) / 202
+    assert result["metrics"]["AP50"] == pytest.approx(base, abs=1e-12)
+    errors = result["errors"]
+    assert errors["AP50"] == pytest.approx(base, abs=1e-12)
+    expected = {"Dupe": 26 + 25 / 3, "Bkg": 26 + 25 / 3, "Both": 26 + 25 / 3, "Cls": 26 + 25 / 3 + 101,
+                "Loc": 26 + 50 * 3 / 7, "Miss": 34 + 33 * 2 / 7}
+    assert errors["dAP"] == pytest.approx({**{k: v / 202 - base for k, v in expected.items()},
+                                           "FP": errors["dAP"]["FP"], "FN": errors["dAP"]["FN"]}, abs=1e-9)
+    assert errors["counts"] == {"Cls": 1, "Loc": 1, "Both": 1, "Dupe": 1, "Bkg": 1, "Miss": 1}
+
+    # At IoU 0.5, rows the ground truth, columns the prediction, background last. a->a: D1, D7; a missed: G2, G5;
+    # b predicted as a: D4 on G3; background predicted as a: D2, D5, D3, D6.
+    assert result["confusion_matrix"]["classes"] == ["a", "b", "background"]
+    assert result["confusion_matrix"]["matrix"] == [[2, 0, 2], [1, 0, 0], [4, 0, 0]]
+
+    # Scores binned by tenths; matched at IoU 0.5: 0.9 (1 of 1), 0.85 and 0.8 (0 of 2), 0.75 and 0.7 (0 of 2),
+    # 0.65 and 0.6 (1 of 2). ECE = sum of count / 7 * |precision - mean confidence|; MCE the largest gap.
+    calibration = result["calibration"]
+    assert calibration["ECE"] == pytest.approx((1 * 0.1 + 2 * 0.825 + 2 * 0.725 + 2 * 0.125) / 7, abs=1e-12)
+    assert calibration["MCE"] == pytest.approx(0.825, abs=1e-12)
+    filled = [(b["low"], b["count"], b["precision"]) for b in calibration["bins"] if b["count"]]
+    assert filled == [(0.6, 2, 0.5), (0.7, 2, 0.0), (0.8, 2, 0.0), (0.9, 1, 1.0)]
+    assert calibration["per_class_ECE"] == pytest.approx({"a": calibration["ECE"]})
+
+    # The PR curve at IoU 0.5 of class a is the interpolated precision above; b has no detection (precision 0).
+    curves = result["pr_curves"]
+    assert curves["recall"] == pytest.approx([r / 100 for r in range(101)])
+    assert curves["AP50"]["a"] == pytest.approx([1.0] * 26 + [2 / 7] * 25 + [0.0] * 50)
+    assert curves["AP50"]["b"] == [0.0] * 101
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pr_curves_are_pycocotools_precision(tmp_path, backend):
+    ann_file, results_file = write_case(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann_file)
+        reference = COCOeval(gt, gt.loadRes(results_file), "bbox")
+        reference.evaluate()
+        reference.accumulate()
+    result = evaluate_results_file(ann_file, results_file, backend)
+    precision = reference.eval["precision"]  # [T, R, K, A, M]
+    for key, t in (("AP50", 0), ("AP75", 5)):
+        assert result["pr_curves"][key] == {name: pytest.approx(precision[t, :, k, 0, -1].tolist(), abs=1e-12)
+                                            for k, name in enumerate(["a", "b"])}
+    assert ("errors" in result) == (backend == "hotcoco")  # TIDE, confusion, calibration: hotcoco's APIs

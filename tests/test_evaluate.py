@@ -1,0 +1,34 @@
+"""detlab-eval results starts fast: scoring a file imports no torch, Lightning, Hydra or model code."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning", "lightning_fabric", "hydra", "omegaconf", "wandb",
+         "detlab.models", "detlab.module", "detlab.train", "detlab.data", "detlab.losses")
+
+
+def test_results_command_imports_no_torch_lightning_or_model_code(tmp_path):
+    box = [10.0, 20.0, 30.0, 40.0]
+    (tmp_path / "gt.json").write_text(json.dumps({
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "categories": [{"id": 3, "name": "cat"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": box, "area": 1200.0, "iscrowd": 0}],
+    }))
+    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": 3, "bbox": box, "score": 0.9}]))
+    modules = tmp_path / "modules.json"
+    script = Path(sys.executable).parent / "detlab-eval"  # the installed console script, as a user runs it
+    code = (
+        "import atexit, json, runpy, sys\n"
+        f"atexit.register(lambda: open({str(modules)!r}, 'w').write(json.dumps(sorted(sys.modules))))\n"
+        f"sys.argv = ['detlab-eval', 'results', '--ann', 'gt.json', '--results', 'dets.json']\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "AP    Average Precision" in proc.stdout and "= 1.000" in proc.stdout
+    loaded = json.loads(modules.read_text())
+    assert "detlab.evaluation.results_file" in loaded and "hotcoco" in loaded  # it did score, with the default
+    heavy = [m for m in loaded if m.split(".")[0] in HEAVY or m.startswith(HEAVY)]
+    assert not heavy, heavy
