@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,11 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from detlab.errors import user_errors
 from detlab.evaluation.backends import BACKENDS
 from detlab.evaluation.coco_evaluator import evaluate_results_file, format_table
 from detlab.module import DetectionModule, check_classes, load_hparams
 from detlab.profile import checkpoint_speed, format_speed
-from detlab.train import user_error
 
 
 def evaluate_checkpoint(checkpoint: Path, overrides: list[str], backend: str | None = None) -> dict[str, Any]:
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     speed.add_argument("--precision", help="32-true, 16-mixed or bf16-mixed (default: the run's)")
     speed.add_argument("--output", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
-    try:
+    with user_errors("detlab-eval"):
         if args.command == "run":
             result = evaluate_checkpoint(_checkpoint_of(args.path), args.overrides, args.backend)
         elif args.command == "speed":
@@ -86,12 +85,6 @@ def main(argv: list[str] | None = None) -> None:
             result = checkpoint_speed(_checkpoint_of(args.path), args.overrides, args.image, args.device, **protocol)
         else:
             result = evaluate_results_file(str(args.ann), str(args.results), backend=args.backend)
-    except Exception as err:
-        problem = user_error(err)
-        if problem is None:
-            raise
-        print(f"detlab-eval: error: {problem}", file=sys.stderr)
-        sys.exit(2)
     print(format_speed(result) if args.command == "speed" else format_table(result))
     if args.output:
         args.output.write_text(json.dumps(result, indent=2))

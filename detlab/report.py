@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,8 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 from omegaconf import DictConfig
 
+from detlab.errors import ConfigError, user_errors
+
 log = logging.getLogger(__name__)
 
 METRICS = ("AP", "AP50", "AP75", "ms_per_img")  # the Markdown table's columns unless --metrics says otherwise
@@ -44,7 +45,7 @@ IGNORED = ("seed",)
 LABEL_BOX = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75}  # text stays readable on lines
 
 
-class ReportError(ValueError):
+class ReportError(ConfigError):
     """Runs that cannot be reported as asked; the message says which and what to do."""
 
 
@@ -686,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--wandb", action="store_true", help="also log the table and the chart to a W&B summary run")
     parser.add_argument("--wandb-log-project", default="detlab", help="with --wandb: the project of the summary run")
     args = parser.parse_args(argv)
-    try:
+    with user_errors("detlab-report"):
         if args.wandb_project:
             runs, left_out = wandb_runs(args.wandb_project, args.group), []
         elif args.paths:
@@ -701,9 +702,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.wandb:
             where = log_to_wandb(report, list(report.rows[0].stats), args.wandb_log_project, study)
             print(f"W&B summary run: {where}")
-    except ReportError as err:
-        print(f"detlab-report: error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(report.markdown)
     print("written: " + ", ".join(str(p) for p in report.files.values()))
 

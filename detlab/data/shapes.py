@@ -20,9 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detlab.data.coco import CocoFiles, default_cache_dir
+from detlab.data.coco import CocoFiles, default_cache_dir, write_cache_folder
 
 log = logging.getLogger(__name__)
 
@@ -123,21 +120,13 @@ class ShapesSource:
 
     def _generate(self, root: Path) -> None:
         log.info("generating the shapes dataset into %s (once for these parameters)", root)
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        try:
-            for split, count in zip(SPLITS, (self.num_train_images, self.num_val_images)):
-                coco = write_split(self, split, count, tmp / split)
-                (tmp / f"{split}.json").write_text(json.dumps(coco))
-            (tmp / "params.json").write_text(json.dumps(self.identity, indent=1))
-            try:
-                os.rename(tmp, root)
-            except OSError:
-                if not root.is_dir():
-                    raise
-                # Another process renamed its identical copy first: keep theirs.
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_cache_folder(root, self._write)
+
+    def _write(self, folder: Path) -> None:
+        for split, count in zip(SPLITS, (self.num_train_images, self.num_val_images)):
+            coco = write_split(self, split, count, folder / split)
+            (folder / f"{split}.json").write_text(json.dumps(coco))
+        (folder / "params.json").write_text(json.dumps(self.identity, indent=1))
 
 
 def _check_params(p: ShapesSource) -> None:
