@@ -81,8 +81,8 @@ def user_message(err: BaseException) -> str | None:
     while isinstance(err, InstantiationException) and err.__cause__ is not None:
         err = err.__cause__
     if isinstance(err, OSError) and not isinstance(err, DetlabError) and err.errno in STORAGE_ERRNOS:
-        # A write the code did not expect to fail (a logger's file, a library's cache): the OS names the file.
-        return f"cannot write {err.filename or '(unnamed file)'}: {STORAGE_ERRNOS[err.errno]}; free space or fix " \
+        # A file access the code did not expect to fail (a logger's file, a library's cache): the OS names it.
+        return f"cannot use {err.filename or '(unnamed file)'}: {STORAGE_ERRNOS[err.errno]}; free space or fix " \
                "the folder's permissions, or point the run elsewhere (hydra.run.dir=..., DETLAB_CACHE=...)"
     # ValueError and FileNotFoundError: components not yet moved to detlab's types say what to fix this way.
     if not isinstance(err, (DetlabError, ValueError, FileNotFoundError)):

@@ -30,7 +30,7 @@ def test_what_is_the_users_and_what_is_a_bug():
     wrapped.__cause__ = ValueError("data.augment.hflip=2")  # a component's own check, through hydra's instantiate
     assert user_message(wrapped) == "data.augment.hflip=2"
     full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.csv")
-    assert user_message(full).startswith("cannot write /runs/x/metrics.csv: no space left on the device;")
+    assert user_message(full).startswith("cannot use /runs/x/metrics.csv: no space left on the device;")
     assert user_message(TypeError("unsupported operand")) is None
     assert user_message(KeyError("area")) is None
     assert user_message(OSError(errno.EIO, "I/O error", "/dev/sda")) is None  # not something a user fixes
