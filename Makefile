@@ -6,9 +6,9 @@ ARGS   ?=
 # Real-data test tier: ../shared/data when it is there, or whatever DETLAB_REAL_DATA names.
 DETLAB_REAL_DATA ?= $(wildcard $(abspath ../shared/data))
 export DETLAB_REAL_DATA
-PYTEST_MARKS := $(if $(DETLAB_REAL_DATA),not slow,not slow and not realdata)
+PYTEST_MARKS := $(if $(DETLAB_REAL_DATA),not slow and not faults,not slow and not faults and not realdata)
 
-.PHONY: install train test test-slow bench clean
+.PHONY: install train test test-slow test-faults bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(ARGS)
+
+# kill -9 and resume, a full disk, every user error as exit status 2 (tests/test_faults.py): longer than the
+# 3 minutes that `make test` may grow by, so a target of its own, which CI runs too.
+test-faults: $(STAMP)
+	$(PY) -m pytest -m faults $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m detlab.bench $(ARGS)

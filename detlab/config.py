@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from detlab.errors import ConfigError
 from detlab.evaluation.backends import BACKENDS
 
 # An absolute path: relative ones are resolved against the calling module, which differs between
@@ -32,10 +33,6 @@ def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key and what would be valid."""
-
-
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first impossible setting or combination in cfg."""
     _check_positive(cfg, "data.image_size", "data.batch_size", "trainer.max_epochs")
@@ -46,6 +43,21 @@ def validate(cfg: DictConfig) -> None:
     _check_yolo(cfg)
     _check_two_stage(cfg)
     _check_trainer(cfg.trainer)
+    _check_optimizer(cfg.optim.optimizer)
+
+
+def _check_optimizer(optimizer: DictConfig) -> None:
+    """The optimizer's arguments, tried on one parameter: torch.optim would otherwise fail at the first step
+    with a TypeError that names no key (`optim.optimizer.lr=abc`)."""
+    from hydra.utils import instantiate
+
+    for key, value in optimizer.items():
+        if isinstance(value, str) and not key.startswith("_"):  # no torch.optim argument is a string
+            raise ConfigError(f"optim.optimizer.{key}={value!r} is a string; give a number, e.g. optim.optimizer.lr=1e-3")
+    try:
+        instantiate(optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"optim.optimizer ({optimizer._target_}) rejects its arguments: {err}") from None
 
 
 def _check_positive(cfg: DictConfig, *keys: str) -> None:

@@ -38,10 +38,11 @@ from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf.errors import OmegaConfBaseException
 
-from detlab.data.coco import CheckedCoco, CocoFiles, check_coco, check_coco_dict
+from detlab.data.coco import CheckedCoco, CocoFiles, check_coco, check_coco_dict, empty_problem
 from detlab.data.formats.common import ConvertedDataset
 from detlab.data.formats.check import SplitReport, check_images, split_report
 from detlab.data.formats.source import READERS
+from detlab.errors import ConfigError, DataError, user_errors
 
 MAX_PRINTED = 20  # problem lines printed per split; the count says how many there are
 DATA_CONF = Path(__file__).resolve().parents[1] / "conf" / "data"  # beside the package (installed editable)
@@ -56,15 +57,10 @@ FORMAT_OPTIONS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `detlab-data`; returns the exit status."""
+    """Entry point of `detlab-data`; returns the exit status (a user's error exits 2 itself, detlab.errors)."""
     args = _parser().parse_args(argv)
-    try:
+    with user_errors(f"detlab-data {args.command}"):
         return args.run(args)
-    except (ValueError, OSError, HydraException, OmegaConfBaseException) as err:
-        while isinstance(err, InstantiationException) and err.__cause__ is not None:
-            err = err.__cause__  # what the source's constructor or splits() said
-        print(f"detlab-data {args.command}: error: {err}", file=sys.stderr)
-        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,7 +119,11 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    reports = _check_reports(args)
+    try:
+        reports = _check_reports(args)
+    except DataError as err:  # the file as a whole cannot be used (training stops on it the same way): a problem
+        print(f"problem: {err}\nchecked: the data cannot be used: 1 problem(s)")
+        return 1
     for report in reports:
         print(report.format(MAX_PRINTED))
     problems = sum(len(report.problems) for report in reports)
@@ -145,7 +145,7 @@ def _check_reports(args: argparse.Namespace) -> list[SplitReport]:
     if args.target.endswith(".json"):
         _check_format_options(args, "coco", overrides=args.overrides)
         if args.image_check and args.img_dir is None:
-            raise ValueError("--image-check of a COCO json needs --img-dir (the folder its file_names are in)")
+            raise ConfigError("--image-check of a COCO json needs --img-dir (the folder its file_names are in)")
         return [_report(args.target, check_coco(args.target, args.img_dir), args.img_dir, args.image_check)]
     _check_format_options(args, "config")
     return [
@@ -164,7 +164,9 @@ def _report(
     notes: Sequence[str] = (),
 ) -> SplitReport:
     """The COCO reader's findings after the source's own lines, and those of opening every image."""
-    report = split_report(name, checked.data, [*problems, *checked.problems], [*notes, *checked.notes])
+    empty = empty_problem(name, checked.data)  # training stops on it (DetectionDataModule)
+    report = split_report(name, checked.data, [*problems, *checked.problems, *([empty] if empty else [])],
+                          [*notes, *checked.notes])
     if image_check and img_dir is not None:
         _add_image_check(report, checked.data, img_dir, name)
     return report
@@ -182,15 +184,22 @@ def _config_splits(target: str, overrides: list[str]) -> dict[str, CocoFiles]:
     conf_dir, name = (path.resolve().parent, path.stem) if path.suffix in (".yaml", ".yml") else (DATA_CONF, target)
     if not (conf_dir / f"{name}.yaml").is_file():
         known = sorted(p.stem for p in DATA_CONF.glob("*.yaml"))
-        raise ValueError(f"{target!r} is not a .json, a data config ({', '.join(known)}) or a path to a .yaml; "
+        raise ConfigError(f"{target!r} is not a .json, a data config ({', '.join(known)}) or a path to a .yaml; "
                          "use --format for a source folder")
     # The keys are written as in detlab-train (data.source...), or relative to the data config.
     relative = [o[len("data."):] if o.startswith("data.") else o for o in overrides]
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose(name, overrides=relative)
-    if "source" in cfg:
-        return instantiate(cfg.source).splits()
-    return {split: CocoFiles(ann_file=cfg[split].ann_file, img_dir=cfg[split].img_dir) for split in ("train", "val")}
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(name, overrides=relative)
+        if "source" in cfg:
+            return instantiate(cfg.source).splits()
+        return {split: CocoFiles(ann_file=cfg[split].ann_file, img_dir=cfg[split].img_dir) for split in ("train", "val")}
+    except (HydraException, OmegaConfBaseException) as err:
+        while isinstance(err, InstantiationException) and err.__cause__ is not None:
+            err = err.__cause__  # what the source's constructor or splits() said
+        if isinstance(err, (HydraException, OmegaConfBaseException)):  # a wrong or missing key of the data config
+            raise ConfigError(str(err)) from err
+        raise err from None
 
 
 def _check_format_options(args: argparse.Namespace, target: str, overrides: Sequence[str] = ()) -> None:
@@ -202,9 +211,9 @@ def _check_format_options(args: argparse.Namespace, target: str, overrides: Sequ
     if wrong:
         what = f"--format {target}" if target in FORMAT_OPTIONS else ("a COCO json" if target == "coco" else
                                                                       "a data config (use overrides)")
-        raise ValueError(f"--{wrong[0].replace('_', '-')} does not apply to {what}")
+        raise ConfigError(f"--{wrong[0].replace('_', '-')} does not apply to {what}")
     if overrides:
-        raise ValueError(f"overrides ({' '.join(overrides)}) apply to a data config only, not to {args.target}")
+        raise ConfigError(f"overrides ({' '.join(overrides)}) apply to a data config only, not to {args.target}")
 
 
 def _classes(args: argparse.Namespace) -> list[str] | None:
@@ -218,7 +227,7 @@ def _read(args: argparse.Namespace) -> ConvertedDataset:
         return read(args.source, args.split, ann_dir=ann_dir, img_dir=img_dir, class_names=_classes(args))
     if args.format == "yolo":
         if args.names is None:
-            raise ValueError("--format yolo needs --names (a data.yaml or a names file)")
+            raise ConfigError("--format yolo needs --names (a data.yaml or a names file)")
         return read(args.source, args.names, args.labels)
     if args.format == "udacity":
         return read(args.source, args.images, _classes(args))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 # Only what `detlab-eval results` needs is imported here (no torch, Lightning, Hydra or model code: it would
 # add seconds to scoring a file); the run and speed commands import theirs where they start.
+from detlab.errors import user_errors
 from detlab.evaluation.backends import BACKENDS, DEFAULT_BACKEND
 from detlab.evaluation.coco_table import format_table
 from detlab.evaluation.results_file import evaluate_results_file
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     speed.add_argument("--precision", help="32-true, 16-mixed or bf16-mixed (default: the run's)")
     speed.add_argument("--output", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
-    try:
+    with user_errors("detlab-eval"):
         if args.command in ("run", "speed"):
             from detlab.inference import checkpoint_of
 
@@ -87,14 +87,6 @@ def main(argv: list[str] | None = None) -> None:
             result = checkpoint_speed(checkpoint, args.overrides, args.image, args.device, **protocol)
         else:
             result = evaluate_results_file(str(args.ann), str(args.results), backend=args.backend)
-    except Exception as err:
-        from detlab.train import user_error
-
-        problem = user_error(err)
-        if problem is None:
-            raise
-        print(f"detlab-eval: error: {problem}", file=sys.stderr)
-        sys.exit(2)
     print(format_speed(result) if args.command == "speed" else format_table(result))
     if args.output:
         args.output.write_text(json.dumps(result, indent=2))

@@ -14,7 +14,10 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
+from detlab.checkpoint import read_checkpoint
+from detlab.errors import CheckpointError, DivergenceError
 from detlab.evaluation.coco_evaluator import CocoEvaluator
 from detlab.structures import Batch
 
@@ -66,11 +69,7 @@ class DetectionModule(pl.LightningModule):
         outputs, priors = self.model(batch.images, targets=batch)
         losses = self._losses(batch, outputs, priors)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss {({k: float(v) for k, v in losses.items()})} at step {self.global_step}; "
-                "lower optim.optimizer.lr or raise optim.scheduler.warmup_steps"
-            )
+        self._stop_if_diverged("training", losses, outputs)
         self.log_dict({f"train/loss_{k}": v for k, v in losses.items()}, batch_size=len(batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
@@ -81,8 +80,23 @@ class DetectionModule(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         outputs, priors = self.model(batch.images, targets=batch)
         losses = self._losses(batch, outputs, priors)
+        self._stop_if_diverged("validation", losses, outputs)
         self.log("val/loss", sum(losses.values()), batch_size=len(batch), sync_dist=True)
         self.evaluator.update(self.postprocess(outputs, priors, batch), batch.image_ids)
+
+    def _stop_if_diverged(self, stage: str, losses: dict[str, torch.Tensor], outputs) -> None:
+        """DivergenceError when a loss term or a head output is not finite: NaN class outputs score no
+        detection at all, so a diverged run would otherwise end with AP 0 and exit 0. One host sync a step."""
+        predicted = {name: t for name, t in vars(outputs).items() if torch.is_tensor(t) and t.is_floating_point()}
+        if bool(torch.stack([torch.isfinite(t).all() for t in (*losses.values(), *predicted.values())]).all()):
+            return
+        bad = [name for name, t in predicted.items() if not torch.isfinite(t).all()]
+        raise DivergenceError(
+            f"non-finite {stage} loss terms {({k: float(v) for k, v in losses.items()})}"
+            + (f" and head outputs {bad}" if bad else "")
+            + f" at step {self.global_step} (epoch {self.current_epoch}): the run diverged; lower "
+            f"optim.optimizer.lr (now {self.optim_cfg.optimizer.get('lr')}) or raise optim.scheduler.warmup_steps"
+        )
 
     def on_validation_epoch_end(self) -> None:
         # compute() gathers across ranks itself, so every rank logs the same numbers: no sync_dist needed.
@@ -95,6 +109,8 @@ class DetectionModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["curve"] = self.curve
+        if isinstance(self.logger, WandbLogger):  # a resume continues this W&B run (wandb_logger's run_id)
+            checkpoint["wandb_id"] = self.logger.version
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.curve = checkpoint.get("curve", [])
@@ -116,17 +132,14 @@ class DetectionModule(pl.LightningModule):
 
 def load_hparams(checkpoint: str | Path) -> dict[str, Any]:
     """The plain hyper-parameters a checkpoint stores: cfg, num_classes, category_ids, class_names."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
+    return read_checkpoint(checkpoint)["hyper_parameters"]
 
 
 def check_classes(saved: dict[str, Any], checkpoint: str | Path, class_names: list[str], category_ids: list[int]) -> None:
     """A checkpoint's head has one output per class it was trained on, and its labels mean the categories of
     the file it was trained on: a dataset with other classes cannot continue or score it."""
     if list(category_ids) != list(saved["category_ids"]) or list(class_names) != list(saved["class_names"]):
-        raise ValueError(
+        raise CheckpointError(
             f"the dataset's classes {list(class_names)} (category ids {list(category_ids)}) are not the ones "
             f"{checkpoint} was trained on: {saved['class_names']} (ids {saved['category_ids']}); its head predicts "
             f"{saved['num_classes']} classes. Use the dataset it was trained on, or start a new run without it"

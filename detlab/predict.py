@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from detlab.data.coco import read_rgb
+from detlab.errors import ConfigError, DataError, user_errors
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -43,20 +44,25 @@ def predict(
     if run is not None:
         predictor, _ = Predictor.from_checkpoint(checkpoint_of(run), overrides)
     else:
+        from hydra.errors import HydraException
+
         from detlab.config import compose_train, validate
 
-        cfg = compose_train(overrides)
+        try:
+            cfg = compose_train(overrides)
+        except HydraException as err:  # a misspelt key or option: Hydra's own message names it
+            raise ConfigError(f"config overrides {overrides}: {err}") from None
         validate(cfg)
         category_ids = cfg.data.get("category_ids") or (sorted(coco_categories) if coco_categories else None)
         if not category_ids:
-            raise ValueError(
+            raise ConfigError(
                 "detlab-predict needs the model's label space: --run DIR (a trained run), a preset that sets "
                 "data.category_ids (model=tv_retinanet_r50_fpn, ...), or a COCO json as IMAGES"
             )
         names = [coco_categories.get(c, f"unused_{c}") for c in category_ids] if coco_categories else None
         predictor = Predictor.from_config(cfg, list(category_ids), names)
     if batch_size < 1:
-        raise ValueError(f"--batch-size={batch_size} must be >= 1")
+        raise ConfigError(f"--batch-size={batch_size} must be >= 1")
     predictor.to("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
 
     results: list[dict[str, Any]] = []
@@ -91,32 +97,32 @@ def _image_list(inputs: list[Path], img_dir: Path | None) -> tuple[list[tuple[Pa
     if len(inputs) == 1 and inputs[0].suffix == ".json":
         return _coco_images(inputs[0], img_dir)
     if img_dir is not None:
-        raise ValueError("--img-dir goes with one COCO json as IMAGES; give image files or folders without it")
+        raise ConfigError("--img-dir goes with one COCO json as IMAGES; give image files or folders without it")
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise FileNotFoundError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+                raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             files += found
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such image file or folder")
+            raise DataError(f"{path}: no such image file or folder")
     return [(path, i) for i, path in enumerate(sorted(files))], None
 
 
 def _coco_images(ann_file: Path, img_dir: Path | None) -> tuple[list[tuple[Path, int]], dict[int, str]]:
     if img_dir is None:
-        raise ValueError(f"{ann_file} is a COCO json: give --img-dir, the folder its file_names are relative to")
+        raise ConfigError(f"{ann_file} is a COCO json: give --img-dir, the folder its file_names are relative to")
     if not ann_file.is_file():
-        raise FileNotFoundError(f"{ann_file}: no such file")
+        raise DataError(f"{ann_file}: no such file")
     try:
         data = json.loads(ann_file.read_text())
         images = [(img_dir / str(img["file_name"]), int(img["id"])) for img in data["images"]]
         categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{ann_file}: not a COCO json with images (id, file_name) ({type(err).__name__}: {err})") from None
+        raise DataError(f"{ann_file}: not a COCO json with images (id, file_name) ({type(err).__name__}: {err})") from None
     return images, categories
 
 
@@ -124,9 +130,9 @@ def _read(path: Path):
     try:
         return read_rgb(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such image file") from None
+        raise DataError(f"{path}: no such image file") from None
     except Exception as err:  # noqa: BLE001 - PIL raises several types for undecodable files
-        raise ValueError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from None
+        raise DataError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from None
 
 
 def _draw(folder: Path, chunk, pixels, detections, class_names: list[str], thresh: float) -> None:
@@ -160,17 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     inputs = [Path(item) for item in args.items if "=" not in item]
     if not inputs:
         parser.error("no IMAGES given (image files, folders or a COCO json)")
-    from detlab.train import user_error
-
-    try:
+    with user_errors("detlab-predict"):
         results = predict(inputs, args.out, overrides, args.run, args.img_dir, args.device, args.batch_size,
                           args.draw, args.draw_thresh)
-    except Exception as err:
-        problem = user_error(err)
-        if problem is None:
-            raise
-        print(f"detlab-predict: error: {problem}", file=sys.stderr)
-        sys.exit(2)
     print(f"{len(results)} detections written to {args.out}")
 
 

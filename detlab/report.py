@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import re
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from matplotlib.transforms import Bbox
 from omegaconf import DictConfig
 
 from detlab.evaluation.analysis import ERROR_TYPES
+from detlab.errors import ConfigError, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ DPI = 200
 LABEL_BOX = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75}  # text stays readable on lines
 
 
-class ReportError(ValueError):
+class ReportError(ConfigError):
     """Runs that cannot be reported as asked; the message says which and what to do."""
 
 
@@ -805,7 +805,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--wandb", action="store_true", help="also log the table and the chart to a W&B summary run")
     parser.add_argument("--wandb-log-project", default="detlab", help="with --wandb: the project of the summary run")
     args = parser.parse_args(argv)
-    try:
+    with user_errors("detlab-report"):
         if args.wandb_project:
             runs, left_out = wandb_runs(args.wandb_project, args.group), []
         elif args.paths:
@@ -820,9 +820,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.wandb:
             where = log_to_wandb(report, list(report.rows[0].stats), args.wandb_log_project, study)
             print(f"W&B summary run: {where}")
-    except ReportError as err:
-        print(f"detlab-report: error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(report.markdown)
     print("written: " + ", ".join(str(p) for p in report.files.values()))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +43,21 @@ def wandb_logger(
     group: str | None = None,
     tags: list[str] | None = None,
     mode: str = "auto",
+    run_id: str | None = None,
 ) -> WandbLogger:
     """A WandbLogger writing under save_dir. mode: auto (online only if logged in) | online | offline.
 
-    WANDB_MODE in the environment wins over `mode`, as W&B users expect.
+    WANDB_MODE in the environment wins over `mode`, as W&B users expect. run_id: the W&B run to continue (a
+    resumed checkpoint's, see DetectionModule.on_save_checkpoint), else a new one; either way it is written to
+    `<save_dir>/wandb_run_id`, so that the run folder names its W&B run.
     """
     if mode not in ("auto", "online", "offline"):
         raise ValueError(f"logger.mode={mode!r}; use auto, online or offline")
     if mode == "auto":
         mode = wandb_mode()
+    run_id = run_id or uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9] too
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    (Path(save_dir) / "wandb_run_id").write_text(run_id + "\n")
     return WandbLogger(
         save_dir=save_dir,
         project=project,
@@ -59,6 +65,8 @@ def wandb_logger(
         group=group,
         tags=list(tags or []),
         offline=mode != "online",
+        id=run_id,
+        resume="allow",  # the same id again continues that run (its history from the checkpoint's step on)
     )
 
 

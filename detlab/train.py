@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +16,20 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
+from detlab.checkpoint import AtomicCheckpointIO, RandomState, read_checkpoint
 from detlab.config import CONF_DIR, validate
 from detlab.data.datamodule import eval_transform
 from detlab.ema import EMA
+from detlab.errors import check_writable, user_errors
 from detlab.evaluation.coco_table import format_table
 from detlab.evaluation.figures import plot_error_analysis
 from detlab.inference import Predictor
-from detlab.module import DetectionModule, check_classes, load_hparams
+from detlab.module import DetectionModule, check_classes
 from detlab.profile import complexity, format_complexity, format_speed, measure_speed, speed_summary
 from detlab.provenance import provenance
 from detlab.pruning import MedianStopping
@@ -39,10 +40,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured detector; return (and write to run_dir/results.json) its final evaluation."""
     validate(cfg)
     ema = EMA(cfg.ema.decay) if cfg.ema.decay is not None else None  # a bad decay stops before any work
+    saved = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # a bad file stops before any work too
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    if cfg.ckpt_path:  # resuming: the checkpoint's head must predict this dataset's classes
-        check_classes(load_hparams(cfg.ckpt_path), cfg.ckpt_path, list(datamodule.class_names), list(datamodule.category_ids))
+    if saved:  # resuming: the checkpoint's head must predict this dataset's classes
+        check_classes(saved["hyper_parameters"], cfg.ckpt_path, list(datamodule.class_names), list(datamodule.category_ids))
     module = DetectionModule(
         OmegaConf.to_container(cfg, resolve=True),
         num_classes=datamodule.num_classes,
@@ -50,10 +52,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         class_names=list(datamodule.class_names),
         val_ann_file=str(datamodule.ann_file("val")),
     )
-    logger = _logger(cfg, run_dir)
+    logger = _logger(cfg, run_dir, wandb_id=saved.get("wandb_id") if saved else None)
     callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/AP", mode="max", save_last=True),
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/AP", mode="max"),
+        # last.ckpt after every epoch. Not save_last=True: Lightning then writes last.ckpt only when best.ckpt
+        # improved, so a run whose AP plateaued resumed from its best epoch, not its last.
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
         EvaluationLogger(list(datamodule.class_names), num_images=cfg.eval.num_log_images),
+        RandomState(),
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -64,7 +70,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     pruning = MedianStopping(run_dir, cfg.prune.warmup_epochs, cfg.prune.min_trials) if cfg.prune.enabled else None
     if pruning:
         callbacks.append(pruning)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir)
+    )
     data_files = {split: (ds.ann_file, str(ds.img_dir)) for split, ds in datamodule.datasets.items()}
     origin = provenance(OmegaConf.to_container(cfg, resolve=True), data_files, trainer.strategy.root_device)
     if logger:  # in the W&B config, where runs are filtered and grouped
@@ -118,11 +126,12 @@ def _speed(cfg: DictConfig, module: DetectionModule, datamodule, device) -> dict
     )
 
 
-def _logger(cfg: DictConfig, run_dir: Path):
+def _logger(cfg: DictConfig, run_dir: Path, wandb_id: str | None):
+    """The configured logger; a W&B one continues the resumed checkpoint's W&B run (wandb_id) when it has one."""
     if cfg.logger.get("_target_") is None:
         return False
     if cfg.logger._target_ == "detlab.tracking.wandb_logger":
-        return instantiate(cfg.logger, save_dir=str(run_dir), **cfg.tracking)
+        return instantiate(cfg.logger, save_dir=str(run_dir), run_id=wandb_id, **cfg.tracking)
     return instantiate(cfg.logger, save_dir=str(run_dir))
 
 
@@ -150,17 +159,25 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN and _launches_processes(cfg.trainer):
         return _single_run(hydra_cfg.overrides.task, run_dir)
-    try:
+    with user_errors("detlab-train"):
         results = train(cfg, run_dir)
-    except Exception as err:
-        problem = user_error(err)
-        # Bad input or an impossible config: the message names the file, record or key. No stack trace
-        # unless asked for, the way Hydra itself does it.
-        if problem is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"detlab-train: error: {problem}\n(set HYDRA_FULL_ERROR=1 for the stack trace)", file=sys.stderr, flush=True)
-        sys.exit(2)
     return results["metrics"]["AP"]  # the objective a Hydra sweeper (e.g. Optuna) maximises
+
+
+class WritableRunDir(Callback):
+    """A Hydra callback (conf/train.yaml): the run (or sweep) folder must take files before Hydra writes its
+    config and log there, which would otherwise stop with Hydra's traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(folder: str, key: str) -> None:
+        with user_errors("detlab-train"):  # exits itself: Hydra would print the traceback of what a callback raises
+            check_writable(folder, f"{key}, the run folder", f"set {key} to a folder you can write to")
 
 
 def _launches_processes(trainer: DictConfig) -> bool:
@@ -181,16 +198,6 @@ def _single_run(task_overrides: list[str], run_dir: Path) -> float:
     if proc.returncode != 0:
         sys.exit(proc.returncode)
     return json.loads((run_dir / "results.json").read_text())["metrics"]["AP"]
-
-
-def user_error(err: BaseException) -> BaseException | None:
-    """The bad-input error behind err (a config or data problem whose message says what to fix), or None.
-
-    hydra.utils.instantiate wraps what a constructor raises in an InstantiationException: look through it.
-    """
-    while isinstance(err, InstantiationException) and err.__cause__ is not None:
-        err = err.__cause__
-    return err if isinstance(err, (ValueError, FileNotFoundError)) else None
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_logger_options_instantiate(logger, tmp_path):
     from detlab.train import _logger
 
     cfg = compose_train([f"logger={logger}"])
-    made = _logger(cfg, tmp_path)
+    made = _logger(cfg, tmp_path, wandb_id=None)
     assert (made is False) == (logger == "none")
 
 

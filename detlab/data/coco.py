@@ -32,7 +32,9 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import os
+import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset, get_worker_info
 
 from detlab.data.transforms import Sample
+from detlab.errors import ConfigError, DataError, writing
 
 ON_INVALID = ("error", "skip")
 MAX_LISTED = 10  # problems quoted in one error message; the count says how many there are
@@ -102,6 +105,10 @@ def check_coco_dict(data: Any, name: str, img_dir: str | Path | None = None) -> 
     return CheckedCoco(data, categories, problems, notes)
 
 
+CACHE = "the data cache: $DETLAB_CACHE, else ~/.cache/detlab"
+CACHE_FIX = "set DETLAB_CACHE (or data.source.cache_dir) to a folder with space that you can write to"
+
+
 def default_cache_dir() -> Path:
     """Where detlab writes generated data: $DETLAB_CACHE, else ~/.cache/detlab."""
     return Path(os.environ.get("DETLAB_CACHE") or Path.home() / ".cache" / "detlab")
@@ -115,6 +122,7 @@ class CocoDetection(Dataset):
     notes:        one line per box partly outside its image (clipped in the target).
     image_ids:    the file's image ids in dataset order.
     num_objects:  training targets over all images (crowd annotations are not).
+    empty:        why the split has nothing to train or score (no object), or None.
     """
 
     def __init__(
@@ -127,13 +135,14 @@ class CocoDetection(Dataset):
         cache_dir: str | Path | None = None,
     ) -> None:
         if on_invalid not in ON_INVALID:
-            raise ValueError(f"data.on_invalid={on_invalid!r}: use one of {ON_INVALID}")
+            raise ConfigError(f"data.on_invalid={on_invalid!r}: use one of {ON_INVALID}")
         self.ann_file, self.img_dir, self.transform = str(ann_file), Path(img_dir), transform
         checked = check_coco(self.ann_file, self.img_dir)
         self.problems, self.notes = checked.problems, checked.notes
         if self.problems and on_invalid == "error":
-            raise ValueError(problem_report(self.ann_file, self.problems))
+            raise DataError(problem_report(self.ann_file, self.problems))
         data = checked.data
+        self.empty = empty_problem(self.ann_file, data)
         self.eval_ann_file = self.ann_file if not self.problems else _write_clean_copy(data, cache_dir)
 
         coco = _index(data)
@@ -180,9 +189,9 @@ class CocoDetection(Dataset):
         except FileNotFoundError:
             raise FileNotFoundError(f"image file not found: {where}, field 'file_name'") from None
         except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise ValueError(f"cannot decode image {where}: {err}") from None
+            raise DataError(f"cannot decode image {where}: {err}") from None
         if rgb.shape[:2] != (record["height"], record["width"]):
-            raise ValueError(
+            raise DataError(
                 f"image {where} is {rgb.shape[1]}x{rgb.shape[0]} (w x h) but its record says fields "
                 f"'width'={record['width']}, 'height'={record['height']}; the boxes are in the record's size"
             )
@@ -225,16 +234,16 @@ def _parse(raw: bytes, ann_file: str) -> Any:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{ann_file}: not valid JSON ({err}); is the file truncated?") from None
+        raise DataError(f"{ann_file}: not valid JSON ({err}); is the file truncated?") from None
     return data
 
 
 def _check_layout(data: Any, ann_file: str) -> None:
     if not isinstance(data, dict):
-        raise ValueError(f"{ann_file}: a COCO file is a JSON object, got {type(data).__name__}")
+        raise DataError(f"{ann_file}: a COCO file is a JSON object, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise ValueError(f"{ann_file}: missing the top-level list field '{key}'")
+            raise DataError(f"{ann_file}: missing the top-level list field '{key}'")
 
 
 def _check_categories(categories: list, ann_file: str) -> dict[int, str]:
@@ -243,12 +252,14 @@ def _check_categories(categories: list, ann_file: str) -> dict[int, str]:
     for position, cat in enumerate(categories):
         for key in ("id", "name"):
             if not isinstance(cat, dict) or key not in cat:
-                raise ValueError(f"{ann_file}: category #{position} has no field '{key}'")
+                raise DataError(f"{ann_file}: category #{position} has no field '{key}'")
+        if not _is_int(cat["id"]):
+            raise DataError(f"{ann_file}: category #{position}: field 'id'={cat['id']!r} must be an integer")
         if cat["id"] in names:
-            raise ValueError(f"{ann_file}: duplicate category id={cat['id']} (field 'id' of category #{position})")
+            raise DataError(f"{ann_file}: duplicate category id={cat['id']} (field 'id' of category #{position})")
         names[cat["id"]] = str(cat["name"])
     if not names:
-        raise ValueError(f"{ann_file}: field 'categories' is empty; a detector needs at least one class")
+        raise DataError(f"{ann_file}: field 'categories' is empty; a detector needs at least one class")
     return names
 
 
@@ -260,15 +271,21 @@ def _check_images(images: list, ann_file: str) -> dict[int, dict]:
         where = f"{ann_file}: image id={image_id} (image #{position})"
         for key in ("id", "file_name", "width", "height"):
             if not isinstance(img, dict) or key not in img:
-                raise ValueError(f"{where}: missing field '{key}'")
+                raise DataError(f"{where}: missing field '{key}'")
+        if not _is_int(image_id):
+            raise DataError(
+                f"{where}: field 'id'={image_id!r} must be an integer: COCO image ids are integers, and the "
+                "evaluators and the results files index images by them; renumber the images (and their annotations' "
+                "'image_id')"
+            )
         for key in ("width", "height"):
-            if not isinstance(img[key], (int, float)) or not img[key] > 0:
-                raise ValueError(f"{where}: field '{key}'={img[key]!r} must be a positive number")
+            if not _is_number(img[key]) or not img[key] > 0:
+                raise DataError(f"{where}: field '{key}'={img[key]!r} must be a positive number")
         if image_id in by_id:
-            raise ValueError(f"{where}: duplicate image id (field 'id'); image ids must be unique")
+            raise DataError(f"{where}: duplicate image id (field 'id'); image ids must be unique")
         by_id[image_id] = img
     if not by_id:
-        raise ValueError(f"{ann_file}: field 'images' is empty: an empty dataset")
+        raise DataError(f"{ann_file}: field 'images' is empty: an empty dataset")
     return by_id
 
 
@@ -289,9 +306,14 @@ def _missing_image_files(images: dict, annotations: list[dict], img_dir: Path, a
 
 def _check_annotations(annotations: list, images: dict, categories: dict, ann_file: str) -> tuple[list, list[str]]:
     """(valid annotations, one problem line per invalid one)."""
-    kept, problems = [], []
+    kept, problems, seen_ids = [], [], set()
     for position, ann in enumerate(annotations):
         problem = _annotation_problem(ann, images, categories)
+        if problem is None and ann["id"] in seen_ids:
+            # The evaluators index annotations by id: a repeated id keeps one of the boxes and loses the other.
+            problem = f"duplicate annotation id (field 'id'={ann['id']!r}); annotation ids must be unique"
+        if problem is None:
+            seen_ids.add(ann["id"])
         if problem is None:
             kept.append(ann)
         else:
@@ -303,18 +325,22 @@ def _check_annotations(annotations: list, images: dict, categories: dict, ann_fi
 
 def _annotation_problem(ann: Any, images: dict, categories: dict) -> str | None:
     """What is wrong with one annotation (naming the field), or None."""
-    for key in ("id", "image_id", "category_id", "bbox"):
+    for key in ("id", "image_id", "category_id", "bbox", "area"):
         if not isinstance(ann, dict) or key not in ann:
-            return f"missing field '{key}'"
+            return f"missing field '{key}'" + (" (COCOeval's object sizes read it; COCO writes w * h)" if key == "area" else "")
+    if not _is_int(ann["id"]):
+        return f"field 'id'={ann['id']!r} must be an integer"
     if ann["image_id"] not in images:
         return "field 'image_id' names no image of the file"
     if ann["category_id"] not in categories:
         return f"field 'category_id'={ann['category_id']!r} is not in 'categories'"
     bbox = ann["bbox"]
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
         return f"field 'bbox'={bbox!r} must be 4 numbers [x, y, w, h]"
     if not all(math.isfinite(v) for v in bbox):
         return f"field 'bbox'={bbox} is not finite"
+    if not _is_number(ann["area"]) or not math.isfinite(ann["area"]) or ann["area"] < 0:
+        return f"field 'area'={ann['area']!r} must be a finite number >= 0"
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
         return f"field 'bbox'={bbox} has w <= 0 or h <= 0"
@@ -322,6 +348,26 @@ def _annotation_problem(ann: Any, images: dict, categories: dict) -> str | None:
     if x >= img["width"] or y >= img["height"] or x + w <= 0 or y + h <= 0:
         return f"field 'bbox'={bbox} lies wholly outside the {img['width']}x{img['height']} image"
     return None
+
+
+def _is_number(value: Any) -> bool:
+    """int or float, not bool: JSON's true would otherwise pass as 1."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def empty_problem(ann_file: str, data: dict[str, Any]) -> str | None:
+    """Why a checked split cannot be trained or scored, having no object (not crowd) left, or None.
+    Training (DetectionDataModule) and `detlab-data check` both ask this."""
+    if any(not a.get("iscrowd", 0) for a in data["annotations"]):
+        return None
+    return (
+        f"{ann_file} has no object to learn from or score against ({len(data['images'])} images, every annotation "
+        "crowd, ignored or skipped); annotate at least one object"
+    )
 
 
 def _partly_outside(ann: dict, img: dict) -> bool:
@@ -351,11 +397,29 @@ def _write_clean_copy(data: dict, cache_dir: str | Path | None) -> str:
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = Path(cache_dir or default_cache_dir()) / "coco-clean" / f"{digest}.json"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(text)
-        os.replace(tmp, path)  # atomic: DDP ranks writing at once leave one whole file
+        with writing(path.parent, CACHE, CACHE_FIX):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+            tmp.write_text(text)
+            os.replace(tmp, path)  # atomic: DDP ranks writing at once leave one whole file
     return str(path)
+
+
+def write_cache_folder(root: Path, write: Callable[[Path], None]) -> None:
+    """`write(folder)` into a temporary folder beside root, then rename it to root, so that a kill never leaves
+    a half-written cache entry; a rename that loses a race keeps the winner's identical folder."""
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with writing(root.parent, CACHE, CACHE_FIX):
+        try:
+            tmp.mkdir(parents=True)
+            write(tmp)
+            try:
+                os.rename(tmp, root)
+            except OSError:
+                if not root.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _index(data: dict) -> COCO:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from detlab.data.coco import MAX_LISTED, CocoDetection, CocoFiles, problem_report
 from detlab.data.collate import collate
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
+from detlab.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +180,8 @@ def _check_splits(datasets: dict[str, CocoDetection]) -> None:
             f"{list(zip(val_set.category_ids, val_set.class_names))}; field 'categories' must be the same"
         )
     for split, dataset in datasets.items():
-        if dataset.num_objects == 0:
-            raise ValueError(f"data.{split}: {dataset.ann_file} has no object to learn from or score against "
-                             f"({len(dataset)} images, every annotation crowd, ignored or skipped)")
+        if dataset.empty:
+            raise DataError(f"data.{split}: {dataset.empty}")
 
 
 def _log_summary(problems: dict[str, list[str]], notes: dict[str, list[str]]) -> None:

@@ -10,7 +10,9 @@ each other by at most a third of the smaller box, so no object is mostly hidden.
 mapping bug cannot hide) and the images into `<cache>/shapes-<hash>/`, where the hash covers every parameter
 and `GENERATOR_VERSION`: an unchanged config reuses the folder, a changed one writes a new folder. The folder
 is generated under a temporary name and renamed into place, so DDP ranks that build it at once are safe
-(the first rename wins; the others discard their copy).
+(the first rename wins; the others discard their copy). Its `params.json` holds a fingerprint of what was
+drawn (every image's pixels before encoding, and the annotation files), logged whenever the data is used: two
+machines with one fingerprint drew the same data (their JPEG codecs may still differ).
 """
 
 from __future__ import annotations
@@ -20,9 +22,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detlab.data.coco import CocoFiles, default_cache_dir
+from detlab.data.coco import CocoFiles, default_cache_dir, write_cache_folder
 
 log = logging.getLogger(__name__)
 
@@ -119,25 +118,25 @@ class ShapesSource:
         root = self.directory
         if not root.is_dir():
             self._generate(root)
+        # Two machines that print the same fingerprint drew the same pixels and boxes (tests/data/test_shapes.py
+        # holds one for a small config); a folder from before fingerprints says "unknown".
+        fingerprint = json.loads((root / "params.json").read_text()).get("fingerprint", "unknown")
+        log.info("shapes dataset %s: fingerprint %s", root, fingerprint)
         return {split: CocoFiles(ann_file=str(root / f"{split}.json"), img_dir=str(root / split)) for split in SPLITS}
 
     def _generate(self, root: Path) -> None:
         log.info("generating the shapes dataset into %s (once for these parameters)", root)
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        try:
-            for split, count in zip(SPLITS, (self.num_train_images, self.num_val_images)):
-                coco = write_split(self, split, count, tmp / split)
-                (tmp / f"{split}.json").write_text(json.dumps(coco))
-            (tmp / "params.json").write_text(json.dumps(self.identity, indent=1))
-            try:
-                os.rename(tmp, root)
-            except OSError:
-                if not root.is_dir():
-                    raise
-                # Another process renamed its identical copy first: keep theirs.
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_cache_folder(root, self._write)
+
+    def _write(self, folder: Path) -> None:
+        digest = hashlib.sha256()
+        for split, count in zip(SPLITS, (self.num_train_images, self.num_val_images)):
+            coco = write_split(self, split, count, folder / split, digest)
+            text = json.dumps(coco)
+            digest.update(text.encode())
+            (folder / f"{split}.json").write_text(text)
+        fingerprint = digest.hexdigest()[:16]
+        (folder / "params.json").write_text(json.dumps({**self.identity, "fingerprint": fingerprint}, indent=1))
 
 
 def _check_params(p: ShapesSource) -> None:
@@ -165,8 +164,9 @@ def _check_params(p: ShapesSource) -> None:
         fail("image_format", "use 'jpg' or 'png'")
 
 
-def write_split(p: ShapesSource, split: str, count: int, img_dir: Path) -> dict[str, Any]:
-    """Draw `count` images into img_dir; return the split's COCO dict."""
+def write_split(p: ShapesSource, split: str, count: int, img_dir: Path, digest: Any) -> dict[str, Any]:
+    """Draw `count` images into img_dir; return the split's COCO dict. `digest` (a hashlib object) takes each
+    image's drawn pixels, before the image codec (whose JPEG bytes may differ between library builds)."""
     img_dir.mkdir(parents=True)
     images, annotations = [], []
     write_args = [cv2.IMWRITE_JPEG_QUALITY, 92] if p.image_format == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
@@ -174,6 +174,7 @@ def write_split(p: ShapesSource, split: str, count: int, img_dir: Path) -> dict[
         # One generator per image (not per split): an image depends only on (seed, split, index).
         rng = np.random.default_rng([p.seed, SPLITS.index(split), index])
         image, objects = render_image(p, rng)
+        digest.update(np.asarray(image.shape, np.int64).tobytes() + np.ascontiguousarray(image).tobytes())
         image_id = FIRST_IMAGE_ID + index
         file_name = f"{image_id:07d}.{p.image_format}"
         cv2.imwrite(str(img_dir / file_name), image[:, :, ::-1], write_args)

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from detlab.errors import CheckpointError
+
 MAX_LISTED = 8  # keys named in a mismatch message
 
 
@@ -108,11 +110,11 @@ def load_weights(model: nn.Module, path: str | Path | None) -> nn.Module:
         return model
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"model.weights={path}: no such file")
+        raise CheckpointError(f"model.weights={path}: no such file")
     try:
         loaded = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to replace; the cause is named
-        raise ValueError(f"model.weights={path}: not a readable torch weights file ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"model.weights={path}: not a readable torch weights file ({type(err).__name__}: {err})") from None
     return load_state(model, loaded, f"model.weights={path}")
 
 
@@ -122,7 +124,7 @@ def load_state(model: nn.Module, loaded: object, name: str) -> nn.Module:
     state, source = _detlab_state(loaded, name)
     missing, unexpected = _mismatch(model, state)
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"{name} ({source}) does not fit the configured model: {len(missing)} missing keys "
             f"{missing[:MAX_LISTED]}, {len(unexpected)} unexpected keys {unexpected[:MAX_LISTED]}; "
             + _hint(source)
@@ -137,7 +139,7 @@ def _detlab_state(loaded: object, name: str) -> tuple[dict[str, Tensor], str]:
         model_keys = {k[len("model."):]: v for k, v in loaded["state_dict"].items() if k.startswith("model.")}
         return model_keys, "a detlab checkpoint"
     if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
-        raise ValueError(f"{name}: not a state dict (a mapping of names to tensors) or a checkpoint")
+        raise CheckpointError(f"{name}: not a state dict (a mapping of names to tensors) or a checkpoint")
     for name, (signature, convert, preset) in TORCHVISION_DETECTORS.items():
         if signature in loaded:
             return convert(loaded), f"torchvision's {name}, for {preset}"

@@ -148,6 +148,15 @@ BAD_INPUTS = {
     "inf box": (mutate(lambda d: ann(d, 5).update(bbox=[1, 1, float("inf"), 3])), ["image id=1001", "'bbox'"]),
     "box of 3 numbers": (mutate(lambda d: ann(d, 1).update(bbox=[1, 1, 3])), ["image id=42", "'bbox'"]),
     "box wholly outside": (mutate(lambda d: ann(d, 5).update(bbox=[32, 0, 5, 5])), ["image id=1001", "outside"]),
+    # a JSON true is a Python int: without the check [true, true, true, true] was a 1x1 box
+    "boolean box": (mutate(lambda d: ann(d, 1).update(bbox=[True, True, True, True])), ["annotation id=1", "'bbox'"]),
+    "text in a box": (mutate(lambda d: ann(d, 1).update(bbox=["1", 1, 3, 3])), ["annotation id=1", "'bbox'"]),
+    "string image id": (mutate(lambda d: d["images"][0].update(id="img42")), ["'id'='img42'", "must be an integer"]),
+    "string category id": (mutate(lambda d: d["categories"][0].update(id="cat")), ["category #0", "'id'='cat'"]),
+    "duplicate annotation id": (mutate(lambda d: ann(d, 2).update(id=1)), ["image id=42", "duplicate annotation id"]),
+    "annotation without area": (mutate(lambda d: ann(d, 6).pop("area")), ["annotation id=6", "missing field 'area'"]),
+    "boolean area": (mutate(lambda d: ann(d, 6).update(area=True)), ["annotation id=6", "'area'=True"]),
+    "no annotation at all": (mutate(lambda d: d.update(annotations=[])), ["no object to learn from or score against"]),
 }
 
 
@@ -156,7 +165,9 @@ def test_each_bad_input_names_the_file_image_id_and_field(data_coco, case):
     data, pieces = BAD_INPUTS[case]
     path = write(data_coco, copy.deepcopy(data))
     with pytest.raises(ValueError) as err:
-        CocoDetection(path, data_coco, passthrough)
+        dataset = CocoDetection(path, data_coco, passthrough)
+        if dataset.empty:  # nothing invalid, but nothing to train on: DetectionDataModule stops on it
+            raise ValueError(dataset.empty)
     for piece in [str(path), *pieces]:
         assert piece in str(err.value), (piece, str(err.value))
 

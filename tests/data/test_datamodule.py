@@ -127,7 +127,7 @@ def _coco_split(folder: Path, categories: list[dict], annotations: list[dict]) -
     return {"ann_file": str(folder / "ann.json"), "img_dir": str(folder)}
 
 
-BOX = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "iscrowd": 0}
+BOX = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0}
 
 
 def test_splits_with_different_class_lists_are_an_error_naming_both_files(tmp_path):

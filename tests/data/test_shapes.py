@@ -128,3 +128,16 @@ def test_two_thousand_images_generate_well_under_a_minute(tmp_path):
     start = time.perf_counter()
     ShapesSource(num_train_images=2000, num_val_images=1, cache_dir=str(tmp_path)).splits()
     assert time.perf_counter() - start < 40
+
+
+def test_the_fingerprint_is_the_same_on_every_machine(tmp_path, caplog):
+    """The drawn pixels and the annotation files of a small config hash to a constant recorded on the project's
+    machine: a machine that draws anything differently (numpy, OpenCV, float rounding) fails here."""
+    caplog.set_level("INFO", logger=shapes.log.name)
+    files = source(tmp_path).splits()
+    params = json.loads((Path(files["train"].ann_file).parent / "params.json").read_text())
+    assert params["fingerprint"] == "50caf2330f2ba934"
+    assert "fingerprint 50caf2330f2ba934" in caplog.text  # printed with every run that uses it
+    source(tmp_path, seed=1).splits()
+    assert "fingerprint " in caplog.records[-1].getMessage()
+    assert "fingerprint 50caf2330f2ba934" not in caplog.records[-1].getMessage()  # other data, another fingerprint

@@ -16,7 +16,7 @@ from torchvision.models.detection.retinanet import RetinaNet
 
 from detlab.config import compose_train, validate
 from detlab.inference import Predictor
-from detlab.train import user_error
+from detlab.errors import user_message
 
 PRESET = ["model=tv_retinanet_r50_fpn", "data.image_size=304", "data.max_size=512"]
 
@@ -71,11 +71,11 @@ def test_preset_composes_torchvisions_settings():
     assert (cfg.model.assigner.pos_iou, cfg.model.assigner.neg_iou) == (defaults["fg_iou_thresh"], defaults["bg_iou_thresh"])
 
 
-def user_message(build) -> str:
+def message_of(build) -> str:
     """The one-line message detlab's CLIs print for what build() raises (through Hydra's wrapping)."""
     with pytest.raises(Exception) as raised:
         build()
-    problem = user_error(raised.value)
+    problem = user_message(raised.value)
     assert problem is not None, f"not a user error: {raised.value!r}"
     return str(problem)
 
@@ -85,14 +85,14 @@ def test_wrong_weights_name_the_keys(tmp_path, tv_retinanet):
     state = torch.load(weights, weights_only=True)
     cut = tmp_path / "cut.pth"
     torch.save({k: v for k, v in state.items() if "bbox_reg" not in k}, cut)
-    message = user_message(lambda: detlab_predictor(cut))
+    message = message_of(lambda: detlab_predictor(cut))
     assert "cut.pth (torchvision's retinanet_resnet50_fpn, for model=tv_retinanet_r50_fpn)" in message
     assert "2 missing keys ['head.box_out.bias', 'head.box_out.weight'], 0 unexpected keys" in message
     cfg = compose_train([*PRESET, f"model.weights={weights}"])  # 80 contiguous COCO labels: no 91-way head
-    assert "head.cls_out.weight (shape [819, 256, 3, 3] for [720, 256, 3, 3])" in user_message(
+    assert "head.cls_out.weight (shape [819, 256, 3, 3] for [720, 256, 3, 3])" in message_of(
         lambda: Predictor.from_config(cfg, list(range(1, 81)))
     )
-    assert "nothing.pth: no such file" in user_message(lambda: detlab_predictor(tmp_path / "nothing.pth"))
+    assert "nothing.pth: no such file" in message_of(lambda: detlab_predictor(tmp_path / "nothing.pth"))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file")
-    assert "garbage.pth: not a readable torch weights file" in user_message(lambda: detlab_predictor(garbage))
+    assert "garbage.pth: not a readable torch weights file" in message_of(lambda: detlab_predictor(garbage))

@@ -74,7 +74,7 @@ def split_report(name: str, coco: dict[str, Any], problems: list[str], notes: li
     names = {c["id"]: str(c["name"]) for c in coco["categories"]}
     targets = [a for a in coco["annotations"] if not a.get("iscrowd", 0) and not a.get("ignore", 0)]
     per_class = Counter(names[a["category_id"]] for a in targets)
-    areas = [a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in targets]
+    areas = [a["area"] for a in targets]  # every kept annotation has one (check_coco)
     per_image = Counter(a["image_id"] for a in targets)
     counts = [per_image.get(img["id"], 0) for img in coco["images"]]
     return SplitReport(

@@ -28,15 +28,13 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from detlab.data.coco import CocoFiles, default_cache_dir
+from detlab.data.coco import CocoFiles, default_cache_dir, write_cache_folder
 from detlab.data.formats.common import ConvertedDataset, find_images
 from detlab.data.formats.mot import read_mot
 from detlab.data.formats.udacity import read_udacity
@@ -104,7 +102,7 @@ class FormatSource:
         """Convert the source unless its cache folder exists; return {"train": files, "val": files}."""
         root = self.directory
         if not root.is_dir():
-            _write_atomically(root, self._convert)
+            write_cache_folder(root, self._convert)
         meta = json.loads((root / "meta.json").read_text())
         return {
             split: CocoFiles(
@@ -264,18 +262,3 @@ def _plain(value: Any) -> Any:
         return OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
     return value
 
-
-def _write_atomically(root: Path, write: Callable[[Path], None]) -> None:
-    """`write(folder)` into a temporary folder, then rename it to root; a rename that loses a race keeps the
-    winner's identical folder."""
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not root.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -87,19 +87,27 @@ def test_convert_mot(tmp_path, make_image, capsys):
     assert "1 images, 2 objects (1 of them crowd/ignore regions" in capsys.readouterr().out
 
 
-def test_bad_input_ends_in_one_message_and_status_1(tmp_path, make_image, capsys):
+def exit_status(argv: list[str]) -> int:
+    """main's status: returned (0 clean, 1 problems found) or exited with (2: a user's error, one message)."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
+def test_bad_input_ends_in_one_message_and_status_2(tmp_path, make_image, capsys):
     make_image(tmp_path / "images" / "a.jpg", 8, 8)
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.5\n")
     argv = ["convert", "--format", "yolo", str(tmp_path / "images"), "--out", str(tmp_path / "x.json")]
-    assert main(argv + ["--names", str(tmp_path / "nowhere.yaml")]) == 1
+    assert exit_status(argv + ["--names", str(tmp_path / "nowhere.yaml")]) == 2
     assert "detlab-data convert: error: class names file not found" in capsys.readouterr().err
     (tmp_path / "names.txt").write_text("cat\n")
-    assert main(argv + ["--names", str(tmp_path / "names.txt")]) == 1
+    assert exit_status(argv + ["--names", str(tmp_path / "names.txt")]) == 2
     assert f"{tmp_path / 'labels' / 'a.txt'}: line 1: 4 values" in capsys.readouterr().err
-    assert main(argv) == 1
+    assert exit_status(argv) == 2
     assert "--format yolo needs --names" in capsys.readouterr().err
-    assert main(argv + ["--names", str(tmp_path / "names.txt"), "--min-visibility", "0.5"]) == 1
+    assert exit_status(argv + ["--names", str(tmp_path / "names.txt"), "--min-visibility", "0.5"]) == 2
     assert "--min-visibility does not apply to --format yolo" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
 
@@ -120,7 +128,7 @@ def test_runs_as_a_module(tmp_path):
         text=True,
         cwd=tmp_path,
     )
-    assert result.returncode == 1 and "MOT ground truth not found" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "MOT ground truth not found" in result.stderr and "Traceback" not in result.stderr
 
 
 # A COCO file for `check`: areas 100 (small), 2500 (medium), 10000 (large, the boundary 96^2 = 9216 is below).
@@ -170,7 +178,7 @@ def _image_zoo(folder: Path) -> dict:
     names = ["ok.png", "gray.png", "rgba.png", "deep.png", "rotated.jpg", "rotated-record.jpg", "cut.jpg",
              "junk.png", "gone.png"]
     images = [{"id": i, "file_name": name, "width": 40, "height": 30} for i, name in enumerate(names, start=1)]
-    box = {"category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0}
+    box = {"category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}
     return {"images": images, "annotations": [{**box, "id": 1, "image_id": 1}], "categories": [{"id": 1, "name": "x"}]}
 
 
@@ -232,5 +240,5 @@ def test_check_a_source_folder_and_a_data_config(tmp_path, make_image, capsys):
 )
 def test_check_usage_problems_are_one_message(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)
-    assert main(argv) == 1
+    assert exit_status(argv) == 2
     assert f"detlab-data check: error: {says}" in capsys.readouterr().err

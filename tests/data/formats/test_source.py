@@ -1,5 +1,6 @@
 """FormatSource and data=voc|yolo|udacity|mot: converted once into the cache by content, read as data=coco does."""
 
+import errno
 import functools
 import hashlib
 import json
@@ -15,7 +16,9 @@ from PIL import Image
 
 from detlab.data.datamodule import DetectionDataModule
 from detlab.data.formats import source as source_module
-from detlab.data.formats.source import FormatSource, _write_atomically
+from detlab.data.coco import write_cache_folder
+from detlab.errors import StorageError
+from detlab.data.formats.source import FormatSource
 from detlab.structures import Batch, boxes_to_original
 
 CONF = Path(__file__).resolve().parents[3] / "conf" / "data"
@@ -149,15 +152,23 @@ def test_the_cache_folder_appears_whole_and_a_lost_race_keeps_the_winner(tmp_pat
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        _write_atomically(root, fail)
+        write_cache_folder(root, fail)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+    def full(folder: Path) -> None:
+        (folder / "train.json").write_text("{")
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "train.json"))
+
+    with pytest.raises(StorageError, match=rf"cannot write {tmp_path} \(the data cache: \$DETLAB_CACHE.*no space left.*set DETLAB_CACHE"):
+        write_cache_folder(root, full)
+    assert list(tmp_path.iterdir()) == []
 
     def lose(folder: Path) -> None:  # another rank renames its identical folder first
         (folder / "meta.json").write_text("mine")
         root.mkdir()
         (root / "meta.json").write_text("theirs")
 
-    _write_atomically(root, lose)
+    write_cache_folder(root, lose)
     assert (root / "meta.json").read_text() == "theirs" and list(tmp_path.iterdir()) == [root]
 
 

@@ -1,0 +1,124 @@
+"""Checkpoint files: written whole or not at all, read with a named error, and carrying the random state.
+
+- `AtomicCheckpointIO` (Lightning's CheckpointIO plugin) writes a checkpoint to a temporary file in the same
+  folder, flushes it to the disk and renames it over the old one: a kill or a full disk leaves the previous
+  `last.ckpt` / `best.ckpt` as it was, never a truncated file. (Lightning's own TorchCheckpointIO stages the
+  file in the system's temp folder and moves it: across file systems that move is a copy, which a kill or a
+  full disk cuts short.)
+- `read_checkpoint` is how detlab opens a checkpoint (resume, evaluation, speed): a truncated, corrupt or
+  foreign file is a CheckpointError naming it.
+- `RandomState` keeps the random generators (Python, NumPy, torch) in the checkpoint and restores them on
+  resume, so that the epochs after a resume draw the same shuffles and augmentations as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from detlab.errors import CheckpointError, writing
+
+# The keys every checkpoint detlab writes holds (Lightning's, plus the module's hyper-parameters).
+REQUIRED_KEYS = ("state_dict", "hyper_parameters", "global_step")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A detlab checkpoint's dict (on the CPU); CheckpointError for a missing, truncated, corrupt or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path} (give a .ckpt file written by detlab-train, or a run directory)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch.load raises whatever its unpickler meets in a bad file
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "it is truncated or corrupt: use another checkpoint (best.ckpt, or last.ckpt of the run)"
+        ) from None
+    missing = [key for key in REQUIRED_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing or "cfg" not in checkpoint["hyper_parameters"]:
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by detlab-train (it lacks {missing or ['hyper_parameters.cfg']}); "
+            "give the last.ckpt or best.ckpt of a detlab run"
+        )
+    return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with the write made atomic (see the module's docstring); reads via read_checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        fix = "the previous checkpoint there is kept; free space on that disk or set hydra.run.dir to another folder"
+        with writing(path, "a checkpoint", fix):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as file:
+                    torch.save(checkpoint, file)
+                    file.flush()
+                    os.fsync(file.fileno())  # the bytes on the disk before the name points at them
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return read_checkpoint(path)
+
+
+class RandomState(pl.Callback):
+    """The random generators in the checkpoint, restored on resume, so that a resumed run draws what an
+    uninterrupted one would have drawn: Python's, NumPy's and torch's global generators (the shuffle, the
+    loader workers' seeds) and, when the loader has no workers, the train augmentation's own generators.
+
+    Loader workers (data.num_workers > 0) are persistent: they keep the augmentation stream they were started
+    with across epochs, which no checkpoint can hold; a resumed run then augments with other draws.
+    """
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Plain types and tensors only: Lightning and detlab-eval load checkpoints with torch's weights_only.
+        name, keys, *rest = np.random.get_state()
+        state = {"python": random.getstate(), "numpy": (name, keys.tolist(), *rest), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        state["augment"] = [
+            (step.py_random.getstate(), step.random_generator.bit_generator.state)
+            for step in _augmentation_steps(trainer)
+        ]
+        checkpoint["random_state"] = state
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("random_state")
+        if state is None:  # a checkpoint written before detlab kept it
+            return
+        random.setstate(state["python"])
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        steps = _augmentation_steps(trainer)
+        if len(steps) == len(state["augment"]):  # the same augmentation (else the config changed: start afresh)
+            for step, (py_state, np_state) in zip(steps, state["augment"]):
+                step.py_random.setstate(py_state)
+                step.random_generator.bit_generator.state = np_state
+
+
+def _augmentation_steps(trainer: pl.Trainer) -> list[Any]:
+    """The train transform's albumentations Compose and its steps, each of which holds its own generators."""
+    datasets = getattr(trainer.datamodule, "datasets", {})
+    stack = [getattr(getattr(datasets.get("train"), "transform", None), "pipeline", None)]
+    steps = []
+    while stack:
+        step = stack.pop()
+        if hasattr(step, "py_random") and hasattr(step, "random_generator"):
+            steps.append(step)
+        stack.extend(getattr(step, "transforms", None) or [])
+    return steps
