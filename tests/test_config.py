@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -30,6 +30,10 @@ def test_every_model_builds_with_every_loss_or_refuses_it_with_the_reason(model,
             validate(cfg)
         return
     validate(cfg)
+    if model == "torchvision_retinanet" and loss != "focal":  # torchvision's head trains a sigmoid focal loss only
+        with pytest.raises(InstantiationException, match="use loss=focal"):
+            instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
+        return
     parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
     assert callable(parts.model) and callable(parts.assigner) and callable(parts.criterion) and callable(parts.postprocess)
 

@@ -146,6 +146,26 @@ def test_multirun_of_a_study_ends_with_its_report(tmp_path):
     assert "experiment/focal_gamma=gamma2_alpha0.25" in overrides and "seed=0" in overrides
 
 
+@pytest.mark.parametrize("implementation", ["detlab", "torchvision"])
+def test_tv_parity_trains_each_implementation_through_the_entry_point(tmp_path, implementation):
+    """Two steps of each arm of experiments/tv_parity (R18, width 64, torchvision's anchors) on tiny data end with
+    the COCO table: torchvision's own RetinaNet trains and is scored by detlab's loop."""
+    tiny = [t for t in TINY if t.split("=")[0] not in {"model.neck.out_channels", "model.head.width", "model.head.depth"}]
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "detlab.train", "experiment=tv_parity", f"experiment/tv_parity@_global_={implementation}",
+         *tiny, "data.max_size=96", "data.batch_size=2", "trainer.limit_train_batches=2", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "COCO box evaluation" in proc.stdout and "AP50" in proc.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["global_step"] == 2
+    model = {"detlab": "detlab.models.build.dense_detector",
+             "torchvision": "detlab.models.torchvision_retinanet.torchvision_retinanet"}[implementation]
+    assert results["config"]["model"]["_target_"] == model
+
+
 def test_optuna_sweep_runs_each_trial_as_a_submitit_job(tmp_path):
     """hydra/sweeper=optuna_focal over hydra/launcher=local: two trials drawn from the search space, each a
     training job in a submitit process of its own; the sweeper keeps the best of the APs the jobs returned."""

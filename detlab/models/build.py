@@ -38,13 +38,14 @@ def dense_detector(
     postprocess: DictConfig,
     cls_loss: DictConfig,
     num_classes: int,
-    weights: str | None = None,
+    weights: str | DictConfig | None = None,
 ) -> DetectorParts:
     """A one-stage dense detector (RetinaNet, SSD, YOLO): backbone -> neck -> head over priors.
 
     criterion is the loss that combines the classification loss (the `loss` config group) with box_loss.
     weights: a file to load into the model, strictly (detlab.models.torchvision_weights.load_weights): a
-    torchvision detection state dict for the matching preset, or a detlab checkpoint or weights file.
+    torchvision detection state dict for the matching preset, or a detlab checkpoint or weights file; or a
+    config node that makes the state dict (torchvision's seeded initial weights in experiments/tv_parity).
 
     The classification loss decides the number of logits (K for sigmoid losses, K + 1 for softmax ones).
     """

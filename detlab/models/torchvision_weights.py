@@ -6,6 +6,9 @@
   converter of that detector, for the matching preset (`model=tv_retinanet_r50_fpn`, `model=tv_ssd300_vgg16`, ...);
 - a detlab Lightning checkpoint (`checkpoints/*.ckpt`): its `model.*` weights;
 - a plain state dict of detlab's model (a weights file).
+Instead of a path, `model.weights` may be a config node whose `_target_` returns such a state dict: in
+experiments/tv_parity, torchvision's seeded initial weights (detlab.models.torchvision_retinanet.initial_weights),
+so that detlab's preset starts from the very weights torchvision's own RetinaNet starts from.
 Loading is strict: a file made for another architecture is an error naming the missing and unexpected keys.
 """
 
@@ -16,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from detlab.errors import CheckpointError
@@ -104,10 +108,13 @@ TORCHVISION_DETECTORS: dict[str, tuple[str, Callable[[Mapping[str, Tensor]], dic
 }
 
 
-def load_weights(model: nn.Module, path: str | Path | None) -> nn.Module:
-    """model with the weights of the file at path loaded strictly (see the module's docstring); path None: as is."""
+def load_weights(model: nn.Module, path: str | Path | Mapping | None) -> nn.Module:
+    """model with the weights of the file at path loaded strictly (see the module's docstring); path None: as is;
+    a config node (a Mapping with `_target_`): the state dict it instantiates to, loaded strictly."""
     if path is None:
         return model
+    if isinstance(path, Mapping):
+        return load_state(model, instantiate(path), f"model.weights={path.get('_target_')}")
     file = Path(path).expanduser()
     if not file.is_file():
         raise CheckpointError(f"model.weights={path}: no such file")
