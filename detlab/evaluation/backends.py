@@ -101,6 +101,15 @@ def load_ground_truth(ann_file: str, backend: str) -> Any:
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(dataset, dict) or k not in dataset]
     if missing:
         raise ValueError(f"{ann_file}: not a COCO annotation file (no {', '.join(missing)} list)")
+    # Every engine indexes annotations by id: a repeated id would silently drop all its boxes but one.
+    ids = [a.get("id") if isinstance(a, dict) else None for a in dataset["annotations"]]
+    if len(set(ids)) != len(ids):
+        seen: set = set()
+        repeated = next(i for i in ids if i in seen or seen.add(i))
+        raise ValueError(
+            f"{ann_file}: annotation id {repeated!r} (field 'id') is used more than once; every engine keeps one box "
+            "per id, so the others would be lost from scoring: give each annotation its own id"
+        )
     coco = _coco_class(backend)()
     coco.dataset = dataset
     with quiet():
