@@ -6,9 +6,9 @@ ARGS   ?=
 # Real-data test tier: ../shared/data when it is there, or whatever DETLAB_REAL_DATA names.
 DETLAB_REAL_DATA ?= $(wildcard $(abspath ../shared/data))
 export DETLAB_REAL_DATA
-PYTEST_MARKS := $(if $(DETLAB_REAL_DATA),not slow,not slow and not realdata)
+PYTEST_MARKS := $(if $(DETLAB_REAL_DATA),not slow and not gpu,not slow and not gpu and not realdata)
 
-.PHONY: install train test test-slow bench clean
+.PHONY: install train test test-slow bench gpu-check clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m detlab.bench $(ARGS)
+
+# At most 8 minutes on one GPU: the gpu test tier, bench on CUDA, R50-FPN throughput, a 2-minute training.
+# Without CUDA it says so and exits 0.
+gpu-check: $(STAMP)
+	$(PY) -m detlab.gpu_check $(ARGS)
 
 clean:
 	rm -rf runs multirun wandb .pytest_cache
