@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import move_data_to_device
 
 from detlab import bench
 from detlab.config import compose_train
-from detlab.structures import HeadOutput
+from detlab.structures import HeadOutput, Priors
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,7 +37,10 @@ def test_cuda_nms_through_postprocess_equals_cpu():
                              box_reg=torch.randn(outputs.box_reg.shape, generator=g) * 0.2)
         on_cpu = parts.postprocess(outputs, priors, batch)
         cuda = torch.device("cuda")
-        on_cuda = parts.postprocess.to(cuda)(*move_data_to_device((outputs, priors, batch), cuda))
+        # Priors is a frozen dataclass, which Lightning's mover refuses
+        cuda_priors = Priors(priors.boxes.to(cuda), priors.strides.to(cuda), priors.level_sizes)
+        on_cuda = parts.postprocess.to(cuda)(move_data_to_device(outputs, cuda), cuda_priors,
+                                             move_data_to_device(batch, cuda))
     assert max(len(d.scores) for d in on_cpu) > 10
     for cpu, gpu in zip(on_cpu, on_cuda):
         assert len(cpu.scores) == len(gpu.scores)
