@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -320,10 +320,9 @@ def inference_pair(cfg, parts, theirs: nn.Module, batch_size: int, device: torch
 
 
 def step_rows(device: torch.device, presets: Sequence[str], batch_sizes: Sequence[int], image_size: int,
-              max_size: int, warmup: int, repeats: int) -> list[dict]:
-    """An inference row and a train-step row for each preset at each batch size (inference first: training
-    moves the weights of both sides alike, but it need not have happened)."""
-    rows = []
+              max_size: int, warmup: int, repeats: int) -> Iterator[dict]:
+    """An inference row and a train-step row for each preset at each batch size, each as soon as it is measured
+    (inference first: training moves the weights of both sides alike, but it need not have happened)."""
     for preset in presets:
         cfg, parts, theirs = preset_pair(preset, image_size, max_size, device)
         for batch_size in batch_sizes:
@@ -333,10 +332,7 @@ def step_rows(device: torch.device, presets: Sequence[str], batch_sizes: Sequenc
             train = compare("train step", ours, reference, warmup, repeats, device, model=preset, batch=batch_size)
             for r in (row, train):
                 r["input"] = f"{image_size}/{max_size} keep-ratio, {h}x{w}"
-                print(f"{r['what']}, {preset}, batch {batch_size}: detlab {r['detlab_ms']:.0f} ms, torchvision "
-                      f"{r['reference_ms']:.0f} ms", flush=True)  # a CPU run takes many minutes: show progress
-            rows += [row, train]
-    return rows
+                yield r
 
 
 def table(rows: Sequence[dict]) -> str:
@@ -377,14 +373,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     rows = part_rows(device, args.batch_size, args.image_size, args.warmup, args.repeats)
     rows.append(coco_eval_row(args.eval_images, args.eval_repeats))
-    rows += step_rows(device, args.presets, args.step_batch_sizes, args.step_image_size, args.step_max_size,
-                      args.step_warmup, args.step_repeats)
+    save(rows, args.json)
+    for row in step_rows(device, args.presets, args.step_batch_sizes, args.step_image_size, args.step_max_size,
+                         args.step_warmup, args.step_repeats):
+        rows.append(row)
+        save(rows, args.json)  # a CPU run takes many minutes: what it measured survives an interruption
+        print(f"{row['what']}, {row['model']}, batch {row['batch']}: detlab {row['detlab_ms']:.0f} ms, torchvision "
+              f"{row['reference_ms']:.0f} ms", flush=True)
     print(table(rows))
     print("reference: torchvision (forward, loss, postprocess, train step, inference) and pycocotools (COCO eval)")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
         print(f"rows: {args.json}")
     return rows
+
+
+def save(rows: list[dict], path: Path | None) -> None:
+    """rows as JSON at path (nothing when None), through a temporary name: a kill leaves the previous file."""
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(path)
 
 
 if __name__ == "__main__":
