@@ -6,9 +6,9 @@ ARGS   ?=
 # Real-data test tier: ../shared/data when it is there, or whatever DETLAB_REAL_DATA names.
 DETLAB_REAL_DATA ?= $(wildcard $(abspath ../shared/data))
 export DETLAB_REAL_DATA
-PYTEST_MARKS := $(if $(DETLAB_REAL_DATA),not slow and not faults,not slow and not faults and not realdata)
+PYTEST_MARKS := $(if $(DETLAB_REAL_DATA),not slow and not faults and not gpu,not slow and not faults and not gpu and not realdata)
 
-.PHONY: install train test test-slow test-faults bench clean
+.PHONY: install train test test-slow test-faults bench gpu-check clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ test-faults: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m detlab.bench $(ARGS)
+
+# At most 8 minutes on one GPU: the gpu test tier, bench on CUDA, R50-FPN throughput, a 2-minute training.
+# Without CUDA it says so and exits 0.
+gpu-check: $(STAMP)
+	$(PY) -m detlab.gpu_check $(ARGS)
 
 clean:
 	rm -rf runs multirun wandb .pytest_cache

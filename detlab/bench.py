@@ -1,12 +1,14 @@
-"""make bench: detlab's parts against torchvision's own implementations of the same algorithm, timed in one run.
+"""make bench: detlab against torchvision's own implementations of the same algorithm, timed in one run.
 
-    python -m detlab.bench [--device cuda] [--batch-size 2] [--image-size 512] [--repeats 10]
+    python -m detlab.bench [--device cuda] [--batch-size 2] [--image-size 512] [--repeats 10] [--json PATH]
+    python -m detlab.bench --table PATH     # the README's markdown table of a --json file
 
 Every row times both sides on identical inputs under detlab's speed protocol (detlab.profile: warm-up
-iterations, device synchronisation around every clock read, the median of the repeats) and prints the
-ratio reference / detlab: above 1 detlab is faster. Both models are RetinaNet R50-FPN (256 channels, 4-conv
-towers, 9 anchors, 80 classes) with random weights: speed does not depend on the values.
+iterations, device synchronisation around every clock read, the median of the repeats, the two sides
+alternating in every repeat so that anything else on the machine slows both alike) and gives the ratio
+reference / detlab: above 1 detlab is faster.
 
+Parts, RetinaNet R50-FPN (256 channels, 4-conv towers, 9 anchors, 80 classes) with random weights:
 - forward:     backbone + FPN + head (detlab's Detector, torchvision's RetinaNet backbone and head);
 - loss:        assignment + focal loss + box loss (detlab's batched MaxIoUAssigner and DenseDetectionLoss,
                torchvision's RetinaNet.compute_loss, which loops over images in Python);
@@ -14,6 +16,16 @@ towers, 9 anchors, 80 classes) with random weights: speed does not depend on the
                per-image loop);
 - COCO eval:   each engine (hotcoco, detlab's default, and faster-coco-eval) against pycocotools, the
                reference, on one synthetic results file, from reading the files to the 12 numbers.
+
+Whole steps, for each torchvision preset (`model=tv_*`) at each of --step-batch-sizes: torchvision's detector
+with seeded random weights, converted into the preset by `model.weights` (the same weights on both sides), on
+the same random photographs (landscape and portrait, so that a batch pads), the preset resized as torchvision
+resizes (shorter side --step-image-size, longer at most --step-max-size):
+- train step:  detlab's forward + assignment + loss + backward + SGD step, from the Batch its data loader
+               delivers; torchvision's train-mode `model(images, targets)` + backward + the same SGD step, from
+               the float images its data loader delivers (its resize and normalisation run inside the model);
+- inference:   end to end from uint8 RGB arrays to detections in original pixels: detlab's Predictor (eval
+               transform, collate, model, post-processing) against torchvision's `model.eval()(images)`.
 """
 
 from __future__ import annotations
@@ -21,18 +33,26 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.utilities import move_data_to_device
+from torch import nn
+from torchvision.models import detection
 from torchvision.models.detection import retinanet_resnet50_fpn
+from torchvision.ops import FrozenBatchNorm2d
 
 from detlab.config import compose_train
+from detlab.data.collate import collate
+from detlab.data.datamodule import eval_transform
 from detlab.evaluation.backends import BACKENDS
 from detlab.evaluation.results_file import evaluate_results_file
-from detlab.profile import summarize_ms, synchronizer, time_stages
+from detlab.inference import Predictor
+from detlab.profile import PRECISIONS, environment, summarize_ms, synchronizer, time_stages
 from detlab.structures import Batch, HeadOutput
 
 NUM_CLASSES = 80
@@ -45,15 +65,24 @@ RETINANET_R50 = [
     "model.head.depth=4",
     "model.priors.sizes=[32,64,128,256,512]",
 ]
+# The whole-step rows: detlab's preset -> torchvision's builder of the same detector (its weights convert through
+# model.weights). SSD300 joins as "tv_ssd300_vgg16": "ssd300_vgg16" when that preset is on main, with its
+# branch in spread_outputs.
+PRESETS = {"tv_retinanet_r50_fpn": "retinanet_resnet50_fpn", "tv_fasterrcnn_r50_fpn": "fasterrcnn_resnet50_fpn"}
+TRAINABLE = ("layer2", "layer3", "layer4")  # torchvision's trainable_backbone_layers=3, as its published models
+OBJECTS = 10  # ground-truth boxes per training image
+PHOTO_SHAPE = (480, 640)  # (h, w) of the random photographs; every other one is portrait
 
 
-def compare(name: str, ours: Callable[[], object], reference: Callable[[], object], warmup: int, repeats: int,
-            device: torch.device) -> tuple[str, float, float]:
-    """(name, detlab's median ms, the reference's median ms), the two calls alternating in every repeat so
-    that anything else on the machine slows both alike."""
+def compare(what: str, ours: Callable[[], object], reference: Callable[[], object], warmup: int, repeats: int,
+            device: torch.device, **conditions: Any) -> dict[str, Any]:
+    """One row: detlab's and the reference's median ms (and their ratio) with the conditions they hold under,
+    the two calls alternating in every repeat so that anything else on the machine slows both alike."""
     stages = [("detlab", lambda _: ours()), ("reference", lambda _: reference())]
     times = time_stages(stages, None, warmup, repeats, synchronizer(device))
-    return name, summarize_ms(times["detlab"])["median"], summarize_ms(times["reference"])["median"]
+    ours_ms, reference_ms = summarize_ms(times["detlab"])["median"], summarize_ms(times["reference"])["median"]
+    return {"what": what, **conditions, "detlab_ms": ours_ms, "reference_ms": reference_ms,
+            "ratio": reference_ms / ours_ms, "warmup": warmup, "repeats": repeats, **environment(device)}
 
 
 def detlab_retinanet(image_size: int):
@@ -79,17 +108,19 @@ def random_batch(batch_size: int, image_size: int, objects: int, device: torch.d
     )
 
 
-def model_rows(device: torch.device, batch_size: int, image_size: int, warmup: int, repeats: int) -> list[tuple]:
+def part_rows(device: torch.device, batch_size: int, image_size: int, warmup: int, repeats: int) -> list[dict]:
+    """The forward, loss and postprocess rows of RetinaNet R50-FPN at batch_size x image_size x image_size."""
     ours = detlab_retinanet(image_size)
     model, assigner, criterion, postprocess = (part.to(device) for part in ours)
     theirs = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES).to(device)
     model.eval()
     theirs.eval()
     batch = random_batch(batch_size, image_size, objects=10, device=device)
+    conditions = {"model": "RetinaNet R50-FPN, 80 classes", "batch": batch_size, "input": f"{image_size}x{image_size}"}
     rows = []
     with torch.inference_mode():
         rows.append(compare("forward", lambda: model(batch.images),
-                            lambda: theirs.head(list(theirs.backbone(batch.images).values())), warmup, repeats, device))
+                            lambda: theirs.head(list(theirs.backbone(batch.images).values())), warmup, repeats, device, **conditions))
 
         outputs, priors = model(batch.images)
         # Logits with a realistic share of candidates above the 0.05 threshold (an untrained head has none).
@@ -102,7 +133,7 @@ def model_rows(device: torch.device, batch_size: int, image_size: int, warmup: i
             {"boxes": batch.gt_boxes[i], "labels": batch.gt_labels[i]} for i in range(batch_size)
         ]
         rows.append(compare("loss", lambda: criterion(outputs, priors, assigner(outputs, priors, batch), batch),
-                            lambda: theirs.compute_loss(targets, head_outputs, anchors), warmup, repeats, device))
+                            lambda: theirs.compute_loss(targets, head_outputs, anchors), warmup, repeats, device, **conditions))
 
         split = list(priors.level_sizes)
         split_outputs = {k: list(v.split(split, dim=1)) for k, v in head_outputs.items()}
@@ -110,14 +141,14 @@ def model_rows(device: torch.device, batch_size: int, image_size: int, warmup: i
         shapes = [(image_size, image_size)] * batch_size
         rows.append(compare("postprocess", lambda: postprocess(outputs, priors, batch),
                             lambda: theirs.postprocess_detections(split_outputs, split_anchors, shapes),
-                            warmup, repeats, device))
+                            warmup, repeats, device, **conditions))
     return rows
 
 
-def coco_eval_rows(num_images: int, repeats: int) -> list[tuple]:
-    """Each engine (hotcoco, faster-coco-eval) against pycocotools on num_images synthetic images with 20 objects
-    and 100 detections each (boxes near the objects, so that matching does real work), reading the files as
-    `detlab-eval results` does."""
+def coco_eval_rows(num_images: int, repeats: int) -> list[dict]:
+    """Each engine (hotcoco, detlab's default, and faster-coco-eval) against pycocotools on num_images synthetic
+    images with 20 objects and 100 detections each (boxes near the objects, so that matching does real work),
+    reading the files as `detlab-eval results` does: one row per engine, pycocotools the reference."""
     rng = np.random.default_rng(0)
     images = [{"id": i, "width": 640, "height": 480, "file_name": f"{i}.jpg"} for i in range(1, num_images + 1)]
     anns, dets = [], []
@@ -142,34 +173,231 @@ def coco_eval_rows(num_images: int, repeats: int) -> list[tuple]:
         # The three alternate in every repeat, so that anything else on the machine slows them alike.
         stages = [(b, lambda _, b=b: evaluate_results_file(str(ann_file), str(results_file), b)) for b in BACKENDS]
         ms = {b: summarize_ms(t)["median"] for b, t in time_stages(stages, None, 0, repeats, lambda: None).items()}
-        rows = [(f"COCO eval, {b} ({num_images} images, {len(dets)} dets)", ms[b], ms["pycocotools"])
+        cpu = torch.device("cpu")
+        return [{"what": f"COCO eval, {b} ({num_images} images, {len(dets)} detections)", "model": "-",
+                 "batch": num_images, "input": "640x480", "detlab_ms": ms[b], "reference_ms": ms["pycocotools"],
+                 "ratio": ms["pycocotools"] / ms[b], "warmup": 0, "repeats": repeats, **environment(cpu)}
                 for b in BACKENDS if b != "pycocotools"]
-        return rows
 
 
-def main(argv: list[str] | None = None) -> list[tuple]:
+def random_photos(batch_size: int, shape: tuple[int, int] = PHOTO_SHAPE, seed: int = 0) -> list[np.ndarray]:
+    """batch_size seeded RGB uint8 arrays [h, w, 3], every other one transposed (h, w) -> (w, h)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*(shape if i % 2 == 0 else shape[::-1]), 3), dtype=np.uint8)
+            for i in range(batch_size)]
+
+
+def random_targets(photos: Sequence[np.ndarray], category_ids: Sequence[int], seed: int = 0) -> list[dict]:
+    """OBJECTS boxes per photo, torchvision's target format: {"boxes": [N, 4] xyxy original pixels, "labels": [N]
+    category ids} (torchvision's label = COCO id in its 91-way label space; id 0, background, never drawn)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.tensor([c for c in category_ids if c > 0])
+    targets = []
+    for photo in photos:  # per photo: each has its own size
+        h, w = photo.shape[:2]
+        xy = torch.rand(OBJECTS, 2, generator=g) * torch.tensor([w, h]) * 0.7
+        wh = (torch.rand(OBJECTS, 2, generator=g) * 0.25 + 0.05) * torch.tensor([w, h])
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": ids[torch.randint(len(ids), (OBJECTS,), generator=g)]})
+    return targets
+
+
+def torchvision_detector(name: str, image_size: int, max_size: int, photos: Sequence[np.ndarray]) -> nn.Module:
+    """torchvision's detector `name` built as its published COCO model is (91 classes, FrozenBatchNorm2d, conv1 and
+    layer1 frozen), with seeded random weights: the frozen statistics are those of `photos` (an unnormalised
+    random ResNet-50 overflows), and the outputs spread so that the score threshold, top-k and NMS all work."""
+    torch.manual_seed(0)
+    model = getattr(detection, name)(weights=None, weights_backbone=None, num_classes=91, min_size=image_size,
+                                     max_size=max_size)
+    body = model.backbone.body
+    with torch.no_grad():
+        images, _ = model.transform([to_float(p) for p in photos])
+        for bn in (m for m in body.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.reset_running_stats()
+            bn.momentum = None  # a cumulative average: after one batch, exactly its statistics
+        body.train()(images.tensors)
+        freeze_batchnorm(body)
+        spread_outputs(model)
+    for name, parameter in body.named_parameters():
+        parameter.requires_grad_(name.startswith(TRAINABLE))
+    return model.eval()
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Every BatchNorm2d below module replaced by a FrozenBatchNorm2d holding its statistics (weights=None builds
+    BatchNorm2d; the published models and detlab's presets have frozen ones)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features)
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+
+
+def spread_outputs(model: nn.Module) -> None:
+    """Class scores spread across the 0.05 threshold and small box deltas (torchvision's initial heads score every
+    box below it: post-processing would have nothing to do)."""
+    if isinstance(model, detection.RetinaNet):
+        model.head.classification_head.cls_logits.weight.mul_(0.3)
+        model.head.classification_head.cls_logits.bias.normal_(-4.0, 1.0)
+        model.head.regression_head.bbox_reg.weight.mul_(0.02)
+    elif isinstance(model, detection.FasterRCNN):
+        predictor = model.roi_heads.box_predictor
+        predictor.cls_score.weight.normal_(0.0, 0.01)
+        predictor.cls_score.bias.normal_(0.0, 1.0)
+        predictor.bbox_pred.weight.normal_(0.0, 0.01)
+    else:
+        raise NotImplementedError(f"no output spread for {type(model).__name__}: add its heads here")
+
+
+def to_float(photo: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """RGB uint8 [h, w, 3] -> float [3, h, w] in [0, 1]: torchvision's detector input."""
+    return torch.from_numpy(photo).to(device).permute(2, 0, 1).float().div(255)
+
+
+def sgd(model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer both sides step: SGD over the trainable parameters (a small lr: random weights must not
+    diverge within the timed steps)."""
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9, weight_decay=1e-4)
+
+
+def preset_pair(preset: str, image_size: int, max_size: int, device: torch.device):
+    """(the composed config, detlab's parts of `preset`, torchvision's same detector), with the same weights
+    (torchvision's state dict loaded through model.weights), both on device."""
+    theirs = torchvision_detector(PRESETS[preset], image_size, max_size, random_photos(2, seed=1))
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / f"{PRESETS[preset]}.pth"
+        torch.save(theirs.state_dict(), weights)
+        cfg = compose_train([f"model={preset}", f"data.image_size={image_size}", f"data.max_size={max_size}",
+                             f"model.weights={weights}"])
+        parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=len(cfg.data.category_ids))
+    for part in parts:
+        part.to(device)
+    return cfg, parts, theirs.to(device)
+
+
+def training_steps(cfg, parts, theirs: nn.Module, batch_size: int, device: torch.device, precision: str = "32-true",
+                   photo_shape: tuple[int, int] = PHOTO_SHAPE):
+    """(detlab's training step, torchvision's, the padded input [H, W]) of preset_pair's models on the same
+    batch_size photos and targets; each call is one SGD step under autocast at `precision` (Lightning's names)."""
+    photos = random_photos(batch_size, photo_shape)
+    targets = random_targets(photos, cfg.data.category_ids)
+    transform, label_of = eval_transform(cfg.data), {c: i for i, c in enumerate(cfg.data.category_ids)}
+    samples = [transform(p, t["boxes"].numpy(), np.array([label_of[int(c)] for c in t["labels"]]), image_id=i)
+               for i, (p, t) in enumerate(zip(photos, targets))]
+    batch = move_data_to_device(collate(samples, size_divisor=cfg.data.size_divisor), device)
+    images = [to_float(p, device) for p in photos]
+    targets = move_data_to_device(targets, device)
+    model, assigner, criterion, _ = parts
+    dtype = PRECISIONS[precision]
+    ours_opt, theirs_opt = sgd(model), sgd(theirs)
+
+    def step(module: nn.Module, optimizer: torch.optim.Optimizer, losses: Callable[[], dict[str, torch.Tensor]]) -> None:
+        module.train()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = sum(losses().values())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def ours_losses() -> dict[str, torch.Tensor]:  # DetectionModule.training_step's forward, assign, loss
+        outputs, priors = model(batch.images, targets=batch)
+        return criterion(outputs, priors, assigner(outputs, priors, batch), batch)
+
+    return (lambda: step(model, ours_opt, ours_losses), lambda: step(theirs, theirs_opt, lambda: theirs(images, targets)),
+            tuple(batch.images.shape[-2:]))
+
+
+def inference_pair(cfg, parts, theirs: nn.Module, batch_size: int, device: torch.device):
+    """(detlab's Predictor call, torchvision's model.eval()(images)) of preset_pair's models on the same
+    batch_size uint8 photos; each returns its detections."""
+    photos = random_photos(batch_size)
+    category_ids = list(cfg.data.category_ids)
+    predictor = Predictor(eval_transform(cfg.data), parts.model, parts.postprocess, cfg.data.size_divisor,
+                          category_ids, [str(c) for c in category_ids])
+
+    @torch.inference_mode()
+    def reference():
+        return theirs.eval()([to_float(p, device) for p in photos])
+
+    return lambda: predictor(photos), reference
+
+
+def step_rows(device: torch.device, presets: Sequence[str], batch_sizes: Sequence[int], image_size: int,
+              max_size: int, warmup: int, repeats: int) -> Iterator[dict]:
+    """An inference row and a train-step row for each preset at each batch size, each as soon as it is measured
+    (inference first: training moves the weights of both sides alike, but it need not have happened)."""
+    for preset in presets:
+        cfg, parts, theirs = preset_pair(preset, image_size, max_size, device)
+        for batch_size in batch_sizes:
+            ours, reference = inference_pair(cfg, parts, theirs, batch_size, device)
+            row = compare("inference", ours, reference, warmup, repeats, device, model=preset, batch=batch_size)
+            ours, reference, (h, w) = training_steps(cfg, parts, theirs, batch_size, device)
+            train = compare("train step", ours, reference, warmup, repeats, device, model=preset, batch=batch_size)
+            for r in (row, train):
+                r["input"] = f"{image_size}/{max_size} keep-ratio, {h}x{w}"
+                yield r
+
+
+def table(rows: Sequence[dict]) -> str:
+    """The markdown table of bench rows (what main prints, and the README's, from a --json file)."""
+    lines = ["| what | model | batch | input | detlab ms | reference ms | reference / detlab |",
+             "|---|---|---:|---|---:|---:|---:|"]
+    lines += [f"| {r['what']} | {r['model']} | {r['batch']} | {r['input']} | {r['detlab_ms']:.1f} | "
+              f"{r['reference_ms']:.1f} | {r['ratio']:.2f} |" for r in rows]
+    first = rows[0]
+    return "\n".join([*lines, f"\n{first['device']}, torch {first['torch']}, {first['threads']} threads; medians of "
+                                f"{sorted({r['repeats'] for r in rows})} repeats after {sorted({r['warmup'] for r in rows})} "
+                                "warm-up. ratio > 1: detlab is faster"])
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m detlab.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=2, help="the parts' batch")
+    parser.add_argument("--image-size", type=int, default=512, help="the parts' square input")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--eval-images", type=int, default=500)
     parser.add_argument("--eval-repeats", type=int, default=3)
+    parser.add_argument("--presets", nargs="*", default=list(PRESETS), choices=list(PRESETS),
+                        help="whole-step rows for these presets (none: no whole-step rows)")
+    parser.add_argument("--step-batch-sizes", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--step-image-size", type=int, default=320, help="the presets' shorter side")
+    parser.add_argument("--step-max-size", type=int, default=512, help="the presets' longer side at most")
+    parser.add_argument("--step-warmup", type=int, default=1)
+    parser.add_argument("--step-repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="write every row with its conditions here")
+    parser.add_argument("--table", type=Path, help="only print the markdown table of this --json file")
     args = parser.parse_args(argv)
+    if args.table:
+        rows = json.loads(args.table.read_text())
+        print(table(rows))
+        return rows
     device = torch.device(args.device)
-    rows = model_rows(device, args.batch_size, args.image_size, args.warmup, args.repeats)
+    rows = part_rows(device, args.batch_size, args.image_size, args.warmup, args.repeats)
     rows += coco_eval_rows(args.eval_images, args.eval_repeats)
-    print(f"RetinaNet R50-FPN, {NUM_CLASSES} classes, batch {args.batch_size} at {args.image_size} px on {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} after "
-          f"{args.warmup} warm-up (COCO eval: median of {args.eval_repeats})")
-    print(f"| {'what':<56} | {'detlab ms':>10} | {'reference ms':>12} | {'ratio':>6} |")
-    print(f"|{'-' * 58}|{'-' * 12}:|{'-' * 14}:|{'-' * 7}:|")
-    for name, ours, reference in rows:
-        print(f"| {name:<56} | {ours:>10.1f} | {reference:>12.1f} | {reference / ours:>6.2f} |")
-    print("reference: torchvision's RetinaNet (forward, loss, postprocess) and pycocotools (COCO eval); "
-          "ratio > 1: detlab is faster")
+    save(rows, args.json)
+    for row in step_rows(device, args.presets, args.step_batch_sizes, args.step_image_size, args.step_max_size,
+                         args.step_warmup, args.step_repeats):
+        rows.append(row)
+        save(rows, args.json)  # a CPU run takes many minutes: what it measured survives an interruption
+        print(f"{row['what']}, {row['model']}, batch {row['batch']}: detlab {row['detlab_ms']:.0f} ms, torchvision "
+              f"{row['reference_ms']:.0f} ms", flush=True)
+    print(table(rows))
+    print("reference: torchvision (forward, loss, postprocess, train step, inference) and pycocotools (COCO eval)")
+    if args.json:
+        print(f"rows: {args.json}")
     return rows
+
+
+def save(rows: list[dict], path: Path | None) -> None:
+    """rows as JSON at path (nothing when None), through a temporary name: a kill leaves the previous file."""
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(path)
 
 
 if __name__ == "__main__":

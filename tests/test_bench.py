@@ -1,16 +1,52 @@
 """`make bench` runs end to end on tiny inputs (its numbers are read by people, never asserted: timings
 belong in the benchmark, not in unit tests)."""
 
+import json
+
+import torch
+
 from detlab import bench
 
 
-def test_bench_compares_every_part_with_its_reference(capsys):
+def test_bench_compares_every_part_with_its_reference(capsys, tmp_path):
+    out_json = tmp_path / "bench.json"
     rows = bench.main(["--batch-size", "1", "--image-size", "64", "--warmup", "0", "--repeats", "1",
-                       "--eval-images", "3", "--eval-repeats", "1"])
-    assert [name for name, _, _ in rows][:3] == ["forward", "loss", "postprocess"]
-    assert [name for name, _, _ in rows[3:]] == [
-        "COCO eval, hotcoco (3 images, 300 dets)", "COCO eval, faster_coco_eval (3 images, 300 dets)"
+                       "--eval-images", "3", "--eval-repeats", "1", "--presets", "tv_retinanet_r50_fpn",
+                       "--step-batch-sizes", "2", "--step-image-size", "64", "--step-max-size", "96",
+                       "--step-warmup", "0", "--step-repeats", "1", "--json", str(out_json)])
+    assert [r["what"] for r in rows][:3] == ["forward", "loss", "postprocess"]
+    assert [r["what"] for r in rows[3:5]] == [
+        "COCO eval, hotcoco (3 images, 300 detections)", "COCO eval, faster_coco_eval (3 images, 300 detections)"
     ]
-    assert all(ours > 0 and reference > 0 for _, ours, reference in rows)
-    out = capsys.readouterr().out
-    assert "| forward" in out and "ratio > 1: detlab is faster" in out
+    assert [(r["what"], r["model"], r["batch"]) for r in rows[5:]] == [
+        ("inference", "tv_retinanet_r50_fpn", 2), ("train step", "tv_retinanet_r50_fpn", 2)
+    ]
+    # 480 x 640 and 640 x 480 photos resized to 64 / 96 (72 x 96 and 96 x 72) pad to 96 x 96
+    assert rows[6]["input"] == "64/96 keep-ratio, 96x96"
+    assert all(r["detlab_ms"] > 0 and r["reference_ms"] > 0 for r in rows)
+    assert all(r["threads"] == torch.get_num_threads() and r["torch"] == torch.__version__ for r in rows)
+    printed = capsys.readouterr().out
+    assert "| forward" in printed and "ratio > 1: detlab is faster" in printed
+    # the README's table comes from the --json file: the same table as printed
+    assert json.loads(out_json.read_text()) == rows
+    bench.main(["--table", str(out_json)])
+    assert capsys.readouterr().out.strip() == bench.table(rows).strip() and bench.table(rows) in printed
+
+
+def test_whole_step_models_are_the_same_detector():
+    """The inference row's two sides give the same detections (same weights, input transform and
+    post-processing), and each training step moves its own model's weights."""
+    device = torch.device("cpu")
+    cfg, parts, theirs = bench.preset_pair("tv_retinanet_r50_fpn", 64, 96, device)
+    ours, reference = bench.inference_pair(cfg, parts, theirs, 2, device)
+    for got, expected in zip(ours(), reference()):
+        assert len(got.scores) == len(expected["scores"]) > 10
+        torch.testing.assert_close(got.scores.sort().values, expected["scores"].sort().values, atol=1e-5, rtol=0)
+    ours_step, reference_step, _ = bench.training_steps(cfg, parts, theirs, 2, device)
+    ours_weight, their_weight = parts.model.head.cls_out.weight, theirs.head.classification_head.cls_logits.weight
+    before = ours_weight.detach().clone()
+    torch.testing.assert_close(before, their_weight.detach(), atol=0, rtol=0)
+    ours_step()
+    reference_step()
+    # each step trains its own model (a step of the wrong parameters, or none, would leave these unchanged)
+    assert (ours_weight.detach() != before).any() and (their_weight.detach() != before).any()

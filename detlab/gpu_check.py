@@ -1,0 +1,120 @@
+"""make gpu-check: one script (at most 8 minutes on one GPU) that verifies detlab on CUDA and measures it.
+
+    python -m detlab.gpu_check [--json gpu_check.json] [--train-minutes 2]
+
+1. the suite's `gpu` tier (pytest -m gpu, tests/test_gpu.py): CUDA NMS through detlab's post-processing equals
+   the CPU's; a 16-mixed and a bf16 training step of the default model are finite; NCCL DDP on 2 GPUs when
+   there are 2 or more;
+2. make bench's rows on CUDA (detlab.bench --device cuda);
+3. RetinaNet R50-FPN training throughput (img/s) and peak memory at 640 px, bf16, batch 16:
+   model=tv_retinanet_r50_fpn against torchvision's retinanet_resnet50_fpn with the same weights, alternating in
+   the same run (detlab.bench's training steps and protocol);
+4. a short training (detlab-train trainer=gpu on the built-in shapes data, --train-minutes of wall time): it
+   ends with a finite loss (DetectionModule stops on a non-finite one) and the COCO table.
+Prints a summary and writes every number to --json. Without CUDA it says so and exits 0 at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detlab import bench
+from detlab.profile import environment
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: tests/ and the console entry points
+THROUGHPUT = {"preset": "tv_retinanet_r50_fpn", "batch": 16, "image_size": 640, "precision": "bf16-mixed"}
+
+
+def gpu_tier() -> dict[str, Any]:
+    """pytest -m gpu in a child process (a failing test must not take this script with it)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                           str(ROOT / "tests")], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    lines = proc.stdout.strip().splitlines()
+    return {"passed": proc.returncode == 0, "summary": lines[-1] if lines else proc.stderr[-500:],
+            "output": proc.stdout[-4000:]}
+
+
+def throughput(device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+    """Training img/s and peak memory of detlab's preset and torchvision's model (THROUGHPUT's conditions)."""
+    size, batch = THROUGHPUT["image_size"], THROUGHPUT["batch"]
+    cfg, parts, theirs = bench.preset_pair(THROUGHPUT["preset"], size, size, device)
+    ours, reference, (h, w) = bench.training_steps(cfg, parts, theirs, batch, device, THROUGHPUT["precision"],
+                                                   photo_shape=(size, size))
+    row = bench.compare("train step", ours, reference, warmup, repeats, device, model=THROUGHPUT["preset"],
+                        batch=batch, input=f"{h}x{w}", precision=THROUGHPUT["precision"])
+    peaks = {}
+    for name, step in (("detlab", ours), ("torchvision", reference)):
+        # both models and their optimizer states stay resident: each peak includes the other side's weights
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        peaks[name] = torch.cuda.max_memory_allocated(device) / 2**30
+    return {**row, "detlab_img_per_s": batch * 1e3 / row["detlab_ms"],
+            "torchvision_img_per_s": batch * 1e3 / row["reference_ms"],
+            "detlab_peak_gib": peaks["detlab"], "torchvision_peak_gib": peaks["torchvision"]}
+
+
+def short_training(minutes: float, workdir: Path) -> dict[str, Any]:
+    """detlab-train on the built-in data for `minutes` of wall time (Lightning's max_time), then its evaluation."""
+    run_dir = workdir / "train"
+    seconds = int(minutes * 60)
+    overrides = ["trainer=gpu", "trainer.max_epochs=1000", f"+trainer.max_time='00:00:{seconds // 60:02d}:{seconds % 60:02d}'",
+                 "logger=none", "speed.repeats=10", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run([sys.executable, "-m", "detlab.train", *overrides], cwd=workdir, capture_output=True,
+                          text=True, timeout=seconds + 180)
+    results_file = run_dir / "results.json"
+    results = json.loads(results_file.read_text()) if proc.returncode == 0 and results_file.is_file() else {}
+    return {"passed": bool(results), "overrides": overrides, "metrics": results.get("metrics"),
+            "global_step": results.get("global_step"), "output": (proc.stdout + proc.stderr)[-3000:]}
+
+
+def summary(report: dict[str, Any]) -> str:
+    tier, train, speed = report["gpu_tier"], report["training"], report["throughput"]
+    return "\n".join([
+        f"gpu-check on {report['environment']['device']} ({report['gpus']} GPU(s)), torch {report['environment']['torch']}, "
+        f"CUDA {report['environment']['cuda']}",
+        f"gpu tier:   {'ok' if tier['passed'] else 'FAILED'} ({tier['summary']})",
+        f"throughput: {THROUGHPUT['preset']} at {speed['input']}, {THROUGHPUT['precision']}, batch {speed['batch']}: "
+        f"detlab {speed['detlab_img_per_s']:.1f} img/s (peak {speed['detlab_peak_gib']:.2f} GiB), torchvision "
+        f"{speed['torchvision_img_per_s']:.1f} img/s (peak {speed['torchvision_peak_gib']:.2f} GiB)",
+        f"training:   {'ok' if train['passed'] else 'FAILED'}, {train['global_step']} steps, "
+        f"AP {train['metrics']['AP'] if train['metrics'] else '-'}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m detlab.gpu_check", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, default=Path("gpu_check.json"))
+    parser.add_argument("--train-minutes", type=float, default=2.0)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(f"gpu-check: no CUDA device visible (torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+              "nothing to check")
+        return 0
+    device = torch.device("cuda")
+    report: dict[str, Any] = {"environment": environment(device), "gpus": torch.cuda.device_count()}
+    report["gpu_tier"] = gpu_tier()
+    print(report["gpu_tier"]["output"], flush=True)
+    report["bench"] = bench.main(["--device", "cuda"])
+    report["throughput"] = throughput(device, args.warmup, args.repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        report["training"] = short_training(args.train_minutes, Path(tmp))
+    print(report["training"]["output"], flush=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    print(summary(report))
+    print(f"report: {args.json}")
+    return 0 if report["gpu_tier"]["passed"] and report["training"]["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
