@@ -13,6 +13,7 @@ from torch import nn
 
 from detlab import profile
 from detlab.config import compose_train
+from detlab.errors import CheckpointError
 from detlab.data.transforms import DetectionTransform
 from detlab.inference import Predictor
 from detlab.profile import complexity, measure_speed, speed_summary, synchronizer, time_stages
@@ -184,7 +185,7 @@ def test_checkpoint_speed_rebuilds_the_trained_model(tmp_path, monkeypatch):
     checkpoint = tmp_path / "last.ckpt"
     saved_cfg = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "data", "trainer")}
     hparams = {"cfg": saved_cfg, "num_classes": 3, "category_ids": [1, 2, 3], "class_names": ["a", "b", "c"]}
-    torch.save({"hyper_parameters": hparams, "state_dict": state}, checkpoint)
+    torch.save({"hyper_parameters": hparams, "state_dict": state, "global_step": 7}, checkpoint)
 
     seen = {}
     monkeypatch.setattr(profile, "measure_speed", lambda det, **kw: seen.update(detector=det, **kw))
@@ -193,5 +194,5 @@ def test_checkpoint_speed_rebuilds_the_trained_model(tmp_path, monkeypatch):
     assert all(torch.equal(loaded[k.removeprefix("model.")], v) for k, v in state.items())
     assert seen["detector"].transform.image_size == 96 and seen["precision"] == "bf16-mixed" and seen["repeats"] == 3
     assert callable(seen["detector"].postprocess)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="no checkpoint at .*missing.ckpt"):
         profile.checkpoint_speed(tmp_path / "missing.ckpt")
