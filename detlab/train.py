@@ -52,6 +52,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         class_names=list(datamodule.class_names),
         val_ann_file=str(datamodule.ann_file("val")),
     )
+    # The global random state again from the seed alone: building a model draws from it (one model more than
+    # another), and the train loader's order and worker seeds are drawn from it, so that two models trained with
+    # one seed see the same batches (experiments/tv_parity). A resume restores the checkpoint's state over this.
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     logger = _logger(cfg, run_dir, wandb_id=saved.get("wandb_id") if saved else None)
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/AP", mode="max"),

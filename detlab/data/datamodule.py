@@ -92,9 +92,8 @@ class DetectionDataModule(pl.LightningDataModule):
         augment = dict(augment or {})
         geometry = {"resize": resize, "max_size": max_size, "mean": tuple(mean), "std": tuple(std)}
         # Seeded from torch so that seed_everything makes single-process (num_workers=0) runs repeatable.
-        self.seed = torch.initial_seed()
         transforms = {
-            "train": _transform(image_size, {**augment, **geometry}, seed=self.seed % 2**32),
+            "train": _transform(image_size, {**augment, **geometry}, seed=torch.initial_seed() % 2**32),
             "val": _transform(image_size, {**{k: v for k, v in augment.items() if k == "min_box_size"}, **geometry}),
         }
         labels = None if category_ids is None else [int(c) for c in category_ids]
@@ -156,9 +155,6 @@ class DetectionDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            # The order and the workers' seeds from the run's seed alone, not from the global random state that
-            # building the model consumed: two models trained with one seed see the same batches (tv_parity).
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate, size_divisor=self.size_divisor),
             persistent_workers=workers,

@@ -130,19 +130,6 @@ def _coco_split(folder: Path, categories: list[dict], annotations: list[dict]) -
 BOX = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0}
 
 
-def test_train_batches_follow_the_seed_alone(tmp_path):
-    """Building a model between the data module and its loader draws from the global random state; the batches
-    must not depend on it, so that two models trained with one seed see the same ones (experiments/tv_parity)."""
-    batches = []
-    for draws in (0, 1000):
-        torch.manual_seed(0)
-        data = build("shapes", [*TINY, f"source.cache_dir={tmp_path}"])
-        torch.rand(draws)  # what building one model draws and another does not
-        batches.append(list(data.train_dataloader()))
-    assert [b.image_ids.tolist() for b in batches[0]] == [b.image_ids.tolist() for b in batches[1]]
-    assert all(torch.equal(a.images, b.images) for a, b in zip(*batches))
-
-
 def test_splits_with_different_class_lists_are_an_error_naming_both_files(tmp_path):
     train = _coco_split(tmp_path / "train", [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}], [BOX])
     val = _coco_split(tmp_path / "val", [{"id": 1, "name": "cat"}], [BOX])
