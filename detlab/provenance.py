@@ -3,7 +3,7 @@ apart by what made them. Written to results.json["provenance"] and the W&B run's
 when the runs of one table differ in code or data.
 
     {"detlab": "0.1.0", "git_sha": "629355d...", "git_dirty": false, "python": "3.11.9", "device": "...",
-     "cpu": "...", "torch": "2.14.1", "cuda": "12.8", "cudnn": ..., "threads": 2,
+     "cpu": "...", "cpu_capability": "AVX2", "torch": "2.14.1", "cuda": "12.8", "cudnn": ..., "threads": 2,
      "data_fingerprint": "sha256 hex", "config_hash": "sha256 hex"}
 
 git_sha and git_dirty are None when detlab does not run from a git checkout of itself (installed from a wheel).
@@ -41,6 +41,9 @@ def provenance(config: Mapping[str, Any], data_files: Mapping[str, tuple[str, st
         "python": platform.python_version(),
         **environment(device),
         "cpu": cpu_name(),
+        # The vector instructions torch's CPU kernels were chosen for (DEFAULT, AVX2, AVX512...; the environment
+        # variable ATEN_CPU_CAPABILITY lowers it): with the thread count, what makes two machines' float sums differ.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "data_fingerprint": data_fingerprint(data_files),
         "config_hash": config_hash(config),
     }

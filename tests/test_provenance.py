@@ -72,6 +72,7 @@ def test_provenance_record(tmp_path):
     assert record["detlab"] == detlab.__version__
     assert record["torch"] == torch.__version__ and record["cuda"] == torch.version.cuda
     assert record["device"].startswith("cpu: ") and record["cpu"] in record["device"]
+    assert record["cpu_capability"] in {"DEFAULT", "VSX", "ZVECTOR", "AVX2", "AVX512", "SVE256", "SVE128"}
     assert record["data_fingerprint"] == data_fingerprint(files) and record["config_hash"] == config_hash({"seed": 0})
     checkout = Path(detlab.__file__).resolve().parent.parent  # the suite runs from a checkout: its HEAD
     assert record["git_sha"] == git(checkout, "rev-parse", "HEAD")
