@@ -1,5 +1,7 @@
 """The criterion of dense detectors: a classification loss over all non-ignored priors plus a box loss over
-the positive ones, both divided by the number of positives (averaged over DDP ranks, at least 1).
+the positive ones, both divided by the number of positives: the batch's (averaged over DDP ranks, at least 1;
+Detectron's and mmdetection's RetinaNet, torchvision's SSD) or each image's (at least 1, then the mean over the
+images; torchvision's RetinaNet).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
 from detlab.models.box_coder import DeltaXYWHBoxCoder
 from detlab.structures import Batch, HeadOutput, Priors
 
@@ -18,14 +21,22 @@ class DenseDetectionLoss(nn.Module):
     cls_loss:  a classification loss (``forward(cls_logits [B, A, C], target_labels [B, A])`` -> sum).
     box_loss:  a box loss (``forward(box_reg [N, 4], priors [N, 4], gt_boxes [N, 4], coder)`` -> sum).
     box_coder: the coder shared with the post-processing.
+    normalize: "batch": each term's sum over the batch / the batch's positives; "image": each image's sum / its
+               own positives, then the mean over the images. They agree when every image has as many positives;
+               per image, the priors of an image with few positives weigh more.
     """
 
-    def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, box_coder: DeltaXYWHBoxCoder, box_weight: float = 1.0):
+    def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, box_coder: DeltaXYWHBoxCoder, box_weight: float = 1.0,
+                 normalize: str = "batch"):
         super().__init__()
+        if normalize not in ("batch", "image"):
+            raise ConfigError(f"model.criterion.normalize={normalize!r}: use 'batch' (the batch's positives) or "
+                              f"'image' (each image's positives, then the mean over the images)")
         self.cls_loss = cls_loss
         self.box_loss = box_loss
         self.box_coder = box_coder
         self.box_weight = box_weight
+        self.normalize = normalize
 
     def forward(self, outputs: HeadOutput, priors: Priors, matched_gt: Tensor, batch: Batch) -> dict[str, Tensor]:
         """matched_gt [B, A]: gt index into the padded targets, -1 background, -2 ignored (see assigners)."""
@@ -37,11 +48,20 @@ class DenseDetectionLoss(nn.Module):
         gt_labels = batch.gt_labels.gather(1, gt_index)  # [B, A]
         target_labels = torch.where(positive, gt_labels, matched_gt)  # keeps -1 background, -2 ignored
 
-        normaliser = loss_normaliser(positive)
-        cls = self.cls_loss(outputs.cls_logits, target_labels) / normaliser
         prior_boxes = priors.boxes.expand_as(outputs.box_reg)  # [B, A, 4] view
-        box = self.box_loss(outputs.box_reg[positive], prior_boxes[positive], gt_boxes[positive], self.box_coder)
-        return {"cls": cls, "box": self.box_weight * box / normaliser}
+        if self.normalize == "batch":
+            normaliser = loss_normaliser(positive)
+            cls = self.cls_loss(outputs.cls_logits, target_labels) / normaliser
+            box = self.box_loss(outputs.box_reg[positive], prior_boxes[positive], gt_boxes[positive], self.box_coder)
+            return {"cls": cls, "box": self.box_weight * box / normaliser}
+        # Per image: the losses return sums, so one call per image (B is small; the sums are the same maths).
+        cls, box = [], []
+        for i, pos in enumerate(positive):
+            normaliser = pos.sum().clamp(min=1).float()
+            cls.append(self.cls_loss(outputs.cls_logits[i : i + 1], target_labels[i : i + 1]) / normaliser)
+            box.append(self.box_loss(outputs.box_reg[i][pos], prior_boxes[i][pos], gt_boxes[i][pos], self.box_coder)
+                       / normaliser)
+        return {"cls": torch.stack(cls).mean(), "box": self.box_weight * torch.stack(box).mean()}
 
 
 def loss_normaliser(counted: Tensor) -> Tensor:

@@ -1,11 +1,13 @@
 """DenseDetectionLoss: the normaliser, an image-free batch, and equality with a per-image reference."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import sigmoid_focal_loss
 
 import detlab.losses.dense as dense
+from detlab.errors import ConfigError
 from detlab.losses.bce import BinaryCrossEntropy
 from detlab.losses.box import L1Loss, SmoothL1Loss
 from detlab.losses.dense import DenseDetectionLoss
@@ -114,3 +116,8 @@ def test_normaliser_is_averaged_over_ranks(monkeypatch):
     single = criterion(outputs, priors, matched, batch)
     torch.testing.assert_close(losses["cls"], single["cls"] * 5 / 7)
     torch.testing.assert_close(losses["box"], single["box"] * 5 / 7)
+
+
+def test_an_unknown_normalisation_names_the_key():
+    with pytest.raises(ConfigError, match="model.criterion.normalize='images'"):
+        DenseDetectionLoss(SigmoidFocalLoss(), L1Loss(), DeltaXYWHBoxCoder(), normalize="images")
