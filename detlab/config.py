@@ -18,10 +18,21 @@ from omegaconf import DictConfig
 from detlab.errors import ConfigError
 from detlab.evaluation.backends import BACKENDS
 
+
+def _conf_dir() -> Path:
+    """The config tree: detlab/conf in an installed wheel (package data, see setup.py), else the checkout's conf/
+    beside the package (an editable install, PYTHONPATH).
+
+    A folder rather than Hydra's pkg://detlab.conf: in a checkout there is no detlab.conf to import, and
+    detlab-data lists the data configs as files.
+    """
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf"
+
+
 # An absolute path: relative ones are resolved against the calling module, which differs between
-# `python -m detlab.train` and the `detlab-train` console script. conf/ lives beside the package
-# (installed editable, as the Makefile does).
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# `python -m detlab.train` and the `detlab-train` console script.
+CONF_DIR = str(_conf_dir())
 
 
 def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
