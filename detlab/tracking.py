@@ -74,11 +74,10 @@ class EvaluationLogger(pl.Callback):
     """After each validation: the COCO table and per-class AP as W&B tables, and a few drawn images.
 
     It hooks on_validation_end because Lightning calls callbacks' on_validation_epoch_end before the
-    module's, where the evaluation is computed.
+    module's, where the evaluation is computed. The class names are the module's (its hyper-parameters).
     """
 
-    def __init__(self, class_names: list[str], num_images: int = 4) -> None:
-        self.class_names = class_names
+    def __init__(self, num_images: int = 4) -> None:
         self.num_images = num_images
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -102,7 +101,7 @@ class EvaluationLogger(pl.Callback):
         module.eval()
         detections = module(batch)
         module.train(was_training)
-        return wandb_images(batch, detections, self.class_names, self.num_images)
+        return wandb_images(batch, detections, module.hparams["class_names"], self.num_images)
 
 
 def wandb_images(batch: Batch, detections: list[Detections], class_names: list[str], num_images: int) -> list[Any]:

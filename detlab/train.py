@@ -19,12 +19,11 @@ from hydra.types import RunMode
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
 from detlab.checkpoint import AtomicCheckpointIO, RandomState, read_checkpoint
 from detlab.config import CONF_DIR, validate
 from detlab.data.datamodule import eval_transform
-from detlab.ema import EMA
 from detlab.errors import check_writable, user_errors
 from detlab.evaluation.coco_table import format_table
 from detlab.evaluation.figures import plot_error_analysis
@@ -33,14 +32,14 @@ from detlab.module import DetectionModule, check_classes
 from detlab.profile import complexity, format_complexity, format_speed, measure_speed, speed_summary
 from detlab.provenance import provenance
 from detlab.pruning import MedianStopping
-from detlab.tracking import EvaluationLogger
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured detector; return (and write to run_dir/results.json) its final evaluation."""
     validate(cfg)
-    ema = EMA(cfg.ema.decay) if cfg.ema.decay is not None else None  # a bad decay stops before any work
-    saved = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # a bad file stops before any work too
+    saved = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # a bad file stops before any work
+    logger = _logger(cfg, run_dir, wandb_id=saved.get("wandb_id") if saved else None)
+    callbacks = _callbacks(cfg, run_dir, logger)  # a callback that rejects its arguments stops before any work too
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     if saved:  # resuming: the checkpoint's head must predict this dataset's classes
@@ -56,21 +55,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # another), and the train loader's order and worker seeds are drawn from it, so that two models trained with
     # one seed see the same batches (experiments/tv_parity). A resume restores the checkpoint's state over this.
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    logger = _logger(cfg, run_dir, wandb_id=saved.get("wandb_id") if saved else None)
-    callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/AP", mode="max"),
-        # last.ckpt after every epoch. Not save_last=True: Lightning then writes last.ckpt only when best.ckpt
-        # improved, so a run whose AP plateaued resumed from its best epoch, not its last.
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
-        EvaluationLogger(list(datamodule.class_names), num_images=cfg.eval.num_log_images),
-        RandomState(),
-    ]
-    if logger:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if ema:  # validation, checkpoints and the final model use the averaged weights
-        callbacks.append(ema)
-    if cfg.trainer.get("enable_progress_bar", True):  # tqdm's, whether or not `rich` is installed (Lightning's pick)
-        callbacks.append(TQDMProgressBar())
     pruning = MedianStopping(run_dir, cfg.prune.warmup_epochs, cfg.prune.min_trials) if cfg.prune.enabled else None
     if pruning:
         callbacks.append(pruning)
@@ -111,6 +95,30 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         print(f"results: {run_dir / 'results.json'}", flush=True)
     _finish(logger, results)
     return results
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path, logger) -> list[pl.Callback]:
+    """The checkpoints and the random state a resume restores (always), then the callbacks group (conf/callbacks:
+    each node built from its _target_, in the order composed; a null node is switched off)."""
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/AP", mode="max"),
+        # last.ckpt after every epoch. Not save_last=True: Lightning then writes last.ckpt only when best.ckpt
+        # improved, so a run whose AP plateaued resumed from its best epoch, not its last.
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
+        RandomState(),
+    ]
+    for node in cfg.callbacks.values():
+        if node is None:
+            continue
+        callback = instantiate(node)
+        # Lightning refuses a learning-rate monitor without a logger, and a progress bar when the trainer's is off:
+        # the default set's two step aside for logger=none and trainer.enable_progress_bar=false.
+        if isinstance(callback, LearningRateMonitor) and not logger:
+            continue
+        if isinstance(callback, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
+            continue
+        callbacks.append(callback)
+    return callbacks
 
 
 def _speed(cfg: DictConfig, module: DetectionModule, datamodule, device) -> dict[str, Any]:

@@ -141,10 +141,14 @@ def test_resume_continues_from_the_checkpoint(trained_run, tmp_path):
     assert float(final["speed/ms_per_img"]) == pytest.approx(results["speed"]["ms_per_img"])
 
 
-def test_ema_run_scores_and_checkpoints_the_average(tmp_path):
-    """With ema.decay the run's numbers, its checkpoint and detlab-eval agree on the averaged weights (the
-    average itself is checked against a hand computation in test_ema.py)."""
-    args = [*TINY, "logger=csv", "ema.decay=0.9", f"hydra.run.dir={tmp_path / 'run'}"]
+def test_callbacks_composed_from_the_command_line_run(tmp_path):
+    """callbacks=[default,ema,early_stopping]: the EMA's numbers, its checkpoint and detlab-eval agree on the averaged
+    weights (the average itself is checked against a hand computation in test_ema.py), and early stopping ends a
+    3-epoch run after its second validation (AP cannot improve by min_delta=1)."""
+    overrides = [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    args = [*overrides, "trainer.max_epochs=3", "logger=csv", "callbacks=[default,ema,early_stopping]",
+            "callbacks.ema.decay=0.9", "callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=1.0",
+            f"hydra.run.dir={tmp_path / 'run'}"]
     run("detlab.train", *args, cwd=tmp_path)
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     key = "model.head.cls_tower.0.weight"
@@ -153,6 +157,7 @@ def test_ema_run_scores_and_checkpoints_the_average(tmp_path):
     run("detlab.evaluate", "run", str(tmp_path / "run"), "--output", str(out), cwd=tmp_path)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert json.loads(out.read_text())["metrics"] == pytest.approx(results["metrics"])
+    assert results["global_step"] == 6 and [point["epoch"] for point in results["curve"]] == [0, 1]
 
 
 def test_trial_below_its_siblings_median_is_pruned(tmp_path):
@@ -192,8 +197,9 @@ def test_bad_override_stops_before_work_with_the_key(tmp_path):
     )
     assert proc.returncode == 2
     assert "model.priors.sizes" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run("detlab-train", "ema.decay=1.5", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "ema.decay=1.5" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("detlab-train", "callbacks=[default,ema]", "callbacks.ema.decay=1.5", f"hydra.run.dir={tmp_path / 'r'}",
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "callbacks.ema.decay=1.5" in proc.stderr and "Traceback" not in proc.stderr
     assert "Epoch" not in proc.stderr  # before any training
 
 
