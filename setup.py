@@ -9,7 +9,11 @@ data folders that are importable but unlisted.
 from setuptools import find_namespace_packages, find_packages, setup
 
 setup(
-    packages=[*find_packages(include=["detlab*"]), "detlab.conf", *(f"detlab.conf.{p}" for p in find_namespace_packages("conf"))],
+    packages=[
+        *find_packages(include=["detlab*"]),
+        "detlab.conf",
+        *(f"detlab.conf.{p}" for p in find_namespace_packages("conf")),
+    ],
     package_dir={"detlab.conf": "conf"},
     package_data={"detlab": ["py.typed"], "detlab.conf": ["**/*.yaml"]},
 )

@@ -34,7 +34,9 @@ def configure_optimizer(optim_cfg: DictConfig, module: nn.Module, total_steps: i
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, **schedule: Any) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, **schedule: Any
+) -> torch.optim.lr_scheduler.LambdaLR:
     """The base lr times lr_factor(total_steps, **schedule) at each step (conf/optim's `scheduler` keys)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total_steps, **schedule))
 

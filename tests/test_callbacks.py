@@ -18,11 +18,12 @@ def built(overrides: list[str], tmp_path, logger=True) -> list[type]:
 
 
 def test_default_set_and_composed_additions(tmp_path):
-    always = [ModelCheckpoint, ModelCheckpoint, RandomState]
+    always = [ModelCheckpoint, RandomState]  # last.ckpt (checkpoint.save_last), and the random state for a resume
     assert built([], tmp_path) == [*always, EvaluationLogger, LearningRateMonitor, TQDMProgressBar]
     assert built(["callbacks=[default,early_stopping,ema]"], tmp_path)[-2:] == [EarlyStopping, EMA]
     mine = "+callbacks.mine={_target_:pytorch_lightning.callbacks.EarlyStopping,monitor:val/AP,mode:max}"
     assert built([mine, "callbacks.progress_bar=null"], tmp_path)[-2:] == [LearningRateMonitor, EarlyStopping]
+    assert built(["checkpoint.save_top_k=1", "checkpoint.save_last=false"], tmp_path)[:2] == [ModelCheckpoint, RandomState]
     # Lightning refuses these two without a logger or with its progress bar off: they step aside
     assert built(["trainer.enable_progress_bar=false"], tmp_path, logger=False) == [*always, EvaluationLogger]
 

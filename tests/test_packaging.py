@@ -23,13 +23,14 @@ def wheel(tmp_path_factory) -> Path:
     so that the build's build/ and egg-info folders stay out of the checkout."""
     src = tmp_path_factory.mktemp("src")
     for name in SOURCES:
-        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
-        copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, src / name)
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(src)],
-        check=True, capture_output=True, timeout=300,
-    )
+    offline = ["--no-deps", "--no-build-isolation", "--no-index", "-q"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", *offline, "-w", str(out), str(src)],
+                   check=True, capture_output=True, timeout=300)
     [built] = out.glob("detlab-*.whl")
     return built
 
@@ -42,9 +43,10 @@ def test_the_wheel_holds_every_config(wheel):
     assert "detlab/train.py" in names and "detlab/py.typed" in names
 
 
-def clean_env() -> dict[str, str]:
-    """The environment without PYTHONPATH, which would load the checkout's detlab instead of the installed one."""
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+def call(*command, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """command in cwd, without PYTHONPATH (which would load the checkout's detlab instead of the installed one)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -55,35 +57,33 @@ def installed(wheel, tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    purelib = Path(subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
-    (purelib / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    purelib = call(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=venv).stdout.strip()
+    (Path(purelib) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     # --ignore-installed: this environment's own detlab (an editable install) is seen but never touched
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
-                   check=True, capture_output=True, env=clean_env(), timeout=300)
+    proc = call(python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel), cwd=venv)
+    assert proc.returncode == 0, proc.stderr
     return venv
 
 
 @pytest.mark.slow
 def test_installed_wheel_composes_trains_and_takes_a_users_config_folder(installed, tmp_path):
     python, train = installed / "bin" / "python", installed / "bin" / "detlab-train"
-    where = subprocess.check_output([python, "-c", "import detlab; print(detlab.__file__)"], cwd=tmp_path, env=clean_env(), text=True)
+    where = call(python, "-c", "import detlab; print(detlab.__file__)", cwd=tmp_path).stdout
     assert Path(where).is_relative_to(installed)
 
-    job = subprocess.run([train, "--cfg", "job"], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
+    job = call(train, "--cfg", "job", cwd=tmp_path)
     assert job.returncode == 0, job.stderr[-3000:]
     assert "_target_: detlab.models.build." in job.stdout  # conf/model/*.yaml, from the wheel
 
     # A user's own folder extends the tree: a data config of theirs beside the shipped ones.
     (tmp_path / "my_conf" / "data").mkdir(parents=True)
     (tmp_path / "my_conf" / "data" / "mine.yaml").write_text("defaults:\n  - shapes\n  - _self_\nimage_size: 96\n")
-    job = subprocess.run([train, "hydra.searchpath=[file://my_conf]", "data=mine", "--cfg", "job"],
-                         cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
+    job = call(train, "hydra.searchpath=[file://my_conf]", "data=mine", "--cfg", "job", cwd=tmp_path)
     assert job.returncode == 0, job.stderr[-3000:]
     assert "image_size: 96" in job.stdout
 
     overrides = [o.replace("num_train_images=12", "num_train_images=8") for o in TINY]  # 8 images, batch 4: 2 steps
-    proc = subprocess.run([train, *overrides, "logger=csv", "speed.enabled=false", "hydra.run.dir=run"],
-                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    proc = call(train, *overrides, "logger=csv", "speed.enabled=false", "hydra.run.dir=run", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["global_step"] == 2 and isinstance(results["metrics"]["AP"], float)
