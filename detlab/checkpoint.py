@@ -7,6 +7,10 @@
   full disk cuts short.)
 - `read_checkpoint` is how detlab opens a checkpoint (resume, evaluation, speed): a truncated, corrupt or
   foreign file is a CheckpointError naming it.
+- `checkpoint_callbacks` writes what the `checkpoint` config asks for: last.ckpt after every epoch (save_last)
+  and the save_top_k best by val AP, both full checkpoints (optimizer and schedule state included, for a
+  resume); `save_weights` the small weights file at the end (weights and hyper-parameters only), which
+  detlab-predict, detlab-eval and `model.weights=` read like any checkpoint.
 - `RandomState` keeps the random generators (Python, NumPy, torch) in the checkpoint and restores them on
   resume, so that the epochs after a resume draw the same shuffles and augmentations as an uninterrupted run.
 """
@@ -23,11 +27,13 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from detlab.errors import CheckpointError, writing
 
 # The keys every checkpoint detlab writes holds (Lightning's, plus the module's hyper-parameters).
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "global_step")
+WEIGHTS_FILE = "weights.ckpt"  # in <run dir>/checkpoints
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -71,6 +77,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return read_checkpoint(path)
+
+
+def checkpoint_callbacks(folder: Path, save_last: bool, save_top_k: int) -> list[ModelCheckpoint]:
+    """The full checkpoints of a run (conf/train.yaml's `checkpoint`): the save_top_k best by val AP (best.ckpt
+    when one, best-epoch=<n>.ckpt when several; -1 keeps every validation's) and last.ckpt after every epoch."""
+    callbacks = []
+    if save_top_k != 0:
+        callbacks.append(ModelCheckpoint(dirpath=folder, filename="best" if save_top_k == 1 else "best-{epoch}",
+                                         monitor="val/AP", mode="max", save_top_k=save_top_k))
+    if save_last:
+        # A checkpoint of its own, not ModelCheckpoint(save_last=True): that writes last.ckpt only when a best
+        # improved, so a run whose AP plateaued resumed from its best epoch, not its last.
+        callbacks.append(ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False))
+    return callbacks
+
+
+def save_weights(module: pl.LightningModule, path: Path, global_step: int) -> None:
+    """The weights file: the module's weights and hyper-parameters (the run's config and label space), without
+    the optimizer state, random state or loops, written atomically. A third of a full AdamW checkpoint."""
+    weights = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "global_step": global_step,
+        "pytorch-lightning_version": pl.__version__,  # Lightning's load_from_checkpoint (detlab-eval run) reads it
+    }
+    AtomicCheckpointIO().save_checkpoint(weights, path)
 
 
 class RandomState(pl.Callback):

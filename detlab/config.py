@@ -18,10 +18,21 @@ from omegaconf import DictConfig
 from detlab.errors import ConfigError
 from detlab.evaluation.backends import BACKENDS
 
+
+def _conf_dir() -> Path:
+    """The config tree: detlab/conf in an installed wheel (package data, see setup.py), else the checkout's conf/
+    beside the package (an editable install, PYTHONPATH).
+
+    A folder rather than Hydra's pkg://detlab.conf: in a checkout there is no detlab.conf to import, and
+    detlab-data lists the data configs as files.
+    """
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf"
+
+
 # An absolute path: relative ones are resolved against the calling module, which differs between
-# `python -m detlab.train` and the `detlab-train` console script. conf/ lives beside the package
-# (installed editable, as the Makefile does).
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# `python -m detlab.train` and the `detlab-train` console script.
+CONF_DIR = str(_conf_dir())
 
 
 def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
@@ -35,6 +46,7 @@ def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first impossible setting or combination in cfg."""
+    _check_moved(cfg)
     _check_positive(cfg, "data.image_size", "data.batch_size", "trainer.max_epochs")
     if cfg.eval.backend not in BACKENDS:
         raise ConfigError(f"eval.backend={cfg.eval.backend!r} is not an evaluator; use one of {BACKENDS}")
@@ -43,21 +55,43 @@ def validate(cfg: DictConfig) -> None:
     _check_yolo(cfg)
     _check_two_stage(cfg)
     _check_trainer(cfg.trainer)
-    _check_optimizer(cfg.optim.optimizer)
+    _check_optim(cfg.optim)
 
 
-def _check_optimizer(optimizer: DictConfig) -> None:
-    """The optimizer's arguments, tried on one parameter: torch.optim would otherwise fail at the first step
-    with a TypeError that names no key (`optim.optimizer.lr=abc`)."""
+def _check_moved(cfg: DictConfig) -> None:
+    """Keys that detlab no longer reads stop with the key that replaced them, rather than being ignored."""
+    if "callbacks" in cfg.trainer:
+        raise ConfigError(
+            "trainer.callbacks is not read: detlab-train builds the trainer's callbacks from the callbacks group; "
+            "choose its configs (callbacks=[default,early_stopping]) or add yours ('+callbacks.mine={_target_:...}')"
+        )
+    if cfg.ema.decay is not None:
+        raise ConfigError(
+            f"ema.decay moved to the callbacks group: use callbacks=[default,ema] callbacks.ema.decay={cfg.ema.decay}"
+        )
+
+
+def _check_optim(optim: DictConfig) -> None:
+    """The optimizer's and the schedule's arguments, tried on one parameter: torch.optim would otherwise fail at
+    the first step with a TypeError that names no key (`optim.optimizer.lr=abc`)."""
     from hydra.utils import instantiate
 
-    for key, value in optimizer.items():
+    for key, value in optim.optimizer.items():
         if isinstance(value, str) and not key.startswith("_"):  # no torch.optim argument is a string
             raise ConfigError(f"optim.optimizer.{key}={value!r} is a string; give a number, e.g. optim.optimizer.lr=1e-3")
     try:
-        instantiate(optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        optimizer = instantiate(optim.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ConfigError(f"optim.optimizer ({optimizer._target_}) rejects its arguments: {err}") from None
+        raise ConfigError(f"optim.optimizer ({optim.optimizer._target_}) rejects its arguments: {err}") from None
+    if "_target_" not in optim.scheduler:  # an optim config written before the schedule had one
+        raise ConfigError(
+            "optim.scheduler has no _target_; add `_target_: detlab.optim.warmup_schedule` and `_partial_: true` to "
+            "it (as conf/optim/adamw.yaml)"
+        )
+    try:
+        instantiate(optim.scheduler)(optimizer, total_steps=100)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"optim.scheduler ({optim.scheduler._target_}) rejects its arguments: {err}") from None
 
 
 def _check_positive(cfg: DictConfig, *keys: str) -> None:

@@ -38,6 +38,7 @@ from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf.errors import OmegaConfBaseException
 
+from detlab.config import CONF_DIR
 from detlab.data.coco import CheckedCoco, CocoFiles, check_coco, check_coco_dict, empty_problem
 from detlab.data.formats.common import ConvertedDataset
 from detlab.data.formats.check import SplitReport, check_images, split_report
@@ -45,7 +46,7 @@ from detlab.data.formats.source import READERS
 from detlab.errors import ConfigError, DataError, user_errors
 
 MAX_PRINTED = 20  # problem lines printed per split; the count says how many there are
-DATA_CONF = Path(__file__).resolve().parents[1] / "conf" / "data"  # beside the package (installed editable)
+DATA_CONF = Path(CONF_DIR) / "data"
 
 # Which options each format takes beyond the source path (the others are rejected, not silently ignored).
 FORMAT_OPTIONS = {

@@ -19,7 +19,7 @@ class EMA(WeightAveraging):
 
     def __init__(self, decay: float) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema.decay={decay} must be in (0, 1), e.g. 0.999; null switches the average off")
+            raise ValueError(f"callbacks.ema.decay={decay} must be in (0, 1), e.g. 0.999")
         super().__init__(use_buffers=True, multi_avg_fn=ema_update(decay))
 
 

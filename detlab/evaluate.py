@@ -1,7 +1,7 @@
 """detlab-eval: score a trained detector, or any COCO results file, with detlab's COCO evaluator.
 
-    detlab-eval run runs/2026-11-25/10-00-00                       # last checkpoint, its own val split
-    detlab-eval run runs/.../checkpoints/best.ckpt data.val.ann_file=... data.val.img_dir=...
+    detlab-eval run runs/2026-11-25/10-00-00                       # its final weights, its own val split
+    detlab-eval run runs/.../checkpoints/last.ckpt data.val.ann_file=... data.val.img_dir=...
     detlab-eval results --ann instances_val2017.json --results detections.json [--backend pycocotools]
     detlab-eval speed runs/2026-11-25/10-00-00 [--image img.jpg] [--batch-size 8] [--device cuda] [data.image_size=512]
 """
@@ -27,8 +27,10 @@ def evaluate_checkpoint(checkpoint: Path, overrides: list[str], backend: str | N
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from detlab.console import quiet_library_noise
     from detlab.module import DetectionModule, check_classes, load_hparams
 
+    quiet_library_noise()  # before the Trainer, which prints one of them
     saved = load_hparams(checkpoint)
     cfg = OmegaConf.merge(OmegaConf.create(saved["cfg"]), OmegaConf.from_dotlist(overrides))
     if backend:
@@ -50,7 +52,7 @@ def evaluate_checkpoint(checkpoint: Path, overrides: list[str], backend: str | N
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="detlab-eval", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="score a checkpoint (or a run directory's last.ckpt) on its val split")
+    run = commands.add_parser("run", help="score a checkpoint (or a run directory's final weights) on its val split")
     run.add_argument("path", type=Path)
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. data.val.ann_file=...")
     run.add_argument("--backend", choices=BACKENDS)

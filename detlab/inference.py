@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from detlab.checkpoint import WEIGHTS_FILE
 from detlab.data.collate import collate
 from detlab.data.datamodule import eval_transform
 from detlab.data.transforms import DetectionTransform
@@ -116,10 +117,12 @@ class Predictor:
 
 
 def checkpoint_of(path: str | Path) -> Path:
-    """The checkpoint a run directory (its checkpoints/last.ckpt) or a .ckpt path names."""
+    """The checkpoint a .ckpt path or a run directory names: the run's final weights (checkpoints/weights.ckpt),
+    or its last.ckpt while it has none (a run still training, stopped, or with checkpoint.weights=false)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+        weights, last = path / "checkpoints" / WEIGHTS_FILE, path / "checkpoints" / "last.ckpt"
+        path = last if last.is_file() and not weights.is_file() else weights
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (give a run directory or a .ckpt file)")
     return path

@@ -6,7 +6,6 @@ feeds the COCO evaluator, which scores against the dataset's own annotation file
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from pytorch_lightning.loggers import WandbLogger
 from detlab.checkpoint import read_checkpoint
 from detlab.errors import CheckpointError, DivergenceError
 from detlab.evaluation.coco_evaluator import CocoEvaluator
+from detlab.optim import configure_optimizer
 from detlab.structures import Batch
 
 
@@ -116,18 +116,7 @@ class DetectionModule(pl.LightningModule):
         self.curve = checkpoint.get("curve", [])
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                # Norm weights and biases are 1-d: decaying them only hurts (as in timm and detectron2).
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        optimizer = instantiate(self.optim_cfg.optimizer)(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = lr_schedule(total_steps=total, **OmegaConf.to_container(self.optim_cfg.scheduler))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizer(self.optim_cfg, self, int(self.trainer.estimated_stepping_batches))
 
 
 def load_hparams(checkpoint: str | Path) -> dict[str, Any]:
@@ -144,32 +133,3 @@ def check_classes(saved: dict[str, Any], checkpoint: str | Path, class_names: li
             f"{checkpoint} was trained on: {saved['class_names']} (ids {saved['category_ids']}); its head predicts "
             f"{saved['num_classes']} classes. Use the dataset it was trained on, or start a new run without it"
         )
-
-
-def lr_schedule(
-    total_steps: int,
-    name: str = "cosine",
-    warmup_steps: int = 0,
-    warmup_factor: float = 0.001,
-    milestones: tuple[float, ...] = (0.67, 0.89),
-    gamma: float = 0.1,
-):
-    """Multiplier of the base lr at each step: linear warm-up from warmup_factor, then cosine or step decay.
-
-    milestones are fractions of total_steps (so a schedule reads the same at any run length).
-    """
-    if name not in ("cosine", "step"):
-        raise ValueError(f"optim.scheduler.name={name!r} is not a schedule; use 'cosine' or 'step'")
-    warmup_steps = min(warmup_steps, total_steps // 2)
-    steps_at = [int(m * total_steps) for m in milestones]
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            alpha = step / warmup_steps
-            return warmup_factor * (1 - alpha) + alpha
-        if name == "cosine":
-            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return gamma ** sum(step >= s for s in steps_at)
-
-    return factor

@@ -2,7 +2,7 @@
 
     detlab-predict photos/ --out results.json model=tv_retinanet_r50_fpn model.weights=retinanet_coco.pth
     detlab-predict instances_val2017.json --img-dir val2017 --out results.json --run runs/2026-12-06/10-00-00
-    detlab-predict a.jpg b.png --out results.json --run runs/.../checkpoints/best.ckpt --draw drawn/
+    detlab-predict a.jpg b.png --out results.json --run runs/.../checkpoints/weights.ckpt --draw drawn/
 
 IMAGES are image files, folders of them, or one COCO json (with --img-dir): then the results carry the file's
 image ids and can be scored with `detlab-eval results --ann <json> --results <out>`. For plain files the image

@@ -58,7 +58,12 @@ def wandb_logger(
     run_id = run_id or uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9] too
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     (Path(save_dir) / "wandb_run_id").write_text(run_id + "\n")
+    import wandb
+
     return WandbLogger(
+        # W&B's own header and 30-line summary at the end are quiet (detlab's end block says where the run is and
+        # how to sync it), unless WANDB_QUIET says otherwise
+        settings=wandb.Settings(quiet=True) if "WANDB_QUIET" not in os.environ else None,
         save_dir=save_dir,
         project=project,
         name=name,
@@ -70,15 +75,28 @@ def wandb_logger(
     )
 
 
+def logger_summary(logger) -> tuple[str, str | None]:
+    """Where a run's logger writes, as one line, and for an offline W&B run the command that uploads it. For
+    W&B it starts the run (Lightning starts it lazily), so call it on rank 0 (the others hold a stand-in)."""
+    if not logger:
+        return "none (logger=none): the numbers are in results.json", None
+    if isinstance(logger, WandbLogger):
+        run = logger.experiment
+        sync_dir = Path(run.dir).parent  # run.dir is the run's files/ folder
+        if run.offline:
+            return f"wandb offline, run {run.id}: {sync_dir}", f"wandb sync {sync_dir}"
+        return f"wandb online: {run.url} (local files {sync_dir})", None
+    return f"{type(logger).__name__}: {logger.log_dir}", None
+
+
 class EvaluationLogger(pl.Callback):
     """After each validation: the COCO table and per-class AP as W&B tables, and a few drawn images.
 
     It hooks on_validation_end because Lightning calls callbacks' on_validation_epoch_end before the
-    module's, where the evaluation is computed.
+    module's, where the evaluation is computed. The class names are the module's (its hyper-parameters).
     """
 
-    def __init__(self, class_names: list[str], num_images: int = 4) -> None:
-        self.class_names = class_names
+    def __init__(self, num_images: int = 4) -> None:
         self.num_images = num_images
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -102,7 +120,7 @@ class EvaluationLogger(pl.Callback):
         module.eval()
         detections = module(batch)
         module.train(was_training)
-        return wandb_images(batch, detections, self.class_names, self.num_images)
+        return wandb_images(batch, detections, module.hparams["class_names"], self.num_images)
 
 
 def wandb_images(batch: Batch, detections: list[Detections], class_names: list[str], num_images: int) -> list[Any]:

@@ -19,28 +19,28 @@ from hydra.types import RunMode
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
-from detlab.checkpoint import AtomicCheckpointIO, RandomState, read_checkpoint
+from detlab.checkpoint import WEIGHTS_FILE, AtomicCheckpointIO, RandomState, checkpoint_callbacks, read_checkpoint, save_weights
 from detlab.config import CONF_DIR, validate
+from detlab.console import end_block, quiet_library_noise, start_block
 from detlab.data.datamodule import eval_transform
-from detlab.ema import EMA
 from detlab.errors import check_writable, user_errors
-from detlab.evaluation.coco_table import format_table
 from detlab.evaluation.figures import plot_error_analysis
 from detlab.inference import Predictor
 from detlab.module import DetectionModule, check_classes
-from detlab.profile import complexity, format_complexity, format_speed, measure_speed, speed_summary
+from detlab.profile import complexity, measure_speed, speed_summary
 from detlab.provenance import provenance
 from detlab.pruning import MedianStopping
-from detlab.tracking import EvaluationLogger
+from detlab.tracking import logger_summary
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured detector; return (and write to run_dir/results.json) its final evaluation."""
     validate(cfg)
-    ema = EMA(cfg.ema.decay) if cfg.ema.decay is not None else None  # a bad decay stops before any work
-    saved = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # a bad file stops before any work too
+    saved = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # a bad file stops before any work
+    logger = _logger(cfg, run_dir, wandb_id=saved.get("wandb_id") if saved else None)
+    callbacks = _callbacks(cfg, run_dir, logger)  # a callback that rejects its arguments stops before any work too
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     if saved:  # resuming: the checkpoint's head must predict this dataset's classes
@@ -56,34 +56,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # another), and the train loader's order and worker seeds are drawn from it, so that two models trained with
     # one seed see the same batches (experiments/tv_parity). A resume restores the checkpoint's state over this.
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    logger = _logger(cfg, run_dir, wandb_id=saved.get("wandb_id") if saved else None)
-    callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/AP", mode="max"),
-        # last.ckpt after every epoch. Not save_last=True: Lightning then writes last.ckpt only when best.ckpt
-        # improved, so a run whose AP plateaued resumed from its best epoch, not its last.
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
-        EvaluationLogger(list(datamodule.class_names), num_images=cfg.eval.num_log_images),
-        RandomState(),
-    ]
-    if logger:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if ema:  # validation, checkpoints and the final model use the averaged weights
-        callbacks.append(ema)
-    if cfg.trainer.get("enable_progress_bar", True):  # tqdm's, whether or not `rich` is installed (Lightning's pick)
-        callbacks.append(TQDMProgressBar())
     pruning = MedianStopping(run_dir, cfg.prune.warmup_epochs, cfg.prune.min_trials) if cfg.prune.enabled else None
     if pruning:
         callbacks.append(pruning)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir)
+        cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
+        # without a checkpoint callback Lightning would add its own (epoch=<n>-step=<m>.ckpt)
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
     )
     data_files = {split: (ds.ann_file, str(ds.img_dir)) for split, ds in datamodule.datasets.items()}
     origin = provenance(OmegaConf.to_container(cfg, resolve=True), data_files, trainer.strategy.root_device)
     if logger:  # in the W&B config, where runs are filtered and grouped
         logger.log_hyperparams({"provenance": origin})
     cost = complexity(module.model, cfg.data.image_size)
+    logged = logger_summary(logger) if trainer.is_global_zero else ("", None)
     if trainer.is_global_zero:
-        print(format_complexity(cost), flush=True)
+        hydra_cfg = HydraConfig.get()
+        print(start_block(hydra_cfg.runtime.choices, datamodule.num_classes, cost, datamodule.counts(), run_dir,
+                          logged[0], hydra_cfg.overrides.task), flush=True)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if module.last_eval is None or module.last_eval_step != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -95,22 +85,41 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "global_step": trainer.global_step,
         "curve": module.curve,
         "pruned": pruning.pruned if pruning else None,
-        "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "provenance": origin,
     }
     if trainer.is_global_zero:
         if cfg.speed.enabled:  # rank 0 alone: the other ranks would only compete for the same device
             results["speed"] = _speed(cfg, module, datamodule, trainer.strategy.root_device)
+        if cfg.checkpoint.weights:
+            save_weights(module, run_dir / "checkpoints" / WEIGHTS_FILE, trainer.global_step)
+        results["checkpoints"] = sorted(str(p) for p in (run_dir / "checkpoints").glob("*.ckpt"))
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         plot_error_analysis(results, run_dir / "analysis")
-        print(format_table(results), flush=True)
-        print(format_complexity(cost), flush=True)
-        if "speed" in results:
-            print(format_speed(results["speed"]), flush=True)
-        print(f"results: {run_dir / 'results.json'}", flush=True)
+        print(end_block(results, run_dir, *logged), flush=True)
     _finish(logger, results)
     return results
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path, logger) -> list[pl.Callback]:
+    """The checkpoints (cfg.checkpoint) and the random state a resume restores, then the callbacks group
+    (conf/callbacks: each node built from its _target_, in the order composed; a null node is switched off)."""
+    folder = run_dir / "checkpoints"
+    callbacks: list[pl.Callback] = [
+        *checkpoint_callbacks(folder, cfg.checkpoint.save_last, cfg.checkpoint.save_top_k), RandomState()
+    ]
+    for node in cfg.callbacks.values():
+        if node is None:
+            continue
+        callback = instantiate(node)
+        # Lightning refuses a learning-rate monitor without a logger, and a progress bar when the trainer's is off:
+        # the default set's two step aside for logger=none and trainer.enable_progress_bar=false.
+        if isinstance(callback, LearningRateMonitor) and not logger:
+            continue
+        if isinstance(callback, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
+            continue
+        callbacks.append(callback)
+    return callbacks
 
 
 def _speed(cfg: DictConfig, module: DetectionModule, datamodule, device) -> dict[str, Any]:
@@ -159,6 +168,7 @@ def _finish(logger, results: dict[str, Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
+    quiet_library_noise()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN and _launches_processes(cfg.trainer):

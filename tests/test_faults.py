@@ -154,7 +154,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_file(tmp_path):
     patch = script(tmp_path, "full_disk", FULL_DISK_AFTER_TWO_SAVES)
     folder = tmp_path / "run"
     proc = train_with(tmp_path, patch, *TINY, "trainer.max_epochs=2", "logger=none", "speed.enabled=false",
-                      f"hydra.run.dir={folder}", check=False)
+                      "checkpoint.save_top_k=1", f"hydra.run.dir={folder}", check=False)
     assert_named_error(proc, str(folder / "checkpoints"), "no space left", "the previous checkpoint there is kept")
     assert read_checkpoint(folder / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp file

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,10 +32,10 @@ TINY = [
 ]
 
 
-def run(entry: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run(entry: str, *args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a module (`detlab.train`) or an installed console script (`detlab-train`, as the README does)."""
     command = [str(Path(sys.executable).parent / entry)] if entry.startswith("detlab-") else [sys.executable, "-m", entry]
-    proc = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{entry} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -42,9 +43,11 @@ def run(entry: str, *args: str, cwd: Path, check: bool = True) -> subprocess.Com
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
-    """One tiny training run with the default W&B logger (offline), shared by the tests below."""
+    """One tiny training run with the default W&B logger (offline), shared by the tests below. W&B is not silenced
+    here (conftest silences it elsewhere), so that the console test sees what a user sees."""
     root = tmp_path_factory.mktemp("train")
-    proc = run("detlab.train", *TINY, f"hydra.run.dir={root / 'run'}", cwd=root)
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "WANDB_QUIET")}
+    proc = run("detlab.train", *TINY, f"hydra.run.dir={root / 'run'}", cwd=root, env=env)
     (root / "stdout.txt").write_text(proc.stdout)
     (root / "stderr.txt").write_text(proc.stderr)
     return root / "run"
@@ -59,7 +62,10 @@ def test_run_writes_results_config_and_checkpoints(trained_run):
     assert results["global_step"] == 3
     assert (trained_run / ".hydra" / "config.yaml").is_file()
     assert "model.head.depth=1" in (trained_run / ".hydra" / "overrides.yaml").read_text()
-    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    # by default one full checkpoint (last.ckpt, for a resume) and the final weights
+    folder = trained_run / "checkpoints"
+    assert results["checkpoints"] == [str(folder / "last.ckpt"), str(folder / "weights.ckpt")]
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "weights.ckpt"]
     assert results["data"]["counts"]["data/train_images"] == 12
     assert results["data"]["counts"]["data/val_skipped"] == 0
     speed = results["speed"]
@@ -77,13 +83,38 @@ def test_run_writes_results_config_and_checkpoints(trained_run):
     assert len(origin["data_fingerprint"]) == len(origin["config_hash"]) == 64 and origin["device"] == speed["device"]
 
 
-def test_model_cost_is_printed_before_training(trained_run):
+def test_console_start_and_end_blocks(trained_run):
+    """The start block (before the first step) and the end block name what ran and where every file went, checked
+    against the files and results.json; the known library noise and W&B's own summary are gone."""
     output, errors = ((trained_run.parent / name).read_text() for name in ("stdout.txt", "stderr.txt"))
-    cost = json.loads((trained_run / "results.json").read_text())["complexity"]
-    line = f"model: {cost['params'] / 1e6:.2f} M parameters, {cost['gflops']:.2f} GFLOPs at 64x64"
-    assert output.count(line) == 2, output  # before the first step and under the final table
-    assert output.index(line) < output.index("COCO box evaluation")
-    assert "Total FLOPs" not in output + errors  # Lightning's summary, whose FLOPs column reads 0, is off
+    results = json.loads((trained_run / "results.json").read_text())
+    cost, counts = results["complexity"], results["data"]["counts"]
+    [wandb_dir] = (trained_run / "wandb").glob("offline-run-*")
+    start = [
+        "detector   retinanet (resnet18 backbone, fpn neck, retinanet head), loss focal, 3 classes",
+        f"model: {cost['params'] / 1e6:.2f} M parameters, {cost['gflops']:.2f} GFLOPs at 64x64",
+        f"data       shapes: train {counts['data/train_images']} images / {counts['data/train_objects']} objects, "
+        f"val {counts['data/val_images']} images / {counts['data/val_objects']} objects",
+        f"run dir    {trained_run}",
+        f"logger     wandb offline, run {(trained_run / 'wandb_run_id').read_text().strip()}: {wandb_dir}",
+        f"overrides  {' '.join(TINY)}",  # the task's (Hydra's own, hydra.run.dir, are not)
+    ]
+    first_step = output.index("Epoch 0")
+    assert output.index("\n".join(start)) < first_step, output[:first_step]
+    folder = trained_run / "checkpoints"
+    sizes = ", ".join(f"{name} ({(folder / name).stat().st_size / 1e6:.1f} MB)" for name in ("last.ckpt", "weights.ckpt"))
+    end = [
+        f"results      {trained_run / 'results.json'}",
+        f"checkpoints  {folder}: {sizes}",
+        f"logger       wandb offline, run {wandb_dir.name.split('-')[-1]}: {wandb_dir}",
+        f"upload       wandb sync {wandb_dir}",
+    ]
+    table = output.index("COCO box evaluation")
+    assert first_step < table < output.index("\n".join(end)), output[table:]
+    assert output.count(start[1]) == 2  # before the first step and under the final table
+    for noise in ("litlogger", "LeafSpec", "Total FLOPs"):  # Lightning's tip, torch's deprecation, Lightning's summary
+        assert noise not in output + errors
+    assert "Run summary" not in output + errors and (output + errors).count("wandb sync") == 1  # W&B's own: quiet
 
 
 def test_offline_wandb_run_holds_the_ap_table(trained_run):
@@ -141,18 +172,54 @@ def test_resume_continues_from_the_checkpoint(trained_run, tmp_path):
     assert float(final["speed/ms_per_img"]) == pytest.approx(results["speed"]["ms_per_img"])
 
 
-def test_ema_run_scores_and_checkpoints_the_average(tmp_path):
-    """With ema.decay the run's numbers, its checkpoint and detlab-eval agree on the averaged weights (the
-    average itself is checked against a hand computation in test_ema.py)."""
-    args = [*TINY, "logger=csv", "ema.decay=0.9", f"hydra.run.dir={tmp_path / 'run'}"]
+def test_callbacks_composed_from_the_command_line_run(tmp_path):
+    """callbacks=[default,ema,early_stopping]: the EMA's numbers, its checkpoints and detlab-eval agree on the
+    averaged weights (the average itself is checked against a hand computation in test_ema.py), and early stopping
+    ends a 3-epoch run after its second validation (AP cannot improve by min_delta=1). checkpoint.save_top_k=-1
+    keeps a full checkpoint per validation, save_last=false none after every epoch."""
+    overrides = [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    args = [*overrides, "trainer.max_epochs=3", "logger=csv", "callbacks=[default,ema,early_stopping]",
+            "callbacks.ema.decay=0.9", "callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=1.0",
+            "checkpoint.save_top_k=-1", "checkpoint.save_last=false", f"hydra.run.dir={tmp_path / 'run'}"]
     run("detlab.train", *args, cwd=tmp_path)
-    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best-epoch=0.ckpt", "best-epoch=1.ckpt", "weights.ckpt"]
+    saved = torch.load(folder / "best-epoch=1.ckpt", map_location="cpu", weights_only=False)
     key = "model.head.cls_tower.0.weight"
     assert not torch.equal(saved["state_dict"][key], saved["current_model_state"][key])
+    weights = torch.load(folder / "weights.ckpt", map_location="cpu", weights_only=True)  # plain tensors and types
+    assert torch.equal(weights["state_dict"][key], saved["state_dict"][key])  # the average at the end, not the weights
     out = tmp_path / "eval.json"
-    run("detlab.evaluate", "run", str(tmp_path / "run"), "--output", str(out), cwd=tmp_path)
+    run("detlab.evaluate", "run", str(tmp_path / "run"), "--output", str(out), cwd=tmp_path)  # reads weights.ckpt
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert json.loads(out.read_text())["metrics"] == pytest.approx(results["metrics"])
+    assert results["global_step"] == 6 and [point["epoch"] for point in results["curve"]] == [0, 1]
+
+
+def test_weights_file_is_small_and_serves_prediction_and_model_weights(trained_run, tmp_path):
+    """weights.ckpt holds the final weights and the run's config, no optimizer state: detlab-predict --run (the run
+    directory means it) and model.weights= load it; the weights equal last.ckpt's (no EMA: the same final weights)."""
+    folder = trained_run / "checkpoints"
+    weights = torch.load(folder / "weights.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    assert "optimizer_states" not in weights and "optimizer_states" in last
+    assert weights["state_dict"].keys() == last["state_dict"].keys()
+    assert all(torch.equal(v, last["state_dict"][k]) for k, v in weights["state_dict"].items())
+    assert (folder / "weights.ckpt").stat().st_size < 0.5 * (folder / "last.ckpt").stat().st_size  # AdamW: 2 moments
+    from detlab.config import compose_train
+    from detlab.inference import Predictor, checkpoint_of
+
+    assert checkpoint_of(trained_run) == folder / "weights.ckpt"
+    cfg = compose_train([*TINY, f"model.weights={folder / 'weights.ckpt'}"])
+    hparams = weights["hyper_parameters"]
+    predictor = Predictor.from_config(cfg, hparams["category_ids"], hparams["class_names"])
+    loaded = {f"model.{k}": v for k, v in predictor.model.state_dict().items()}
+    assert all(torch.equal(v, weights["state_dict"][k]) for k, v in loaded.items())
+    image = np.asarray(Image.new("RGB", (96, 80), (120, 60, 30)))
+    Image.fromarray(image).save(tmp_path / "a.png")
+    run("detlab.predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "dets.json"), "--run", str(trained_run),
+        cwd=tmp_path)
+    assert isinstance(json.loads((tmp_path / "dets.json").read_text()), list)
 
 
 def test_trial_below_its_siblings_median_is_pruned(tmp_path):
@@ -192,8 +259,9 @@ def test_bad_override_stops_before_work_with_the_key(tmp_path):
     )
     assert proc.returncode == 2
     assert "model.priors.sizes" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run("detlab-train", "ema.decay=1.5", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "ema.decay=1.5" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("detlab-train", "callbacks=[default,ema]", "callbacks.ema.decay=1.5", f"hydra.run.dir={tmp_path / 'r'}",
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "callbacks.ema.decay=1.5" in proc.stderr and "Traceback" not in proc.stderr
     assert "Epoch" not in proc.stderr  # before any training
 
 

@@ -1,0 +1,42 @@
+"""The callbacks group (conf/callbacks): composed from the command line, nothing a user adds dropped, moved keys named."""
+
+import re
+
+import pytest
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+from detlab.checkpoint import RandomState
+from detlab.config import compose_train, validate
+from detlab.ema import EMA
+from detlab.errors import ConfigError
+from detlab.tracking import EvaluationLogger
+from detlab.train import _callbacks
+
+
+def built(overrides: list[str], tmp_path, logger=True) -> list[type]:
+    return [type(c) for c in _callbacks(compose_train(overrides), tmp_path, logger)]
+
+
+def test_default_set_and_composed_additions(tmp_path):
+    always = [ModelCheckpoint, RandomState]  # last.ckpt (checkpoint.save_last), and the random state for a resume
+    assert built([], tmp_path) == [*always, EvaluationLogger, LearningRateMonitor, TQDMProgressBar]
+    assert built(["callbacks=[default,early_stopping,ema]"], tmp_path)[-2:] == [EarlyStopping, EMA]
+    mine = "+callbacks.mine={_target_:pytorch_lightning.callbacks.EarlyStopping,monitor:val/AP,mode:max}"
+    assert built([mine, "callbacks.progress_bar=null"], tmp_path)[-2:] == [LearningRateMonitor, EarlyStopping]
+    assert built(["checkpoint.save_top_k=1", "checkpoint.save_last=false"], tmp_path)[:2] == [ModelCheckpoint, RandomState]
+    # Lightning refuses these two without a logger or with its progress bar off: they step aside
+    assert built(["trainer.enable_progress_bar=false"], tmp_path, logger=False) == [*always, EvaluationLogger]
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["+trainer.callbacks=[]"], "trainer.callbacks is not read"),
+        (["ema.decay=0.99"], "callbacks=[default,ema] callbacks.ema.decay=0.99"),
+        (["optim.scheduler.name=poly"], "optim.scheduler.name='poly' is not a schedule"),
+        (["~optim.scheduler._target_"], "add `_target_: detlab.optim.warmup_schedule`"),
+    ],
+)
+def test_moved_or_wrong_keys_stop_naming_the_key(overrides, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        validate(compose_train(overrides))

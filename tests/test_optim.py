@@ -1,0 +1,68 @@
+"""detlab.optim: the learning-rate schedule and the weight-decay groups against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from detlab.config import compose_train
+from detlab.optim import configure_optimizer, lr_factor, param_groups
+
+
+def test_linear_warmup_then_cosine():
+    f = lr_factor(total_steps=110, name="cosine", warmup_steps=10, warmup_factor=0.001)
+    assert f(0) == pytest.approx(0.001)
+    assert f(5) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_step_decay_at_fractions_of_the_run():
+    f = lr_factor(total_steps=90, name="step", warmup_steps=0, milestones=(0.5, 0.8), gamma=0.1)
+    assert [f(0), f(44), f(45), f(71), f(72), f(89)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_unknown_schedule_names_the_key():
+    with pytest.raises(ValueError, match="optim.scheduler.name"):
+        lr_factor(total_steps=10, name="poly")
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GroupNorm(2, 4), nn.Flatten(), nn.LazyLinear(2))
+
+
+def test_weight_decay_on_kernels_only():
+    net = tiny_net()
+    net(torch.zeros(1, 3, 5, 5))  # materialise the lazy layer
+    net[0].weight.requires_grad_(False)  # frozen parameters are left out
+    decay, no_decay = param_groups(net)
+    names = {id(p): name for name, p in net.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == ["4.weight"]
+    assert sorted(names[id(p)] for p in no_decay["params"]) == ["0.bias", "1.bias", "1.weight", "2.bias", "2.weight", "4.bias"]
+    assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in decay
+
+
+@pytest.mark.parametrize("optim", ["adamw", "sgd"])
+def test_configured_step_decays_kernels_and_not_norms_or_biases(optim):
+    """One step with zero gradients: only weight decay moves a parameter. AdamW (decoupled) multiplies a kernel by
+    1 - lr * wd; SGD's decay is a gradient wd * p, so the kernel moves by -lr * wd * p (momentum's first step adds
+    nothing). Norms and biases stay as they are. Large lr and decay, no warm-up: a 1% change, far above rounding."""
+    cfg = compose_train([f"optim={optim}", "optim.optimizer.fused=false", "optim.optimizer.lr=0.1",
+                         "optim.optimizer.weight_decay=0.1", "optim.scheduler.warmup_steps=0"])
+    net = tiny_net()
+    net(torch.zeros(1, 3, 5, 5))
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    configured = configure_optimizer(cfg.optim, net, total_steps=1000)
+    optimizer = configured["optimizer"]
+    lr, wd = 0.1, 0.1
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([lr, lr])  # cosine at step 0
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in net.named_parameters():
+        expected = before[name] * (1 - lr * wd) if p.ndim > 1 else before[name]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-9, msg=name)
+    assert configured["lr_scheduler"]["interval"] == "step"
