@@ -20,7 +20,7 @@ Parts, RetinaNet R50-FPN (256 channels, 4-conv towers, 9 anchors, 80 classes) wi
 Whole steps, for each torchvision preset (`model=tv_*`) at each of --step-batch-sizes: torchvision's detector
 with seeded random weights, converted into the preset by `model.weights` (the same weights on both sides), on
 the same random photographs (landscape and portrait, so that a batch pads), the preset resized as torchvision
-resizes (shorter side --step-image-size, longer at most --step-max-size):
+resizes (shorter side --step-image-size, longer at most --step-max-size; SSD300 to its fixed 300 x 300):
 - train step:  detlab's forward + assignment + loss + backward + SGD step, from the Batch its data loader
                delivers; torchvision's train-mode `model(images, targets)` + backward + the same SGD step, from
                the float images its data loader delivers (its resize and normalisation run inside the model);
@@ -66,9 +66,9 @@ RETINANET_R50 = [
     "model.priors.sizes=[32,64,128,256,512]",
 ]
 # The whole-step rows: detlab's preset -> torchvision's builder of the same detector (its weights convert through
-# model.weights). SSD300 joins as "tv_ssd300_vgg16": "ssd300_vgg16" when that preset is on main, with its
-# branch in spread_outputs.
-PRESETS = {"tv_retinanet_r50_fpn": "retinanet_resnet50_fpn", "tv_fasterrcnn_r50_fpn": "fasterrcnn_resnet50_fpn"}
+# model.weights).
+PRESETS = {"tv_retinanet_r50_fpn": "retinanet_resnet50_fpn", "tv_fasterrcnn_r50_fpn": "fasterrcnn_resnet50_fpn",
+           "tv_ssd300_vgg16": "ssd300_vgg16"}
 TRAINABLE = ("layer2", "layer3", "layer4")  # torchvision's trainable_backbone_layers=3, as its published models
 OBJECTS = 10  # ground-truth boxes per training image
 PHOTO_SHAPE = (480, 640)  # (h, w) of the random photographs; every other one is portrait
@@ -201,24 +201,31 @@ def random_targets(photos: Sequence[np.ndarray], category_ids: Sequence[int], se
     return targets
 
 
-def torchvision_detector(name: str, image_size: int, max_size: int, photos: Sequence[np.ndarray]) -> nn.Module:
-    """torchvision's detector `name` built as its published COCO model is (91 classes, FrozenBatchNorm2d, conv1 and
-    layer1 frozen), with seeded random weights: the frozen statistics are those of `photos` (an unnormalised
-    random ResNet-50 overflows), and the outputs spread so that the score threshold, top-k and NMS all work."""
+def torchvision_detector(name: str, image_size: int | None, max_size: int | None,
+                         photos: Sequence[np.ndarray]) -> nn.Module:
+    """torchvision's detector `name` built as its published COCO model is, with seeded random weights, 91 classes
+    and its outputs spread so that the score threshold, top-k and NMS all work (spread_outputs).
+
+    A ResNet detector (image_size / max_size: its resize) has FrozenBatchNorm2d holding the statistics of
+    `photos` (an unnormalised random ResNet-50 overflows), conv1 and layer1 frozen. SSD300 (image_size and
+    max_size None: its input is a fixed 300 x 300) trains its whole VGG, as torchvision's does from a random
+    backbone (and the preset's frozen_stages: -1).
+    """
     torch.manual_seed(0)
-    model = getattr(detection, name)(weights=None, weights_backbone=None, num_classes=91, min_size=image_size,
-                                     max_size=max_size)
-    body = model.backbone.body
+    sizes = {} if image_size is None else {"min_size": image_size, "max_size": max_size}
+    model = getattr(detection, name)(weights=None, weights_backbone=None, num_classes=91, **sizes)
+    body = getattr(model.backbone, "body", None)  # the ResNet of an FPN backbone; SSD's VGG has no BatchNorm
     with torch.no_grad():
-        images, _ = model.transform([to_float(p) for p in photos])
-        for bn in (m for m in body.modules() if isinstance(m, nn.BatchNorm2d)):
-            bn.reset_running_stats()
-            bn.momentum = None  # a cumulative average: after one batch, exactly its statistics
-        body.train()(images.tensors)
-        freeze_batchnorm(body)
+        if body is not None:
+            images, _ = model.transform([to_float(p) for p in photos])
+            for bn in (m for m in body.modules() if isinstance(m, nn.BatchNorm2d)):
+                bn.reset_running_stats()
+                bn.momentum = None  # a cumulative average: after one batch, exactly its statistics
+            body.train()(images.tensors)
+            freeze_batchnorm(body)
+            for key, parameter in body.named_parameters():
+                parameter.requires_grad_(key.startswith(TRAINABLE))
         spread_outputs(model)
-    for name, parameter in body.named_parameters():
-        parameter.requires_grad_(name.startswith(TRAINABLE))
     return model.eval()
 
 
@@ -247,6 +254,18 @@ def spread_outputs(model: nn.Module) -> None:
         predictor.cls_score.weight.normal_(0.0, 0.01)
         predictor.cls_score.bias.normal_(0.0, 1.0)
         predictor.bbox_pred.weight.normal_(0.0, 0.01)
+    elif isinstance(model, detection.ssd.SSD):
+        # A softmax over 91: the background's bias 0 and the classes' near -2.3 (e^-2.3 / (1 + 90 e^-2.3) = 0.01,
+        # the score threshold), spread so that the threshold, the per-class top-400, NMS and the 200 per image
+        # all act; boxes near their default boxes.
+        generator = torch.Generator().manual_seed(0)
+        for conv in model.head.classification_head.module_list:
+            bias = torch.randn(91, generator=generator) * 0.5 - 2.3
+            bias[0] = 0.0
+            conv.weight.mul_(0.1)
+            conv.bias.copy_(bias.repeat(conv.out_channels // 91))
+        for conv in model.head.regression_head.module_list:
+            conv.weight.mul_(0.1)
     else:
         raise NotImplementedError(f"no output spread for {type(model).__name__}: add its heads here")
 
@@ -264,13 +283,16 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
 
 def preset_pair(preset: str, image_size: int, max_size: int, device: torch.device):
     """(the composed config, detlab's parts of `preset`, torchvision's same detector), with the same weights
-    (torchvision's state dict loaded through model.weights), both on device."""
-    theirs = torchvision_detector(PRESETS[preset], image_size, max_size, random_photos(2, seed=1))
+    (torchvision's state dict loaded through model.weights), both on device. A preset of a fixed input size
+    (data.resize=stretch: SSD300's 300 x 300) keeps its own; the others are resized to image_size / max_size."""
+    fixed = compose_train([f"model={preset}"]).data.resize == "stretch"
+    sizes = [] if fixed else [f"data.image_size={image_size}", f"data.max_size={max_size}"]
+    theirs = torchvision_detector(PRESETS[preset], None if fixed else image_size, None if fixed else max_size,
+                                  random_photos(2, seed=1))
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / f"{PRESETS[preset]}.pth"
         torch.save(theirs.state_dict(), weights)
-        cfg = compose_train([f"model={preset}", f"data.image_size={image_size}", f"data.max_size={max_size}",
-                             f"model.weights={weights}"])
+        cfg = compose_train([f"model={preset}", *sizes, f"model.weights={weights}"])
         parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=len(cfg.data.category_ids))
     for part in parts:
         part.to(device)
@@ -335,8 +357,10 @@ def step_rows(device: torch.device, presets: Sequence[str], batch_sizes: Sequenc
             row = compare("inference", ours, reference, warmup, repeats, device, model=preset, batch=batch_size)
             ours, reference, (h, w) = training_steps(cfg, parts, theirs, batch_size, device)
             train = compare("train step", ours, reference, warmup, repeats, device, model=preset, batch=batch_size)
+            resize = f"{cfg.data.image_size}/{cfg.data.max_size} keep-ratio" if cfg.data.resize == "keep_ratio" \
+                else cfg.data.resize
             for r in (row, train):
-                r["input"] = f"{image_size}/{max_size} keep-ratio, {h}x{w}"
+                r["input"] = f"{resize}, {h}x{w}"
                 yield r
 
 

@@ -3,6 +3,7 @@ belong in the benchmark, not in unit tests)."""
 
 import json
 
+import pytest
 import torch
 
 from detlab import bench
@@ -33,17 +34,23 @@ def test_bench_compares_every_part_with_its_reference(capsys, tmp_path):
     assert capsys.readouterr().out.strip() == bench.table(rows).strip() and bench.table(rows) in printed
 
 
-def test_whole_step_models_are_the_same_detector():
+@pytest.mark.parametrize("preset, input_hw, our_cls, their_cls", [
+    ("tv_retinanet_r50_fpn", (96, 96), "head.cls_out", "head.classification_head.cls_logits"),
+    # SSD300 keeps its fixed 300 x 300 input, whatever the step image size
+    ("tv_ssd300_vgg16", (300, 300), "head.cls_convs.0", "head.classification_head.module_list.0"),
+])
+def test_whole_step_models_are_the_same_detector(preset, input_hw, our_cls, their_cls):
     """The inference row's two sides give the same detections (same weights, input transform and
     post-processing), and each training step moves its own model's weights."""
     device = torch.device("cpu")
-    cfg, parts, theirs = bench.preset_pair("tv_retinanet_r50_fpn", 64, 96, device)
+    cfg, parts, theirs = bench.preset_pair(preset, 64, 96, device)
     ours, reference = bench.inference_pair(cfg, parts, theirs, 2, device)
     for got, expected in zip(ours(), reference()):
         assert len(got.scores) == len(expected["scores"]) > 10
         torch.testing.assert_close(got.scores.sort().values, expected["scores"].sort().values, atol=1e-5, rtol=0)
-    ours_step, reference_step, _ = bench.training_steps(cfg, parts, theirs, 2, device)
-    ours_weight, their_weight = parts.model.head.cls_out.weight, theirs.head.classification_head.cls_logits.weight
+    ours_step, reference_step, hw = bench.training_steps(cfg, parts, theirs, 2, device)
+    assert hw == input_hw
+    ours_weight, their_weight = parts.model.get_submodule(our_cls).weight, theirs.get_submodule(their_cls).weight
     before = ours_weight.detach().clone()
     torch.testing.assert_close(before, their_weight.detach(), atol=0, rtol=0)
     ours_step()
