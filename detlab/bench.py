@@ -356,6 +356,9 @@ def loader_row(overrides: Sequence[str], batches: int, repeats: int, device: tor
     datamodule = instantiate(cfg.data)
     loader = datamodule.train_dataloader()
     batches = min(batches, len(loader) - 2 * cfg.data.num_workers)
+    if batches < 1:
+        raise ValueError(f"--loader-overrides: the train loader has {len(loader)} batches; the loader row needs more "
+                         f"than the {2 * cfg.data.num_workers} its workers start with (more data.source images)")
     iterator, seen = iter(loader), []
     for _ in range(2 * cfg.data.num_workers):  # the workers' start-up and first batches
         seen.append(next(iterator))
