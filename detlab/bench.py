@@ -20,7 +20,7 @@ Parts, RetinaNet R50-FPN (256 channels, 4-conv towers, 9 anchors, 80 classes) wi
 Whole steps, for each torchvision preset (`model=tv_*`) at each of --step-batch-sizes: torchvision's detector
 with seeded random weights, converted into the preset by `model.weights` (the same weights on both sides), on
 the same random photographs (landscape and portrait, so that a batch pads), the preset resized as torchvision
-resizes (shorter side --step-image-size, longer at most --step-max-size):
+resizes (shorter side --step-image-size, longer at most --step-max-size; SSD300 to its fixed 300 x 300):
 - train step:  detlab's forward + assignment + loss + backward + SGD step, from the Batch its data loader
                delivers; torchvision's train-mode `model(images, targets)` + backward + the same SGD step, from
                the float images its data loader delivers (its resize and normalisation run inside the model);
@@ -31,8 +31,10 @@ resizes (shorter side --step-image-size, longer at most --step-max-size):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,9 +68,9 @@ RETINANET_R50 = [
     "model.priors.sizes=[32,64,128,256,512]",
 ]
 # The whole-step rows: detlab's preset -> torchvision's builder of the same detector (its weights convert through
-# model.weights). SSD300 joins as "tv_ssd300_vgg16": "ssd300_vgg16" when that preset is on main, with its
-# branch in spread_outputs.
-PRESETS = {"tv_retinanet_r50_fpn": "retinanet_resnet50_fpn", "tv_fasterrcnn_r50_fpn": "fasterrcnn_resnet50_fpn"}
+# model.weights).
+PRESETS = {"tv_retinanet_r50_fpn": "retinanet_resnet50_fpn", "tv_fasterrcnn_r50_fpn": "fasterrcnn_resnet50_fpn",
+           "tv_ssd300_vgg16": "ssd300_vgg16"}
 TRAINABLE = ("layer2", "layer3", "layer4")  # torchvision's trainable_backbone_layers=3, as its published models
 OBJECTS = 10  # ground-truth boxes per training image
 PHOTO_SHAPE = (480, 640)  # (h, w) of the random photographs; every other one is portrait
@@ -108,8 +110,10 @@ def random_batch(batch_size: int, image_size: int, objects: int, device: torch.d
     )
 
 
-def part_rows(device: torch.device, batch_size: int, image_size: int, warmup: int, repeats: int) -> list[dict]:
-    """The forward, loss and postprocess rows of RetinaNet R50-FPN at batch_size x image_size x image_size."""
+def part_rows(device: torch.device, batch_size: int, image_size: int, warmup: int, repeats: int,
+              forward: bool = True) -> list[dict]:
+    """The forward (if `forward`), loss and postprocess rows of RetinaNet R50-FPN at batch_size x image_size x
+    image_size."""
     ours = detlab_retinanet(image_size)
     model, assigner, criterion, postprocess = (part.to(device) for part in ours)
     theirs = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES).to(device)
@@ -119,8 +123,10 @@ def part_rows(device: torch.device, batch_size: int, image_size: int, warmup: in
     conditions = {"model": "RetinaNet R50-FPN, 80 classes", "batch": batch_size, "input": f"{image_size}x{image_size}"}
     rows = []
     with torch.inference_mode():
-        rows.append(compare("forward", lambda: model(batch.images),
-                            lambda: theirs.head(list(theirs.backbone(batch.images).values())), warmup, repeats, device, **conditions))
+        if forward:
+            rows.append(compare("forward", lambda: model(batch.images),
+                                lambda: theirs.head(list(theirs.backbone(batch.images).values())), warmup, repeats,
+                                device, **conditions))
 
         outputs, priors = model(batch.images)
         # Logits with a realistic share of candidates above the 0.05 threshold (an untrained head has none).
@@ -201,24 +207,31 @@ def random_targets(photos: Sequence[np.ndarray], category_ids: Sequence[int], se
     return targets
 
 
-def torchvision_detector(name: str, image_size: int, max_size: int, photos: Sequence[np.ndarray]) -> nn.Module:
-    """torchvision's detector `name` built as its published COCO model is (91 classes, FrozenBatchNorm2d, conv1 and
-    layer1 frozen), with seeded random weights: the frozen statistics are those of `photos` (an unnormalised
-    random ResNet-50 overflows), and the outputs spread so that the score threshold, top-k and NMS all work."""
+def torchvision_detector(name: str, image_size: int | None, max_size: int | None,
+                         photos: Sequence[np.ndarray]) -> nn.Module:
+    """torchvision's detector `name` built as its published COCO model is, with seeded random weights, 91 classes
+    and its outputs spread so that the score threshold, top-k and NMS all work (spread_outputs).
+
+    A ResNet detector (image_size / max_size: its resize) has FrozenBatchNorm2d holding the statistics of
+    `photos` (an unnormalised random ResNet-50 overflows), conv1 and layer1 frozen. SSD300 (image_size and
+    max_size None: its input is a fixed 300 x 300) trains its whole VGG, as torchvision's does from a random
+    backbone (and the preset's frozen_stages: -1).
+    """
     torch.manual_seed(0)
-    model = getattr(detection, name)(weights=None, weights_backbone=None, num_classes=91, min_size=image_size,
-                                     max_size=max_size)
-    body = model.backbone.body
+    sizes = {} if image_size is None else {"min_size": image_size, "max_size": max_size}
+    model = getattr(detection, name)(weights=None, weights_backbone=None, num_classes=91, **sizes)
+    body = getattr(model.backbone, "body", None)  # the ResNet of an FPN backbone; SSD's VGG has no BatchNorm
     with torch.no_grad():
-        images, _ = model.transform([to_float(p) for p in photos])
-        for bn in (m for m in body.modules() if isinstance(m, nn.BatchNorm2d)):
-            bn.reset_running_stats()
-            bn.momentum = None  # a cumulative average: after one batch, exactly its statistics
-        body.train()(images.tensors)
-        freeze_batchnorm(body)
+        if body is not None:
+            images, _ = model.transform([to_float(p) for p in photos])
+            for bn in (m for m in body.modules() if isinstance(m, nn.BatchNorm2d)):
+                bn.reset_running_stats()
+                bn.momentum = None  # a cumulative average: after one batch, exactly its statistics
+            body.train()(images.tensors)
+            freeze_batchnorm(body)
+            for key, parameter in body.named_parameters():
+                parameter.requires_grad_(key.startswith(TRAINABLE))
         spread_outputs(model)
-    for name, parameter in body.named_parameters():
-        parameter.requires_grad_(name.startswith(TRAINABLE))
     return model.eval()
 
 
@@ -247,6 +260,18 @@ def spread_outputs(model: nn.Module) -> None:
         predictor.cls_score.weight.normal_(0.0, 0.01)
         predictor.cls_score.bias.normal_(0.0, 1.0)
         predictor.bbox_pred.weight.normal_(0.0, 0.01)
+    elif isinstance(model, detection.ssd.SSD):
+        # A softmax over 91: the background's bias 0 and the classes' near -2.3 (e^-2.3 / (1 + 90 e^-2.3) = 0.01,
+        # the score threshold), spread so that the threshold, the per-class top-400, NMS and the 200 per image
+        # all act; boxes near their default boxes.
+        generator = torch.Generator().manual_seed(0)
+        for conv in model.head.classification_head.module_list:
+            bias = torch.randn(91, generator=generator) * 0.5 - 2.3
+            bias[0] = 0.0
+            conv.weight.mul_(0.1)
+            conv.bias.copy_(bias.repeat(conv.out_channels // 91))
+        for conv in model.head.regression_head.module_list:
+            conv.weight.mul_(0.1)
     else:
         raise NotImplementedError(f"no output spread for {type(model).__name__}: add its heads here")
 
@@ -264,13 +289,16 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
 
 def preset_pair(preset: str, image_size: int, max_size: int, device: torch.device):
     """(the composed config, detlab's parts of `preset`, torchvision's same detector), with the same weights
-    (torchvision's state dict loaded through model.weights), both on device."""
-    theirs = torchvision_detector(PRESETS[preset], image_size, max_size, random_photos(2, seed=1))
+    (torchvision's state dict loaded through model.weights), both on device. A preset of a fixed input size
+    (data.resize=stretch: SSD300's 300 x 300) keeps its own; the others are resized to image_size / max_size."""
+    fixed = compose_train([f"model={preset}"]).data.resize == "stretch"
+    sizes = [] if fixed else [f"data.image_size={image_size}", f"data.max_size={max_size}"]
+    theirs = torchvision_detector(PRESETS[preset], None if fixed else image_size, None if fixed else max_size,
+                                  random_photos(2, seed=1))
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / f"{PRESETS[preset]}.pth"
         torch.save(theirs.state_dict(), weights)
-        cfg = compose_train([f"model={preset}", f"data.image_size={image_size}", f"data.max_size={max_size}",
-                             f"model.weights={weights}"])
+        cfg = compose_train([f"model={preset}", *sizes, f"model.weights={weights}"])
         parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=len(cfg.data.category_ids))
     for part in parts:
         part.to(device)
@@ -289,24 +317,70 @@ def training_steps(cfg, parts, theirs: nn.Module, batch_size: int, device: torch
     batch = move_data_to_device(collate(samples, size_divisor=cfg.data.size_divisor), device)
     images = [to_float(p, device) for p in photos]
     targets = move_data_to_device(targets, device)
-    model, assigner, criterion, _ = parts
-    dtype = PRECISIONS[precision]
+    model, dtype = parts.model, PRECISIONS[precision]
     ours_opt, theirs_opt = sgd(model), sgd(theirs)
-
-    def step(module: nn.Module, optimizer: torch.optim.Optimizer, losses: Callable[[], dict[str, torch.Tensor]]) -> None:
-        module.train()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = sum(losses().values())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def ours_losses() -> dict[str, torch.Tensor]:  # DetectionModule.training_step's forward, assign, loss
-        outputs, priors = model(batch.images, targets=batch)
-        return criterion(outputs, priors, assigner(outputs, priors, batch), batch)
-
-    return (lambda: step(model, ours_opt, ours_losses), lambda: step(theirs, theirs_opt, lambda: theirs(images, targets)),
+    ours_losses = functools.partial(detlab_losses, parts, batch)
+    return (lambda: train_step(model, ours_opt, ours_losses, device, dtype),
+            lambda: train_step(theirs, theirs_opt, lambda: theirs(images, targets), device, dtype),
             tuple(batch.images.shape[-2:]))
+
+
+def detlab_losses(parts, batch: Batch) -> dict[str, torch.Tensor]:
+    """DetectionModule.training_step's forward, assignment and loss terms of batch."""
+    model, assigner, criterion, _ = parts
+    outputs, priors = model(batch.images, targets=batch)
+    return criterion(outputs, priors, assigner(outputs, priors, batch), batch)
+
+
+def train_step(module: nn.Module, optimizer: torch.optim.Optimizer, losses: Callable[[], dict[str, torch.Tensor]],
+               device: torch.device, dtype: torch.dtype | None = None) -> None:
+    """One optimizer step of module on the sum of losses() under autocast to dtype (None: float32)."""
+    module.train()
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        loss = sum(losses().values())
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def loader_row(overrides: Sequence[str], batches: int, repeats: int, device: torch.device) -> dict[str, Any]:
+    """The train DataLoader of the run that `overrides` compose (none: the default run, data=shapes with its
+    workers) against what the run's model consumes: ms per batch of the loader alone (the mean over `batches`
+    batches after the first 2 x workers, which the workers start with), and the median ms of the run's training
+    step (forward, assignment, loss, backward, its optimizer's step) on batches the loader gave. The ratio
+    step / loader is how many times the loader is ahead; img_per_s gives each in images per second.
+
+    The two are timed one after the other, not alternating: a loader's workers run beside the main process.
+    """
+    cfg = compose_train(list(overrides))
+    datamodule = instantiate(cfg.data)
+    loader = datamodule.train_dataloader()
+    batches = min(batches, len(loader) - 2 * cfg.data.num_workers)
+    if batches < 1:
+        raise ValueError(f"--loader-overrides: the train loader has {len(loader)} batches; the loader row needs more "
+                         f"than the {2 * cfg.data.num_workers} its workers start with (more data.source images)")
+    iterator, seen = iter(loader), []
+    for _ in range(2 * cfg.data.num_workers):  # the workers' start-up and first batches
+        seen.append(next(iterator))
+    start = time.perf_counter()
+    for _ in range(batches):
+        seen.append(next(iterator))
+    loader_ms = (time.perf_counter() - start) / batches * 1e3
+    del iterator
+    parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=datamodule.num_classes)
+    for part in parts:
+        part.to(device)
+    optimizer = instantiate(cfg.optim.optimizer)([p for p in parts.model.parameters() if p.requires_grad])
+    feed = iter(move_data_to_device(b, device) for b in seen * (repeats + 1))
+    stages = [("step", lambda _: train_step(parts.model, optimizer, functools.partial(detlab_losses, parts, next(feed)),
+                                            device))]
+    step_ms = summarize_ms(time_stages(stages, None, 1, repeats, synchronizer(device))["step"])["median"]
+    images = cfg.data.batch_size
+    return {"what": "data loading / train step", "model": f"default run ({', '.join(overrides) or 'data=shapes'}, "
+            f"{cfg.data.num_workers} workers)", "batch": images, "input": f"{cfg.data.image_size} {cfg.data.resize}",
+            "detlab_ms": loader_ms, "reference_ms": step_ms, "ratio": step_ms / loader_ms,
+            "loader_img_per_s": images / loader_ms * 1e3, "step_img_per_s": images / step_ms * 1e3,
+            "warmup": 1, "repeats": repeats, **environment(device)}
 
 
 def inference_pair(cfg, parts, theirs: nn.Module, batch_size: int, device: torch.device):
@@ -335,8 +409,10 @@ def step_rows(device: torch.device, presets: Sequence[str], batch_sizes: Sequenc
             row = compare("inference", ours, reference, warmup, repeats, device, model=preset, batch=batch_size)
             ours, reference, (h, w) = training_steps(cfg, parts, theirs, batch_size, device)
             train = compare("train step", ours, reference, warmup, repeats, device, model=preset, batch=batch_size)
+            resize = f"{cfg.data.image_size}/{cfg.data.max_size} keep-ratio" if cfg.data.resize == "keep_ratio" \
+                else cfg.data.resize
             for r in (row, train):
-                r["input"] = f"{image_size}/{max_size} keep-ratio, {h}x{w}"
+                r["input"] = f"{resize}, {h}x{w}"
                 yield r
 
 
@@ -352,10 +428,17 @@ def table(rows: Sequence[dict]) -> str:
                                 "warm-up. ratio > 1: detlab is faster"])
 
 
+# --quick: a look in a few minutes on a 2-core CPU (explicit arguments still win)
+QUICK = {"batch_sizes": [2], "repeats": 3, "warmup": 1, "eval_images": 100, "eval_repeats": 1, "step_batch_sizes": [2],
+         "step_repeats": 2, "loader_batches": 20, "loader_repeats": 3}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m detlab.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=2, help="the parts' batch")
+    parser.add_argument("--quick", action="store_true", help=f"fewer batches and repeats: {QUICK}")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 8],
+                        help="the parts' batches (the forward row at the first only: the same convolutions)")
     parser.add_argument("--image-size", type=int, default=512, help="the parts' square input")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
@@ -368,16 +451,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--step-max-size", type=int, default=512, help="the presets' longer side at most")
     parser.add_argument("--step-warmup", type=int, default=1)
     parser.add_argument("--step-repeats", type=int, default=5)
+    parser.add_argument("--loader-batches", type=int, default=60, help="the loader row's timed batches (0: no row)")
+    parser.add_argument("--loader-repeats", type=int, default=5, help="the loader row's timed training steps")
+    parser.add_argument("--loader-overrides", nargs="*", default=[],
+                        help="the loader row's run (none: the default run, data=shapes)")
     parser.add_argument("--json", type=Path, help="write every row with its conditions here")
     parser.add_argument("--table", type=Path, help="only print the markdown table of this --json file")
     args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
     if args.table:
         rows = json.loads(args.table.read_text())
         print(table(rows))
         return rows
     device = torch.device(args.device)
-    rows = part_rows(device, args.batch_size, args.image_size, args.warmup, args.repeats)
+    rows = []
+    for i, batch_size in enumerate(args.batch_sizes):
+        rows += part_rows(device, batch_size, args.image_size, args.warmup, args.repeats, forward=i == 0)
     rows += coco_eval_rows(args.eval_images, args.eval_repeats)
+    if args.loader_batches:
+        rows.append(loader_row(args.loader_overrides, args.loader_batches, args.loader_repeats, device))
     save(rows, args.json)
     for row in step_rows(device, args.presets, args.step_batch_sizes, args.step_image_size, args.step_max_size,
                          args.step_warmup, args.step_repeats):
@@ -386,7 +480,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{row['what']}, {row['model']}, batch {row['batch']}: detlab {row['detlab_ms']:.0f} ms, torchvision "
               f"{row['reference_ms']:.0f} ms", flush=True)
     print(table(rows))
-    print("reference: torchvision (forward, loss, postprocess, train step, inference) and pycocotools (COCO eval)")
+    print("reference: torchvision (forward, loss, postprocess, train step, inference), pycocotools (COCO eval), the "
+          "default run's training step (data loading: how many times the loader is ahead)")
     if args.json:
         print(f"rows: {args.json}")
     return rows

@@ -3,6 +3,7 @@ belong in the benchmark, not in unit tests)."""
 
 import json
 
+import pytest
 import torch
 
 from detlab import bench
@@ -10,19 +11,29 @@ from detlab import bench
 
 def test_bench_compares_every_part_with_its_reference(capsys, tmp_path):
     out_json = tmp_path / "bench.json"
-    rows = bench.main(["--batch-size", "1", "--image-size", "64", "--warmup", "0", "--repeats", "1",
+    tiny_run = ["data.source.num_train_images=12", "data.source.num_val_images=2", "data.num_workers=1"]
+    rows = bench.main(["--batch-sizes", "1", "2", "--image-size", "64", "--warmup", "0", "--repeats", "1",
                        "--eval-images", "3", "--eval-repeats", "1", "--presets", "tv_retinanet_r50_fpn",
                        "--step-batch-sizes", "2", "--step-image-size", "64", "--step-max-size", "96",
-                       "--step-warmup", "0", "--step-repeats", "1", "--json", str(out_json)])
-    assert [r["what"] for r in rows][:3] == ["forward", "loss", "postprocess"]
-    assert [r["what"] for r in rows[3:5]] == [
+                       "--step-warmup", "0", "--step-repeats", "1", "--loader-batches", "2", "--loader-repeats", "1",
+                       "--loader-overrides", *tiny_run, "--json", str(out_json)])
+    # the forward at the first batch only, the loss and post-processing at each
+    assert [(r["what"], r["batch"]) for r in rows][:5] == [
+        ("forward", 1), ("loss", 1), ("postprocess", 1), ("loss", 2), ("postprocess", 2)
+    ]
+    assert [r["what"] for r in rows[5:7]] == [
         "COCO eval, hotcoco (3 images, 300 detections)", "COCO eval, faster_coco_eval (3 images, 300 detections)"
     ]
-    assert [(r["what"], r["model"], r["batch"]) for r in rows[5:]] == [
+    # the default run's train loader (4 images per batch) against its own training step
+    loader = rows[7]
+    assert (loader["what"], loader["batch"], loader["input"]) == ("data loading / train step", 4, "160 letterbox")
+    assert loader["loader_img_per_s"] == pytest.approx(4e3 / loader["detlab_ms"])
+    assert loader["ratio"] == pytest.approx(loader["loader_img_per_s"] / loader["step_img_per_s"])
+    assert [(r["what"], r["model"], r["batch"]) for r in rows[8:]] == [
         ("inference", "tv_retinanet_r50_fpn", 2), ("train step", "tv_retinanet_r50_fpn", 2)
     ]
     # 480 x 640 and 640 x 480 photos resized to 64 / 96 (72 x 96 and 96 x 72) pad to 96 x 96
-    assert rows[6]["input"] == "64/96 keep-ratio, 96x96"
+    assert rows[9]["input"] == "64/96 keep-ratio, 96x96"
     assert all(r["detlab_ms"] > 0 and r["reference_ms"] > 0 for r in rows)
     assert all(r["threads"] == torch.get_num_threads() and r["torch"] == torch.__version__ for r in rows)
     printed = capsys.readouterr().out
@@ -33,17 +44,23 @@ def test_bench_compares_every_part_with_its_reference(capsys, tmp_path):
     assert capsys.readouterr().out.strip() == bench.table(rows).strip() and bench.table(rows) in printed
 
 
-def test_whole_step_models_are_the_same_detector():
+@pytest.mark.parametrize("preset, input_hw, our_cls, their_cls", [
+    ("tv_retinanet_r50_fpn", (96, 96), "head.cls_out", "head.classification_head.cls_logits"),
+    # SSD300 keeps its fixed 300 x 300 input, whatever the step image size
+    ("tv_ssd300_vgg16", (300, 300), "head.cls_convs.0", "head.classification_head.module_list.0"),
+])
+def test_whole_step_models_are_the_same_detector(preset, input_hw, our_cls, their_cls):
     """The inference row's two sides give the same detections (same weights, input transform and
     post-processing), and each training step moves its own model's weights."""
     device = torch.device("cpu")
-    cfg, parts, theirs = bench.preset_pair("tv_retinanet_r50_fpn", 64, 96, device)
+    cfg, parts, theirs = bench.preset_pair(preset, 64, 96, device)
     ours, reference = bench.inference_pair(cfg, parts, theirs, 2, device)
     for got, expected in zip(ours(), reference()):
         assert len(got.scores) == len(expected["scores"]) > 10
         torch.testing.assert_close(got.scores.sort().values, expected["scores"].sort().values, atol=1e-5, rtol=0)
-    ours_step, reference_step, _ = bench.training_steps(cfg, parts, theirs, 2, device)
-    ours_weight, their_weight = parts.model.head.cls_out.weight, theirs.head.classification_head.cls_logits.weight
+    ours_step, reference_step, hw = bench.training_steps(cfg, parts, theirs, 2, device)
+    assert hw == input_hw
+    ours_weight, their_weight = parts.model.get_submodule(our_cls).weight, theirs.get_submodule(their_cls).weight
     before = ours_weight.detach().clone()
     torch.testing.assert_close(before, their_weight.detach(), atol=0, rtol=0)
     ours_step()

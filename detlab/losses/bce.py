@@ -1,30 +1,10 @@
-"""Binary cross-entropy over K sigmoid outputs: each class is an independent yes/no, background is all "no".
-
-Also home of the one-hot targets every sigmoid classification loss builds from ``target_labels``.
-"""
+"""Binary cross-entropy over K sigmoid outputs: each class is an independent yes/no, background is all "no"."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detlab.models.assigners import IGNORED
-
-
-def sigmoid_targets(cls_logits: Tensor, target_labels: Tensor) -> tuple[Tensor, Tensor]:
-    """One-hot targets [B, A, C] float32 (all zeros for background and ignored priors) and keep [B, A, 1] bool.
-
-    cls_logits [B, A, C]; target_labels [B, A] int64: 0..C-1 object, -1 background, -2 ignored.
-    """
-    if cls_logits.dim() != 3 or target_labels.shape != cls_logits.shape[:2]:
-        raise ValueError(
-            f"classification loss expects cls_logits [B, A, C] and target_labels [B, A], "
-            f"got {list(cls_logits.shape)} and {list(target_labels.shape)}"
-        )
-    classes = torch.arange(cls_logits.shape[-1], device=cls_logits.device)
-    targets = (target_labels[..., None] == classes).float()
-    return targets, (target_labels != IGNORED)[..., None]
+from detlab.losses.focal import sigmoid_focal_loss_sum
 
 
 class BinaryCrossEntropy(nn.Module):
@@ -36,6 +16,5 @@ class BinaryCrossEntropy(nn.Module):
 
     def forward(self, cls_logits: Tensor, target_labels: Tensor) -> Tensor:
         """Scalar loss from cls_logits [B, A, C] and target_labels [B, A] (-1 background, -2 ignored)."""
-        targets, keep = sigmoid_targets(cls_logits, target_labels)
-        loss = F.binary_cross_entropy_with_logits(cls_logits.float(), targets, reduction="none")
-        return torch.where(keep, loss, 0.0).sum()
+        # The focal loss at gamma 0 without alpha is BCE exactly; its pass builds no one-hot targets.
+        return sigmoid_focal_loss_sum(cls_logits, target_labels, alpha=-1.0, gamma=0.0)
