@@ -30,7 +30,8 @@ from detlab.evaluation.coco_table import format_table
 from detlab.evaluation.figures import plot_error_analysis
 from detlab.inference import Predictor
 from detlab.module import DetectionModule, check_classes
-from detlab.profile import complexity, format_complexity, format_speed, measure_speed, speed_summary
+from detlab.profile.cost import complexity, format_complexity
+from detlab.profile.speed import format_speed, measure_speed, speed_summary
 from detlab.provenance import provenance
 from detlab.pruning import MedianStopping
 from detlab.tracking import EvaluationLogger
@@ -114,7 +115,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _speed(cfg: DictConfig, module: DetectionModule, datamodule, device) -> dict[str, Any]:
-    """The speed protocol (detlab.profile) on the trained detector, pre-processing the first val image."""
+    """The speed protocol (detlab.profile.speed) on the trained detector, pre-processing the first val image."""
     predictor = Predictor(
         eval_transform(cfg.data), module.model, module.postprocess, cfg.data.size_divisor,
         datamodule.category_ids, datamodule.class_names,

@@ -8,19 +8,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from detlab.models.box_coder import DeltaXYWHBoxCoder
-from detlab.structures import Batch, HeadOutput, Priors
+from detlab.structures import Batch, BoxCoder, HeadOutput, Priors
 
 
 class DenseDetectionLoss(nn.Module):
     """Named loss terms {"cls", "box"} of a dense head, already weighted; the total is their sum.
 
     cls_loss:  a classification loss (``forward(cls_logits [B, A, C], target_labels [B, A])`` -> sum).
-    box_loss:  a box loss (``forward(box_reg [N, 4], priors [N, 4], gt_boxes [N, 4], coder)`` -> sum).
+    box_loss:  a box loss (``forward(box_reg [N, 4], priors [N, 4], gt_boxes [N, 4], coder, strides [N])`` -> sum).
     box_coder: the coder shared with the post-processing.
     """
 
-    def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, box_coder: DeltaXYWHBoxCoder, box_weight: float = 1.0):
+    uses_objectness = False  # the builder pairs it with heads without one (RetinaNet's, SSD's)
+
+    def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, box_coder: BoxCoder, box_weight: float = 1.0):
         super().__init__()
         self.cls_loss = cls_loss
         self.box_loss = box_loss
@@ -40,7 +41,10 @@ class DenseDetectionLoss(nn.Module):
         normaliser = loss_normaliser(positive)
         cls = self.cls_loss(outputs.cls_logits, target_labels) / normaliser
         prior_boxes = priors.boxes.expand_as(outputs.box_reg)  # [B, A, 4] view
-        box = self.box_loss(outputs.box_reg[positive], prior_boxes[positive], gt_boxes[positive], self.box_coder)
+        strides = priors.strides.expand_as(positive)[positive]  # [N]
+        box = self.box_loss(
+            outputs.box_reg[positive], prior_boxes[positive], gt_boxes[positive], self.box_coder, strides
+        )
         return {"cls": cls, "box": self.box_weight * box / normaliser}
 
 
