@@ -58,14 +58,15 @@ def _check_model(cfg: DictConfig) -> None:
 
     from detlab.models.priors import PriorGenerator
 
-    model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    # Resolved copies, so that switching the files off leaves cfg as it is (interpolations resolved against it).
+    model, loss = (OmegaConf.create(OmegaConf.to_container(node, resolve=True)) for node in (cfg.model, cfg.loss))
     if "weights" in model:
         model.weights = None
     if "pretrained" in model.get("backbone", {}):
         model.backbone.pretrained = False
     try:
         with torch.device("meta"):
-            parts = instantiate(model, cls_loss=cfg.loss, num_classes=1)
+            parts = instantiate(model, cls_loss=loss, num_classes=1)
         priors = getattr(parts.model, "priors", None)
         if isinstance(priors, PriorGenerator):
             priors.check_input(cfg.data.image_size, cfg.data.get("size_divisor", 1))
