@@ -3,7 +3,7 @@
     python -m detlab.bench [--device cuda] [--batch-size 2] [--image-size 512] [--repeats 10] [--json PATH]
     python -m detlab.bench --table PATH     # the README's markdown table of a --json file
 
-Every row times both sides on identical inputs under detlab's speed protocol (detlab.profile: warm-up
+Every row times both sides on identical inputs under detlab's speed protocol (detlab.profile.speed: warm-up
 iterations, device synchronisation around every clock read, the median of the repeats, the two sides
 alternating in every repeat so that anything else on the machine slows both alike) and gives the ratio
 reference / detlab: above 1 detlab is faster.
@@ -54,7 +54,7 @@ from detlab.data.datamodule import eval_transform
 from detlab.evaluation.backends import BACKENDS
 from detlab.evaluation.results_file import evaluate_results_file
 from detlab.inference import Predictor
-from detlab.profile import PRECISIONS, environment, summarize_ms, synchronizer, time_stages
+from detlab.profile.speed import PRECISIONS, environment, summarize_ms, synchronizer, time_stages
 from detlab.structures import Batch, HeadOutput
 
 NUM_CLASSES = 80

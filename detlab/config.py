@@ -2,7 +2,9 @@
 Hydra's own checks cannot make, run before any work starts (validate).
 
 Hydra already rejects a misspelt key (`Key 'imag_size' is not in struct`) and an unknown group option
-(listing the available ones). What is left are combinations: each check names the key and the fix.
+(listing the available ones). What is left are values and combinations, each check naming the key and the fix:
+here the keys and the trainer's; the rules of the model's parts live in the parts and their builders, which
+validate runs by building them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from detlab.errors import ConfigError
 from detlab.evaluation.backends import BACKENDS
@@ -50,12 +52,40 @@ def validate(cfg: DictConfig) -> None:
     _check_positive(cfg, "data.image_size", "data.batch_size", "trainer.max_epochs")
     if cfg.eval.backend not in BACKENDS:
         raise ConfigError(f"eval.backend={cfg.eval.backend!r} is not an evaluator; use one of {BACKENDS}")
-    _check_levels(cfg.model)
-    _check_default_boxes(cfg)
-    _check_yolo(cfg)
-    _check_two_stage(cfg)
     _check_trainer(cfg.trainer)
     _check_optim(cfg.optim)
+    _check_model(cfg)
+
+
+def _check_model(cfg: DictConfig) -> None:
+    """Build the detector's parts as a run would, so that every component and builder checks its own rules (which
+    loss a head takes, one prior entry per level, the levels RoIs pool from, ...) before any data is read; and ask
+    the priors whether they fit the data's input side.
+
+    Built on the meta device (no memory, no arithmetic) for one class, without pretrained or model.weights files:
+    what is checked is the combination, not the weights.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from detlab.models.priors import PriorGenerator
+
+    # Resolved copies, so that switching the files off leaves cfg as it is (interpolations resolved against it).
+    model, loss = (OmegaConf.create(OmegaConf.to_container(node, resolve=True)) for node in (cfg.model, cfg.loss))
+    if "weights" in model:
+        model.weights = None
+    if "pretrained" in model.get("backbone", {}):
+        model.backbone.pretrained = False
+    try:
+        with torch.device("meta"):
+            parts = instantiate(model, cls_loss=loss, num_classes=1)
+        priors = getattr(parts.model, "priors", None)
+        if isinstance(priors, PriorGenerator):
+            priors.check_input(cfg.data.image_size, cfg.data.get("size_divisor", 1))
+    except (ValueError, InstantiationException) as error:
+        while isinstance(error, InstantiationException) and isinstance(error.__cause__, Exception):
+            error = error.__cause__  # Hydra's wrapper: the component's own message is the cause's
+        raise ConfigError(str(error)) from error
 
 
 def _check_moved(cfg: DictConfig) -> None:
@@ -103,19 +133,6 @@ def _check_positive(cfg: DictConfig, *keys: str) -> None:
             raise ConfigError(f"{key}={node!r} must be a positive integer")
 
 
-def _check_levels(model: DictConfig) -> None:
-    """One anchor size per pyramid level: the neck's levels are the backbone's outputs plus extra levels."""
-    if "priors" not in model or "sizes" not in model.priors or "neck" not in model:
-        return
-    levels = len(model.backbone.out_indices) + model.neck.get("num_extra_levels", 0)
-    if len(model.priors.sizes) != levels:
-        raise ConfigError(
-            f"model.priors.sizes has {len(model.priors.sizes)} sizes but the neck makes {levels} levels "
-            f"(model.backbone.out_indices={list(model.backbone.out_indices)} plus "
-            f"model.neck.num_extra_levels={model.neck.get('num_extra_levels', 0)}); give one size per level"
-        )
-
-
 def _check_trainer(trainer: DictConfig) -> None:
     if trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
@@ -135,94 +152,3 @@ def _check_trainer(trainer: DictConfig) -> None:
             "a COCO evaluation; to validate only at the end, set trainer.check_val_every_n_epoch above "
             "trainer.max_epochs"
         )
-
-
-def _check_default_boxes(cfg: DictConfig) -> None:
-    """SSD's default boxes: fractions of exactly data.image_size, one scale and one ratio list per source map."""
-    priors = cfg.model.get("priors")
-    if priors is None or not str(priors.get("_target_", "")).endswith(".DefaultBoxGenerator"):
-        return
-    size = cfg.data.image_size
-    if priors.image_size != size:
-        raise ConfigError(
-            f"model.priors.image_size={priors.image_size} but data.image_size={size}: the default boxes are "
-            "fractions of the input side; set model.priors.image_size='${data.image_size}'"
-        )
-    divisor = cfg.data.get("size_divisor", 1)
-    if divisor > 1 and size % divisor:
-        raise ConfigError(
-            f"data.size_divisor={divisor} pads the {size} px input to {-(-size // divisor) * divisor} px, but the "
-            f"default boxes (model.priors) cover exactly data.image_size={size}; set data.size_divisor=1"
-        )
-    backbone, neck = cfg.model.backbone, cfg.model.neck
-    if "out_indices" not in backbone or "extra_channels" not in neck:
-        return
-    levels = len(backbone.out_indices) + len(neck.extra_channels)
-    if len(priors.aspect_ratios) != levels or len(priors.scales) != levels + 1:
-        raise ConfigError(
-            f"model.priors.aspect_ratios has {len(priors.aspect_ratios)} levels and model.priors.scales "
-            f"{len(priors.scales)} scales, but the network makes {levels} source maps "
-            f"(model.backbone.out_indices={list(backbone.out_indices)} plus {len(neck.extra_channels)} in "
-            f"model.neck.extra_channels); give one ratio list per map and one scale more than maps"
-        )
-
-
-def _check_yolo(cfg: DictConfig) -> None:
-    """YOLO: its head, criterion and loss go together, and one list of anchors per backbone map."""
-    model = cfg.model
-    head = str(model.get("head", {}).get("_target_", ""))
-    criterion = str(model.get("criterion", {}).get("_target_", ""))
-    yolo_loss = criterion.endswith(".YoloLoss")
-    if head.endswith(".YoloHead") != yolo_loss:
-        raise ConfigError(
-            "model.head YoloHead (its objectness output) and model.criterion YoloLoss go together; "
-            f"got model.head={head or None} with model.criterion={criterion or None}"
-        )
-    if not yolo_loss:
-        return
-    from hydra.utils import instantiate  # only to ask the chosen loss how many logits it wants
-
-    if instantiate(cfg.loss).num_outputs(1) != 1:
-        raise ConfigError(
-            f"loss ({cfg.loss._target_}) is a softmax loss with a background logit; YOLO (model=yolov3) "
-            "predicts objectness and independent logistic classes (YOLOv3, section 2.2), so its background is the "
-            "objectness and a softmax over K + 1 has nothing to learn: use loss=focal or loss=bce"
-        )
-    anchors = model.get("priors", {}).get("anchors")
-    if anchors is not None and "out_indices" in model.backbone and len(anchors) != len(model.backbone.out_indices):
-        raise ConfigError(
-            f"model.priors.anchors has {len(anchors)} levels but the backbone returns "
-            f"{len(model.backbone.out_indices)} maps (model.backbone.out_indices={list(model.backbone.out_indices)}); "
-            "give one list of [w, h] anchors per map"
-        )
-
-
-def _check_two_stage(cfg: DictConfig) -> None:
-    """Faster R-CNN: a sigmoid objectness loss for the RPN, and RoI levels among those the neck makes."""
-    model = cfg.model
-    if not str(model.get("_target_", "")).endswith(".two_stage_detector"):
-        return
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate  # to ask the chosen loss for its outputs, the networks for their strides
-
-    rpn_loss = model.rpn.loss
-    if instantiate(rpn_loss).num_outputs(1) != 1:
-        raise ConfigError(
-            f"model.rpn.loss ({rpn_loss._target_}) is a softmax loss with a background logit; the RPN scores each "
-            "anchor with one objectness logit (object or not): use loss@model.rpn.loss=bce or loss@model.rpn.loss=focal"
-        )
-    from detlab.models.heads.roi import check_featmap_names, level_names
-
-    try:
-        # Built on the meta device (no memory, no weights: pretrained off) only to read the levels' strides.
-        with torch.device("meta"):
-            backbone = instantiate(model.backbone, **({"pretrained": False} if "pretrained" in model.backbone else {}))
-            neck = instantiate(model.neck, in_channels=list(backbone.out_channels), in_strides=list(backbone.strides))
-        check_featmap_names(list(model.roi.head.featmap_names), level_names(neck.strides))
-    except (ValueError, InstantiationException) as error:
-        reason = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-        raise ConfigError(
-            f"{reason}. Faster R-CNN pools its RoIs from FPN levels P2-P5 (model.roi.head.featmap_names) over the "
-            "backbone's C2-C5 (model.backbone.out_indices=[1,2,3,4] in ResNet's numbering): choose a backbone and "
-            "levels that make them"
-        ) from error

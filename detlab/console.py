@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from detlab.evaluation.coco_table import format_table
-from detlab.profile import format_complexity, format_speed
+from detlab.profile.cost import format_complexity
+from detlab.profile.speed import format_speed
 
 # Known noise, by message: torch 2.14 deprecates the LeafSpec that Lightning 2.6's _pytree still builds (a
 # FutureWarning on every fit), and Lightning advertises its litlogger service on every Trainer.

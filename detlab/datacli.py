@@ -17,7 +17,7 @@
 It prints, per split, images, objects, classes with counts, object sizes in COCO's small/medium/large,
 objects per image, and every problem (something training leaves out or stops on) and note (repaired without
 loss), each naming the file, the image and the field. `--image-check` also opens every image (missing,
-corrupt, grayscale/RGBA/16-bit, EXIF-rotated). It uses the COCO reader's own checks (detlab.data.coco), so it
+corrupt, grayscale/RGBA/16-bit, EXIF-rotated). It uses the COCO reader's own checks (detlab.data.coco.checker), so it
 reports exactly what training would meet. Exit status 0: no problem; 1: problems, or the data cannot be read.
 
 Each sub-command is one `_<name>` function fed by its own argparse sub-parser. Bad input ends in one clear
@@ -39,7 +39,8 @@ from hydra.utils import instantiate
 from omegaconf.errors import OmegaConfBaseException
 
 from detlab.config import CONF_DIR
-from detlab.data.coco import CheckedCoco, CocoFiles, check_coco, check_coco_dict, empty_problem
+from detlab.data.coco.checker import CheckedCoco, check_coco, check_coco_dict, empty_problem
+from detlab.data.coco.reader import CocoFiles
 from detlab.data.formats.common import ConvertedDataset
 from detlab.data.formats.check import SplitReport, check_images, split_report
 from detlab.data.formats.source import READERS

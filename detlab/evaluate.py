@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "run":
             result = evaluate_checkpoint(checkpoint, args.overrides, args.backend)
         elif args.command == "speed":
-            from detlab.profile import checkpoint_speed, format_speed
+            from detlab.profile.speed import checkpoint_speed, format_speed
 
             protocol = {"batch_size": args.batch_size, "warmup": args.warmup, "repeats": args.repeats}
             if args.precision:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from detlab import bench
-from detlab.profile import environment
+from detlab.profile.speed import environment
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: tests/ and the console entry points
 THROUGHPUT = {"preset": "tv_retinanet_r50_fpn", "batch": 16, "image_size": 640, "precision": "bf16-mixed"}

@@ -1,7 +1,7 @@
 """One object for inference: the eval transform, the model and the post-processing, with the label space.
 
 `Predictor` turns RGB images into detections in original pixels and COCO category ids. Prediction
-(detlab-predict) and the speed protocol (detlab.profile) use it; `Predictor.from_config` builds it from a composed
+(detlab-predict) and the speed protocol (detlab.profile.speed) use it; `Predictor.from_config` builds it from a composed
 config (a preset with `model.weights`, or any model), `Predictor.from_checkpoint` from a trained run.
 """
 

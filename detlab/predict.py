@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from detlab.data.coco import read_rgb
+from detlab.data.coco.reader import read_rgb
 from detlab.errors import ConfigError, DataError, user_errors
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

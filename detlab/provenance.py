@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 import detlab
-from detlab.profile import cpu_name, environment
+from detlab.profile.speed import cpu_name, environment
 
 PACKAGE_DIR = Path(detlab.__file__).resolve().parent
 

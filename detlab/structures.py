@@ -9,8 +9,14 @@ The map between them is per image: ``input = original * scale + offset`` with ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from torch import Tensor
+
+# The two values of an assignment ``matched_gt [B, A]`` that are not an index into the padded targets: the prior
+# learns background, or it takes no classification loss at all. Assigners write them, losses read them.
+BACKGROUND = -1
+IGNORED = -2
 
 
 @dataclass
@@ -106,6 +112,23 @@ class Detections:
     boxes: Tensor
     scores: Tensor
     labels: Tensor
+
+
+class BoxCoder(Protocol):
+    """What the losses, the assigners and the post-processing ask of a box coder (detlab.models.box_coder), so
+    that every coder fits every caller: ``encode`` and ``decode`` over any leading dims.
+
+    strides [...] is the stride of each prior's level. Coders whose deltas are relative to the prior's size
+    alone (DeltaXYWHBoxCoder) do not read it, so the RoI head, whose proposals have no level, passes None.
+    """
+
+    def encode(self, gt_boxes: Tensor, priors: Tensor, strides: Tensor | None = None) -> Tensor:
+        """Targets [..., 4] that take ``priors`` [..., 4] to ``gt_boxes`` [..., 4] (xyxy)."""
+        ...
+
+    def decode(self, box_reg: Tensor, priors: Tensor, strides: Tensor | None = None) -> Tensor:
+        """Boxes [..., 4] xyxy from ``box_reg`` [..., 4] on ``priors`` [..., 4]."""
+        ...
 
 
 def boxes_to_original(boxes_xyxy: Tensor, scales: Tensor, offsets: Tensor) -> Tensor:

@@ -29,7 +29,8 @@ from detlab.errors import check_writable, user_errors
 from detlab.evaluation.figures import plot_error_analysis
 from detlab.inference import Predictor
 from detlab.module import DetectionModule, check_classes
-from detlab.profile import complexity, measure_speed, speed_summary
+from detlab.profile.cost import complexity
+from detlab.profile.speed import measure_speed, speed_summary
 from detlab.provenance import provenance
 from detlab.pruning import MedianStopping
 from detlab.tracking import logger_summary
@@ -123,7 +124,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path, logger) -> list[pl.Callback]:
 
 
 def _speed(cfg: DictConfig, module: DetectionModule, datamodule, device) -> dict[str, Any]:
-    """The speed protocol (detlab.profile) on the trained detector, pre-processing the first val image."""
+    """The speed protocol (detlab.profile.speed) on the trained detector, pre-processing the first val image."""
     predictor = Predictor(
         eval_transform(cfg.data), module.model, module.postprocess, cfg.data.size_divisor,
         datamodule.category_ids, datamodule.class_names,

@@ -1,17 +1,64 @@
-"""Suite-wide settings: W&B never reaches the network, caches live in the test's temp space, few threads; and the
-real-data tier's one way to find its data: $DETLAB_REAL_DATA, with a clear failure when it is not there."""
+"""Suite-wide settings: W&B never reaches the network, caches live in the test's temp space, few threads; the
+real-data tier's one way to find its data: $DETLAB_REAL_DATA, with a clear failure when it is not there; and the
+one factory of hand-made batches (`from tests.conftest import make_batch`)."""
 
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
+
+from detlab.structures import Batch
 
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 REAL_DATASETS = ("raccoon", "coco128")
+
+
+def make_batch(
+    gt_boxes: Tensor | None = None,
+    gt_labels: Tensor | None = None,
+    gt_valid: Tensor | None = None,
+    *,
+    images: Tensor | None = None,
+    size: int | tuple[int, int] = 64,
+    num_images: int | None = None,
+    seed: int | None = None,
+    **fields: Tensor,
+) -> Batch:
+    """A Batch as the collate makes it, from the targets a test cares about.
+
+    gt_boxes [B, M, 4] xyxy input pixels (None: no object, M = 1 invalid row); gt_labels [B, M] (default 0);
+    gt_valid [B, M] (default all True). Rows that are not valid are zeroed, as the collate pads them.
+    images [B, 3, H, W], else zeros of size (H, W) (one int: square), or N(0, 1) drawn from `seed`; B from the
+    boxes, the images or num_images. Every image's content fills it (image_sizes = orig_sizes = (H, W)), ids
+    0..B-1, scale 1 and offset 0; `fields` replaces any of those (image_sizes, image_ids, orig_sizes, scales,
+    offsets).
+    """
+    num = len(gt_boxes) if gt_boxes is not None else len(images) if images is not None else num_images
+    if images is None:
+        height, width = (size, size) if isinstance(size, int) else size
+        shape = (num, 3, height, width)
+        images = torch.zeros(shape) if seed is None else torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    if gt_boxes is None:
+        gt_boxes, gt_valid = torch.zeros(num, 1, 4), torch.zeros(num, 1, dtype=torch.bool)
+    if gt_valid is None:
+        gt_valid = torch.ones(gt_boxes.shape[:2], dtype=torch.bool)
+    if gt_labels is None:
+        gt_labels = torch.zeros(gt_boxes.shape[:2], dtype=torch.int64)
+    content = torch.tensor([images.shape[-2:]] * num)
+    defaults = {"image_sizes": content, "image_ids": torch.arange(num), "orig_sizes": content,
+                "scales": torch.ones(num, 2), "offsets": torch.zeros(num, 2)}
+    return Batch(
+        images=images,
+        gt_boxes=torch.where(gt_valid[..., None], gt_boxes, 0.0),
+        gt_labels=torch.where(gt_valid, gt_labels, 0),
+        gt_valid=gt_valid,
+        **{**defaults, **fields},
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +122,7 @@ TV_PHOTOS = {9: "000000000009.jpg", 36: "000000000036.jpg", 49: "000000000049.jp
 def tv_retinanet_on_coco128(tv_retinanet, real_data):
     """Three coco128 photographs (640x480, 481x640, 381x500) as RGB arrays {image id: array}, and torchvision's
     own detections of them, run as one batch (`model.eval()(images)`: boxes in original pixels, label = COCO id)."""
-    from detlab.data.coco import read_rgb
+    from detlab.data.coco.reader import read_rgb
 
     photos = {i: read_rgb(real_data / "coco128" / "train2017" / name) for i, name in TV_PHOTOS.items()}
     with torch.no_grad():

@@ -1,13 +1,16 @@
-"""Every option of every config group composes, validates and instantiates; bad configs stop with the key."""
+"""Every option of every config group composes, validates and instantiates (every model with every loss runs one
+tiny batch); bad configs stop with the key."""
 
 from pathlib import Path
 
 import pytest
-from hydra.errors import ConfigCompositionException, InstantiationException
+import torch
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from detlab.config import ConfigError, compose_train, validate
+from tests.conftest import make_batch
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -21,21 +24,60 @@ def test_every_group_has_options():
         assert options(group), f"conf/{group} is empty"
 
 
+# The pairs a model refuses, and the fix its message names: YOLO's background is its objectness (no softmax
+# loss); torchvision's RetinaNet head trains its own sigmoid focal loss.
+SOFTMAX_LOSSES = ("ce", "ce_ohem", "softmax_focal")
+REFUSED = {
+    **{("yolov3", loss): "use loss=focal or loss=bce" for loss in SOFTMAX_LOSSES},
+    **{("torchvision_retinanet", loss): "use loss=focal" for loss in ("bce", *SOFTMAX_LOSSES)},
+}
+# The smallest input each model takes: SSD's extra layers end in unpadded 3 x 3 convs, so SSD keeps its own size.
+TINY_INPUT = {"ssd300": 300, "ssd512": 512, "tv_ssd300_vgg16": 300}
+# A light backbone where the preset's is heavy (VGG16 at 300 px, ResNet-50, DarkNet-53 take a minute per pair on 2
+# shared cores): the same maps and strides, so the neck, head, priors, assigner, loss and post-processing are the
+# preset's. The heavy backbones themselves are built in test_every_backbone_builds_into_the_default_detector.
+SSD_ON_RESNET18 = ["model/backbone=resnet18", "model.backbone.out_indices=[2,3]"]  # C3, C4: VGG16's strides 8, 16
+LIGHT = {
+    "ssd300": SSD_ON_RESNET18, "ssd512": SSD_ON_RESNET18, "tv_ssd300_vgg16": SSD_ON_RESNET18,
+    "tv_retinanet_r50_fpn": ["model.backbone.depth=18"], "tv_fasterrcnn_r50_fpn": ["model.backbone.depth=18"],
+    "yolov3": ["model/backbone=darknet_tiny"],
+}
+
+
 @pytest.mark.parametrize("model", options("model"))
 @pytest.mark.parametrize("loss", options("loss"))
-def test_every_model_builds_with_every_loss_or_refuses_it_with_the_reason(model, loss):
-    cfg = compose_train([f"model={model}", f"loss={loss}"])
-    if model == "yolov3" and instantiate(cfg.loss).num_outputs(1) != 1:  # a softmax loss: YOLO's background is objectness
-        with pytest.raises(ConfigError, match="use loss=focal or loss=bce"):
+def test_every_model_runs_with_every_loss_or_refuses_it_with_the_reason(model, loss):
+    """Each pair builds from the configs and runs forward, assignment, loss and post-processing on one tiny batch:
+    every loss term finite with a gradient in the model (with a light backbone: LIGHT), and detections in the label space 0..K-1 (with the
+    score threshold at 0, every class output is a candidate, so a softmax background column decoded as a class
+    would show as label K)."""
+    size = TINY_INPUT.get(model, 64)
+    cfg = compose_train([f"model={model}", f"loss={loss}", f"data.image_size={size}"])
+    if (model, loss) in REFUSED:
+        with pytest.raises(ConfigError, match=REFUSED[model, loss]):
             validate(cfg)
         return
-    validate(cfg)
-    if model == "torchvision_retinanet" and loss != "focal":  # torchvision's head trains a sigmoid focal loss only
-        with pytest.raises(InstantiationException, match="use loss=focal"):
-            instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
-        return
-    parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
-    assert callable(parts.model) and callable(parts.assigner) and callable(parts.criterion) and callable(parts.postprocess)
+    validate(cfg)  # the preset itself, with its own backbone
+    cfg = compose_train([f"model={model}", f"loss={loss}", f"data.image_size={size}", *LIGHT.get(model, [])])
+    torch.manual_seed(0)
+    model_, assigner, criterion, postprocess = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
+    scale = size / 64
+    batch = make_batch(torch.tensor([[[8.0, 10.0, 40.0, 44.0]]]) * scale, torch.tensor([[2]]), size=size, seed=0)
+    outputs, priors = model_(batch.images, targets=batch)
+    losses = criterion(outputs, priors, assigner(outputs, priors, batch), batch)
+    assert losses and all(value.dim() == 0 and torch.isfinite(value) for value in losses.values()), losses
+    sum(losses.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model_.parameters())
+
+    model_.eval()
+    lowered = hasattr(postprocess, "score_thresh")  # torchvision_retinanet keeps torchvision's own 0.05
+    if lowered:
+        postprocess.score_thresh = 0.0
+    with torch.no_grad():
+        (detections,) = postprocess(*model_(batch.images), batch)
+    assert detections.boxes.shape == (len(detections.scores), 4) and detections.labels.shape == detections.scores.shape
+    assert (len(detections.scores) > 0 or not lowered) and ((detections.scores >= 0) & (detections.scores <= 1)).all()
+    assert ((detections.labels >= 0) & (detections.labels < 3)).all(), detections.labels.unique()
 
 
 # VGG16 gives two maps (conv4_3, fc7): RetinaNet's five levels need three extra ones on top of them.
@@ -52,8 +94,6 @@ def test_every_backbone_builds_into_the_default_detector(backbone):
 
 @pytest.mark.parametrize("optim", options("optim"))
 def test_optim_options_instantiate(optim):
-    import torch
-
     cfg = compose_train([f"optim={optim}"])
     optimizer = instantiate(cfg.optim.optimizer)([torch.nn.Parameter(torch.zeros(2))])
     assert optimizer.param_groups[0]["lr"] == cfg.optim.optimizer.lr
@@ -68,8 +108,6 @@ def test_trainer_options_instantiate(trainer, tmp_path):
 
 
 def test_gpu_trainer_without_cuda_names_the_key():
-    import torch
-
     cfg = compose_train(["trainer=gpu"])
     if torch.cuda.is_available():
         validate(cfg)

@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
 from detlab.config import compose_train, validate
-from detlab.report import Group, find_baseline, parse_overrides
+from detlab.report.runs import Group, find_baseline, parse_overrides
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

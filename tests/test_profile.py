@@ -11,12 +11,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from detlab import profile
 from detlab.config import compose_train
 from detlab.errors import CheckpointError
 from detlab.data.transforms import DetectionTransform
 from detlab.inference import Predictor
-from detlab.profile import complexity, measure_speed, speed_summary, synchronizer, time_stages
+from detlab.profile import speed as protocol
+from detlab.profile.cost import complexity
+from detlab.profile.speed import measure_speed, speed_summary, synchronizer, time_stages
 
 
 
@@ -137,7 +138,7 @@ def test_cuda_devices_are_synchronised_and_cpu_is_not(monkeypatch):
 def test_measure_speed_synchronises_the_cuda_device_it_runs_on(monkeypatch):
     """On a (fake) CUDA device the protocol synchronises before and after every stage of every iteration."""
     calls = []
-    monkeypatch.setattr(profile, "synchronizer", lambda device: lambda: calls.append(device))
+    monkeypatch.setattr(protocol, "synchronizer", lambda device: lambda: calls.append(device))
     # the tensors stay on the CPU: only the device argument says CUDA (this machine has no GPU)
     monkeypatch.setattr(nn.Module, "to", lambda self, *a, **k: self)
     monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)
@@ -188,11 +189,11 @@ def test_checkpoint_speed_rebuilds_the_trained_model(tmp_path, monkeypatch):
     torch.save({"hyper_parameters": hparams, "state_dict": state, "global_step": 7}, checkpoint)
 
     seen = {}
-    monkeypatch.setattr(profile, "measure_speed", lambda det, **kw: seen.update(detector=det, **kw))
-    profile.checkpoint_speed(checkpoint, ["data.image_size=96"], device="cpu", repeats=3)
+    monkeypatch.setattr(protocol, "measure_speed", lambda det, **kw: seen.update(detector=det, **kw))
+    protocol.checkpoint_speed(checkpoint, ["data.image_size=96"], device="cpu", repeats=3)
     loaded = seen["detector"].model.state_dict()
     assert all(torch.equal(loaded[k.removeprefix("model.")], v) for k, v in state.items())
     assert seen["detector"].transform.image_size == 96 and seen["precision"] == "bf16-mixed" and seen["repeats"] == 3
     assert callable(seen["detector"].postprocess)
     with pytest.raises(CheckpointError, match="no checkpoint at .*missing.ckpt"):
-        profile.checkpoint_speed(tmp_path / "missing.ckpt")
+        protocol.checkpoint_speed(tmp_path / "missing.ckpt")

@@ -12,21 +12,12 @@ import PIL.Image
 import pytest
 import yaml
 
-from detlab.report import (
-    Interval,
-    ReportError,
-    _error_bar,
-    compare,
-    find_runs,
-    group_runs,
-    main,
-    mean_interval,
-    pareto_front,
-    plot_metrics,
-    plot_speed_accuracy,
-    welch_interval,
-    write_report,
-)
+from detlab.report import main
+from detlab.report.plots import _error_bar, pareto_front, plot_metrics, plot_speed_accuracy
+from detlab.report.runs import ReportError, find_runs, group_runs
+from detlab.report.stats import Interval, mean_interval, welch_interval
+from detlab.report.study import write_report
+from detlab.report.tables import compare
 
 STUDY = ["experiment=focal_gamma", "trainer.max_epochs=2"]
 

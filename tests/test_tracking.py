@@ -42,17 +42,17 @@ def test_logged_image_is_the_input_in_0_255_with_both_box_sets():
     from PIL import Image
 
     from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from detlab.structures import Batch, Detections
+    from detlab.structures import Detections
     from detlab.tracking import wandb_images
+    from tests.conftest import make_batch
 
     rgb = torch.randint(0, 256, (2, 3, 12, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     images = TF.normalize(rgb.float() / 255, IMAGENET_MEAN, IMAGENET_STD)  # the eval transform's normalisation
-    batch = Batch(
+    batch = make_batch(
+        torch.tensor([[[1.0, 2.0, 9.0, 10.0], [0, 0, 0, 0]], [[3.0, 3.0, 5.0, 6.0], [4.0, 1.0, 15.0, 11.0]]]),
+        torch.tensor([[1, 0], [0, 1]]),
+        torch.tensor([[True, False], [True, True]]),
         images=images,
-        gt_boxes=torch.tensor([[[1.0, 2.0, 9.0, 10.0], [0, 0, 0, 0]], [[3.0, 3.0, 5.0, 6.0], [4.0, 1.0, 15.0, 11.0]]]),
-        gt_labels=torch.tensor([[1, 0], [0, 1]]),
-        gt_valid=torch.tensor([[True, False], [True, True]]),
-        image_sizes=torch.tensor([[12, 16], [12, 16]]),
         image_ids=torch.tensor([7, 9]),
         orig_sizes=torch.tensor([[6, 8], [12, 16]]),
         scales=torch.tensor([[2.0, 2.0], [1.0, 1.0]]),

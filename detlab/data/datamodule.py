@@ -24,7 +24,8 @@ import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, get_worker_info
 
-from detlab.data.coco import MAX_LISTED, CocoDetection, CocoFiles, problem_report
+from detlab.data.coco.checker import MAX_LISTED, problem_report
+from detlab.data.coco.reader import CocoDetection, CocoFiles
 from detlab.data.collate import collate
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
 from detlab.errors import DataError

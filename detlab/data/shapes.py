@@ -29,7 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detlab.data.coco import CocoFiles, default_cache_dir, write_cache_folder
+from detlab.data.coco.reader import CocoFiles, default_cache_dir, write_cache_folder
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
-from detlab.models.box_coder import DeltaXYWHBoxCoder
+from detlab.structures import BoxCoder
 
 
 class SmoothL1Loss(nn.Module):
@@ -25,22 +25,29 @@ class SmoothL1Loss(nn.Module):
     def extra_repr(self) -> str:
         return f"beta={self.beta:.4f}"
 
-    def forward(self, box_reg: Tensor, priors: Tensor, gt_boxes: Tensor, coder: DeltaXYWHBoxCoder) -> Tensor:
-        """Sum over predicted deltas box_reg [N, 4] against the encoded gt_boxes [N, 4] of priors [N, 4]."""
-        return F.smooth_l1_loss(box_reg.float(), coder.encode(gt_boxes, priors), beta=self.beta, reduction="sum")
+    def forward(
+        self, box_reg: Tensor, priors: Tensor, gt_boxes: Tensor, coder: BoxCoder, strides: Tensor | None = None
+    ) -> Tensor:
+        """Sum over predicted deltas box_reg [N, 4] against gt_boxes [N, 4] encoded on priors [N, 4] of strides [N]."""
+        targets = coder.encode(gt_boxes, priors, strides)
+        return F.smooth_l1_loss(box_reg.float(), targets, beta=self.beta, reduction="sum")
 
 
 class L1Loss(nn.Module):
     """Absolute difference of deltas."""
 
-    def forward(self, box_reg: Tensor, priors: Tensor, gt_boxes: Tensor, coder: DeltaXYWHBoxCoder) -> Tensor:
-        """Sum over predicted deltas box_reg [N, 4] against the encoded gt_boxes [N, 4] of priors [N, 4]."""
-        return F.l1_loss(box_reg.float(), coder.encode(gt_boxes, priors), reduction="sum")
+    def forward(
+        self, box_reg: Tensor, priors: Tensor, gt_boxes: Tensor, coder: BoxCoder, strides: Tensor | None = None
+    ) -> Tensor:
+        """Sum over predicted deltas box_reg [N, 4] against gt_boxes [N, 4] encoded on priors [N, 4] of strides [N]."""
+        return F.l1_loss(box_reg.float(), coder.encode(gt_boxes, priors, strides), reduction="sum")
 
 
 class GIoULoss(nn.Module):
     """1 - generalised IoU between the decoded predictions and the gt boxes (Rezatofighi et al. 2019)."""
 
-    def forward(self, box_reg: Tensor, priors: Tensor, gt_boxes: Tensor, coder: DeltaXYWHBoxCoder) -> Tensor:
-        """Sum over the boxes decoded from box_reg [N, 4] and priors [N, 4] against gt_boxes [N, 4] (xyxy)."""
-        return generalized_box_iou_loss(coder.decode(box_reg, priors), gt_boxes.float(), reduction="sum")
+    def forward(
+        self, box_reg: Tensor, priors: Tensor, gt_boxes: Tensor, coder: BoxCoder, strides: Tensor | None = None
+    ) -> Tensor:
+        """Sum over the boxes decoded from box_reg [N, 4] on priors [N, 4] of strides [N] against gt_boxes [N, 4]."""
+        return generalized_box_iou_loss(coder.decode(box_reg, priors, strides), gt_boxes.float(), reduction="sum")

@@ -11,22 +11,23 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from detlab.errors import ConfigError
-from detlab.models.box_coder import DeltaXYWHBoxCoder
-from detlab.structures import Batch, HeadOutput, Priors
+from detlab.structures import Batch, BoxCoder, HeadOutput, Priors
 
 
 class DenseDetectionLoss(nn.Module):
     """Named loss terms {"cls", "box"} of a dense head, already weighted; the total is their sum.
 
     cls_loss:  a classification loss (``forward(cls_logits [B, A, C], target_labels [B, A])`` -> sum).
-    box_loss:  a box loss (``forward(box_reg [N, 4], priors [N, 4], gt_boxes [N, 4], coder)`` -> sum).
+    box_loss:  a box loss (``forward(box_reg [N, 4], priors [N, 4], gt_boxes [N, 4], coder, strides [N])`` -> sum).
     box_coder: the coder shared with the post-processing.
     normalize: "batch": each term's sum over the batch / the batch's positives; "image": each image's sum / its
                own positives, then the mean over the images. They agree when every image has as many positives;
                per image, the priors of an image with few positives weigh more.
     """
 
-    def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, box_coder: DeltaXYWHBoxCoder, box_weight: float = 1.0,
+    uses_objectness = False  # the builder pairs it with heads without one (RetinaNet's, SSD's)
+
+    def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, box_coder: BoxCoder, box_weight: float = 1.0,
                  normalize: str = "batch"):
         super().__init__()
         if normalize not in ("batch", "image"):
@@ -49,18 +50,20 @@ class DenseDetectionLoss(nn.Module):
         target_labels = torch.where(positive, gt_labels, matched_gt)  # keeps -1 background, -2 ignored
 
         prior_boxes = priors.boxes.expand_as(outputs.box_reg)  # [B, A, 4] view
+        strides = priors.strides.expand_as(positive)  # [B, A]
         if self.normalize == "batch":
             normaliser = loss_normaliser(positive)
             cls = self.cls_loss(outputs.cls_logits, target_labels) / normaliser
-            box = self.box_loss(outputs.box_reg[positive], prior_boxes[positive], gt_boxes[positive], self.box_coder)
+            box = self.box_loss(outputs.box_reg[positive], prior_boxes[positive], gt_boxes[positive], self.box_coder,
+                                strides[positive])
             return {"cls": cls, "box": self.box_weight * box / normaliser}
         # Per image: the losses return sums, so one call per image (B is small; the sums are the same maths).
         cls, box = [], []
         for i, pos in enumerate(positive):
             normaliser = pos.sum().clamp(min=1).float()
             cls.append(self.cls_loss(outputs.cls_logits[i : i + 1], target_labels[i : i + 1]) / normaliser)
-            box.append(self.box_loss(outputs.box_reg[i][pos], prior_boxes[i][pos], gt_boxes[i][pos], self.box_coder)
-                       / normaliser)
+            box.append(self.box_loss(outputs.box_reg[i][pos], prior_boxes[i][pos], gt_boxes[i][pos], self.box_coder,
+                                     strides[i][pos]) / normaliser)
         return {"cls": torch.stack(cls).mean(), "box": self.box_weight * torch.stack(box).mean()}
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detlab.models.assigners import IGNORED
+from detlab.structures import IGNORED
 
 # Entries of the logits per pass on the CPU, so that the pass's few [rows, C] temporaries (1 MB each) are reused
 # rather than mapped afresh. RetinaNet's focal loss + backward at 512 px, batch 8 (31 M logits), 1 thread, on

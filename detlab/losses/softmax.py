@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detlab.models.assigners import IGNORED
+from detlab.structures import IGNORED
 
 
 def softmax_targets(cls_logits: Tensor, target_labels: Tensor) -> tuple[Tensor, Tensor]:

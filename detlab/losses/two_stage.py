@@ -12,9 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from detlab.losses.dense import loss_normaliser
-from detlab.models.assigners import IGNORED
-from detlab.models.box_coder import DeltaXYWHBoxCoder
-from detlab.structures import Batch, Priors, TwoStageOutput
+from detlab.structures import IGNORED, Batch, BoxCoder, Priors, TwoStageOutput
 
 
 class TwoStageLoss(nn.Module):
@@ -32,10 +30,10 @@ class TwoStageLoss(nn.Module):
         self,
         rpn_cls_loss: nn.Module,
         rpn_box_loss: nn.Module,
-        rpn_box_coder: DeltaXYWHBoxCoder,
+        rpn_box_coder: BoxCoder,
         cls_loss: nn.Module,
         box_loss: nn.Module,
-        box_coder: DeltaXYWHBoxCoder,
+        box_coder: BoxCoder,
         rpn_cls_weight: float = 1.0,
         rpn_box_weight: float = 1.0,
         cls_weight: float = 1.0,
@@ -44,8 +42,9 @@ class TwoStageLoss(nn.Module):
         super().__init__()
         if rpn_cls_loss.num_outputs(1) != 1:
             raise ValueError(
-                f"model.rpn.loss must be a sigmoid loss (bce or focal), not {type(rpn_cls_loss).__name__}: the RPN "
-                "scores each anchor with one objectness logit, there is no background logit to softmax against"
+                f"model.rpn.loss must be a sigmoid loss, not {type(rpn_cls_loss).__name__}: the RPN scores each "
+                "anchor with one objectness logit (object or not), there is no background logit to softmax against; "
+                "use loss@model.rpn.loss=bce or loss@model.rpn.loss=focal"
             )
         weights = {"rpn_cls": rpn_cls_weight, "rpn_box": rpn_box_weight, "cls": cls_weight, "box": box_weight}
         for key, value in weights.items():
@@ -84,7 +83,8 @@ class TwoStageLoss(nn.Module):
         objectness = self.rpn_cls_loss(outputs.rpn.cls_logits, torch.where(positive, 0, matched_gt))
         gt_boxes = _matched_boxes(batch, matched_gt, positive)  # [N, 4]
         anchors = priors.boxes.expand_as(outputs.rpn.box_reg)[positive]  # [N, 4]
-        box = self.rpn_box_loss(outputs.rpn.box_reg[positive], anchors, gt_boxes, self.rpn_box_coder)
+        strides = priors.strides.expand_as(positive)[positive]  # [N]
+        box = self.rpn_box_loss(outputs.rpn.box_reg[positive], anchors, gt_boxes, self.rpn_box_coder, strides)
         return objectness / normaliser, box / normaliser
 
     def _roi_terms(self, outputs: TwoStageOutput, batch: Batch) -> tuple[Tensor, Tensor]:

@@ -13,37 +13,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detlab.losses.dense import loss_normaliser
-from detlab.models.box_coder import StridedBoxCoder, YoloBoxCoder, bind_strides
-from detlab.structures import Batch, HeadOutput, Priors
+from detlab.structures import Batch, BoxCoder, HeadOutput, Priors
 
 
 class YoloLoss(nn.Module):
     """Named loss terms {"obj", "cls", "box"} of a YOLO head, already weighted; the total is their sum.
 
     cls_loss:  a sigmoid classification loss (``forward(logits [B, A, C], target_labels [B, A])`` -> sum), used
-               for the objectness (C = 1) and the classes (C = K). Softmax losses are refused: YOLOv3's classes
-               are independent logistic outputs given an object, the background is the objectness' business.
-    box_loss:  a box loss (``forward(box_reg [N, 4], priors [N, 4], gt_boxes [N, 4], coder)`` -> sum):
+               for the objectness (C = 1) and the classes (C = K). YoloHead, the head this criterion goes with,
+               refuses softmax losses: its background is the objectness' business.
+    box_loss:  a box loss (``forward(box_reg [N, 4], priors [N, 4], gt_boxes [N, 4], coder, strides [N])`` -> sum):
                detlab.losses.box.GIoULoss, or YoloXYWHLoss below (the paper's terms).
-    box_coder: the coder shared with the post-processing (YoloBoxCoder; its strides are bound per positive).
+    box_coder: the coder shared with the post-processing (YoloBoxCoder: it reads each positive's stride).
     obj_weight, cls_weight, box_weight: multiply the three normalised terms.
     """
+
+    uses_objectness = True  # the builder pairs it with a head that predicts one (YoloHead)
 
     def __init__(
         self,
         cls_loss: nn.Module,
         box_loss: nn.Module,
-        box_coder: YoloBoxCoder,
+        box_coder: BoxCoder,
         obj_weight: float = 1.0,
         cls_weight: float = 1.0,
         box_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        if cls_loss.num_outputs(1) != 1:
-            raise ValueError(
-                f"YOLO takes a sigmoid classification loss (loss=focal or loss=bce), not {type(cls_loss).__name__}: "
-                "its objectness models the background, so a softmax background logit has nothing to learn"
-            )
         for key, value in (("obj_weight", obj_weight), ("cls_weight", cls_weight), ("box_weight", box_weight)):
             if value < 0:
                 raise ValueError(f"model.criterion.{key}={value} must be >= 0")
@@ -71,9 +67,10 @@ class YoloLoss(nn.Module):
         gt_labels = batch.gt_labels[image_index, gt_index]
         cls = self.cls_loss(outputs.cls_logits[positive][None], gt_labels[None])
 
-        coder = bind_strides(self.box_coder, priors.strides.expand_as(positive)[positive])
+        strides = priors.strides.expand_as(positive)[positive]  # [N]
         prior_boxes = priors.boxes.expand_as(outputs.box_reg)[positive]  # [N, 4]
-        box = self.box_loss(outputs.box_reg[positive], prior_boxes, batch.gt_boxes[image_index, gt_index], coder)
+        gt_boxes = batch.gt_boxes[image_index, gt_index]  # [N, 4]
+        box = self.box_loss(outputs.box_reg[positive], prior_boxes, gt_boxes, self.box_coder, strides)
         return {
             "obj": self.obj_weight * obj / normaliser,
             "cls": self.cls_weight * cls / normaliser,
@@ -90,10 +87,12 @@ class YoloXYWHLoss(nn.Module):
     needs the image size, which the box-loss interface does not carry, so it is left out.
     """
 
-    def forward(self, box_reg: Tensor, priors: Tensor, gt_boxes: Tensor, coder: StridedBoxCoder) -> Tensor:
-        """Sum over predictions box_reg [N, 4] against gt_boxes [N, 4] (xyxy) on priors [N, 4]."""
+    def forward(
+        self, box_reg: Tensor, priors: Tensor, gt_boxes: Tensor, coder: BoxCoder, strides: Tensor | None = None
+    ) -> Tensor:
+        """Sum over predictions box_reg [N, 4] against gt_boxes [N, 4] (xyxy) on priors [N, 4] of strides [N]."""
         box_reg = box_reg.float()
-        targets = coder.encode(gt_boxes, priors)
+        targets = coder.encode(gt_boxes, priors, strides)
         xy = F.binary_cross_entropy_with_logits(box_reg[:, :2], targets[:, :2].sigmoid(), reduction="sum")
         return xy + (box_reg[:, 2:] - targets[:, 2:]).square().sum()
 

@@ -11,11 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
-from detlab.models.box_coder import YoloBoxCoder, bind_strides
-from detlab.structures import Batch, HeadOutput, Priors
-
-BACKGROUND = -1
-IGNORED = -2
+from detlab.structures import BACKGROUND, IGNORED, Batch, BoxCoder, HeadOutput, Priors
 
 
 def batched_box_iou(gt_boxes: Tensor, priors: Tensor) -> Tensor:
@@ -212,7 +208,7 @@ class YoloAssigner(nn.Module):
     box_coder:  the coder of the predictions (the model's box_coder); needed when ignore_iou is set.
     """
 
-    def __init__(self, ignore_iou: float | None = 0.5, box_coder: YoloBoxCoder | None = None):
+    def __init__(self, ignore_iou: float | None = 0.5, box_coder: BoxCoder | None = None):
         super().__init__()
         if ignore_iou is not None and not 0.0 < ignore_iou <= 1.0:
             raise ValueError(f"assigner.ignore_iou must be in (0, 1] or null, got {ignore_iou}")
@@ -231,8 +227,7 @@ class YoloAssigner(nn.Module):
         gt_boxes, valid = batch.gt_boxes.float(), batch.gt_valid
         matched = torch.full(outputs.box_reg.shape[:2], BACKGROUND, dtype=torch.int64, device=gt_boxes.device)
         if self.ignore_iou is not None:
-            coder = bind_strides(self.box_coder, priors.strides)
-            predicted = coder.decode(outputs.box_reg, priors.boxes)  # [B, A, 4]
+            predicted = self.box_coder.decode(outputs.box_reg, priors.boxes, priors.strides)  # [B, A, 4]
             iou = box_iou(gt_boxes, predicted)  # [B, M, A]: torchvision's box_iou broadcasts leading dims
             overlaps = (torch.where(valid[:, :, None], iou, 0.0) > self.ignore_iou).any(dim=1)  # [B, A]
             matched = torch.where(overlaps, IGNORED, matched)

@@ -1,7 +1,10 @@
-"""The (dx, dy, dw, dh) box coder of Faster R-CNN and RetinaNet (torchvision's BoxCoder, over any leading dims).
+"""Box coders: the (dx, dy, dw, dh) deltas of Faster R-CNN, RetinaNet and SSD (torchvision's BoxCoder, over any
+leading dims) and YOLOv3's grid-cell offsets.
 
-One instance feeds both the loss (encode the targets) and the post-processing (decode the predictions), so
-the two cannot disagree. The coder is pure: no parameters, no state beyond its hyper-parameters.
+Every coder has the one signature of ``detlab.structures.BoxCoder``: ``encode(gt_boxes, priors, strides)`` and
+``decode(box_reg, priors, strides)``, with the prior boxes and the stride of the level each prior sits on. One
+instance feeds both the loss (encode the targets) and the post-processing (decode the predictions), so the two
+cannot disagree. A coder is pure: no parameters, no state beyond its hyper-parameters.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ class DeltaXYWHBoxCoder:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weights={self.weights}, clamp={self.clamp:.4f})"
 
-    def encode(self, gt_boxes: Tensor, priors: Tensor) -> Tensor:
-        """Deltas [..., 4] that take ``priors`` [..., 4] to ``gt_boxes`` [..., 4] (xyxy; leading dims broadcast)."""
+    def encode(self, gt_boxes: Tensor, priors: Tensor, strides: Tensor | None = None) -> Tensor:
+        """Deltas [..., 4] that take ``priors`` [..., 4] to ``gt_boxes`` [..., 4] (xyxy; leading dims broadcast).
+        The deltas are relative to the prior's size: ``strides`` plays no part."""
         wx, wy, ww, wh = self.weights
         gx, gy, gw, gh = _centre_size(gt_boxes.float())
         px, py, pw, ph = _centre_size(priors.float())
@@ -50,8 +54,9 @@ class DeltaXYWHBoxCoder:
         dh = wh * torch.log(gh / ph)
         return torch.stack((dx, dy, dw, dh), dim=-1)
 
-    def decode(self, deltas: Tensor, priors: Tensor) -> Tensor:
-        """Boxes [..., 4] xyxy from ``deltas`` [..., 4] applied to ``priors`` [..., 4] (leading dims broadcast)."""
+    def decode(self, deltas: Tensor, priors: Tensor, strides: Tensor | None = None) -> Tensor:
+        """Boxes [..., 4] xyxy from ``deltas`` [..., 4] applied to ``priors`` [..., 4] (leading dims broadcast).
+        The deltas are relative to the prior's size: ``strides`` plays no part."""
         wx, wy, ww, wh = self.weights
         deltas = deltas.float()
         px, py, pw, ph = _centre_size(priors.float())
@@ -69,16 +74,12 @@ class YoloBoxCoder:
         cx = px + (sigmoid(tx) - 0.5) * stride,  w = pw * exp(tw)     (and y, h alike)
 
     with (px, py) the prior's centre, the middle of its cell. The offsets are in grid cells, so encode and decode
-    also take each prior's stride (as mmdetection's YOLOBBoxCoder); ``at(strides)`` binds them, giving the
-    ``encode(gt, priors)`` / ``decode(box_reg, priors)`` interface of the other coders to the box losses and the
-    post-processing (which look for ``needs_strides``).
+    read each prior's stride (as mmdetection's YOLOBBoxCoder).
 
     eps:   encode clamps the centre offset to [eps, 1 - eps] of the cell, so that a centre on the cell's edge
            has a finite logit.
     clamp: upper bound on the decoded tw, th, so that exp() cannot overflow on a wild prediction.
     """
-
-    needs_strides = True
 
     def __init__(self, eps: float = 1e-3, clamp: float = math.log(1000 / 16)):
         if not 0 < eps < 0.5:
@@ -91,49 +92,33 @@ class YoloBoxCoder:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps}, clamp={self.clamp:.4f})"
 
-    def encode(self, gt_boxes: Tensor, priors: Tensor, strides: Tensor) -> Tensor:
+    def encode(self, gt_boxes: Tensor, priors: Tensor, strides: Tensor | None = None) -> Tensor:
         """(tx, ty, tw, th) [..., 4] that take ``priors`` [..., 4] of ``strides`` [...] to ``gt_boxes`` [..., 4]."""
         gx, gy, gw, gh = _centre_size(gt_boxes.float())
         px, py, pw, ph = _centre_size(priors.float())
-        stride = strides.float()
+        stride = _required(strides).float()
         offset_x = ((gx - px) / stride + 0.5).clamp(self.eps, 1 - self.eps)
         offset_y = ((gy - py) / stride + 0.5).clamp(self.eps, 1 - self.eps)
         tw, th = torch.log(gw / pw), torch.log(gh / ph)
         return torch.stack((torch.logit(offset_x), torch.logit(offset_y), tw, th), dim=-1)
 
-    def decode(self, box_reg: Tensor, priors: Tensor, strides: Tensor) -> Tensor:
+    def decode(self, box_reg: Tensor, priors: Tensor, strides: Tensor | None = None) -> Tensor:
         """Boxes [..., 4] xyxy from ``box_reg`` [..., 4] on ``priors`` [..., 4] of ``strides`` [...]."""
         box_reg = box_reg.float()
         px, py, pw, ph = _centre_size(priors.float())
-        stride = strides.float()
+        stride = _required(strides).float()
         cx = px + (box_reg[..., 0].sigmoid() - 0.5) * stride
         cy = py + (box_reg[..., 1].sigmoid() - 0.5) * stride
         w = torch.exp(box_reg[..., 2].clamp(max=self.clamp)) * pw
         h = torch.exp(box_reg[..., 3].clamp(max=self.clamp)) * ph
         return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
 
-    def at(self, strides: Tensor) -> StridedBoxCoder:
-        """This coder with the strides [...] of the priors it will see bound, as a two-argument coder."""
-        return StridedBoxCoder(self, strides)
 
-
-class StridedBoxCoder:
-    """A YoloBoxCoder with its priors' strides bound: encode(gt, priors) and decode(box_reg, priors)."""
-
-    def __init__(self, coder: YoloBoxCoder, strides: Tensor) -> None:
-        self.coder = coder
-        self.strides = strides
-
-    def encode(self, gt_boxes: Tensor, priors: Tensor) -> Tensor:
-        return self.coder.encode(gt_boxes, priors, self.strides)
-
-    def decode(self, box_reg: Tensor, priors: Tensor) -> Tensor:
-        return self.coder.decode(box_reg, priors, self.strides)
-
-
-def bind_strides(
-    coder: DeltaXYWHBoxCoder | YoloBoxCoder, strides: Tensor
-) -> DeltaXYWHBoxCoder | StridedBoxCoder:
-    """``coder`` as a two-argument encode(gt, priors) / decode(box_reg, priors) for priors of ``strides`` [...]:
-    grid-cell coders (``needs_strides``, YOLO's) get them bound, the others are returned as they are."""
-    return coder.at(strides) if getattr(coder, "needs_strides", False) else coder
+def _required(strides: Tensor | None) -> Tensor:
+    """The priors' strides, which grid-cell offsets cannot do without."""
+    if strides is None:
+        raise ValueError(
+            "YoloBoxCoder codes offsets in grid cells and needs each prior's stride: it serves dense heads "
+            "(model.head=yolo), not a RoI head, whose proposals have no level (use DeltaXYWHBoxCoder there)"
+        )
+    return strides

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
 
@@ -49,11 +49,13 @@ def dense_detector(
 
     The classification loss decides the number of logits (K for sigmoid losses, K + 1 for softmax ones).
     """
+    _check_objectness(get_class(head._target_), get_class(criterion._target_))
     classification = instantiate(cls_loss)
     coder = instantiate(box_coder)
     backbone_net = instantiate(backbone)
     neck_net = instantiate(neck, in_channels=list(backbone_net.out_channels), in_strides=list(backbone_net.strides))
     prior_gen = instantiate(priors)
+    prior_gen.check_levels(neck_net.strides)
     num_outputs = classification.num_outputs(num_classes)
     # The loss decides sigmoid (K outputs) or softmax (K + 1, background first); the head's bias init and
     # the decoding follow it, so the three cannot disagree.
@@ -73,6 +75,18 @@ def dense_detector(
     )
 
 
+def _check_objectness(head: type, criterion: type) -> None:
+    """A head with an objectness output goes with the criterion that trains it, the others with one that does
+    not: checked on the classes, before anything is built (a YOLO neck's levels would not fit another head)."""
+    if head.has_objectness != criterion.uses_objectness:
+        raise ValueError(
+            f"model.head ({head.__name__}) {'predicts' if head.has_objectness else 'has no'} objectness but "
+            f"model.criterion ({criterion.__name__}) {'needs' if criterion.uses_objectness else 'ignores'} it: an "
+            "objectness head goes with an objectness criterion (model.head=yolo with detlab.losses.yolo.YoloLoss, "
+            "as model=yolov3), the others with detlab.losses.dense.DenseDetectionLoss"
+        )
+
+
 def two_stage_detector(
     backbone: DictConfig,
     neck: DictConfig,
@@ -83,7 +97,7 @@ def two_stage_detector(
     postprocess: DictConfig,
     cls_loss: DictConfig,
     num_classes: int,
-    weights: str | None = None,
+    weights: str | DictConfig | None = None,
 ) -> DetectorParts:
     """Faster R-CNN with FPN: backbone -> neck -> RPN over the anchors (priors) -> proposals -> RoI box head.
 
@@ -99,6 +113,7 @@ def two_stage_detector(
     backbone_net = instantiate(backbone)
     neck_net = instantiate(neck, in_channels=list(backbone_net.out_channels), in_strides=list(backbone_net.strides))
     anchors = instantiate(priors)
+    anchors.check_levels(neck_net.strides)
     num_outputs = classification.num_outputs(num_classes)
     softmax = num_outputs == num_classes + 1
     model = FasterRCNN(

@@ -12,16 +12,16 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, nms
 
-from detlab.models.box_coder import DeltaXYWHBoxCoder, YoloBoxCoder, bind_strides
-from detlab.structures import Batch, Detections, HeadOutput, Priors, boxes_to_original
+from detlab.structures import Batch, BoxCoder, Detections, HeadOutput, Priors, boxes_to_original
 
 
 class DensePostProcess(nn.Module):
-    """Dense detectors' inference: the top-k best (prior, class) pairs above ``score_thresh``, class-aware NMS
-    at ``nms_iou``, then the ``max_per_image`` best.
+    """Dense detectors' inference (RetinaNet, SSD, YOLO): the top-k best (prior, class) pairs above
+    ``score_thresh``, class-aware NMS at ``nms_iou``, then the ``max_per_image`` best.
 
-    topk_per_level: per pyramid level, the k best (prior, class) pairs of all classes together (RetinaNet's
-             inference, torchvision's and detectron2's).
+    box_coder: the coder shared with the loss (any detlab.structures.BoxCoder: it gets each prior's stride).
+    topk_per_level: per pyramid level, the k best (prior, class) pairs of all classes together (RetinaNet's and
+             YOLO's, as torchvision's and detectron2's RetinaNet).
     topk_per_class: per class, the k best priors over all levels (SSD's: the paper's caffe DetectionOutput with
              top_k 400, and torchvision's SSD postprocess_detections with topk_candidates 400). Exactly one of
              the two is set; the other is null.
@@ -32,7 +32,7 @@ class DensePostProcess(nn.Module):
 
     def __init__(
         self,
-        box_coder: DeltaXYWHBoxCoder,
+        box_coder: BoxCoder,
         score_thresh: float = 0.05,
         topk_per_level: int | None = 1000,
         topk_per_class: int | None = None,
@@ -121,13 +121,12 @@ def top_k_per_class(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def decode_at(
-    box_coder: DeltaXYWHBoxCoder | YoloBoxCoder, box_reg: Tensor, priors: Priors, prior_index: Tensor,
+    box_coder: BoxCoder, box_reg: Tensor, priors: Priors, prior_index: Tensor,
     image_sizes: Tensor,
 ) -> Tensor:
     """Boxes [B, T, 4] decoded from box_reg [B, A, 4] at prior_index [B, T], clipped to each image's content."""
     deltas = box_reg.gather(1, prior_index[..., None].expand(-1, -1, 4))
-    # YOLO's centre offsets are in grid cells: its coder also needs each prior's stride.
-    boxes = bind_strides(box_coder, priors.strides[prior_index]).decode(deltas, priors.boxes[prior_index])
+    boxes = box_coder.decode(deltas, priors.boxes[prior_index], priors.strides[prior_index])
     return clip_to_images(boxes, image_sizes)
 
 

@@ -19,7 +19,7 @@ class PriorGenerator:
     """(feature shapes [(H_l, W_l)], strides, device) -> Priors, cached per input geometry and device.
 
     Subclasses set num_levels and levels_key (the config key whose length fixes the number of levels) and
-    implement _level_boxes. Priors are ordered level-major, then y, x, then the prior index within a cell:
+    implement _level_boxes; those that cover one fixed input size check the data's (check_input). Priors are ordered level-major, then y, x, then the prior index within a cell:
     the order in which the heads flatten their outputs.
     """
 
@@ -39,11 +39,9 @@ class PriorGenerator:
         image_shape: (H, W) of the padded input batch; the generators that follow torchvision's tiling need it
         (AnchorGenerator with stride="input"), the others ignore it.
         """
-        if len(feature_shapes) != self.num_levels or len(strides) != self.num_levels:
-            raise ValueError(
-                f"model.priors.{self.levels_key} has {self.num_levels} levels for {len(feature_shapes)} pyramid "
-                f"levels (strides {list(strides)}); give one entry per level"
-            )
+        self.check_levels(strides)
+        if len(feature_shapes) != len(strides):
+            raise ValueError(f"{len(feature_shapes)} feature shapes for {len(strides)} strides {list(strides)}")
         image = None if image_shape is None else (int(image_shape[0]), int(image_shape[1]))
         key = (tuple((int(h), int(w)) for h, w in feature_shapes), tuple(int(s) for s in strides), str(device), image)
         if key not in self._cache:
@@ -51,6 +49,20 @@ class PriorGenerator:
                 self._cache.pop(next(iter(self._cache)))  # the oldest geometry
             self._cache[key] = self._generate(key[0], key[1], torch.device(device), image)
         return self._cache[key]
+
+    def check_levels(self, strides: Sequence[int]) -> None:
+        """One entry of model.priors.<levels_key> per pyramid level of ``strides``; the builders call it with the
+        neck's strides, so that a mismatch stops when the config is built."""
+        if len(strides) != self.num_levels:
+            raise ValueError(
+                f"model.priors.{self.levels_key} has {self.num_levels} levels but the neck makes {len(strides)} "
+                f"(strides {list(strides)}: model.backbone.out_indices plus the neck's extra levels); give one "
+                "entry per level"
+            )
+
+    def check_input(self, image_size: int, size_divisor: int) -> None:
+        """Whether priors of this generator fit the data's input side ``image_size`` padded to a multiple of
+        ``size_divisor`` (data.image_size, data.size_divisor): any input, unless a subclass covers one size."""
 
     def _generate(
         self, feature_shapes: tuple, strides: tuple, device: torch.device, image_shape: tuple[int, int] | None
@@ -218,6 +230,20 @@ class DefaultBoxGenerator(PriorGenerator):
         self.num_per_location = [2 + 2 * len(ratios) for ratios in self.aspect_ratios]
         self.num_levels, self.levels_key = len(self.aspect_ratios), "aspect_ratios"
         self._cache = {}
+
+    def check_input(self, image_size: int, size_divisor: int) -> None:
+        """The default boxes are fractions of exactly image_size: the input must be that square, unpadded."""
+        if self.image_size != image_size:
+            raise ValueError(
+                f"model.priors.image_size={self.image_size} but data.image_size={image_size}: the default boxes are "
+                "fractions of the input side; set model.priors.image_size='${data.image_size}'"
+            )
+        if size_divisor > 1 and image_size % size_divisor:
+            raise ValueError(
+                f"data.size_divisor={size_divisor} pads the {image_size} px input to "
+                f"{-(-image_size // size_divisor) * size_divisor} px, but the default boxes (model.priors) cover "
+                f"exactly data.image_size={image_size}; set data.size_divisor=1"
+            )
 
     def box_sizes(self, level: int) -> Tensor:
         """[num_per_location[level], 2] (width, height) of one level's boxes as fractions of the input side."""

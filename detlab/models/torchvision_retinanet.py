@@ -34,7 +34,7 @@ from torchvision.models.detection.retinanet import RetinaNetClassificationHead, 
 from torchvision.ops import box_iou, sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from detlab.config import ConfigError
+from detlab.errors import ConfigError
 from detlab.losses.focal import SigmoidFocalLoss
 from detlab.models.build import DetectorParts
 from detlab.models.torchvision_weights import load_weights

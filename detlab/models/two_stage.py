@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from detlab.models.assigners import RoISampler
-from detlab.models.box_coder import DeltaXYWHBoxCoder
 from detlab.models.heads.roi import RoIBoxHead
 from detlab.models.heads.rpn import RPNHead
 from detlab.models.postprocess import (
@@ -24,7 +23,7 @@ from detlab.models.postprocess import (
     top_k_per_level,
 )
 from detlab.models.priors import AnchorGenerator
-from detlab.structures import Batch, Detections, HeadOutput, Priors, TwoStageOutput
+from detlab.structures import Batch, BoxCoder, Detections, HeadOutput, Priors, TwoStageOutput
 
 
 class ProposalGenerator(nn.Module):
@@ -43,7 +42,7 @@ class ProposalGenerator(nn.Module):
 
     def __init__(
         self,
-        box_coder: DeltaXYWHBoxCoder,
+        box_coder: BoxCoder,
         pre_nms_top_n: int = 2000,
         post_nms_top_n: int = 1000,
         eval_pre_nms_top_n: int = 1000,
@@ -170,7 +169,7 @@ class RoIPostProcess(nn.Module):
 
     def __init__(
         self,
-        box_coder: DeltaXYWHBoxCoder,
+        box_coder: BoxCoder,
         score_thresh: float = 0.05,
         nms_iou: float = 0.5,
         max_per_image: int = 100,

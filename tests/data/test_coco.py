@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from detlab.data.coco import CocoDetection
+from detlab.data.coco.reader import CocoDetection
 from detlab.data.transforms import DetectionTransform
 from detlab.structures import boxes_to_original
 

@@ -13,7 +13,8 @@ from detlab.losses.box import L1Loss, SmoothL1Loss
 from detlab.losses.dense import DenseDetectionLoss
 from detlab.losses.focal import SigmoidFocalLoss
 from detlab.models.box_coder import DeltaXYWHBoxCoder
-from detlab.structures import Batch, HeadOutput, Priors
+from detlab.structures import HeadOutput, Priors
+from tests.conftest import make_batch
 
 
 def random_boxes(shape, g):
@@ -24,16 +25,9 @@ def random_boxes(shape, g):
 def make_case(num_images=3, num_priors=50, max_gt=4, num_classes=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     valid = torch.rand(num_images, max_gt, generator=g) < 0.7
-    batch = Batch(
-        images=torch.zeros(num_images, 3, 32, 32),
-        gt_boxes=torch.where(valid[..., None], random_boxes((num_images, max_gt), g), 0.0),
-        gt_labels=torch.where(valid, torch.randint(0, num_classes, (num_images, max_gt), generator=g), 0),
-        gt_valid=valid,
-        image_sizes=torch.full((num_images, 2), 32),
-        image_ids=torch.arange(num_images),
-        orig_sizes=torch.full((num_images, 2), 32),
-        scales=torch.ones(num_images, 2),
-        offsets=torch.zeros(num_images, 2),
+    batch = make_batch(
+        random_boxes((num_images, max_gt), g), torch.randint(0, num_classes, (num_images, max_gt), generator=g), valid,
+        size=32,
     )
     priors = Priors(random_boxes((num_priors,), g), torch.full((num_priors,), 8), (num_priors,))
     outputs = HeadOutput(

@@ -1,5 +1,6 @@
 """What the model tests share: a detector built from the configs learns one fixed batch; torchvision weights
-files written where its loader looks, so that loading by name runs with no network."""
+files written where its loader looks, so that loading by name runs with no network; YOLO's tiny grid of priors
+and darknet's decoding (test_yolo, test_box_coder and test_assigners import them from tests.models.conftest)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from detlab.models.build import DetectorParts
+from detlab.models.priors import YoloAnchorGenerator
 from detlab.structures import Batch, Detections
 
 
@@ -96,3 +98,43 @@ def assert_loaded():
             assert torch.equal(ours[key], expected[key]), key
 
     return check
+
+
+# A 64 px input with anchors given for it: levels of 8x8, 4x4 and 2x2 cells at strides 8, 16, 32.
+ANCHORS = [[[4, 4], [8, 4], [4, 8]], [[12, 12], [20, 10], [10, 20]], [[32, 32], [48, 24], [24, 48]]]
+STRIDES = (8, 16, 32)
+GRIDS = ((8, 8), (4, 4), (2, 2))
+LEVEL_STARTS = (0, 192, 240)  # 8 * 8 * 3, then + 4 * 4 * 3
+NUM_PRIORS = 252
+
+
+def tiny_priors():
+    return YoloAnchorGenerator(ANCHORS, image_size=64, anchor_image_size=64)(GRIDS, STRIDES, "cpu")
+
+
+def cxcywh(cx, cy, w, h):
+    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+
+
+def darknet_decode(box_reg: torch.Tensor, level: int, y: int, x: int, k: int) -> torch.Tensor:
+    """darknet's get_yolo_box for one prediction: (sigmoid(t) + cell) * stride, anchor * exp(t)."""
+    stride, (pw, ph) = STRIDES[level], ANCHORS[level][k]
+    bx = (torch.sigmoid(box_reg[0]) + x) * stride
+    by = (torch.sigmoid(box_reg[1]) + y) * stride
+    bw, bh = pw * torch.exp(box_reg[2]), ph * torch.exp(box_reg[3])
+    return torch.stack([bx - bw / 2, by - bh / 2, bx + bw / 2, by + bh / 2])
+
+
+def prior_cells():
+    """(level, y, x, k) of every prior, in the order the heads flatten their outputs."""
+    return [
+        (level, y, x, k)
+        for level, (h, w) in enumerate(GRIDS)
+        for y in range(h)
+        for x in range(w)
+        for k in range(len(ANCHORS[level]))
+    ]
+
+
+def prior_index(level, y, x, k):
+    return LEVEL_STARTS[level] + (y * GRIDS[level][1] + x) * 3 + k

@@ -1,4 +1,4 @@
-"""DeltaXYWHBoxCoder against torchvision's BoxCoder, and its round trip."""
+"""DeltaXYWHBoxCoder against torchvision's BoxCoder, and its round trip; YoloBoxCoder against darknet's formula."""
 
 import math
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from torchvision.models.detection._utils import BoxCoder
 
-from detlab.models.box_coder import DeltaXYWHBoxCoder
+from detlab.models.box_coder import DeltaXYWHBoxCoder, YoloBoxCoder
+from tests.models.conftest import NUM_PRIORS, darknet_decode, prior_cells, tiny_priors
 
 
 def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -57,3 +58,25 @@ def test_bad_weights_name_the_key():
         DeltaXYWHBoxCoder((1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="box_coder.clamp"):
         DeltaXYWHBoxCoder(clamp=-math.inf)
+
+
+# --- YOLOv3's coder on a tiny grid (tests.models.conftest) ------------------------------------------------
+
+
+def test_decode_is_darknets_formula_and_encode_inverts_it():
+    priors = tiny_priors()
+    box_reg = torch.randn(2, NUM_PRIORS, 4, generator=torch.Generator().manual_seed(0))
+    coder = YoloBoxCoder()
+    decoded = coder.decode(box_reg, priors.boxes, priors.strides)
+    for a, cell in enumerate(prior_cells()):
+        torch.testing.assert_close(decoded[1, a], darknet_decode(box_reg[1, a], *cell))
+    torch.testing.assert_close(coder.encode(decoded, priors.boxes, priors.strides), box_reg, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="needs each prior's stride"):
+        coder.decode(box_reg, priors.boxes)
+
+
+def test_encode_a_centre_on_the_cell_edge_is_finite():
+    priors = tiny_priors()
+    gt = priors.boxes[:1] - torch.tensor([4.0, 0.0, 4.0, 0.0])  # centre on the cell's left edge
+    target = YoloBoxCoder(eps=1e-3).encode(gt, priors.boxes[:1], priors.strides[:1])
+    torch.testing.assert_close(target[0, 0], torch.logit(torch.tensor(1e-3)))

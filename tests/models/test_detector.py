@@ -73,21 +73,16 @@ def test_retinanet_built_from_the_real_configs():
 @pytest.mark.parametrize("loss, num_outputs", [("focal", 3), ("bce", 3), ("ce", 4), ("ce_ohem", 4), ("softmax_focal", 4)])
 def test_retinanet_learns_a_fixed_batch_with_every_loss(loss, num_outputs, fits_fixed_batch):
     """Sigmoid losses give K logits, softmax ones K + 1; with each, a few steps lower the loss."""
-    from detlab.structures import Batch
+    from tests.conftest import make_batch
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"loss={loss}", "model.neck.out_channels=16", "model.head.width=16",
                                           "model.head.depth=1"])
     torch.manual_seed(0)
     parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
-    g = torch.Generator().manual_seed(0)
-    batch = Batch(
-        images=torch.randn(2, 3, 64, 64, generator=g),
-        gt_boxes=torch.tensor([[[6.0, 8.0, 38.0, 42.0], [30.0, 20.0, 60.0, 52.0]], [[10.0, 26.0, 34.0, 62.0], [0.0] * 4]]),
-        gt_labels=torch.tensor([[0, 2], [1, 0]]),
-        gt_valid=torch.tensor([[True, True], [True, False]]),
-        image_sizes=torch.full((2, 2), 64), image_ids=torch.arange(2), orig_sizes=torch.full((2, 2), 64),
-        scales=torch.ones(2, 2), offsets=torch.zeros(2, 2),
+    batch = make_batch(
+        torch.tensor([[[6.0, 8.0, 38.0, 42.0], [30.0, 20.0, 60.0, 52.0]], [[10.0, 26.0, 34.0, 62.0], [0.0] * 4]]),
+        torch.tensor([[0, 2], [1, 0]]), torch.tensor([[True, True], [True, False]]), seed=0,
     )
 
     def check(outputs, priors, losses):

@@ -24,6 +24,7 @@ from detlab.models.priors import AnchorGenerator
 from detlab.models.two_stage import ProposalGenerator, RoIPostProcess
 from detlab.module import DetectionModule
 from detlab.structures import Batch, HeadOutput, Priors, TwoStageOutput
+from tests.conftest import make_batch
 
 TINY = ["model.neck.out_channels=16", "model.roi.head.representation_size=32"]
 STRIDES = (4, 8, 16, 32, 64)
@@ -36,18 +37,6 @@ def build(overrides: list[str] = (), num_classes: int = 3):
     return cfg, instantiate(cfg.model, cls_loss=cfg.loss, num_classes=num_classes)
 
 
-def make_batch(gt_boxes, gt_labels, gt_valid, height: int, width: int, image_sizes=None, seed: int = 0) -> Batch:
-    b = len(gt_boxes)
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        images=torch.randn(b, 3, height, width, generator=g), gt_boxes=gt_boxes, gt_labels=gt_labels,
-        gt_valid=gt_valid,
-        image_sizes=torch.tensor([[height, width]] * b) if image_sizes is None else image_sizes,
-        image_ids=torch.arange(b), orig_sizes=torch.tensor([[height, width]] * b),
-        scales=torch.ones(b, 2), offsets=torch.zeros(b, 2),
-    )
-
-
 def tiny_batch() -> Batch:
     """Two 64 x 96 images: two objects and one object (the second row padded); the second image's content is
     60 x 80 px."""
@@ -56,7 +45,7 @@ def tiny_batch() -> Batch:
         [[10.0, 26.0, 34.0, 58.0], [0.0, 0.0, 0.0, 0.0]],
     ])
     return make_batch(
-        gt_boxes, torch.tensor([[0, 2], [1, 0]]), torch.tensor([[True, True], [True, False]]), 64, 96,
+        gt_boxes, torch.tensor([[0, 2], [1, 0]]), torch.tensor([[True, True], [True, False]]), size=(64, 96), seed=0,
         image_sizes=torch.tensor([[64, 96], [60, 80]]),
     )
 
@@ -209,7 +198,7 @@ def test_rpn_sampling_counts_match_torchvisions_sampler():
     # Image 0: 200 positive anchors (more than 128); image 1: 40; image 2: no object, all background.
     gt_boxes = torch.tensor([[[10.0, 10.0, 50.0, 50.0]], [[100.0, 100.0, 140.0, 140.0]], [[0.0] * 4]])
     valid = torch.tensor([[True], [True], [False]])
-    batch = make_batch(gt_boxes, torch.zeros(3, 1, dtype=torch.long), valid, 300, 300)
+    batch = make_batch(gt_boxes, gt_valid=valid, size=300, seed=0)
 
     unsampled = MaxIoUAssigner(0.7, 0.3, True)(None, anchors, batch)  # [3, A]
     assert (unsampled >= 0).sum(1).tolist() == [200, 40, 0] and (unsampled[0] == -2).sum() == 100
@@ -258,7 +247,8 @@ def test_roi_sampler_appends_the_gts_and_draws_512_with_a_quarter_positive():
         [[10.0, 10.0, 60.0, 60.0], [80.0, 20.0, 150.0, 100.0]],
         [[30.0, 40.0, 90.0, 70.0], [0.0] * 4],
     ])
-    batch = make_batch(gt_boxes, torch.tensor([[1, 2], [0, 0]]), torch.tensor([[True, True], [True, False]]), 160, 160)
+    batch = make_batch(gt_boxes, torch.tensor([[1, 2], [0, 0]]), torch.tensor([[True, True], [True, False]]), size=160,
+                       seed=0)
     # 1000 proposals per image: jittered copies of the gts (many positives) and random boxes (background)
     g = torch.Generator().manual_seed(1)
     near = gt_boxes[:, :1].repeat(1, 400, 1) + torch.randn(2, 400, 4, generator=g) * 3
@@ -459,11 +449,11 @@ def test_postprocess_matches_torchvisions_per_image_reference():
         roi_cls_logits=torch.randn(num_images, num_rois, num_classes + 1, generator=g) * 2,
         roi_box_reg=torch.randn(num_images, num_rois, num_classes, 4, generator=g),
     )
-    batch = make_batch(torch.zeros(num_images, 1, 4), torch.zeros(num_images, 1, dtype=torch.long),
-                       torch.zeros(num_images, 1, dtype=torch.bool), 80, 80,
-                       image_sizes=torch.tensor([[80, 80], [60, 70], [50, 80]]))
-    batch.scales = torch.rand(num_images, 2, generator=g) + 0.5
-    batch.offsets = torch.rand(num_images, 2, generator=g) * 4
+    batch = make_batch(
+        num_images=num_images, size=80, seed=0, image_sizes=torch.tensor([[80, 80], [60, 70], [50, 80]]),
+        scales=torch.rand(num_images, 2, generator=g) + 0.5,
+        offsets=torch.rand(num_images, 2, generator=g) * 4,
+    )
     postprocess = RoIPostProcess(DeltaXYWHBoxCoder((10.0, 10.0, 5.0, 5.0)), 0.2, 0.5, 30, softmax=True)
     detections = postprocess(outputs, None, batch)
     expected = reference_detections(outputs, batch, 0.2, 0.5, 30)

@@ -11,7 +11,8 @@ from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from detlab.models.box_coder import DeltaXYWHBoxCoder
 from detlab.models.postprocess import DensePostProcess
-from detlab.structures import Batch, HeadOutput, Priors
+from detlab.structures import HeadOutput, Priors
+from tests.conftest import make_batch
 
 LEVEL_SIZES = (96, 24, 6)
 
@@ -26,13 +27,9 @@ def make_case(num_classes: int, seed: int = 0, num_images: int = 3):
         cls_logits=torch.randn(num_images, num_priors, num_classes, generator=g) * 2 - 1,
         box_reg=torch.randn(num_images, num_priors, 4, generator=g) * 0.2,
     )
-    batch = Batch(
-        images=torch.zeros(num_images, 3, 80, 80),
-        gt_boxes=torch.zeros(num_images, 1, 4),
-        gt_labels=torch.zeros(num_images, 1, dtype=torch.int64),
-        gt_valid=torch.zeros(num_images, 1, dtype=torch.bool),
+    batch = make_batch(
+        num_images=num_images, size=80,
         image_sizes=torch.tensor([[80, 80], [60, 70], [50, 80]])[:num_images],  # (h, w): clipping matters
-        image_ids=torch.arange(num_images),
         orig_sizes=torch.full((num_images, 2), 160),
         scales=torch.rand(num_images, 2, generator=g) + 0.5,
         offsets=torch.rand(num_images, 2, generator=g) * 4,

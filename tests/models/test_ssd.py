@@ -17,6 +17,7 @@ from detlab.models.heads.ssd import SSDHead
 from detlab.models.necks.ssd import SSDNeck
 from detlab.models.priors import DefaultBoxGenerator
 from detlab.structures import Batch
+from tests.conftest import make_batch
 
 SSD300_MAPS = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
 SSD512_MAPS = [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
@@ -137,7 +138,7 @@ def test_matching_is_ssds_best_box_per_object_plus_iou_half():
     xy = torch.tensor([[10.0, 10.0], [160.0, 20.0], [20.0, 170.0], [170.0, 170.0], [120.0, 120.0]])
     wh = torch.tensor([[20.0, 35.0], [130.0, 90.0], [60.0, 120.0], [110.0, 115.0], [12.0, 12.0]])
     gt = torch.cat([xy, xy + wh], dim=1) + torch.rand(5, 4)
-    batch = _batch(gt[None], torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.bool), 300)
+    batch = make_batch(gt[None], size=300)
     matched = assigner(None, priors, batch)[0]
     iou = box_iou(gt, priors.boxes)
     expected = SSDMatcher(0.5)(iou)  # -1 below 0.5, plus each gt's best prior (torch's argmax: the first one)
@@ -151,16 +152,6 @@ def test_matching_is_ssds_best_box_per_object_plus_iou_half():
     assert matched.min() == -1 and not (matched == -2).any()  # no ignored band below 0.5
 
 
-def _batch(gt_boxes, gt_labels, gt_valid, size: int) -> Batch:
-    b = len(gt_boxes)
-    return Batch(
-        images=torch.zeros(b, 3, size, size), gt_boxes=gt_boxes, gt_labels=gt_labels, gt_valid=gt_valid,
-        image_sizes=torch.tensor([[size, size]] * b), image_ids=torch.arange(b),
-        orig_sizes=torch.tensor([[size, size]] * b),
-        scales=torch.ones(b, 2), offsets=torch.zeros(b, 2),
-    )
-
-
 def _tiny_batch() -> Batch:
     """Two 64 px images: two objects and one object (the second row padded)."""
     torch.manual_seed(0)
@@ -168,9 +159,7 @@ def _tiny_batch() -> Batch:
         [[6.0, 8.0, 38.0, 42.0], [30.0, 20.0, 60.0, 52.0]],
         [[10.0, 26.0, 34.0, 62.0], [0.0, 0.0, 0.0, 0.0]],
     ])
-    batch = _batch(gt_boxes, torch.tensor([[0, 2], [1, 0]]), torch.tensor([[True, True], [True, False]]), 64)
-    batch.images = torch.randn(2, 3, 64, 64)
-    return batch
+    return make_batch(gt_boxes, torch.tensor([[0, 2], [1, 0]]), torch.tensor([[True, True], [True, False]]), seed=0)
 
 
 @pytest.mark.parametrize("loss, cls_loss_type, num_outputs", [

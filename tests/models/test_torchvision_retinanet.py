@@ -18,6 +18,7 @@ from torchvision.models.detection import RetinaNet
 from detlab.config import compose_train
 from detlab.models.torchvision_weights import retinanet_resnet50_fpn
 from detlab.structures import Batch
+from tests.conftest import make_batch
 
 ARMS = ("detlab", "torchvision")  # and detlab_batch: the detlab arm with detlab's default loss normalisation
 
@@ -53,8 +54,8 @@ def fixed_batch() -> tuple[Batch, list[torch.Tensor], list[dict]]:
     ])
     gt_labels = torch.tensor([[0, 2, 1, 1], [2, 0, 0, 0]])
     gt_valid = torch.tensor([[True] * 4, [True, False, False, False]])
-    batch = Batch(images, gt_boxes, gt_labels, gt_valid, torch.tensor(sizes), torch.tensor([1, 2]),
-                  torch.tensor(sizes), torch.ones(2, 2), torch.zeros(2, 2))
+    batch = make_batch(gt_boxes, gt_labels, gt_valid, images=images, image_sizes=torch.tensor(sizes),
+                       image_ids=torch.tensor([1, 2]), orig_sizes=torch.tensor(sizes))
     unpadded = [images[i, :, :h, :w] for i, (h, w) in enumerate(sizes)]
     targets = [{"boxes": gt_boxes[i][gt_valid[i]], "labels": gt_labels[i][gt_valid[i]]} for i in range(2)]
     return batch, unpadded, targets

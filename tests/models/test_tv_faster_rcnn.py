@@ -25,7 +25,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from detlab.config import compose_train, validate
 from detlab.models import torchvision_weights
-from detlab.structures import Batch
+from tests.conftest import make_batch
 
 PHOTOS = ("000000000009.jpg", "000000000036.jpg")  # 640 x 480 and 481 x 640
 
@@ -86,14 +86,8 @@ def detlab_run(torchvision_run):
     parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=90)
     parts.model.load_state_dict(torchvision_weights.fasterrcnn_resnet50_fpn(model.state_dict()), strict=True)
     parts.model.eval()
-    num_images = len(images.image_sizes)
     sizes = torch.tensor(images.image_sizes)
-    batch = Batch(
-        images=images.tensors, gt_boxes=torch.zeros(num_images, 1, 4),
-        gt_labels=torch.zeros(num_images, 1, dtype=torch.long), gt_valid=torch.zeros(num_images, 1, dtype=torch.bool),
-        image_sizes=sizes, image_ids=torch.arange(num_images), orig_sizes=sizes,
-        scales=torch.ones(num_images, 2), offsets=torch.zeros(num_images, 2),
-    )
+    batch = make_batch(images=images.tensors, image_sizes=sizes, orig_sizes=sizes)
     with torch.no_grad():
         # With the batch, the proposals are clipped to each image's content (torchvision's image_sizes).
         outputs, anchors = parts.model(batch.images, targets=batch)

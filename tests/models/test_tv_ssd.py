@@ -12,10 +12,10 @@ from hydra.utils import instantiate
 from torchvision.models.detection import retinanet_resnet50_fpn, ssd300_vgg16
 
 from detlab.config import compose_train, validate
-from detlab.data.coco import read_rgb
+from detlab.data.coco.reader import read_rgb
 from detlab.inference import Predictor
 from detlab.models.torchvision_weights import load_state, load_weights
-from detlab.structures import Batch
+from tests.conftest import make_batch
 
 NUM_CLASSES = 90  # torchvision's 91 outputs = background + 90 (COCO's category ids 1..90, some unused)
 PHOTOS = ("000000000009.jpg", "000000000036.jpg")  # 640 x 480 and 481 x 640
@@ -115,13 +115,8 @@ def assert_same_detections(tv, parts, images: list[torch.Tensor], canonical) -> 
         head = tv.head(features)
         default_boxes = tv.anchor_generator(image_list, features)
         outputs, priors = parts.model(x)
-        ones = torch.ones(len(x), 2)
-        batch = Batch(
-            images=x, gt_boxes=torch.zeros(len(x), 1, 4), gt_labels=torch.zeros(len(x), 1, dtype=torch.int64),
-            gt_valid=torch.zeros(len(x), 1, dtype=torch.bool), image_sizes=torch.tensor(image_list.image_sizes),
-            image_ids=torch.arange(len(x)), orig_sizes=torch.tensor(image_list.image_sizes), scales=ones,
-            offsets=torch.zeros(len(x), 2),
-        )
+        sizes = torch.tensor(image_list.image_sizes)
+        batch = make_batch(images=x, image_sizes=sizes, orig_sizes=sizes)
     assert x.shape[-2:] == (300, 300)
     assert all(torch.equal(priors.boxes, boxes) for boxes in default_boxes)  # bit for bit
     torch.testing.assert_close(outputs.cls_logits, head["cls_logits"], rtol=0, atol=1e-4)

@@ -1,9 +1,9 @@
-"""YOLOv3: anchors, box coding, neck and head layout, best-shape assignment, post-processing with objectness,
-and the whole detector composed from the real configs (forward, training steps, rejected combinations).
+"""YOLOv3: anchors, neck and head layout, post-processing with objectness, and the whole detector composed from
+the real configs (forward, training steps, rejected combinations). Its box coder is tested in test_box_coder.py,
+its assigner in test_assigners.py, on the tiny grid of tests.models.conftest.
 
-The references are independent of the batched code: darknet's own formulas written per box
-(bx = (sigmoid(tx) + cx) * stride, bw = pw * exp(tw)), per-image loops over gts and levels, torchvision's
-box_iou / batched_nms, and the size of darknet's released yolov3.weights.
+The references are independent of the batched code: per-image loops over gts and levels, torchvision's
+batched_nms, and the size of darknet's released yolov3.weights.
 """
 
 import math
@@ -15,73 +15,25 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from detlab.config import ConfigError, validate
-from detlab.models.assigners import YoloAssigner
 from detlab.models.backbones.darknet import DarkNet
 from detlab.models.box_coder import YoloBoxCoder
 from detlab.models.heads.yolo import YoloHead
 from detlab.models.necks.yolo import YoloNeck
 from detlab.models.postprocess import DensePostProcess
 from detlab.models.priors import YoloAnchorGenerator
-from detlab.profile import count_flops
+from detlab.profile.cost import count_flops
 from detlab.structures import Batch, HeadOutput
+from tests.conftest import make_batch
+from tests.models.conftest import (
+    ANCHORS, GRIDS, LEVEL_STARTS, NUM_PRIORS, STRIDES, cxcywh, darknet_decode, prior_cells, tiny_priors,
+)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
-# A 64 px input with anchors given for it: levels of 8x8, 4x4 and 2x2 cells at strides 8, 16, 32.
-ANCHORS = [[[4, 4], [8, 4], [4, 8]], [[12, 12], [20, 10], [10, 20]], [[32, 32], [48, 24], [24, 48]]]
-STRIDES = (8, 16, 32)
-GRIDS = ((8, 8), (4, 4), (2, 2))
-LEVEL_STARTS = (0, 192, 240)  # 8 * 8 * 3, then + 4 * 4 * 3
-NUM_PRIORS = 252
-
-
-def tiny_priors():
-    return YoloAnchorGenerator(ANCHORS, image_size=64, anchor_image_size=64)(GRIDS, STRIDES, "cpu")
-
-
-def make_batch(gt_boxes: torch.Tensor, gt_valid: torch.Tensor, size: int = 64, labels=None) -> Batch:
-    b, m = gt_valid.shape
-    return Batch(
-        images=torch.zeros(b, 3, size, size),
-        gt_boxes=torch.where(gt_valid[..., None], gt_boxes, 0.0),
-        gt_labels=torch.zeros(b, m, dtype=torch.int64) if labels is None else labels,
-        gt_valid=gt_valid,
-        image_sizes=torch.full((b, 2), size),
-        image_ids=torch.arange(b),
-        orig_sizes=torch.full((b, 2), size),
-        scales=torch.ones(b, 2),
-        offsets=torch.zeros(b, 2),
-    )
-
-
-def cxcywh(cx, cy, w, h):
-    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-
-
-def darknet_decode(box_reg: torch.Tensor, level: int, y: int, x: int, k: int) -> torch.Tensor:
-    """darknet's get_yolo_box for one prediction: (sigmoid(t) + cell) * stride, anchor * exp(t)."""
-    stride, (pw, ph) = STRIDES[level], ANCHORS[level][k]
-    bx = (torch.sigmoid(box_reg[0]) + x) * stride
-    by = (torch.sigmoid(box_reg[1]) + y) * stride
-    bw, bh = pw * torch.exp(box_reg[2]), ph * torch.exp(box_reg[3])
-    return torch.stack([bx - bw / 2, by - bh / 2, bx + bw / 2, by + bh / 2])
-
-
-def prior_cells():
-    """(level, y, x, k) of every prior, in the order the heads flatten their outputs."""
-    return [
-        (level, y, x, k)
-        for level, (h, w) in enumerate(GRIDS)
-        for y in range(h)
-        for x in range(w)
-        for k in range(len(ANCHORS[level]))
-    ]
-
-
-# ---------------------------------------------------------------------------------------------- anchors, coder
+# ---------------------------------------------------------------------------------------------------- anchors
 
 
 def test_anchor_boxes_by_hand():
@@ -112,25 +64,6 @@ def test_bad_anchors_name_the_key():
         YoloAnchorGenerator(ANCHORS, image_size=0)
     with pytest.raises(ValueError, match="model.priors.anchors has 3 levels"):
         YoloAnchorGenerator(ANCHORS, image_size=64)(GRIDS[:2], STRIDES[:2], "cpu")
-
-
-def test_decode_is_darknets_formula_and_encode_inverts_it():
-    priors = tiny_priors()
-    box_reg = torch.randn(2, NUM_PRIORS, 4, generator=torch.Generator().manual_seed(0))
-    coder = YoloBoxCoder()
-    decoded = coder.decode(box_reg, priors.boxes, priors.strides)
-    for a, cell in enumerate(prior_cells()):
-        torch.testing.assert_close(decoded[1, a], darknet_decode(box_reg[1, a], *cell))
-    torch.testing.assert_close(coder.encode(decoded, priors.boxes, priors.strides), box_reg, rtol=1e-4, atol=1e-4)
-    bound = coder.at(priors.strides)
-    torch.testing.assert_close(bound.decode(box_reg, priors.boxes), decoded)
-
-
-def test_encode_a_centre_on_the_cell_edge_is_finite():
-    priors = tiny_priors()
-    gt = priors.boxes[:1] - torch.tensor([4.0, 0.0, 4.0, 0.0])  # centre on the cell's left edge
-    target = YoloBoxCoder(eps=1e-3).encode(gt, priors.boxes[:1], priors.strides[:1])
-    torch.testing.assert_close(target[0, 0], torch.logit(torch.tensor(1e-3)))
 
 
 # ------------------------------------------------------------------------------------------------- neck, head
@@ -184,106 +117,6 @@ def test_head_refuses_softmax_outputs():
         YoloHead(in_channels=(4, 6, 8), num_anchors=3, num_classes=4, background_first=True)
 
 
-# ------------------------------------------------------------------------------------------------- assignment
-
-
-def assign(assigner, batch, box_reg=None):
-    priors = tiny_priors()
-    b = len(batch)
-    box_reg = torch.zeros(b, NUM_PRIORS, 4) if box_reg is None else box_reg
-    outputs = HeadOutput(torch.zeros(b, NUM_PRIORS, 1), box_reg, torch.zeros(b, NUM_PRIORS))
-    return assigner(outputs, priors, batch)
-
-
-def prior_index(level, y, x, k):
-    return LEVEL_STARTS[level] + (y * GRIDS[level][1] + x) * 3 + k
-
-
-def test_assignment_on_hand_made_boxes():
-    gt = torch.tensor(
-        [
-            [
-                cxcywh(13, 21, 8, 4),  # anchor (8, 4) of level 0, cell x 1, y 2
-                cxcywh(32, 24, 22, 10),  # anchor (20, 10) of level 1; x = 32 is a cell edge: cell 2, not 1
-                cxcywh(50, 14, 30, 30),  # anchor (32, 32) of level 2, cell x 1, y 0
-                cxcywh(4, 4, 4, 4),  # padding, exactly on prior 0
-            ]
-        ]
-    )
-    matched = assign(YoloAssigner(ignore_iou=None), make_batch(gt, torch.tensor([[True, True, True, False]])))
-    expected = torch.full((1, NUM_PRIORS), -1)
-    expected[0, prior_index(0, 2, 1, 1)] = 0
-    expected[0, prior_index(1, 1, 2, 1)] = 1
-    expected[0, prior_index(2, 0, 1, 0)] = 2
-    assert matched.dtype == torch.int64 and torch.equal(matched, expected)
-
-
-def test_two_gts_on_one_prior_the_better_shape_wins():
-    gt = torch.tensor(
-        [
-            [cxcywh(12, 20, 7, 4), cxcywh(13, 21, 8, 4)],  # both: anchor (8, 4), cell (1, 2); IoU 0.875 and 1
-            [cxcywh(13, 21, 8, 4), cxcywh(13, 21, 8, 4)],  # a tie: the lower index
-        ]
-    )
-    matched = assign(YoloAssigner(ignore_iou=None), make_batch(gt, torch.ones(2, 2, dtype=torch.bool)))
-    a = prior_index(0, 2, 1, 1)
-    assert matched[0, a] == 1 and matched[1, a] == 0
-    assert (matched >= 0).sum() == 2  # the losing gt is learnt by no other prior
-
-
-def reference_assignment(gt, valid, box_reg, ignore_iou):
-    """The paper's rule one gt at a time: the best of the 9 anchor shapes, then its level's centre cell;
-    then darknet's ignore rule against the predictions decoded one box at a time."""
-    cells = prior_cells()
-    matched = torch.full((len(gt), NUM_PRIORS), -1)
-    for i in range(len(gt)):
-        index = valid[i].nonzero()[:, 0].tolist()
-        if ignore_iou is not None and index:
-            predicted = torch.stack([darknet_decode(box_reg[i, a], *cell) for a, cell in enumerate(cells)])
-            overlaps = box_iou(gt[i, index], predicted).max(dim=0).values > ignore_iou
-            matched[i, overlaps] = -2
-        best = {}
-        for m in index:
-            x1, y1, x2, y2 = gt[i, m].tolist()
-            w, h = x2 - x1, y2 - y1
-            shapes = [(level, k, wh) for level in range(3) for k, wh in enumerate(ANCHORS[level])]
-            ious = [min(w, aw) * min(h, ah) / (w * h + aw * ah - min(w, aw) * min(h, ah)) for _, _, (aw, ah) in shapes]
-            level, k, _ = shapes[max(range(9), key=lambda j: ious[j])]
-            cx, cy = int((x1 + x2) / 2 // STRIDES[level]), int((y1 + y2) / 2 // STRIDES[level])
-            a = prior_index(level, cy, cx, k)
-            if a not in best or max(ious) > best[a][1]:
-                best[a] = (m, max(ious))
-        for a, (m, _) in best.items():
-            matched[i, a] = m
-    return matched
-
-
-@pytest.mark.parametrize("ignore_iou", [None, 0.3])
-def test_batched_assignment_equals_per_gt_reference(ignore_iou):
-    g = torch.Generator().manual_seed(1)
-    num_images, max_gt = 4, 6
-    centres = torch.rand(num_images, max_gt, 2, generator=g) * 63
-    sizes = torch.rand(num_images, max_gt, 2, generator=g) * 44 + 3
-    gt = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=-1)
-    valid = torch.rand(num_images, max_gt, generator=g) < 0.7
-    valid[0] = False  # an image without objects
-    box_reg = torch.randn(num_images, NUM_PRIORS, 4, generator=g) * 0.5
-    batch = make_batch(gt, valid)
-    matched = assign(YoloAssigner(ignore_iou=ignore_iou, box_coder=YoloBoxCoder()), batch, box_reg)
-    expected = reference_assignment(batch.gt_boxes, valid, box_reg, ignore_iou)
-    assert torch.equal(matched, expected)
-    assert ((matched >= 0).sum(dim=1) <= valid.sum(dim=1)).all()  # at most one prior per gt
-    assert (matched >= 0).sum() >= 8 and (ignore_iou is None or (matched == -2).sum() >= 8)
-    assert (matched[0] == -1).all()
-
-
-def test_bad_assigner_settings_name_the_key():
-    with pytest.raises(ValueError, match="assigner.ignore_iou"):
-        YoloAssigner(ignore_iou=1.5, box_coder=YoloBoxCoder())
-    with pytest.raises(ValueError, match="assigner.box_coder"):
-        YoloAssigner(ignore_iou=0.5)
-
-
 # ------------------------------------------------------------------------------------------- post-processing
 
 
@@ -322,7 +155,7 @@ def test_postprocess_with_objectness_equals_per_image_reference():
         box_reg=torch.randn(num_images, NUM_PRIORS, 4, generator=g) * 0.5,
         objectness=torch.randn(num_images, NUM_PRIORS, generator=g) * 2 - 1,
     )
-    batch = make_batch(torch.zeros(num_images, 1, 4), torch.zeros(num_images, 1, dtype=torch.bool))
+    batch = make_batch(num_images=num_images)
     batch.image_sizes = torch.tensor([[64, 64], [48, 60], [40, 64]])
     batch.scales = torch.rand(num_images, 2, generator=g) + 0.5
     batch.offsets = torch.rand(num_images, 2, generator=g) * 4
@@ -350,7 +183,7 @@ def test_postprocess_with_objectness_equals_per_image_reference():
 def test_postprocess_objectness_of_the_wrong_shape_names_the_field():
     priors = tiny_priors()
     outputs = HeadOutput(torch.zeros(1, NUM_PRIORS, 3), torch.zeros(1, NUM_PRIORS, 4), torch.zeros(1, NUM_PRIORS - 1))
-    batch = make_batch(torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.bool))
+    batch = make_batch(num_images=1)
     with pytest.raises(ValueError, match="objectness"):
         DensePostProcess(YoloBoxCoder())(outputs, priors, batch)
 
@@ -372,7 +205,7 @@ def fixed_batch(size: int = 64) -> Batch:
         ]
     )
     valid = torch.tensor([[True, True, False], [True, True, True]])
-    batch = make_batch(gt, valid, size=size, labels=torch.tensor([[0, 2, 0], [1, 0, 2]]))
+    batch = make_batch(gt, torch.tensor([[0, 2, 0], [1, 0, 2]]), valid, size=size)
     batch.images = torch.randn(2, 3, size, size, generator=g)
     return batch
 

@@ -1,11 +1,11 @@
 """What `detlab-data check` tells a researcher about one split before training, and the image check.
 
-The statistics are read from the COCO dict that `detlab.data.coco.check_coco` kept, so the check and the
+The statistics are read from the COCO dict that `detlab.data.coco.checker.check_coco` kept, so the check and the
 training see the same data: images, objects (training targets: not crowd, not ignored), crowd/ignore regions,
 objects per class, object sizes in COCO's small / medium / large (by the annotation's `area`, as COCOeval's
 APs/APm/APl are), objects per image, and every problem and note, each naming the file, the image and the field.
 
-`check_images` opens every image the way training does (`detlab.data.coco.read_rgb`):
+`check_images` opens every image the way training does (`detlab.data.coco.reader.read_rgb`):
 - problems (training would stop): a missing file, a file that does not decode (corrupt or truncated), stored
   pixels whose size is not the record's `width` x `height`;
 - notes (loaded fine, said once): grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images, which load
@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from detlab.data.coco import SIXTEEN_BIT_MODES, read_rgb
+from detlab.data.coco.reader import SIXTEEN_BIT_MODES, read_rgb
 from detlab.data.formats.common import EXIF_ORIENTATION
 
 SMALL, LARGE = 32**2, 96**2  # COCO's area ranges (pycocotools' areaRng)

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from detlab.data.coco import CocoFiles, default_cache_dir, write_cache_folder
+from detlab.data.coco.reader import CocoFiles, default_cache_dir, write_cache_folder
 from detlab.data.formats.common import ConvertedDataset, find_images
 from detlab.data.formats.mot import read_mot
 from detlab.data.formats.udacity import read_udacity

@@ -34,6 +34,8 @@ class RetinaNetHead(nn.Module):
                  prior-probability bias (set by the builder from the loss; False for sigmoid losses).
     """
 
+    has_objectness = False  # the builder pairs it with a criterion without one (DenseDetectionLoss)
+
     def __init__(
         self,
         in_channels: int,

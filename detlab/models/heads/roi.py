@@ -105,7 +105,7 @@ class RoIBoxHead(nn.Module):
 
 def check_featmap_names(names: list[str], available: list[str]) -> None:
     """The pooled levels (names) must be among the neck's (available) and consecutive: RoIAlign's level mapper
-    indexes them as k - k_min. Also a config check (detlab.config)."""
+    indexes them as k - k_min. RoIBoxHead checks them when it is built (detlab.config.validate builds it)."""
     if not names or not set(names) <= set(available):
         raise ValueError(
             f"model.roi.head.featmap_names={names} must be levels of the neck, which makes {available} "

@@ -23,6 +23,8 @@ class SSDHead(nn.Module):
                  prior-probability bias (set by the builder from the loss; False for sigmoid losses).
     """
 
+    has_objectness = False  # the builder pairs it with a criterion without one (DenseDetectionLoss)
+
     def __init__(
         self,
         in_channels: Sequence[int],

@@ -22,8 +22,10 @@ class YoloHead(nn.Module):
                  without it the thousands of empty cells swamp the first iterations. The class logits start at
                  0 (p = 0.5): they are probabilities given an object, learnt on positives only.
     background_first: must be False. The builder sets it for softmax losses, which YOLO does not take:
-                 objectness is its background, and detlab.config rejects the pair before any work starts.
+                 objectness is its background. This head is where that rule lives.
     """
+
+    has_objectness = True  # the builder pairs it with a criterion that uses it (YoloLoss)
 
     def __init__(
         self,
@@ -36,9 +38,10 @@ class YoloHead(nn.Module):
         super().__init__()
         if background_first:
             raise ValueError(
-                "YoloHead takes sigmoid classification losses (loss=focal or loss=bce): its objectness models "
-                "the background, so softmax losses with a background logit (loss=ce, ce_ohem, softmax_focal) do "
-                "not apply"
+                "YoloHead (model=yolov3) takes a sigmoid classification loss, not a softmax loss with a background "
+                "logit (loss=ce, ce_ohem, softmax_focal): YOLOv3 predicts objectness and independent logistic "
+                "classes (section 2.2), so its background is the objectness and a softmax over K + 1 has nothing "
+                "to learn; use loss=focal or loss=bce"
             )
         if isinstance(in_channels, int):
             raise ValueError(f"model.head (YoloHead) needs one in_channels per level, got {in_channels}")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from detlab.data.datamodule import DetectionDataModule
 from detlab.data.formats import source as source_module
-from detlab.data.coco import write_cache_folder
+from detlab.data.coco.reader import write_cache_folder
 from detlab.errors import StorageError
 from detlab.data.formats.source import FormatSource
 from detlab.structures import Batch, boxes_to_original

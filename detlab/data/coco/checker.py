@@ -1,0 +1,227 @@
+"""The checks on a COCO annotation file that the reader (detlab.data.coco.reader) and `detlab-data check` share, so
+that bad data stops before training with a message that names the file, the image id and the field:
+
+- the whole file (not JSON, truncated, missing "images" / "annotations" / "categories", no image at all)
+  and every image or category record (missing keys, duplicate ids, non-positive sizes) must be valid;
+- each annotation must name a known image and category and carry a finite bbox [x, y, w, h] with w > 0,
+  h > 0 that is not wholly outside its image; each image file must exist. The reader's `on_invalid="skip"`
+  drops such annotations (and images without a file, with their annotations) and lists them in `problems`.
+
+A box partly outside its image is listed in `notes` (the reader clips it in the training target).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detlab.errors import DataError
+
+MAX_LISTED = 10  # problems quoted in one error message; the count says how many there are
+
+
+@dataclass
+class CheckedCoco:
+    """A COCO file after `check_coco`.
+
+    data:       the file's dict, without the annotations (and images) listed in `problems`.
+    categories: category id -> name.
+    problems:   one line per annotation or image that is invalid, naming the file, image id and field.
+    notes:      one line per box partly outside its image (clipped in the training target, nothing lost).
+    """
+
+    data: dict[str, Any]
+    categories: dict[int, str]
+    problems: list[str]
+    notes: list[str]
+
+
+def check_coco(ann_file: str | Path, img_dir: str | Path | None = None) -> CheckedCoco:
+    """Check a COCO file (and, given img_dir, that each image file exists); ValueError for a broken file."""
+    return check_coco_dict(_parse(_read_bytes(str(ann_file)), str(ann_file)), str(ann_file), img_dir)
+
+
+def check_coco_dict(data: Any, name: str, img_dir: str | Path | None = None) -> CheckedCoco:
+    """`check_coco` of a COCO dict already in memory (a converted dataset); `name` names it in the messages."""
+    _check_layout(data, name)
+    categories = _check_categories(data["categories"], name)
+    images = _check_images(data["images"], name)
+    kept, problems = _check_annotations(data["annotations"], images, categories, name)
+    if img_dir is not None:
+        problems += _missing_image_files(images, kept, Path(img_dir), name)
+        kept = [a for a in kept if a["image_id"] in images]
+    notes = [_clip_note(a, images[a["image_id"]], name) for a in kept if _partly_outside(a, images[a["image_id"]])]
+    data = {**data, "images": list(images.values()), "annotations": kept}
+    return CheckedCoco(data, categories, problems, notes)
+
+
+def _read_bytes(ann_file: str) -> bytes:
+    try:
+        return Path(ann_file).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation file not found: {ann_file}") from None
+
+
+def _parse(raw: bytes, ann_file: str) -> Any:
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{ann_file}: not valid JSON ({err}); is the file truncated?") from None
+    return data
+
+
+def _check_layout(data: Any, ann_file: str) -> None:
+    if not isinstance(data, dict):
+        raise DataError(f"{ann_file}: a COCO file is a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{ann_file}: missing the top-level list field '{key}'")
+
+
+def _check_categories(categories: list, ann_file: str) -> dict[int, str]:
+    """category id -> name."""
+    names: dict[int, str] = {}
+    for position, cat in enumerate(categories):
+        for key in ("id", "name"):
+            if not isinstance(cat, dict) or key not in cat:
+                raise DataError(f"{ann_file}: category #{position} has no field '{key}'")
+        if not _is_int(cat["id"]):
+            raise DataError(f"{ann_file}: category #{position}: field 'id'={cat['id']!r} must be an integer")
+        if cat["id"] in names:
+            raise DataError(f"{ann_file}: duplicate category id={cat['id']} (field 'id' of category #{position})")
+        names[cat["id"]] = str(cat["name"])
+    if not names:
+        raise DataError(f"{ann_file}: field 'categories' is empty; a detector needs at least one class")
+    return names
+
+
+def _check_images(images: list, ann_file: str) -> dict[int, dict]:
+    """image id -> record."""
+    by_id: dict[int, dict] = {}
+    for position, img in enumerate(images):
+        image_id = img.get("id", "?") if isinstance(img, dict) else "?"
+        where = f"{ann_file}: image id={image_id} (image #{position})"
+        for key in ("id", "file_name", "width", "height"):
+            if not isinstance(img, dict) or key not in img:
+                raise DataError(f"{where}: missing field '{key}'")
+        if not _is_int(image_id):
+            raise DataError(
+                f"{where}: field 'id'={image_id!r} must be an integer: COCO image ids are integers, and the "
+                "evaluators and the results files index images by them; renumber the images (and their annotations' "
+                "'image_id')"
+            )
+        for key in ("width", "height"):
+            if not _is_number(img[key]) or not img[key] > 0:
+                raise DataError(f"{where}: field '{key}'={img[key]!r} must be a positive number")
+        if image_id in by_id:
+            raise DataError(f"{where}: duplicate image id (field 'id'); image ids must be unique")
+        by_id[image_id] = img
+    if not by_id:
+        raise DataError(f"{ann_file}: field 'images' is empty: an empty dataset")
+    return by_id
+
+
+def _missing_image_files(images: dict, annotations: list[dict], img_dir: Path, ann_file: str) -> list[str]:
+    """Removes from `images` those whose file does not exist; one problem line each."""
+    problems = []
+    for image_id, img in list(images.items()):
+        path = img_dir / str(img["file_name"])
+        if not path.is_file():
+            count = sum(1 for a in annotations if a["image_id"] == image_id)
+            problems.append(
+                f"{ann_file}: image id={image_id}: field 'file_name'={img['file_name']!r}: image file not found: "
+                f"{path}; the image and its {count} annotation(s) are left out"
+            )
+            del images[image_id]
+    return problems
+
+
+def _check_annotations(annotations: list, images: dict, categories: dict, ann_file: str) -> tuple[list, list[str]]:
+    """(valid annotations, one problem line per invalid one)."""
+    kept, problems, seen_ids = [], [], set()
+    for position, ann in enumerate(annotations):
+        problem = _annotation_problem(ann, images, categories)
+        if problem is None and ann["id"] in seen_ids:
+            # The evaluators index annotations by id: a repeated id keeps one of the boxes and loses the other.
+            problem = f"duplicate annotation id (field 'id'={ann['id']!r}); annotation ids must be unique"
+        if problem is None:
+            seen_ids.add(ann["id"])
+        if problem is None:
+            kept.append(ann)
+        else:
+            ann_id = ann.get("id", f"#{position}") if isinstance(ann, dict) else f"#{position}"
+            image_id = ann.get("image_id", "?") if isinstance(ann, dict) else "?"
+            problems.append(f"{ann_file}: image id={image_id}, annotation id={ann_id}: {problem}")
+    return kept, problems
+
+
+def _annotation_problem(ann: Any, images: dict, categories: dict) -> str | None:
+    """What is wrong with one annotation (naming the field), or None."""
+    for key in ("id", "image_id", "category_id", "bbox", "area"):
+        if not isinstance(ann, dict) or key not in ann:
+            return f"missing field '{key}'" + (" (COCOeval's object sizes read it; COCO writes w * h)" if key == "area" else "")
+    if not _is_int(ann["id"]):
+        return f"field 'id'={ann['id']!r} must be an integer"
+    if ann["image_id"] not in images:
+        return "field 'image_id' names no image of the file"
+    if ann["category_id"] not in categories:
+        return f"field 'category_id'={ann['category_id']!r} is not in 'categories'"
+    bbox = ann["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        return f"field 'bbox'={bbox!r} must be 4 numbers [x, y, w, h]"
+    if not all(math.isfinite(v) for v in bbox):
+        return f"field 'bbox'={bbox} is not finite"
+    if not _is_number(ann["area"]) or not math.isfinite(ann["area"]) or ann["area"] < 0:
+        return f"field 'area'={ann['area']!r} must be a finite number >= 0"
+    x, y, w, h = bbox
+    if w <= 0 or h <= 0:
+        return f"field 'bbox'={bbox} has w <= 0 or h <= 0"
+    img = images[ann["image_id"]]
+    if x >= img["width"] or y >= img["height"] or x + w <= 0 or y + h <= 0:
+        return f"field 'bbox'={bbox} lies wholly outside the {img['width']}x{img['height']} image"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    """int or float, not bool: JSON's true would otherwise pass as 1."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def empty_problem(ann_file: str, data: dict[str, Any]) -> str | None:
+    """Why a checked split cannot be trained or scored, having no object (not crowd) left, or None.
+    Training (DetectionDataModule) and `detlab-data check` both ask this."""
+    if any(not a.get("iscrowd", 0) for a in data["annotations"]):
+        return None
+    return (
+        f"{ann_file} has no object to learn from or score against ({len(data['images'])} images, every annotation "
+        "crowd, ignored or skipped); annotate at least one object"
+    )
+
+
+def _partly_outside(ann: dict, img: dict) -> bool:
+    x, y, w, h = ann["bbox"]
+    return x < 0 or y < 0 or x + w > img["width"] or y + h > img["height"]
+
+
+def _clip_note(ann: dict, img: dict, ann_file: str) -> str:
+    return (
+        f"{ann_file}: image id={ann['image_id']}, annotation id={ann['id']}: field 'bbox'={ann['bbox']} lies partly "
+        f"outside the {img['width']}x{img['height']} image; clipped in the training target"
+    )
+
+
+def problem_report(ann_file: str, problems: list[str]) -> str:
+    listed = "\n  ".join(problems[:MAX_LISTED])
+    more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    return (
+        f"{len(problems)} invalid annotation(s) or image(s) in {ann_file}:\n  {listed}{more}\n"
+        "(fix the file, or set data.on_invalid=skip to drop them and train on the rest)"
+    )

@@ -1,0 +1,115 @@
+"""detlab-report: the comparison table and plots of a study, from its runs.
+
+    detlab-report multirun/focal_gamma/2026-01-01_10-00-00                # -> experiments/focal_gamma/
+    detlab-report multirun/a multirun/b --baseline loss=ce_ohem --output experiments/mine
+    detlab-report --wandb-project me/detlab --group focal_gamma --wandb  # runs from W&B, a chart back there
+
+A run is a directory with results.json and .hydra/overrides.yaml (what `detlab-train` writes). Runs are
+grouped by configuration: every command-line override except the seed (and any --ignore key). For each
+configuration and metric: mean, sample standard deviation and a 95% confidence interval of the mean
+(Student's t with n - 1 degrees of freedom); the difference from the baseline configuration with Welch's 95%
+interval (no equal-variance assumption). Written to the output folder: results.md, results.csv (one row per
+configuration), runs.csv (one row per run), speed_accuracy.png (AP against ms per image, the Pareto front
+drawn) and metrics.png (one bar chart per metric). The figures are for a paper: PNG at 200 dpi and PDF, the
+study's name as title, axes with units, a caption line saying what the points and bars are, intervals clipped
+to the metric's valid range. With a baseline, per-class AP and the TIDE error breakdown (dAP per error type)
+of each configuration against it, as tables and figures (per_class.png, errors.png). The report warns when speeds come from different devices or a busy machine
+(p90/median latency above 1.5), and when runs come from different code or data. `ReportCallback` runs all of
+it at the end of a Hydra multirun; the experiment configs register it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from detlab.errors import user_errors
+from detlab.report.runs import IGNORED, ReportError, Run, find_runs
+from detlab.report.study import write_report
+from detlab.report.tables import METRICS
+from detlab.report.wandb import log_to_wandb, wandb_runs
+
+log = logging.getLogger(__name__)
+
+
+class ReportCallback(Callback):
+    """Hydra callback: at the end of a multirun, the report of its runs in <sweep dir>/report (or output_dir),
+    and the table printed. Registered by the experiment configs under hydra.callbacks.report."""
+
+    def __init__(self, baseline: str | None = None, metrics: Sequence[str] | None = None,
+                 output_dir: str | None = None, ignore: Sequence[str] = IGNORED) -> None:
+        self.baseline, self.output_dir = baseline, output_dir
+        self.metrics = list(metrics) if metrics else None
+        self.ignore = list(ignore)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        output = Path(self.output_dir) if self.output_dir else sweep_dir / "report"
+        try:
+            runs, left_out = find_runs([sweep_dir])
+            report = write_report(runs, output, self.metrics, self.baseline, self.ignore, left_out=left_out)
+        except ReportError as err:
+            # The runs are on disk whatever happens here: say how to report them once the problem is fixed.
+            log.error(f"detlab-report: {err}\n(the runs stay in {sweep_dir}: detlab-report {sweep_dir} --output ...)")
+            return
+        print(report.markdown, flush=True)
+        command = " ".join(["detlab-report", str(sweep_dir), *self.cli_options()])
+        print(f"report: {report.files['markdown']} (to record it: {command})", flush=True)
+
+    def cli_options(self) -> list[str]:
+        """The detlab-report options that reproduce this report (baseline, metrics, ignored keys)."""
+        options = ["--baseline", self.baseline] if self.baseline else []
+        if self.metrics:
+            options += ["--metrics", *self.metrics]
+        if self.ignore != list(IGNORED):
+            options += ["--ignore", *self.ignore]
+        return options
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="detlab-report",
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="*", type=Path, help="run directories or folders of runs (a multirun folder)")
+    parser.add_argument("--wandb-project", help="read the runs from this W&B project (entity/project) instead")
+    parser.add_argument("--group", help="with --wandb-project: only this group (the study)")
+    parser.add_argument("--baseline", help="the configuration to compare against, e.g. 'loss=ce_ohem' or 'alpha=0.5'")
+    parser.add_argument("--metrics", nargs="+", help=f"the table's columns (default: {' '.join(METRICS)})")
+    parser.add_argument("--ignore", nargs="+", default=list(IGNORED),
+                        help="overrides that do not make a configuration (default: seed)")
+    parser.add_argument("--output", type=Path, help="output folder (default: experiments/<study>)")
+    parser.add_argument("--study", help="the study's name (default: the runs' tracking.group)")
+    parser.add_argument("--wandb", action="store_true", help="also log the table and the chart to a W&B summary run")
+    parser.add_argument("--wandb-log-project", default="detlab", help="with --wandb: the project of the summary run")
+    args = parser.parse_args(argv)
+    with user_errors("detlab-report"):
+        if args.wandb_project:
+            runs, left_out = wandb_runs(args.wandb_project, args.group), []
+        elif args.paths:
+            runs, left_out = find_runs(args.paths)
+        else:
+            raise ReportError("give run directories or --wandb-project")
+        study = args.study or _study_of(runs)
+        output = args.output or (Path("experiments") / study if study else None)
+        if output is None:
+            raise ReportError("the runs name no study (tracking.group): give --output or --study")
+        report = write_report(runs, output, args.metrics, args.baseline, args.ignore, left_out=left_out)
+        if args.wandb:
+            where = log_to_wandb(report, list(report.rows[0].stats), args.wandb_log_project, study)
+            print(f"W&B summary run: {where}")
+    print(report.markdown)
+    print("written: " + ", ".join(str(p) for p in report.files.values()))
+
+
+def _study_of(runs: Sequence[Run]) -> str | None:
+    studies = {r.study for r in runs if r.study}
+    return studies.pop() if len(studies) == 1 else None

@@ -1,0 +1,168 @@
+"""Runs and their grouping: a run directory (results.json, .hydra/overrides.yaml) read as a Run, runs grouped by
+configuration (every override but the seed), the study's factors, the baseline configuration."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from detlab.evaluation.analysis import ERROR_TYPES
+from detlab.errors import ConfigError
+
+
+IGNORED = ("seed",)
+
+
+SPREAD_LIMIT = 1.5  # p90 / median latency above which a speed is flagged: the machine did other work meanwhile
+
+
+class ReportError(ConfigError):
+    """Runs that cannot be reported as asked; the message says which and what to do."""
+
+
+@dataclass
+class Run:
+    """One finished run: where it is, its overrides {key: value} and its numbers {metric: value}."""
+
+    name: str
+    overrides: dict[str, str]
+    values: dict[str, float]
+    study: str | None = None
+    device: str | None = None
+    speed_spread: float | None = None  # p90 / median of the batch-1 latency: above SPREAD_LIMIT the machine was busy
+    pruned: bool = False  # stopped early by prune.* (detlab.pruning): its numbers are not its budget's
+    provenance: dict[str, Any] = field(default_factory=dict)  # results.json["provenance"] (detlab.provenance)
+
+
+@dataclass
+class Group:
+    """The runs of one configuration (the same overrides but for the ignored keys, i.e. the seeds)."""
+
+    overrides: dict[str, str]
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, metric: str) -> np.ndarray:
+        return np.asarray([r.values[metric] for r in self.runs if metric in r.values], dtype=np.float64)
+
+
+def read_run(run_dir: Path) -> Run:
+    """A run directory -> Run. COCO metrics, plus ms_per_img, img_per_s, params and gflops when recorded."""
+    if not (run_dir / "results.json").is_file():
+        raise ReportError(f"{run_dir}: no results.json (the run failed or has not finished)")
+    results = json.loads((run_dir / "results.json").read_text())
+    # COCO writes -1 where a metric is undefined (no ground truth of that size): missing, not a value.
+    values = {k: float(v) for k, v in results.get("metrics", {}).items() if v is not None and v >= 0}
+    speed = results.get("speed") or {}
+    for key in ("ms_per_img", "img_per_s"):
+        if key in speed:
+            values[key] = float(speed[key])
+    cost = results.get("complexity") or speed
+    for key in ("params", "gflops"):
+        if key in cost:
+            values[key] = float(cost[key])
+    # Per-class AP ("AP/<class>") and the TIDE breakdown ("dAP_<type>"): compared like any other number.
+    values.update({f"AP/{name}": float(ap) for name, ap in (results.get("per_class_AP") or {}).items()})
+    dap = (results.get("errors") or {}).get("dAP") or {}
+    values.update({f"dAP_{kind}": float(dap[kind]) for kind in ERROR_TYPES if kind in dap})
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
+    study = (results.get("config") or {}).get("tracking", {}).get("group")
+    total = (speed.get("latency_ms") or {}).get("total") or {}
+    spread = total["p90"] / total["median"] if total.get("median") else None
+    return Run(name=str(run_dir), overrides=overrides, values=values, study=study, device=speed.get("device"),
+               speed_spread=spread, pruned=results.get("pruned") is not None, provenance=results.get("provenance") or {})
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
+    """["+a.b=1", "model=ssd300"] -> {"a.b": "1", "model": "ssd300"} (append/force prefixes dropped)."""
+    parsed = {}
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        parsed[key.lstrip("+~")] = value
+    return parsed
+
+
+def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
+    """The runs under each path (a run directory, a multirun folder, any folder of runs), in natural order,
+    and the run directories left out: without results.json (failed or unfinished) or pruned."""
+    runs, left_out = [], []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise ReportError(f"{path}: no such folder (give a run directory or a multirun folder)")
+        if (path / ".hydra").is_dir() or (path / "results.json").is_file():
+            run_dirs = [path]
+        else:  # a run directory is one that Hydra started (.hydra/) or that finished (results.json)
+            started = {p.parent.parent for p in path.rglob(".hydra/overrides.yaml")}
+            run_dirs = sorted(started | {p.parent for p in path.rglob("results.json")}, key=_natural)
+        for run_dir in run_dirs:
+            run = read_run(run_dir) if (run_dir / "results.json").is_file() else None
+            if run is None or run.pruned:
+                left_out.append(run_dir)
+            else:
+                runs.append(run)
+    return runs, left_out
+
+
+def group_runs(runs: Sequence[Run], ignore: Sequence[str] = IGNORED) -> list[Group]:
+    """Runs with the same overrides, the ignored keys left out, in the order of their first run."""
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        kept = {k: v for k, v in run.overrides.items() if k not in ignore}
+        groups.setdefault(tuple(sorted(kept.items())), Group(kept)).runs.append(run)
+    return list(groups.values())
+
+
+def factors(groups: Sequence[Group]) -> list[str]:
+    """The override keys whose value differs between configurations (the study's factors), in command order."""
+    keys = list(dict.fromkeys(k for g in groups for k in g.overrides))
+    return [k for k in keys if len({g.overrides.get(k) for g in groups}) > 1]
+
+
+def common_overrides(groups: Sequence[Group]) -> dict[str, str]:
+    varying = set(factors(groups))
+    return {k: v for k, v in groups[0].overrides.items() if k not in varying} if groups else {}
+
+
+def short_key(key: str) -> str:
+    """experiment/focal_gamma -> focal_gamma, optim.optimizer.lr -> lr: what a column or a legend shows."""
+    return re.split(r"[/.@]", key.split("@")[0])[-1]
+
+
+def label(group: Group, keys: Sequence[str]) -> str:
+    """A configuration's name from its factor levels: the option name for a config group (ssd300), key=value
+    for a value (alpha=0.25)."""
+    parts = []
+    for key in keys:
+        value = group.overrides.get(key, "default")
+        parts.append(value if "." not in key.split("@")[0] else f"{short_key(key)}={value}")
+    return ", ".join(parts) or "all runs"
+
+
+def find_baseline(groups: Sequence[Group], spec: str) -> Group:
+    """The one configuration that matches every `key=value` of spec (keys in full or short: loss.alpha or alpha,
+    experiment/focal_gamma or focal_gamma), or whose label is spec."""
+    keys = factors(groups)
+    wanted = parse_overrides(spec.split())
+    def has(group: Group, key: str, value: str) -> bool:
+        return any(key in (k, short_key(k)) and v == value for k, v in group.overrides.items())
+
+    matches = [
+        g for g in groups if label(g, keys) == spec or (wanted and all(has(g, k, v) for k, v in wanted.items()))
+    ]
+    if len(matches) != 1:
+        names = "; ".join(" ".join(f"{k}={g.overrides.get(k)}" for k in keys) or label(g, keys) for g in groups)
+        found = "no configuration" if not matches else f"{len(matches)} configurations"
+        raise ReportError(f"--baseline {spec!r} matches {found}; the configurations are: {names}")
+    return matches[0]
+
+
+def _natural(path: Path) -> list:
+    """Sort key with numbers compared as numbers: multirun/.../2 before multirun/.../10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]

@@ -1,0 +1,136 @@
+"""The whole report of one set of runs: grouped, compared, written as results.md, results.csv, runs.csv and the
+figures, with warnings when speeds or provenance do not compare."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+from detlab.report.runs import IGNORED, SPREAD_LIMIT, ReportError, Run, common_overrides, find_baseline, group_runs
+from detlab.report.tables import METRICS, SPEED, Row, compare, difference_table, markdown, write_csv, write_runs_csv
+from detlab.report.plots import plot_differences, plot_metrics, plot_speed_accuracy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    markdown: str
+    files: dict[str, Path]
+
+
+def write_report(
+    runs: Sequence[Run],
+    output: str | Path,
+    metrics: Sequence[str] | None = None,
+    baseline: str | None = None,
+    ignore: Sequence[str] = IGNORED,
+    title: str | None = None,
+    left_out: Sequence[Path] = (),
+) -> Report:
+    """Group the runs, compute the statistics and write results.md, results.csv, runs.csv and the plots."""
+    if not runs:
+        raise ReportError("no finished runs (no results.json) to report")
+    groups = group_runs(runs, ignore)
+    known = set().union(*(r.values for r in runs))
+    if metrics:
+        missing = [m for m in metrics if m not in known]
+        if missing:
+            raise ReportError(f"no run recorded {missing}; the runs have {sorted(known)}")
+    else:  # the default columns that the runs recorded (ms_per_img only where speed was measured)
+        metrics = [m for m in METRICS if m in known]
+    base = find_baseline(groups, baseline) if baseline else None
+    rows = compare(groups, metrics, base)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    studies = sorted({r.study for r in runs if r.study})
+    name = title or ", ".join(studies) or "runs"  # the figures' title: the study's name
+    title = f"{name}: {len(groups)} configurations, {len(runs)} runs"
+    devices = sorted({r.device for r in runs if r.device})
+
+    files = {"markdown": output / "results.md", "csv": output / "results.csv", "runs": output / "runs.csv"}
+    notes = []
+    if SPEED in known and "AP" in known:
+        files["speed_accuracy"] = output / "speed_accuracy.png"
+        plotted = compare(groups, list(dict.fromkeys([*metrics, "AP", SPEED])), base)
+        device = devices[0] if len(devices) == 1 else None
+        plot_speed_accuracy(plotted, files["speed_accuracy"], title=name, device=device)
+        files["speed_accuracy_pdf"] = files["speed_accuracy"].with_suffix(".pdf")
+        notes.append("![AP against ms per image](speed_accuracy.png)\n")
+    files["metrics"] = output / "metrics.png"
+    plot_metrics(rows, metrics, files["metrics"], title=name)
+    files["metrics_pdf"] = files["metrics"].with_suffix(".pdf")
+    notes.append("![metrics per configuration](metrics.png)\n")
+    if len(devices) == 1:
+        notes.append(f"Speed measured on: {devices[0]}.\n")
+    for warning in speed_warnings(runs) + provenance_warnings(runs):  # in the report, and on the console of whoever makes it
+        log.warning(warning.strip())
+        notes.append(warning)
+    if base is not None:  # where the difference from the baseline comes from: which classes, which errors
+        for key, what, prefix in (("per_class", "Per-class AP", "AP/"), ("errors", "Error breakdown", "dAP_")):
+            items = [m for m in dict.fromkeys(m for r in runs for m in r.values) if m.startswith(prefix)]
+            if items:
+                item_rows = compare(groups, items, base)
+                notes.append(difference_table(item_rows, items, what, prefix))
+                files[key] = output / f"{key}.png"
+                plot_differences(item_rows, items, files[key], prefix, f"{name}: {what}")
+                files[f"{key}_pdf"] = files[key].with_suffix(".pdf")
+                notes.append(f"![{what} against the baseline]({key}.png)\n")
+    if left_out:
+        names = ", ".join(map(str, left_out))
+        notes.append(f"Runs without results.json (failed or unfinished) or pruned, left out: {names}\n")
+    text = markdown(rows, metrics, title, common_overrides(groups), notes)
+    files["markdown"].write_text(text)
+    write_csv(rows, metrics, files["csv"])
+    write_runs_csv(groups, files["runs"])
+    return Report(rows, text, files)
+
+
+def speed_warnings(runs: Sequence[Run]) -> list[str]:
+    """Warnings when the speeds of one table do not compare: measured on different devices, or on a machine
+    busy enough that a run's p90 latency exceeds SPREAD_LIMIT times its median."""
+    warnings = []
+    devices = sorted({r.device for r in runs if r.device})
+    if len(devices) > 1:
+        warnings.append(f"Warning: speed was measured on different devices ({', '.join(devices)}): "
+                        "those numbers do not compare.\n")
+    noisy = [r for r in runs if r.speed_spread is not None and r.speed_spread > SPREAD_LIMIT]
+    if noisy:
+        listed = ", ".join(f"{r.name} ({r.speed_spread:.2f})" for r in noisy)
+        warnings.append(f"Warning: {len(noisy)} runs' speed varied (p90/median latency above {SPREAD_LIMIT}: the "
+                        f"machine was busy), their ms_per_img is unreliable: {listed}.\n")
+    return warnings
+
+
+def provenance_warnings(runs: Sequence[Run]) -> list[str]:
+    """A warning when the runs of one table come from different code (detlab version, git sha, uncommitted
+    changes) or different data (data_fingerprint): a difference between them may then be neither the factor's
+    nor the seed's. Runs that recorded no provenance count as one more kind."""
+    warnings = []
+    for what, identity in (("code", _code_of), ("data", _data_of)):
+        kinds: dict[str, list[str]] = {}
+        for run in runs:
+            kinds.setdefault(identity(run.provenance), []).append(run.name)
+        if len(kinds) > 1:
+            listed = "; ".join(f"{kind}: {len(names)} runs (e.g. {names[0]})" for kind, names in kinds.items())
+            warnings.append(f"Warning: the runs in this table come from different {what} ({listed}).\n")
+    return warnings
+
+
+def _code_of(provenance: dict[str, Any]) -> str:
+    if not provenance:
+        return "no provenance recorded"
+    if provenance.get("git_sha") is None:
+        return f"detlab {provenance.get('detlab')} (not a git checkout)"
+    dirty = " with uncommitted changes" if provenance.get("git_dirty") else ""
+    return f"detlab {provenance.get('detlab')} at {str(provenance['git_sha'])[:10]}{dirty}"
+
+
+def _data_of(provenance: dict[str, Any]) -> str:
+    fingerprint = provenance.get("data_fingerprint")
+    return f"data {fingerprint[:12]}" if fingerprint else "no data fingerprint recorded"

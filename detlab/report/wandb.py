@@ -1,0 +1,79 @@
+"""W&B both ways: runs read from a project through the public API, and the report logged back as a summary run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+from detlab.report.runs import Run, parse_overrides
+from detlab.report.tables import SPEED
+from detlab.report.study import Report
+
+
+def wandb_runs(project: str, group: str | None = None) -> list[Run]:
+    """The finished runs of a W&B project (optionally one group), through the public API (needs the network).
+
+    Overrides come from the run's config key "overrides" when the run logged it; otherwise every key of its
+    config ("cfg." when Lightning logged the hyper-parameters) stands in, and grouping ignores
+    tracking.name too (it names the seed).
+    """
+    import wandb  # only here: reading local runs needs neither wandb's import time nor the network
+
+    runs = []
+    for remote in wandb.Api().runs(project, filters={"group": group} if group else None):
+        if remote.state != "finished":
+            continue
+        config = dict(remote.config)
+        if "overrides" in config:
+            overrides = parse_overrides(config["overrides"])
+        else:
+            overrides = {k: str(v) for k, v in _flatten(config.get("cfg", config)).items() if k != "tracking.name"}
+        summary = dict(remote.summary)
+        values = {
+            k.removeprefix("final/"): float(v) for k, v in summary.items() if k.startswith("final/") and float(v) >= 0
+        }
+        for key in ("ms_per_img", "img_per_s"):
+            if f"speed/{key}" in summary:
+                values[key] = float(summary[f"speed/{key}"])
+        runs.append(Run(name="/".join(remote.path), overrides=overrides, values=values, study=remote.group,
+                        provenance=config.get("provenance") or {}))
+    return runs
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def log_to_wandb(report: Report, metrics: Sequence[str], project: str, study: str | None) -> str:
+    """A W&B summary run in the study's group: the table, a scatter chart of AP against ms per image and the
+    PNGs. Online when logged in (WANDB_MODE wins), offline otherwise. Returns the run's directory."""
+    import wandb
+
+    from detlab.tracking import wandb_mode
+
+    mode = wandb_mode()
+    out_dir = report.files["markdown"].parent
+    name = f"{study or 'study'}-report"
+    run = wandb.init(project=project, group=study, job_type="report", name=name, dir=str(out_dir), mode=mode)
+    columns = ["configuration", "n"] + [c for m in metrics for c in (m, f"{m}_ci_low", f"{m}_ci_high")]
+    data = []
+    for r in report.rows:
+        stats = [v for m in metrics for v in (r.stats[m].estimate, r.stats[m].low, r.stats[m].high)]
+        data.append([r.label, max(s.n for s in r.stats.values()), *stats])
+    table = wandb.Table(columns=columns, data=data)
+    logged: dict[str, Any] = {"report/table": table}
+    if SPEED in metrics and "AP" in metrics:
+        logged["report/speed_accuracy"] = wandb.plot.scatter(table, SPEED, "AP", title="AP against ms per image")
+    for name in ("speed_accuracy", "metrics"):
+        if name in report.files:
+            logged[f"report/{name}_png"] = wandb.Image(str(report.files[name]))
+    run.log(logged)
+    directory = run.dir
+    run.finish()
+    return directory
