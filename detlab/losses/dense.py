@@ -57,7 +57,9 @@ class DenseDetectionLoss(nn.Module):
             box = self.box_loss(outputs.box_reg[positive], prior_boxes[positive], gt_boxes[positive], self.box_coder,
                                 strides[positive])
             return {"cls": cls, "box": self.box_weight * box / normaliser}
-        # Per image: the losses return sums, so one call per image (B is small; the sums are the same maths).
+        # Per image: one call per image, because every classification and box loss returns one sum over what it is
+        # given (the contract the batch path and DDP's normaliser rest on). Batching this path would need per-image
+        # sums from every loss; it runs only for normalize=image (the torchvision preset), with B small.
         cls, box = [], []
         for i, pos in enumerate(positive):
             normaliser = pos.sum().clamp(min=1).float()
