@@ -35,12 +35,12 @@ test-faults: $(STAMP)
 	$(PY) -m pytest -m faults $(ARGS)
 
 bench: $(STAMP)
-	$(PY) -m detlab.bench $(ARGS)
+	$(PY) -m detlab.cli.bench $(ARGS)
 
 # At most 8 minutes on one GPU: the gpu test tier, bench on CUDA, R50-FPN throughput, a 2-minute training.
 # Without CUDA it says so and exits 0.
 gpu-check: $(STAMP)
-	$(PY) -m detlab.gpu_check $(ARGS)
+	$(PY) -m detlab.cli.gpu_check $(ARGS)
 
 clean:
 	rm -rf runs multirun wandb .pytest_cache

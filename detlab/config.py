@@ -5,6 +5,9 @@ Hydra already rejects a misspelt key (`Key 'imag_size' is not in struct`) and an
 (listing the available ones). What is left are values and combinations, each check naming the key and the fix:
 here the keys and the trainer's; the rules of the model's parts live in the parts and their builders, which
 validate runs by building them.
+
+torch is imported inside the checks that use it: every command reads CONF_DIR from here, and `--help` must not
+wait for torch.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -33,7 +35,7 @@ def _conf_dir() -> Path:
 
 
 # An absolute path: relative ones are resolved against the calling module, which differs between
-# `python -m detlab.train` and the `detlab-train` console script.
+# `python -m detlab.cli.train` and the `detlab-train` console script.
 CONF_DIR = str(_conf_dir())
 
 
@@ -65,6 +67,7 @@ def _check_model(cfg: DictConfig) -> None:
     Built on the meta device (no memory, no arithmetic) for one class, without pretrained or model.weights files:
     what is checked is the combination, not the weights.
     """
+    import torch
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
@@ -104,6 +107,7 @@ def _check_moved(cfg: DictConfig) -> None:
 def _check_optim(optim: DictConfig) -> None:
     """The optimizer's and the schedule's arguments, tried on one parameter: torch.optim would otherwise fail at
     the first step with a TypeError that names no key (`optim.optimizer.lr=abc`)."""
+    import torch
     from hydra.utils import instantiate
 
     for key, value in optim.optimizer.items():
@@ -115,7 +119,7 @@ def _check_optim(optim: DictConfig) -> None:
         raise ConfigError(f"optim.optimizer ({optim.optimizer._target_}) rejects its arguments: {err}") from None
     if "_target_" not in optim.scheduler:  # an optim config written before the schedule had one
         raise ConfigError(
-            "optim.scheduler has no _target_; add `_target_: detlab.optim.warmup_schedule` and `_partial_: true` to "
+            "optim.scheduler has no _target_; add `_target_: detlab.training.optim.warmup_schedule` and `_partial_: true` to "
             "it (as conf/optim/adamw.yaml)"
         )
     try:
@@ -134,6 +138,8 @@ def _check_positive(cfg: DictConfig, *keys: str) -> None:
 
 
 def _check_trainer(trainer: DictConfig) -> None:
+    import torch
+
     if trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={trainer.accelerator} but no CUDA device is visible; use trainer=cpu "

@@ -1,8 +1,10 @@
 """One object for inference: the eval transform, the model and the post-processing, with the label space.
 
-`Predictor` turns RGB images into detections in original pixels and COCO category ids. Prediction
-(detlab-predict) and the speed protocol (detlab.profile.speed) use it; `Predictor.from_config` builds it from a composed
-config (a preset with `model.weights`, or any model), `Predictor.from_checkpoint` from a trained run.
+`Predictor` turns RGB images (or a collated Batch) into detections in original pixels and COCO category ids. It
+serves every caller outside the training step: detlab-eval run and speed, detlab-predict, the speed protocol at
+the end of a run and the images logged to W&B. Built three ways: `from_run` (a run directory or checkpoint: its
+saved config and weights, the one loader of a trained run), `from_config` (a composed config: a preset with
+`model.weights`, or any model) and `from_module` (the DetectionModule being trained, sharing its model).
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from detlab.checkpoint import WEIGHTS_FILE
 from detlab.data.collate import collate
 from detlab.data.datamodule import eval_transform
 from detlab.data.transforms import DetectionTransform
-from detlab.module import load_hparams
+from detlab.errors import CheckpointError
 from detlab.structures import Batch, Detections
+from detlab.training.checkpoint import WEIGHTS_FILE, load_hparams
 
 NO_BOXES, NO_LABELS = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
 
@@ -63,15 +65,28 @@ class Predictor:
         return cls(eval_transform(cfg.data), parts.model, parts.postprocess, cfg.data.size_divisor, category_ids, names)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple[Predictor, DictConfig]:
-        """The trained detector of a run's checkpoint: its saved config (plus dotlist overrides such as
-        data.image_size=512) rebuilt, its weights loaded, its label space; and that config."""
+    def from_run(cls, path: str | Path, overrides: Sequence[str] = ()) -> tuple[Predictor, DictConfig]:
+        """The trained detector of a run directory (its final weights, see checkpoint_of) or a checkpoint file: its
+        saved config (plus dotlist overrides such as data.image_size=512) rebuilt, its weights loaded, its label
+        space; and that config."""
+        checkpoint = checkpoint_of(path)
         hparams = load_hparams(checkpoint)
         cfg = OmegaConf.merge(OmegaConf.create(hparams["cfg"]), OmegaConf.from_dotlist(list(overrides)))
         cfg.model.weights = str(checkpoint)  # the run's own weights replace whatever it started from
         return cls.from_config(cfg, hparams["category_ids"], hparams["class_names"]), cfg
 
+    @classmethod
+    def from_module(cls, module: nn.Module) -> Predictor:
+        """The detector a DetectionModule trains (its model and post-processing shared, not copied), with its
+        run's eval transform and label space."""
+        data = module.hparams["cfg"]["data"]
+        return cls(eval_transform(data), module.model, module.postprocess, data["size_divisor"],
+                   module.hparams["category_ids"], module.hparams["class_names"])
+
     def to(self, device: torch.device | str) -> Predictor:
+        """Move the model to device; "auto" is CUDA when there is one, else the CPU."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(device)
         return self
 
@@ -84,7 +99,10 @@ class Predictor:
         ids = range(len(images)) if image_ids is None else image_ids
         # the transform works on one image at a time, as the dataset does per item
         samples = [self.transform(image, NO_BOXES, NO_LABELS, image_id=i) for image, i in zip(images, ids)]
-        batch = collate(samples, size_divisor=self.size_divisor)
+        return self.on_device(collate(samples, size_divisor=self.size_divisor))
+
+    def on_device(self, batch: Batch) -> Batch:
+        """The batch's tensors on the model's device."""
         device = self.device
         return Batch(**{f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)})
 
@@ -97,10 +115,19 @@ class Predictor:
         return self.postprocess(outputs, priors, batch)
 
     @torch.inference_mode()
-    def __call__(self, images: Sequence[np.ndarray], image_ids: Sequence[int] | None = None) -> list[Detections]:
-        """Detections of each image (the model in eval mode), boxes in original pixels, labels 0..K-1."""
+    def predict_batch(self, batch: Batch) -> list[Detections]:
+        """Detections of a collated Batch on the model's device, boxes in original pixels, labels 0..K-1: the model
+        in eval mode for the call, then back in the mode it was in (W&B images are drawn during training)."""
+        was_training = self.model.training
         self.model.eval()
-        return self.detect(self.forward(self.preprocess(images, image_ids)))
+        try:
+            return self.detect(self.forward(batch))
+        finally:
+            self.model.train(was_training)
+
+    def __call__(self, images: Sequence[np.ndarray], image_ids: Sequence[int] | None = None) -> list[Detections]:
+        """Detections of each RGB image, boxes in original pixels, labels 0..K-1."""
+        return self.predict_batch(self.preprocess(images, image_ids))
 
     def coco_results(self, detections: Sequence[Detections], image_ids: Sequence[int]) -> list[dict[str, Any]]:
         """COCO results (image_id, category_id, bbox [x, y, w, h] in original pixels, score) of per-image
@@ -124,5 +151,5 @@ def checkpoint_of(path: str | Path) -> Path:
         weights, last = path / "checkpoints" / WEIGHTS_FILE, path / "checkpoints" / "last.ckpt"
         path = last if last.is_file() and not weights.is_file() else weights
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (give a run directory or a .ckpt file)")
+        raise CheckpointError(f"no checkpoint at {path} (give a run directory or a .ckpt file)")
     return path

@@ -1,12 +1,17 @@
 """Suite-wide settings: W&B never reaches the network, caches live in the test's temp space, few threads; the
 real-data tier's one way to find its data: $DETLAB_REAL_DATA, with a clear failure when it is not there; and the
-one factory of hand-made batches (`from tests.conftest import make_batch`)."""
+one factory of hand-made batches (`from tests.conftest import make_batch`); the tiny run's overrides and the
+runner of the real entry points (`from tests.conftest import TINY, run`); tiny image files (make_image)."""
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor
 
 from detlab.structures import Batch
@@ -16,6 +21,47 @@ os.environ["WANDB_SILENT"] = "true"
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 REAL_DATASETS = ("raccoon", "coco128")
+
+
+# A model and data small enough for seconds on a CPU; the same override list serves every test here.
+TINY = [
+    "data.image_size=64",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.source.num_train_images=12",
+    "data.source.num_val_images=6",
+    "data.source.image_size=96",
+    "model.neck.out_channels=16",
+    "model.head.width=16",
+    "model.head.depth=1",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "eval.num_log_images=2",
+    "speed.batch_size=2",
+    "speed.warmup=1",
+    "speed.repeats=2",
+]
+
+
+def run(entry: str, *args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a module (`detlab.cli.train`) or an installed console script (`detlab-train`, as the README does)."""
+    command = [str(Path(sys.executable).parent / entry)] if entry.startswith("detlab-") else [sys.executable, "-m", entry]
+    proc = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{entry} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def make_image() -> Callable[..., Path]:
+    """make_image(path, width, height): writes a small black RGB image (any suffix PIL can write)."""
+
+    def make(path: Path, width: int, height: int) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (width, height)).save(path)
+        return path
+
+    return make
 
 
 def make_batch(

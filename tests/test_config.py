@@ -118,7 +118,7 @@ def test_gpu_trainer_without_cuda_names_the_key():
 
 @pytest.mark.parametrize("logger", options("logger"))
 def test_logger_options_instantiate(logger, tmp_path):
-    from detlab.train import _logger
+    from detlab.training.run import _logger
 
     cfg = compose_train([f"logger={logger}"])
     made = _logger(cfg, tmp_path, wandb_id=None)

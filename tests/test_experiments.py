@@ -64,7 +64,7 @@ def test_study_sweeps_three_seeds_into_its_group_and_reports(name):
     assert cfg["tracking"]["group"] == name
     assert f"multirun/{name}/" in cfg["hydra"]["sweep"]["dir"]
     report = cfg["hydra"]["callbacks"]["report"]
-    assert report["_target_"] == "detlab.report.ReportCallback" and report["baseline"]
+    assert report["_target_"] == "detlab.report.study.ReportCallback" and report["baseline"]
     assert cfg["trainer"]["max_epochs"] <= 6, "the default budget is a CPU one; users raise it"
 
 
@@ -117,7 +117,7 @@ def test_anchors_are_table_1c():
     assert got == paper
 
 
-# tests/test_train.py's tiny model and data, smaller still: seconds per run on a CPU. `++speed.*` keeps the
+# tests/conftest.py's tiny model and data, smaller still: seconds per run on a CPU. `++speed.*` keeps the
 # speed measurement at the end of a run short (forced keys: they apply once train.yaml has a speed node).
 TINY = [
     "data.image_size=64", "data.batch_size=4", "data.num_workers=0", "data.source.num_train_images=8",
@@ -131,7 +131,7 @@ def test_multirun_of_a_study_ends_with_its_report(tmp_path):
     """detlab-train -m experiment=focal_gamma, two of its levels and one seed: the report closes the multirun."""
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [sys.executable, "-m", "detlab.train", "-m", "experiment=focal_gamma", *TINY,
+        [sys.executable, "-m", "detlab.cli.train", "-m", "experiment=focal_gamma", *TINY,
          "experiment/focal_gamma=gamma0_alpha0.75,gamma2_alpha0.25", "seed=0", f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
@@ -153,7 +153,7 @@ def test_tv_parity_trains_each_implementation_through_the_entry_point(tmp_path, 
     tiny = [t for t in TINY if t.split("=")[0] not in {"model.neck.out_channels", "model.head.width", "model.head.depth"}]
     run_dir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "detlab.train", "experiment=tv_parity", f"experiment/tv_parity@_global_={implementation}",
+        [sys.executable, "-m", "detlab.cli.train", "experiment=tv_parity", f"experiment/tv_parity@_global_={implementation}",
          *tiny, "data.max_size=96", "data.batch_size=2", "trainer.limit_train_batches=2", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
@@ -171,7 +171,7 @@ def test_optuna_sweep_runs_each_trial_as_a_submitit_job(tmp_path):
     training job in a submitit process of its own; the sweeper keeps the best of the APs the jobs returned."""
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [sys.executable, "-m", "detlab.train", "-m", "hydra/sweeper=optuna_focal", "hydra/launcher=local",
+        [sys.executable, "-m", "detlab.cli.train", "-m", "hydra/sweeper=optuna_focal", "hydra/launcher=local",
          "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", *TINY, f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from detlab.checkpoint import read_checkpoint
-from tests.test_train import TINY, run
+from detlab.training.checkpoint import read_checkpoint
+from tests.conftest import TINY, run
 
 pytestmark = pytest.mark.faults
 
@@ -28,7 +28,7 @@ STEPS_PER_EPOCH = 3  # 12 train images at batch 4
 def script(tmp_path: Path, name: str, patch: str) -> Path:
     """A file that applies `patch` in the process, then runs detlab-train with its own arguments."""
     path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(patch) + "\nimport sys\nfrom detlab.train import main\nsys.argv[0] = 'detlab-train'\nmain()\n")
+    path.write_text(textwrap.dedent(patch) + "\nimport sys\nfrom detlab.cli.train import main\nsys.argv[0] = 'detlab-train'\nmain()\n")
     return path
 
 
@@ -55,7 +55,7 @@ def assert_named_error(proc: subprocess.CompletedProcess, *named: str) -> None:
 
 KILL_AT_STEP = """
 import os, signal
-from detlab.module import DetectionModule
+from detlab.training.module import DetectionModule
 step = DetectionModule.training_step
 def training_step(self, batch, batch_idx):
     if self.global_step == {step}:
@@ -71,12 +71,12 @@ def killed_and_resumed(tmp_path_factory) -> dict[str, Path]:
     same folder; and the same run never stopped. Deterministic mode, the default (offline) W&B logger."""
     root = tmp_path_factory.mktemp("faults")
     args = [*TINY, "trainer.max_epochs=3", "trainer.deterministic=true", "speed.enabled=false"]
-    run("detlab.train", *args, f"hydra.run.dir={root / 'straight'}", cwd=root)
+    run("detlab.cli.train", *args, f"hydra.run.dir={root / 'straight'}", cwd=root)
     killer = script(root, "kill", KILL_AT_STEP.format(step=STEPS_PER_EPOCH + 1))
     proc = train_with(root, killer, *args, f"hydra.run.dir={root / 'killed'}", check=False)
     assert proc.returncode == -9, proc.stderr[-3000:]
     (root / "killed_id_before").write_text((root / "killed" / "wandb_run_id").read_text())
-    run("detlab.train", *args, f"ckpt_path={root / 'killed' / 'checkpoints' / 'last.ckpt'}",
+    run("detlab.cli.train", *args, f"ckpt_path={root / 'killed' / 'checkpoints' / 'last.ckpt'}",
         f"hydra.run.dir={root / 'killed'}", cwd=root)
     return {"root": root, "straight": root / "straight", "resumed": root / "killed"}
 
@@ -165,7 +165,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_file(tmp_path):
 
 def test_deterministic_mode_gives_identical_metrics_twice(killed_and_resumed, tmp_path):
     args = [*TINY, "trainer.max_epochs=3", "trainer.deterministic=true", "speed.enabled=false"]
-    run("detlab.train", *args, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
+    run("detlab.cli.train", *args, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
     first = json.loads((killed_and_resumed["straight"] / "results.json").read_text())
     again = json.loads((tmp_path / "again" / "results.json").read_text())
     assert again["metrics"] == first["metrics"] and again["per_class_AP"] == first["per_class_AP"]
@@ -290,7 +290,7 @@ def test_config_and_divergence_errors_are_named(tmp_path, overrides, says):
 
 
 NAN_AT_VALIDATION = """
-from detlab.module import DetectionModule
+from detlab.training.module import DetectionModule
 real_step = DetectionModule.validation_step
 def validation_step(self, batch, batch_idx):  # what optim.optimizer.lr=1e2 did in 6 epochs: NaN class outputs
     forward = self.model.forward
@@ -355,6 +355,6 @@ def test_a_read_only_folder_is_named(shared_tmp, folder):
         env["DETLAB_CACHE"] = str(locked / "cache")
     else:
         run_dir = locked / "run"
-    command = [*as_other_user(), sys.executable, "-m", "detlab.train", *TINY, "logger=none", f"hydra.run.dir={run_dir}"]
+    command = [*as_other_user(), sys.executable, "-m", "detlab.cli.train", *TINY, "logger=none", f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(command, cwd=writable["home"], env=env, capture_output=True, text=True, timeout=600)
     assert_named_error(proc, str(locked), folder, "permission denied")

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from pytorch_lightning.utilities import move_data_to_device
 
-from detlab import bench
+from detlab.profile import bench
 from detlab.config import compose_train
 from detlab.structures import HeadOutput, Priors
 
@@ -52,7 +52,7 @@ def test_cuda_nms_through_postprocess_equals_cpu():
 def train(tmp_path: Path, *overrides: str) -> dict:
     """detlab-train with TINY + overrides; its results.json (the run stops on a non-finite training loss)."""
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "detlab.train", *TINY, *overrides, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.run([sys.executable, "-m", "detlab.cli.train", *TINY, *overrides, f"hydra.run.dir={run_dir}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((run_dir / "results.json").read_text())

@@ -41,7 +41,7 @@ def overfit(tmp_path: Path, *model_overrides: str, image_size: int = 128, epochs
         "logger=none",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    command = [sys.executable, "-m", "detlab.train", *overrides]
+    command = [sys.executable, "-m", "detlab.cli.train", *overrides]
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((tmp_path / "run" / "results.json").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train import TINY
+from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("detlab", "conf", "pyproject.toml", "setup.py", "README.md")  # what the build reads
@@ -40,7 +40,7 @@ def test_the_wheel_holds_every_config(wheel):
     configs = {f"detlab/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
     assert "detlab/conf/train.yaml" in configs and "detlab/conf/model/backbone/resnet18.yaml" in configs
     assert configs <= names, sorted(configs - names)
-    assert "detlab/train.py" in names and "detlab/py.typed" in names
+    assert "detlab/cli/train.py" in names and "detlab/py.typed" in names
 
 
 def call(*command, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -155,26 +155,24 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def checkpoint_speed(
-    checkpoint: str | Path,
+def run_speed(
+    path: str | Path,
     overrides: Sequence[str] = (),
     image: str | Path | None = None,
     device: str = "auto",
     **protocol: Any,
 ) -> dict[str, Any]:
-    """`measure_speed` of a trained run, for `detlab-eval speed`: the detector is rebuilt from the config saved
-    in the checkpoint (plus dotlist overrides such as data.image_size=512) and its weights loaded
-    (Predictor.from_checkpoint). Neither the dataset nor its annotation file has to exist on the machine that
-    measures. image: an image file to pre-process (None = synthetic). device: auto (CUDA when there is one),
-    cpu, cuda, cuda:1, ... protocol: measure_speed's keywords (batch_size, warmup, repeats, precision;
-    precision defaults to the run's trainer.precision).
+    """`measure_speed` of a trained run, for `detlab-eval speed`: a run directory's final weights or a checkpoint,
+    rebuilt by Predictor.from_run from its saved config (plus dotlist overrides such as data.image_size=512).
+    Neither the dataset nor its annotation file has to exist on the machine that measures. image: an image file to
+    pre-process (None = synthetic). device: auto (CUDA when there is one), cpu, cuda, cuda:1, ... protocol:
+    measure_speed's keywords (batch_size, warmup, repeats, precision; precision defaults to the run's
+    trainer.precision).
     """
-    predictor, cfg = Predictor.from_checkpoint(checkpoint, overrides)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    predictor, cfg = Predictor.from_run(path, overrides)
     protocol.setdefault("precision", cfg.trainer.get("precision", "32-true"))
     return measure_speed(
-        predictor, image=_read_image(Path(image)) if image is not None else None, device=device, **protocol
+        predictor.to(device), image=_read_image(Path(image)) if image is not None else None, **protocol
     )
 
 

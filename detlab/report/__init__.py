@@ -1,10 +1,4 @@
-"""detlab-report: the comparison table and plots of a study, from its runs (see detlab.report.cli).
-
-runs (reading and grouping), stats (scipy.stats intervals), tables, plots, study (the whole report), wandb (runs
-from and the report to W&B), cli (the command and the Hydra callback that the experiment configs register as
-detlab.report.ReportCallback).
+"""A study's report from its runs: runs (reading and grouping), stats (scipy.stats intervals), tables, plots,
+study (the whole report, and the Hydra callback that the experiment configs register as
+detlab.report.study.ReportCallback), wandb (runs from and the report to W&B). The command is detlab.cli.report.
 """
-
-from detlab.report.cli import ReportCallback, main
-
-__all__ = ["ReportCallback", "main"]

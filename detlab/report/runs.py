@@ -37,8 +37,8 @@ class Run:
     study: str | None = None
     device: str | None = None
     speed_spread: float | None = None  # p90 / median of the batch-1 latency: above SPREAD_LIMIT the machine was busy
-    pruned: bool = False  # stopped early by prune.* (detlab.pruning): its numbers are not its budget's
-    provenance: dict[str, Any] = field(default_factory=dict)  # results.json["provenance"] (detlab.provenance)
+    pruned: bool = False  # stopped early by prune.* (detlab.training.pruning): its numbers are not its budget's
+    provenance: dict[str, Any] = field(default_factory=dict)  # results.json["provenance"] (detlab.training.provenance)
 
 
 @dataclass

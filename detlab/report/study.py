@@ -1,5 +1,6 @@
 """The whole report of one set of runs: grouped, compared, written as results.md, results.csv, runs.csv and the
-figures, with warnings when speeds or provenance do not compare."""
+figures, with warnings when speeds or provenance do not compare; and ReportCallback, which writes it at the end
+of a Hydra multirun (the experiment configs register it)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
-from detlab.report.runs import IGNORED, SPREAD_LIMIT, ReportError, Run, common_overrides, find_baseline, group_runs
+from detlab.report.runs import (
+    IGNORED, SPREAD_LIMIT, ReportError, Run, common_overrides, find_baseline, find_runs, group_runs,
+)
 from detlab.report.tables import METRICS, SPEED, Row, compare, difference_table, markdown, write_csv, write_runs_csv
 from detlab.report.plots import plot_differences, plot_metrics, plot_speed_accuracy
 
@@ -134,3 +139,37 @@ def _code_of(provenance: dict[str, Any]) -> str:
 def _data_of(provenance: dict[str, Any]) -> str:
     fingerprint = provenance.get("data_fingerprint")
     return f"data {fingerprint[:12]}" if fingerprint else "no data fingerprint recorded"
+
+
+class ReportCallback(Callback):
+    """Hydra callback: at the end of a multirun, the report of its runs in <sweep dir>/report (or output_dir),
+    and the table printed. Registered by the experiment configs under hydra.callbacks.report."""
+
+    def __init__(self, baseline: str | None = None, metrics: Sequence[str] | None = None,
+                 output_dir: str | None = None, ignore: Sequence[str] = IGNORED) -> None:
+        self.baseline, self.output_dir = baseline, output_dir
+        self.metrics = list(metrics) if metrics else None
+        self.ignore = list(ignore)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        output = Path(self.output_dir) if self.output_dir else sweep_dir / "report"
+        try:
+            runs, left_out = find_runs([sweep_dir])
+            report = write_report(runs, output, self.metrics, self.baseline, self.ignore, left_out=left_out)
+        except ReportError as err:
+            # The runs are on disk whatever happens here: say how to report them once the problem is fixed.
+            log.error(f"detlab-report: {err}\n(the runs stay in {sweep_dir}: detlab-report {sweep_dir} --output ...)")
+            return
+        print(report.markdown, flush=True)
+        command = " ".join(["detlab-report", str(sweep_dir), *self.cli_options()])
+        print(f"report: {report.files['markdown']} (to record it: {command})", flush=True)
+
+    def cli_options(self) -> list[str]:
+        """The detlab-report options that reproduce this report (baseline, metrics, ignored keys)."""
+        options = ["--baseline", self.baseline] if self.baseline else []
+        if self.metrics:
+            options += ["--metrics", *self.metrics]
+        if self.ignore != list(IGNORED):
+            options += ["--ignore", *self.ignore]
+        return options

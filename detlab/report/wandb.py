@@ -55,7 +55,7 @@ def log_to_wandb(report: Report, metrics: Sequence[str], project: str, study: st
     PNGs. Online when logged in (WANDB_MODE wins), offline otherwise. Returns the run's directory."""
     import wandb
 
-    from detlab.tracking import wandb_mode
+    from detlab.training.tracking import wandb_mode
 
     mode = wandb_mode()
     out_dir = report.files["markdown"].parent

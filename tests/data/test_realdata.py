@@ -2,7 +2,7 @@
 
 The numbers checked are those the datasets' READMEs publish (../shared/data/README.md): raccoon has 200
 photographs with 217 boxes of one class; coco128 has 128 images and 939 annotations, 10 of them crowd.
-The two training runs go through the real entry point (`python -m detlab.train`) with a tiny model, 4 train
+The two training runs go through the real entry point (`python -m detlab.cli.train`) with a tiny model, 4 train
 batches and 2 val batches of 2 images, and must end in a results.json with the full COCO table.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from detlab.datacli import main
+from detlab.cli.data import main
 
 pytestmark = pytest.mark.realdata
 
@@ -74,7 +74,7 @@ def runs(real_data, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name, overrides in commands.items():
         run_dir = tmp_path_factory.mktemp(name) / "run"
-        argv = [sys.executable, "-m", "detlab.train", *overrides, *TINY_RUN, f"hydra.run.dir={run_dir}"]
+        argv = [sys.executable, "-m", "detlab.cli.train", *overrides, *TINY_RUN, f"hydra.run.dir={run_dir}"]
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         started[name] = (run_dir, process)
     return {name: (run_dir, process.communicate(timeout=300)[0], process.returncode)

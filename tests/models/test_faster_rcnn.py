@@ -17,12 +17,13 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from detlab.config import ConfigError, compose_train, validate
+from detlab.inference import Predictor
 from detlab.models.assigners import MaxIoUAssigner, RoISampler, SampledMaxIoUAssigner, balanced_sample
 from detlab.models.box_coder import DeltaXYWHBoxCoder
 from detlab.models.detector import Detector
 from detlab.models.priors import AnchorGenerator
 from detlab.models.two_stage import ProposalGenerator, RoIPostProcess
-from detlab.module import DetectionModule
+from detlab.training.module import DetectionModule
 from detlab.structures import Batch, HeadOutput, Priors, TwoStageOutput
 from tests.conftest import make_batch
 
@@ -141,18 +142,19 @@ def test_one_stage_detector_ignores_targets():
 
 
 def test_module_predicts_what_it_evaluates(tmp_path):
-    """module(batch), which prediction and the logged images use, gives the detections that validation scores:
+    """The Predictor of the module (what the logged images and the end-of-run speed use) gives the detections
+    that validation scores:
     the proposals clipped to each image's content (60 x 80 px of 64 x 96 for the second image), not to the
     padded input, which moves the RoIs and so the scores."""
     cfg = compose_train(["model=faster_rcnn", *TINY])
     ann = {"images": [], "annotations": [], "categories": [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]}
     (tmp_path / "val.json").write_text(json.dumps(ann))
     torch.manual_seed(0)
-    module_cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "loss", "optim", "eval"]), resolve=True)
+    module_cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "loss", "optim", "eval", "data"]), resolve=True)
     module = DetectionModule(module_cfg, 3, [1, 2, 3], ["c1", "c2", "c3"], str(tmp_path / "val.json")).eval()
     batch = tiny_batch()
+    predicted = Predictor.from_module(module).predict_batch(batch)
     with torch.no_grad():
-        predicted = module(batch)
         outputs, priors = module.model(batch.images, targets=batch)
         evaluated = module.postprocess(outputs, priors, batch)
         padded, _ = module.model(batch.images)

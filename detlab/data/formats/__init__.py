@@ -13,5 +13,5 @@ raises a ValueError that names the file, the record and the field; nothing is dr
 - `source.py`:  FormatSource, which `data=voc|yolo|udacity|mot` use: converts once into the cache, by content.
 - `check.py`:   what `detlab-data check` prints: a split's numbers, and the check of every image.
 
-`detlab-data convert` and `detlab-data check` (detlab/datacli.py) are the command-line side.
+`detlab-data convert` and `detlab-data check` (detlab/cli/data.py) are the command-line side.
 """

@@ -1,24 +1,11 @@
-"""Fixtures shared by the format reader tests: tiny image files and a box-for-box comparison of COCO dicts."""
+"""Fixtures shared by the format reader tests: a box-for-box comparison of COCO dicts (tiny image files:
+tests/conftest.py's make_image)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from PIL import Image
-
-
-@pytest.fixture
-def make_image() -> Callable[..., Path]:
-    """make_image(path, width, height): writes a small black RGB image (any suffix PIL can write)."""
-
-    def make(path: Path, width: int, height: int) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (width, height)).save(path)
-        return path
-
-    return make
 
 
 def _sizes(coco: dict[str, Any]) -> dict[str, tuple[int, int]]:

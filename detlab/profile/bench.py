@@ -1,7 +1,5 @@
-"""make bench: detlab against torchvision's own implementations of the same algorithm, timed in one run.
-
-    python -m detlab.bench [--device cuda] [--batch-size 2] [--image-size 512] [--repeats 10] [--json PATH]
-    python -m detlab.bench --table PATH     # the README's markdown table of a --json file
+"""make bench's rows: detlab against torchvision's own implementations of the same algorithm, timed in one run
+(the command is detlab.cli.bench).
 
 Every row times both sides on identical inputs under detlab's speed protocol (detlab.profile.speed: warm-up
 iterations, device synchronisation around every clock read, the median of the repeats, the two sides
@@ -30,7 +28,6 @@ resizes (shorter side --step-image-size, longer at most --step-max-size; SSD300 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import tempfile
@@ -433,67 +430,9 @@ QUICK = {"batch_sizes": [2], "repeats": 3, "warmup": 1, "eval_images": 100, "eva
          "step_repeats": 2, "loader_batches": 20, "loader_repeats": 3}
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m detlab.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help=f"fewer batches and repeats: {QUICK}")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 8],
-                        help="the parts' batches (the forward row at the first only: the same convolutions)")
-    parser.add_argument("--image-size", type=int, default=512, help="the parts' square input")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--eval-images", type=int, default=500)
-    parser.add_argument("--eval-repeats", type=int, default=3)
-    parser.add_argument("--presets", nargs="*", default=list(PRESETS), choices=list(PRESETS),
-                        help="whole-step rows for these presets (none: no whole-step rows)")
-    parser.add_argument("--step-batch-sizes", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--step-image-size", type=int, default=320, help="the presets' shorter side")
-    parser.add_argument("--step-max-size", type=int, default=512, help="the presets' longer side at most")
-    parser.add_argument("--step-warmup", type=int, default=1)
-    parser.add_argument("--step-repeats", type=int, default=5)
-    parser.add_argument("--loader-batches", type=int, default=60, help="the loader row's timed batches (0: no row)")
-    parser.add_argument("--loader-repeats", type=int, default=5, help="the loader row's timed training steps")
-    parser.add_argument("--loader-overrides", nargs="*", default=[],
-                        help="the loader row's run (none: the default run, data=shapes)")
-    parser.add_argument("--json", type=Path, help="write every row with its conditions here")
-    parser.add_argument("--table", type=Path, help="only print the markdown table of this --json file")
-    args = parser.parse_args(argv)
-    if args.quick:
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
-    if args.table:
-        rows = json.loads(args.table.read_text())
-        print(table(rows))
-        return rows
-    device = torch.device(args.device)
-    rows = []
-    for i, batch_size in enumerate(args.batch_sizes):
-        rows += part_rows(device, batch_size, args.image_size, args.warmup, args.repeats, forward=i == 0)
-    rows += coco_eval_rows(args.eval_images, args.eval_repeats)
-    if args.loader_batches:
-        rows.append(loader_row(args.loader_overrides, args.loader_batches, args.loader_repeats, device))
-    save(rows, args.json)
-    for row in step_rows(device, args.presets, args.step_batch_sizes, args.step_image_size, args.step_max_size,
-                         args.step_warmup, args.step_repeats):
-        rows.append(row)
-        save(rows, args.json)  # a CPU run takes many minutes: what it measured survives an interruption
-        print(f"{row['what']}, {row['model']}, batch {row['batch']}: detlab {row['detlab_ms']:.0f} ms, torchvision "
-              f"{row['reference_ms']:.0f} ms", flush=True)
-    print(table(rows))
-    print("reference: torchvision (forward, loss, postprocess, train step, inference), pycocotools (COCO eval), the "
-          "default run's training step (data loading: how many times the loader is ahead)")
-    if args.json:
-        print(f"rows: {args.json}")
-    return rows
-
-
 def save(rows: list[dict], path: Path | None) -> None:
     """rows as JSON at path (nothing when None), through a temporary name: a kill leaves the previous file."""
     if path is not None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(rows, indent=1))
         tmp.replace(path)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,39 +1,32 @@
-"""detlab-train: compose, validate, instantiate, fit, evaluate, write results.json.
-
-    detlab-train model/backbone=resnet50 loss.gamma=0 data.image_size=320 trainer.max_epochs=3
-    detlab-train -m loss.gamma=0,1,2          # a Hydra multirun sweep
+"""One training run: validate, instantiate, fit, evaluate, write results.json (detlab-train's work; the command
+itself is detlab.cli.train).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from hydra.experimental.callback import Callback
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
-from detlab.checkpoint import WEIGHTS_FILE, AtomicCheckpointIO, RandomState, checkpoint_callbacks, read_checkpoint, save_weights
-from detlab.config import CONF_DIR, validate
-from detlab.console import end_block, quiet_library_noise, start_block
-from detlab.data.datamodule import eval_transform
-from detlab.errors import check_writable, user_errors
+from detlab.config import validate
 from detlab.evaluation.figures import plot_error_analysis
 from detlab.inference import Predictor
-from detlab.module import DetectionModule, check_classes
 from detlab.profile.cost import complexity
 from detlab.profile.speed import measure_speed, speed_summary
-from detlab.provenance import provenance
-from detlab.pruning import MedianStopping
-from detlab.tracking import logger_summary
+from detlab.training.checkpoint import (
+    WEIGHTS_FILE, AtomicCheckpointIO, RandomState, check_classes, checkpoint_callbacks, read_checkpoint, save_weights,
+)
+from detlab.training.console import end_block, start_block
+from detlab.training.module import DetectionModule
+from detlab.training.provenance import provenance
+from detlab.training.pruning import MedianStopping
+from detlab.training.tracking import logger_summary, wandb_logger
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -45,7 +38,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     if saved:  # resuming: the checkpoint's head must predict this dataset's classes
-        check_classes(saved["hyper_parameters"], cfg.ckpt_path, list(datamodule.class_names), list(datamodule.category_ids))
+        trained = saved["hyper_parameters"]
+        check_classes(cfg.ckpt_path, trained["class_names"], trained["category_ids"], datamodule.class_names,
+                      datamodule.category_ids)
     module = DetectionModule(
         OmegaConf.to_container(cfg, resolve=True),
         num_classes=datamodule.num_classes,
@@ -125,12 +120,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path, logger) -> list[pl.Callback]:
 
 def _speed(cfg: DictConfig, module: DetectionModule, datamodule, device) -> dict[str, Any]:
     """The speed protocol (detlab.profile.speed) on the trained detector, pre-processing the first val image."""
-    predictor = Predictor(
-        eval_transform(cfg.data), module.model, module.postprocess, cfg.data.size_divisor,
-        datamodule.category_ids, datamodule.class_names,
-    )
     return measure_speed(
-        predictor,
+        Predictor.from_module(module),
         image=datamodule.datasets["val"].load_image(0),
         device=device,
         precision=cfg.speed.precision or cfg.trainer.precision,
@@ -144,7 +135,7 @@ def _logger(cfg: DictConfig, run_dir: Path, wandb_id: str | None):
     """The configured logger; a W&B one continues the resumed checkpoint's W&B run (wandb_id) when it has one."""
     if cfg.logger.get("_target_") is None:
         return False
-    if cfg.logger._target_ == "detlab.tracking.wandb_logger":
+    if get_object(cfg.logger._target_) is wandb_logger:  # the object, not its name: any path to it counts
         return instantiate(cfg.logger, save_dir=str(run_dir), run_id=wandb_id, **cfg.tracking)
     return instantiate(cfg.logger, save_dir=str(run_dir))
 
@@ -165,55 +156,3 @@ def _finish(logger, results: dict[str, Any]) -> None:
         import wandb
 
         wandb.finish()
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
-    quiet_library_noise()
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    if hydra_cfg.mode == RunMode.MULTIRUN and _launches_processes(cfg.trainer):
-        return _single_run(hydra_cfg.overrides.task, run_dir)
-    with user_errors("detlab-train"):
-        results = train(cfg, run_dir)
-    return results["metrics"]["AP"]  # the objective a Hydra sweeper (e.g. Optuna) maximises
-
-
-class WritableRunDir(Callback):
-    """A Hydra callback (conf/train.yaml): the run (or sweep) folder must take files before Hydra writes its
-    config and log there, which would otherwise stop with Hydra's traceback."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.run.dir, "hydra.run.dir")
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
-
-    @staticmethod
-    def _check(folder: str, key: str) -> None:
-        with user_errors("detlab-train"):  # exits itself: Hydra would print the traceback of what a callback raises
-            check_writable(folder, f"{key}, the run folder", f"set {key} to a folder you can write to")
-
-
-def _launches_processes(trainer: DictConfig) -> bool:
-    """Whether Lightning will start more processes by running this script again (DDP's subprocess launcher)."""
-    devices = trainer.get("devices", 1)
-    many = trainer.get("num_nodes", 1) > 1 or (isinstance(devices, int) and devices > 1) or devices in (-1, "-1", "auto")
-    return many and str(trainer.get("strategy", "auto")).startswith("ddp") and "spawn" not in str(trainer.strategy)
-
-
-def _single_run(task_overrides: list[str], run_dir: Path) -> float:
-    """One trial of a multirun, trained as a single run of its own in a child process.
-
-    Lightning's DDP launcher starts the other ranks by running sys.argv again, which in a multirun is the
-    whole sweep (-m and every value): each rank would start a sweep of its own. A single run relaunches cleanly.
-    """
-    command = [sys.executable, "-m", "detlab.train", *task_overrides, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(command, check=False)
-    if proc.returncode != 0:
-        sys.exit(proc.returncode)
-    return json.loads((run_dir / "results.json").read_text())["metrics"]["AP"]
-
-
-if __name__ == "__main__":
-    main()

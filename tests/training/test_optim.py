@@ -1,4 +1,4 @@
-"""detlab.optim: the learning-rate schedule and the weight-decay groups against hand-computed values."""
+"""detlab.training.optim: the learning-rate schedule and the weight-decay groups against hand-computed values."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from detlab.config import compose_train
-from detlab.optim import configure_optimizer, lr_factor, param_groups
+from detlab.training.optim import configure_optimizer, lr_factor, param_groups
 
 
 def test_linear_warmup_then_cosine():

@@ -1,11 +1,11 @@
-"""The median-stopping rule (detlab.pruning) on hand-made curves: Optuna's MedianPruner with warm-up and a
+"""The median-stopping rule (detlab.training.pruning) on hand-made curves: Optuna's MedianPruner with warm-up and a
 minimum number of finished trials, judged against the finished, unpruned runs beside a trial."""
 
 import json
 
 import pytest
 
-from detlab.pruning import should_stop, sibling_curves
+from detlab.training.pruning import should_stop, sibling_curves
 
 SIBLINGS = [{0: 0.1, 1: 0.3}, {0: 0.2, 1: 0.5}, {0: 0.3, 1: 0.4}, {0: 0.9}]  # the last one has no epoch 1 yet
 

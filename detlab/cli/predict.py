@@ -18,9 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from detlab.data.coco.reader import read_rgb
 from detlab.errors import ConfigError, DataError, user_errors
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -38,11 +35,11 @@ def predict(
     draw_thresh: float = 0.3,
 ) -> list[dict[str, Any]]:
     """Detections of every image as COCO results, written to out; see the module's docstring."""
-    from detlab.inference import Predictor, checkpoint_of
+    from detlab.inference import Predictor  # torch and the model code load here, after --help
 
     images, coco_categories = _image_list(inputs, img_dir)
     if run is not None:
-        predictor, _ = Predictor.from_checkpoint(checkpoint_of(run), overrides)
+        predictor, _ = Predictor.from_run(run, overrides)
     else:
         from hydra.errors import HydraException
 
@@ -63,7 +60,7 @@ def predict(
         predictor = Predictor.from_config(cfg, list(category_ids), names)
     if batch_size < 1:
         raise ConfigError(f"--batch-size={batch_size} must be >= 1")
-    predictor.to("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+    predictor.to(device)
 
     results: list[dict[str, Any]] = []
     outside = 0  # detections of label-space categories that the COCO json does not have
@@ -127,6 +124,8 @@ def _coco_images(ann_file: Path, img_dir: Path | None) -> tuple[list[tuple[Path,
 
 
 def _read(path: Path):
+    from detlab.data.coco.reader import read_rgb
+
     try:
         return read_rgb(path)
     except FileNotFoundError:
@@ -136,6 +135,7 @@ def _read(path: Path):
 
 
 def _draw(folder: Path, chunk, pixels, detections, class_names: list[str], thresh: float) -> None:
+    import torch
     from PIL import Image
     from torchvision.utils import draw_bounding_boxes
 

@@ -6,13 +6,14 @@ import json
 import pytest
 import torch
 
-from detlab import bench
+from detlab.cli import bench as bench_cli
+from detlab.profile import bench
 
 
 def test_bench_compares_every_part_with_its_reference(capsys, tmp_path):
     out_json = tmp_path / "bench.json"
     tiny_run = ["data.source.num_train_images=12", "data.source.num_val_images=2", "data.num_workers=1"]
-    rows = bench.main(["--batch-sizes", "1", "2", "--image-size", "64", "--warmup", "0", "--repeats", "1",
+    rows = bench_cli.main(["--batch-sizes", "1", "2", "--image-size", "64", "--warmup", "0", "--repeats", "1",
                        "--eval-images", "3", "--eval-repeats", "1", "--presets", "tv_retinanet_r50_fpn",
                        "--step-batch-sizes", "2", "--step-image-size", "64", "--step-max-size", "96",
                        "--step-warmup", "0", "--step-repeats", "1", "--loader-batches", "2", "--loader-repeats", "1",
@@ -40,7 +41,7 @@ def test_bench_compares_every_part_with_its_reference(capsys, tmp_path):
     assert "| forward" in printed and "ratio > 1: detlab is faster" in printed
     # the README's table comes from the --json file: the same table as printed
     assert json.loads(out_json.read_text()) == rows
-    bench.main(["--table", str(out_json)])
+    bench_cli.main(["--table", str(out_json)])
     assert capsys.readouterr().out.strip() == bench.table(rows).strip() and bench.table(rows) in printed
 
 

@@ -14,39 +14,34 @@ from pathlib import Path
 from typing import Any
 
 # Only what `detlab-eval results` needs is imported here (no torch, Lightning, Hydra or model code: it would
-# add seconds to scoring a file); the run and speed commands import theirs where they start.
+# add seconds to scoring a file and to --help); the run and speed commands import theirs where they start.
 from detlab.errors import user_errors
 from detlab.evaluation.backends import BACKENDS, DEFAULT_BACKEND
 from detlab.evaluation.coco_table import format_table
 from detlab.evaluation.results_file import evaluate_results_file
 
 
-def evaluate_checkpoint(checkpoint: Path, overrides: list[str], backend: str | None = None) -> dict[str, Any]:
-    """Rebuild the run from the config saved in the checkpoint (plus overrides) and score its val split."""
-    import pytorch_lightning as pl
+def evaluate_run(path: Path, overrides: list[str], backend: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Score a run directory's final weights (or a checkpoint) on its val split: the detector rebuilt from the saved
+    config (plus overrides) by Predictor.from_run, every val batch through Predictor.predict_batch, as validation."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    from tqdm import tqdm
 
-    from detlab.console import quiet_library_noise
-    from detlab.module import DetectionModule, check_classes, load_hparams
+    from detlab.evaluation.coco_evaluator import CocoEvaluator
+    from detlab.inference import Predictor
+    from detlab.training.checkpoint import check_classes
 
-    quiet_library_noise()  # before the Trainer, which prints one of them
-    saved = load_hparams(checkpoint)
-    cfg = OmegaConf.merge(OmegaConf.create(saved["cfg"]), OmegaConf.from_dotlist(overrides))
-    if backend:
-        cfg.eval.backend = backend
-    cfg.model.weights = None  # the checkpoint's own weights replace what the run started from (that file may be gone)
+    predictor, cfg = Predictor.from_run(path, overrides)
     datamodule = instantiate(cfg.data)
-    check_classes(saved, checkpoint, list(datamodule.class_names), list(datamodule.category_ids))
-    module = DetectionModule.load_from_checkpoint(
-        str(checkpoint),
-        map_location="cpu",
-        cfg=OmegaConf.to_container(cfg, resolve=True),
-        val_ann_file=str(datamodule.ann_file("val")),
-    )
-    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
-    trainer.validate(module, datamodule=datamodule, verbose=False)
-    return module.last_eval
+    # from_run loads the run's weights through model.weights: that is the checkpoint's path
+    check_classes(cfg.model.weights, predictor.class_names, predictor.category_ids, datamodule.class_names,
+                  datamodule.category_ids)
+    evaluator = CocoEvaluator(datamodule.ann_file("val"), predictor.category_ids, predictor.class_names,
+                              backend=backend or cfg.eval.backend)
+    predictor.to(device)
+    for batch in tqdm(datamodule.val_dataloader(), desc="detlab-eval", unit="batch"):
+        evaluator.update(predictor.predict_batch(predictor.on_device(batch)), batch.image_ids)
+    return evaluator.compute()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("path", type=Path)
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. data.val.ann_file=...")
     run.add_argument("--backend", choices=BACKENDS)
+    run.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1")
     run.add_argument("--output", type=Path, help="write the result as JSON here")
     res = commands.add_parser("results", help="score a COCO results json against a COCO annotation file")
     res.add_argument("--ann", type=Path, required=True)
@@ -74,19 +70,15 @@ def main(argv: list[str] | None = None) -> None:
     speed.add_argument("--output", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     with user_errors("detlab-eval"):
-        if args.command in ("run", "speed"):
-            from detlab.inference import checkpoint_of
-
-            checkpoint = checkpoint_of(args.path)
         if args.command == "run":
-            result = evaluate_checkpoint(checkpoint, args.overrides, args.backend)
+            result = evaluate_run(args.path, args.overrides, args.backend, args.device)
         elif args.command == "speed":
-            from detlab.profile.speed import checkpoint_speed, format_speed
+            from detlab.profile.speed import format_speed, run_speed
 
             protocol = {"batch_size": args.batch_size, "warmup": args.warmup, "repeats": args.repeats}
             if args.precision:
                 protocol["precision"] = args.precision
-            result = checkpoint_speed(checkpoint, args.overrides, args.image, args.device, **protocol)
+            result = run_speed(args.path, args.overrides, args.image, args.device, **protocol)
         else:
             result = evaluate_results_file(str(args.ann), str(args.results), backend=args.backend)
     print(format_speed(result) if args.command == "speed" else format_table(result))

@@ -12,7 +12,7 @@ import PIL.Image
 import pytest
 import yaml
 
-from detlab.report import main
+from detlab.cli.report import main
 from detlab.report.plots import _error_bar, pareto_front, plot_metrics, plot_speed_accuracy
 from detlab.report.runs import ReportError, find_runs, group_runs
 from detlab.report.stats import Interval, mean_interval, welch_interval

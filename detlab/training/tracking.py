@@ -18,6 +18,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from detlab.inference import Predictor
 from detlab.structures import Batch, Detections
 
 
@@ -112,15 +113,10 @@ class EvaluationLogger(pl.Callback):
         if self.num_images > 0:
             wb.log_image("val/predictions", self._draw(trainer, module))
 
-    @torch.no_grad()
     def _draw(self, trainer: pl.Trainer, module: pl.LightningModule) -> list[Any]:
-        loader = trainer.val_dataloaders
-        batch: Batch = module.transfer_batch_to_device(next(iter(loader)), module.device, 0)
-        was_training = module.training
-        module.eval()
-        detections = module(batch)
-        module.train(was_training)
-        return wandb_images(batch, detections, module.hparams["class_names"], self.num_images)
+        predictor = Predictor.from_module(module)
+        batch = predictor.on_device(next(iter(trainer.val_dataloaders)))
+        return wandb_images(batch, predictor.predict_batch(batch), predictor.class_names, self.num_images)
 
 
 def wandb_images(batch: Batch, detections: list[Detections], class_names: list[str], num_images: int) -> list[Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def save_weights(module: pl.LightningModule, path: Path, global_step: int) -> No
         "state_dict": module.state_dict(),
         "hyper_parameters": dict(module.hparams),
         "global_step": global_step,
-        "pytorch-lightning_version": pl.__version__,  # Lightning's load_from_checkpoint (detlab-eval run) reads it
+        "pytorch-lightning_version": pl.__version__,  # what wrote it, as in Lightning's full checkpoints
     }
     AtomicCheckpointIO().save_checkpoint(weights, path)
 
@@ -154,3 +155,22 @@ def _augmentation_steps(trainer: pl.Trainer) -> list[Any]:
             steps.append(step)
         stack.extend(getattr(step, "transforms", None) or [])
     return steps
+
+
+def load_hparams(checkpoint: str | Path) -> dict[str, Any]:
+    """The plain hyper-parameters a checkpoint stores: cfg, num_classes, category_ids, class_names."""
+    return read_checkpoint(checkpoint)["hyper_parameters"]
+
+
+def check_classes(
+    checkpoint: str | Path, trained_names: Sequence[str], trained_ids: Sequence[int],
+    class_names: Sequence[str], category_ids: Sequence[int],
+) -> None:
+    """A checkpoint's head has one output per class it was trained on (trained_names, trained_ids), and its labels
+    mean the categories of the file it was trained on: a dataset with other classes cannot continue or score it."""
+    if list(category_ids) != list(trained_ids) or list(class_names) != list(trained_names):
+        raise CheckpointError(
+            f"the dataset's classes {list(class_names)} (category ids {list(category_ids)}) are not the ones "
+            f"{checkpoint} was trained on: {list(trained_names)} (ids {list(trained_ids)}); its head predicts "
+            f"{len(trained_ids)} classes. Use the dataset it was trained on, or start a new run without it"
+        )

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 import detlab
-from detlab.provenance import config_hash, data_fingerprint, git_state, provenance
+from detlab.training.provenance import config_hash, data_fingerprint, git_state, provenance
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -4,7 +4,7 @@ on this machine (never asking the network)."""
 import pytest
 import torch
 
-from detlab.tracking import wandb_mode
+from detlab.training.tracking import wandb_mode
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_logged_image_is_the_input_in_0_255_with_both_box_sets():
 
     from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from detlab.structures import Detections
-    from detlab.tracking import wandb_images
+    from detlab.training.tracking import wandb_images
     from tests.conftest import make_batch
 
     rgb = torch.randint(0, 256, (2, 3, 12, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
@@ -78,7 +78,7 @@ def test_logged_image_is_the_input_in_0_255_with_both_box_sets():
 def test_error_analysis_as_wandb_charts():
     import wandb
 
-    from detlab.tracking import wandb_analysis
+    from detlab.training.tracking import wandb_analysis
 
     dap = {"Cls": 0.5, "Loc": 0.07, "Both": 0.006, "Dupe": 0.006, "Bkg": 0.006, "Miss": 0.05, "FP": 0.09, "FN": 0.16}
     result = {

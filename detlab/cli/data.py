@@ -31,7 +31,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, InstantiationException
@@ -40,11 +40,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from detlab.config import CONF_DIR
 from detlab.data.coco.checker import CheckedCoco, check_coco, check_coco_dict, empty_problem
-from detlab.data.coco.reader import CocoFiles
-from detlab.data.formats.common import ConvertedDataset
-from detlab.data.formats.check import SplitReport, check_images, split_report
-from detlab.data.formats.source import READERS
 from detlab.errors import ConfigError, DataError, user_errors
+
+if TYPE_CHECKING:  # the readers and the image check bring torch: imported where a command uses them, after --help
+    from detlab.data.coco.reader import CocoFiles
+    from detlab.data.formats.check import SplitReport
+    from detlab.data.formats.common import ConvertedDataset
 
 MAX_PRINTED = 20  # problem lines printed per split; the count says how many there are
 DATA_CONF = Path(CONF_DIR) / "data"
@@ -166,6 +167,8 @@ def _report(
     notes: Sequence[str] = (),
 ) -> SplitReport:
     """The COCO reader's findings after the source's own lines, and those of opening every image."""
+    from detlab.data.formats.check import split_report
+
     empty = empty_problem(name, checked.data)  # training stops on it (DetectionDataModule)
     report = split_report(name, checked.data, [*problems, *checked.problems, *([empty] if empty else [])],
                           [*notes, *checked.notes])
@@ -175,6 +178,8 @@ def _report(
 
 
 def _add_image_check(report: SplitReport, coco: dict, img_dir: str, name: str) -> None:
+    from detlab.data.formats.check import check_images
+
     problems, notes = check_images(coco, img_dir, name)
     report.problems += problems
     report.notes += notes
@@ -182,6 +187,8 @@ def _add_image_check(report: SplitReport, coco: dict, img_dir: str, name: str) -
 
 def _config_splits(target: str, overrides: list[str]) -> dict[str, CocoFiles]:
     """The COCO files of a data config's splits (a source converts or generates them first)."""
+    from detlab.data.coco.reader import CocoFiles
+
     path = Path(target)
     conf_dir, name = (path.resolve().parent, path.stem) if path.suffix in (".yaml", ".yml") else (DATA_CONF, target)
     if not (conf_dir / f"{name}.yaml").is_file():
@@ -223,6 +230,8 @@ def _classes(args: argparse.Namespace) -> list[str] | None:
 
 
 def _read(args: argparse.Namespace) -> ConvertedDataset:
+    from detlab.data.formats.source import READERS
+
     read = READERS[args.format]
     if args.format == "voc":
         ann_dir, img_dir = args.ann_dir or "Annotations", args.img_dir or "JPEGImages"

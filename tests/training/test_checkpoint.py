@@ -1,12 +1,12 @@
-"""detlab.checkpoint: a write that fails leaves the previous file whole; a bad file is a named error."""
+"""detlab.training.checkpoint: a write that fails leaves the previous file whole; a bad file is a named error."""
 
 import errno
 
 import pytest
 import torch
 
-import detlab.checkpoint
-from detlab.checkpoint import AtomicCheckpointIO, read_checkpoint
+import detlab.training.checkpoint
+from detlab.training.checkpoint import AtomicCheckpointIO, read_checkpoint
 from detlab.errors import CheckpointError, StorageError
 
 
@@ -24,7 +24,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         real_save(obj, file, *args, **kwargs)  # most of the bytes reach the file, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(detlab.checkpoint.torch, "save", full_disk)
+    monkeypatch.setattr(detlab.training.checkpoint.torch, "save", full_disk)
     with pytest.raises(StorageError, match=r"last.ckpt .*no space left.*the previous checkpoint there is kept"):
         io.save_checkpoint(checkpoint(6), path)
     assert read_checkpoint(path)["global_step"] == 3
@@ -34,7 +34,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         file.write(b"PK\x03\x04 half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(detlab.checkpoint.torch, "save", killed)
+    monkeypatch.setattr(detlab.training.checkpoint.torch, "save", killed)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint(checkpoint(9), path)
     assert read_checkpoint(path)["global_step"] == 3

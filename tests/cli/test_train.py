@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,33 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-# A model and data small enough for seconds on a CPU; the same override list serves every test here.
-TINY = [
-    "data.image_size=64",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "data.source.num_train_images=12",
-    "data.source.num_val_images=6",
-    "data.source.image_size=96",
-    "model.neck.out_channels=16",
-    "model.head.width=16",
-    "model.head.depth=1",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-    "eval.num_log_images=2",
-    "speed.batch_size=2",
-    "speed.warmup=1",
-    "speed.repeats=2",
-]
-
-
-def run(entry: str, *args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run a module (`detlab.train`) or an installed console script (`detlab-train`, as the README does)."""
-    command = [str(Path(sys.executable).parent / entry)] if entry.startswith("detlab-") else [sys.executable, "-m", entry]
-    proc = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{entry} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+from tests.conftest import TINY, run
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +20,7 @@ def trained_run(tmp_path_factory) -> Path:
     here (conftest silences it elsewhere), so that the console test sees what a user sees."""
     root = tmp_path_factory.mktemp("train")
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "WANDB_QUIET")}
-    proc = run("detlab.train", *TINY, f"hydra.run.dir={root / 'run'}", cwd=root, env=env)
+    proc = run("detlab.cli.train", *TINY, f"hydra.run.dir={root / 'run'}", cwd=root, env=env)
     (root / "stdout.txt").write_text(proc.stdout)
     (root / "stderr.txt").write_text(proc.stderr)
     return root / "run"
@@ -138,7 +111,7 @@ def test_offline_wandb_run_holds_the_ap_table(trained_run):
 
 def test_speed_entry_point_times_the_checkpoint(trained_run, tmp_path):
     out = tmp_path / "speed.json"
-    proc = run("detlab.evaluate", "speed", str(trained_run), "data.image_size=96", "--batch-size", "2", "--warmup", "1",
+    proc = run("detlab.cli.eval", "speed", str(trained_run), "data.image_size=96", "--batch-size", "2", "--warmup", "1",
                "--repeats", "3", "--output", str(out), cwd=tmp_path)
     speed = json.loads(out.read_text())
     assert (speed["input_size"], speed["batch_size"], speed["repeats"]) == (96, 2, 3)
@@ -147,7 +120,7 @@ def test_speed_entry_point_times_the_checkpoint(trained_run, tmp_path):
 
 def test_eval_entry_point_reproduces_the_run(trained_run, tmp_path):
     out = tmp_path / "eval.json"
-    run("detlab.evaluate", "run", str(trained_run), "--output", str(out), cwd=tmp_path)
+    run("detlab.cli.eval", "run", str(trained_run), "--output", str(out), cwd=tmp_path)
     again = json.loads(out.read_text())
     results = json.loads((trained_run / "results.json").read_text())
     assert again["metrics"] == pytest.approx(results["metrics"])
@@ -157,7 +130,7 @@ def test_resume_continues_from_the_checkpoint(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     overrides = [o for o in TINY if not o.startswith("trainer.max_epochs")]
     run(
-        "detlab.train", *overrides, "trainer.max_epochs=2", "logger=csv", f"ckpt_path={ckpt}",
+        "detlab.cli.train", *overrides, "trainer.max_epochs=2", "logger=csv", f"ckpt_path={ckpt}",
         f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path,
     )
     results = json.loads((tmp_path / "resumed" / "results.json").read_text())
@@ -181,7 +154,7 @@ def test_callbacks_composed_from_the_command_line_run(tmp_path):
     args = [*overrides, "trainer.max_epochs=3", "logger=csv", "callbacks=[default,ema,early_stopping]",
             "callbacks.ema.decay=0.9", "callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=1.0",
             "checkpoint.save_top_k=-1", "checkpoint.save_last=false", f"hydra.run.dir={tmp_path / 'run'}"]
-    run("detlab.train", *args, cwd=tmp_path)
+    run("detlab.cli.train", *args, cwd=tmp_path)
     folder = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["best-epoch=0.ckpt", "best-epoch=1.ckpt", "weights.ckpt"]
     saved = torch.load(folder / "best-epoch=1.ckpt", map_location="cpu", weights_only=False)
@@ -190,7 +163,7 @@ def test_callbacks_composed_from_the_command_line_run(tmp_path):
     weights = torch.load(folder / "weights.ckpt", map_location="cpu", weights_only=True)  # plain tensors and types
     assert torch.equal(weights["state_dict"][key], saved["state_dict"][key])  # the average at the end, not the weights
     out = tmp_path / "eval.json"
-    run("detlab.evaluate", "run", str(tmp_path / "run"), "--output", str(out), cwd=tmp_path)  # reads weights.ckpt
+    run("detlab.cli.eval", "run", str(tmp_path / "run"), "--output", str(out), cwd=tmp_path)  # reads weights.ckpt
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert json.loads(out.read_text())["metrics"] == pytest.approx(results["metrics"])
     assert results["global_step"] == 6 and [point["epoch"] for point in results["curve"]] == [0, 1]
@@ -217,7 +190,7 @@ def test_weights_file_is_small_and_serves_prediction_and_model_weights(trained_r
     assert all(torch.equal(v, weights["state_dict"][k]) for k, v in loaded.items())
     image = np.asarray(Image.new("RGB", (96, 80), (120, 60, 30)))
     Image.fromarray(image).save(tmp_path / "a.png")
-    run("detlab.predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "dets.json"), "--run", str(trained_run),
+    run("detlab.cli.predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "dets.json"), "--run", str(trained_run),
         cwd=tmp_path)
     assert isinstance(json.loads((tmp_path / "dets.json").read_text()), list)
 
@@ -231,7 +204,7 @@ def test_trial_below_its_siblings_median_is_pruned(tmp_path):
         curve = [{"epoch": epoch, "step": 3 * (epoch + 1), "AP": ap} for epoch in range(4)]
         (sweep / job / "results.json").write_text(json.dumps({"curve": curve, "pruned": pruned}))
     overrides = [o for o in TINY if not o.startswith("trainer.max_epochs")]
-    proc = run("detlab.train", *overrides, "trainer.max_epochs=4", "logger=none", "prune.enabled=true",
+    proc = run("detlab.cli.train", *overrides, "trainer.max_epochs=4", "logger=none", "prune.enabled=true",
                "prune.warmup_epochs=1", "prune.min_trials=2", f"hydra.run.dir={sweep / '3'}", cwd=tmp_path)
     results = json.loads((sweep / "3" / "results.json").read_text())
     assert [point["epoch"] for point in results["curve"]] == [0, 1]
@@ -243,7 +216,7 @@ def test_trial_below_its_siblings_median_is_pruned(tmp_path):
 
 def test_resume_on_other_classes_stops_naming_the_checkpoint_and_both_class_lists(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
-    proc = run("detlab.train", *TINY, "data.source.num_classes=2", f"ckpt_path={ckpt}",
+    proc = run("detlab.cli.train", *TINY, "data.source.num_classes=2", f"ckpt_path={ckpt}",
                f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"are not the ones {ckpt} was trained on" in proc.stderr and "'triangle'" in proc.stderr
@@ -270,13 +243,13 @@ def test_ddp_two_cpu_processes_match_single_process_eval(tmp_path):
     # 5 val images on 2 ranks: the distributed sampler pads one duplicate, which the evaluator must drop.
     overrides = [o.replace("num_val_images=6", "num_val_images=5") for o in TINY]
     run(
-        "detlab.train", *overrides, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none",
+        "detlab.cli.train", *overrides, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none",
         f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path,
     )
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["global_step"] == 2  # 12 images, 2 ranks x batch 4: ceil(6 / 4) steps per rank
     out = tmp_path / "single.json"
-    run("detlab.evaluate", "run", str(tmp_path / "ddp"), "--output", str(out), cwd=tmp_path)
+    run("detlab.cli.eval", "run", str(tmp_path / "ddp"), "--output", str(out), cwd=tmp_path)
     assert json.loads(out.read_text())["metrics"] == pytest.approx(results["metrics"])
 
 
@@ -293,9 +266,9 @@ def test_eval_entry_point_scores_any_results_file(trained_run, tmp_path):
     ]
     (tmp_path / "dets.json").write_text(json.dumps(detections))
     out = tmp_path / "scored.json"
-    run("detlab.evaluate", "results", "--ann", ann_file, "--results", str(tmp_path / "dets.json"),
+    run("detlab.cli.eval", "results", "--ann", ann_file, "--results", str(tmp_path / "dets.json"),
         "--output", str(out), cwd=tmp_path)
     assert json.loads(out.read_text())["metrics"]["AP"] == pytest.approx(1.0)
-    bad = run("detlab.evaluate", "results", "--ann", ann_file, "--results", str(tmp_path / "missing.json"),
+    bad = run("detlab.cli.eval", "results", "--ann", ann_file, "--results", str(tmp_path / "missing.json"),
               cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "missing.json" in bad.stderr and "Traceback" not in bad.stderr

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning", "lightning_fabric", "hydra", "omegaconf", "wandb",
-         "detlab.models", "detlab.module", "detlab.train", "detlab.data", "detlab.losses")
+         "detlab.models", "detlab.training", "detlab.inference", "detlab.data", "detlab.losses")
 
 
 def test_results_command_imports_no_torch_lightning_or_model_code(tmp_path):

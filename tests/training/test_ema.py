@@ -1,4 +1,4 @@
-"""The weight average (detlab.ema) against an average computed by hand from the weights after each step,
+"""The weight average (detlab.training.ema) against an average computed by hand from the weights after each step,
 through Lightning and across a resume; and its key's bounds."""
 
 import pytest
@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from detlab.ema import EMA
+from detlab.training.ema import EMA
 
 DECAY = 0.5
 

@@ -9,7 +9,7 @@ from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights
 from torchvision.ops import box_convert
 
 from detlab.evaluation.results_file import evaluate_results_file
-from detlab.predict import main
+from detlab.cli.predict import main
 
 # COCO's 80 categories {id: name}, from torchvision's weights metadata (no download: the names ship with it)
 COCO = {i: n for i, n in enumerate(RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"]) if n not in ("N/A", "__background__")}

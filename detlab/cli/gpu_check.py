@@ -1,14 +1,14 @@
 """make gpu-check: one script (at most 8 minutes on one GPU) that verifies detlab on CUDA and measures it.
 
-    python -m detlab.gpu_check [--json gpu_check.json] [--train-minutes 2]
+    python -m detlab.cli.gpu_check [--json gpu_check.json] [--train-minutes 2]
 
 1. the suite's `gpu` tier (pytest -m gpu, tests/test_gpu.py): CUDA NMS through detlab's post-processing equals
    the CPU's; a 16-mixed and a bf16 training step of the default model are finite; NCCL DDP on 2 GPUs when
    there are 2 or more;
-2. make bench's rows on CUDA (detlab.bench --device cuda);
+2. make bench's rows on CUDA (detlab.cli.bench --device cuda);
 3. RetinaNet R50-FPN training throughput (img/s) and peak memory at 640 px, bf16, batch 16:
    model=tv_retinanet_r50_fpn against torchvision's retinanet_resnet50_fpn with the same weights, alternating in
-   the same run (detlab.bench's training steps and protocol);
+   the same run (detlab.profile.bench's training steps and protocol);
 4. a short training (detlab-train trainer=gpu on the built-in shapes data, --train-minutes of wall time): it
    ends with a finite loss (DetectionModule stops on a non-finite one) and the COCO table.
 Prints a summary and writes every number to --json. Without CUDA it says so and exits 0 at once.
@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from detlab import bench
+from detlab.cli import bench as bench_cli
+from detlab.profile import bench
 from detlab.profile.speed import environment
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: tests/ and the console entry points
@@ -68,7 +69,7 @@ def short_training(minutes: float, workdir: Path) -> dict[str, Any]:
     seconds = int(minutes * 60)
     overrides = ["trainer=gpu", "trainer.max_epochs=1000", f"+trainer.max_time='00:00:{seconds // 60:02d}:{seconds % 60:02d}'",
                  "logger=none", "speed.repeats=10", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run([sys.executable, "-m", "detlab.train", *overrides], cwd=workdir, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "detlab.cli.train", *overrides], cwd=workdir, capture_output=True,
                           text=True, timeout=seconds + 180)
     results_file = run_dir / "results.json"
     results = json.loads(results_file.read_text()) if proc.returncode == 0 and results_file.is_file() else {}
@@ -91,7 +92,7 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detlab.gpu_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m detlab.cli.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, default=Path("gpu_check.json"))
     parser.add_argument("--train-minutes", type=float, default=2.0)
     parser.add_argument("--warmup", type=int, default=3)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"environment": environment(device), "gpus": torch.cuda.device_count()}
     report["gpu_tier"] = gpu_tier()
     print(report["gpu_tier"]["output"], flush=True)
-    report["bench"] = bench.main(["--device", "cuda"])
+    report["bench"] = bench_cli.main(["--device", "cuda"])
     report["throughput"] = throughput(device, args.warmup, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         report["training"] = short_training(args.train_minutes, Path(tmp))

@@ -14,62 +14,19 @@ drawn) and metrics.png (one bar chart per metric). The figures are for a paper: 
 study's name as title, axes with units, a caption line saying what the points and bars are, intervals clipped
 to the metric's valid range. With a baseline, per-class AP and the TIDE error breakdown (dAP per error type)
 of each configuration against it, as tables and figures (per_class.png, errors.png). The report warns when speeds come from different devices or a busy machine
-(p90/median latency above 1.5), and when runs come from different code or data. `ReportCallback` runs all of
-it at the end of a Hydra multirun; the experiment configs register it.
+(p90/median latency above 1.5), and when runs come from different code or data. `ReportCallback`
+(detlab.report.study) runs all of it at the end of a Hydra multirun; the experiment configs register it.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 from detlab.errors import user_errors
 from detlab.report.runs import IGNORED, ReportError, Run, find_runs
-from detlab.report.study import write_report
 from detlab.report.tables import METRICS
-from detlab.report.wandb import log_to_wandb, wandb_runs
-
-log = logging.getLogger(__name__)
-
-
-class ReportCallback(Callback):
-    """Hydra callback: at the end of a multirun, the report of its runs in <sweep dir>/report (or output_dir),
-    and the table printed. Registered by the experiment configs under hydra.callbacks.report."""
-
-    def __init__(self, baseline: str | None = None, metrics: Sequence[str] | None = None,
-                 output_dir: str | None = None, ignore: Sequence[str] = IGNORED) -> None:
-        self.baseline, self.output_dir = baseline, output_dir
-        self.metrics = list(metrics) if metrics else None
-        self.ignore = list(ignore)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        output = Path(self.output_dir) if self.output_dir else sweep_dir / "report"
-        try:
-            runs, left_out = find_runs([sweep_dir])
-            report = write_report(runs, output, self.metrics, self.baseline, self.ignore, left_out=left_out)
-        except ReportError as err:
-            # The runs are on disk whatever happens here: say how to report them once the problem is fixed.
-            log.error(f"detlab-report: {err}\n(the runs stay in {sweep_dir}: detlab-report {sweep_dir} --output ...)")
-            return
-        print(report.markdown, flush=True)
-        command = " ".join(["detlab-report", str(sweep_dir), *self.cli_options()])
-        print(f"report: {report.files['markdown']} (to record it: {command})", flush=True)
-
-    def cli_options(self) -> list[str]:
-        """The detlab-report options that reproduce this report (baseline, metrics, ignored keys)."""
-        options = ["--baseline", self.baseline] if self.baseline else []
-        if self.metrics:
-            options += ["--metrics", *self.metrics]
-        if self.ignore != list(IGNORED):
-            options += ["--ignore", *self.ignore]
-        return options
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -92,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--wandb-log-project", default="detlab", help="with --wandb: the project of the summary run")
     args = parser.parse_args(argv)
     with user_errors("detlab-report"):
+        from detlab.report.study import write_report  # matplotlib and W&B load here, after --help
+        from detlab.report.wandb import log_to_wandb, wandb_runs
+
         if args.wandb_project:
             runs, left_out = wandb_runs(args.wandb_project, args.group), []
         elif args.paths:

@@ -6,7 +6,6 @@ feeds the COCO evaluator, which scores against the dataset's own annotation file
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -15,10 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
-from detlab.checkpoint import read_checkpoint
-from detlab.errors import CheckpointError, DivergenceError
+from detlab.errors import DivergenceError
 from detlab.evaluation.coco_evaluator import CocoEvaluator
-from detlab.optim import configure_optimizer
+from detlab.training.optim import configure_optimizer
 from detlab.structures import Batch
 
 
@@ -52,14 +50,6 @@ class DetectionModule(pl.LightningModule):
         self.last_eval: dict[str, Any] | None = None
         self.last_eval_step = -1
         self.curve: list[dict[str, float]] = []  # {"epoch", "step", "AP"} after each validation (kept in checkpoints)
-
-    def forward(self, batch: Batch):
-        """Detections of a batch (list of per-image Detections, boxes in original pixels)."""
-        # The batch goes in as targets for its image sizes: Faster R-CNN clips its proposals to each image's
-        # content, as in validation (and torchvision); without them it clips to the padded input and its
-        # detections differ. One-stage detectors ignore it.
-        outputs, priors = self.model(batch.images, targets=batch)
-        return self.postprocess(outputs, priors, batch)
 
     def _losses(self, batch: Batch, outputs, priors) -> dict[str, torch.Tensor]:
         matched_gt = self.assigner(outputs, priors, batch)
@@ -117,19 +107,3 @@ class DetectionModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizer(self.optim_cfg, self, int(self.trainer.estimated_stepping_batches))
-
-
-def load_hparams(checkpoint: str | Path) -> dict[str, Any]:
-    """The plain hyper-parameters a checkpoint stores: cfg, num_classes, category_ids, class_names."""
-    return read_checkpoint(checkpoint)["hyper_parameters"]
-
-
-def check_classes(saved: dict[str, Any], checkpoint: str | Path, class_names: list[str], category_ids: list[int]) -> None:
-    """A checkpoint's head has one output per class it was trained on, and its labels mean the categories of
-    the file it was trained on: a dataset with other classes cannot continue or score it."""
-    if list(category_ids) != list(saved["category_ids"]) or list(class_names) != list(saved["class_names"]):
-        raise CheckpointError(
-            f"the dataset's classes {list(class_names)} (category ids {list(category_ids)}) are not the ones "
-            f"{checkpoint} was trained on: {saved['class_names']} (ids {saved['category_ids']}); its head predicts "
-            f"{saved['num_classes']} classes. Use the dataset it was trained on, or start a new run without it"
-        )

@@ -5,12 +5,12 @@ import re
 import pytest
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-from detlab.checkpoint import RandomState
+from detlab.training.checkpoint import RandomState
 from detlab.config import compose_train, validate
-from detlab.ema import EMA
+from detlab.training.ema import EMA
 from detlab.errors import ConfigError
-from detlab.tracking import EvaluationLogger
-from detlab.train import _callbacks
+from detlab.training.tracking import EvaluationLogger
+from detlab.training.run import _callbacks
 
 
 def built(overrides: list[str], tmp_path, logger=True) -> list[type]:
@@ -34,7 +34,7 @@ def test_default_set_and_composed_additions(tmp_path):
         (["+trainer.callbacks=[]"], "trainer.callbacks is not read"),
         (["ema.decay=0.99"], "callbacks=[default,ema] callbacks.ema.decay=0.99"),
         (["optim.scheduler.name=poly"], "optim.scheduler.name='poly' is not a schedule"),
-        (["~optim.scheduler._target_"], "add `_target_: detlab.optim.warmup_schedule`"),
+        (["~optim.scheduler._target_"], "add `_target_: detlab.training.optim.warmup_schedule`"),
     ],
 )
 def test_moved_or_wrong_keys_stop_naming_the_key(overrides, says):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from detlab.datacli import main
+from detlab.cli.data import main
 
 
 def _load(path: Path) -> COCO:
@@ -123,7 +123,7 @@ def test_usage_errors_are_argparse_errors(capsys):
 
 def test_runs_as_a_module(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "detlab.datacli", "convert", "--format", "mot", str(tmp_path), "--out", "x.json"],
+        [sys.executable, "-m", "detlab.cli.data", "convert", "--format", "mot", str(tmp_path), "--out", "x.json"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

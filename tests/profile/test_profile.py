@@ -177,7 +177,7 @@ def test_bad_protocol_names_the_key(kwargs, key):
         measure_speed(Detector(SleepyModel(0.0), SleepyPostprocess(0.0)), **kwargs)
 
 
-def test_checkpoint_speed_rebuilds_the_trained_model(tmp_path, monkeypatch):
+def test_run_speed_rebuilds_the_trained_model(tmp_path, monkeypatch):
     """detlab-eval speed: the detector comes back from the checkpoint's config and weights, without its data."""
     cfg = compose_train(["model.neck.out_channels=16", "model.head.width=16", "model.head.depth=1",
                          "data.image_size=64", "trainer.precision=bf16-mixed"])
@@ -190,10 +190,10 @@ def test_checkpoint_speed_rebuilds_the_trained_model(tmp_path, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(protocol, "measure_speed", lambda det, **kw: seen.update(detector=det, **kw))
-    protocol.checkpoint_speed(checkpoint, ["data.image_size=96"], device="cpu", repeats=3)
+    protocol.run_speed(checkpoint, ["data.image_size=96"], device="cpu", repeats=3)
     loaded = seen["detector"].model.state_dict()
     assert all(torch.equal(loaded[k.removeprefix("model.")], v) for k, v in state.items())
     assert seen["detector"].transform.image_size == 96 and seen["precision"] == "bf16-mixed" and seen["repeats"] == 3
     assert callable(seen["detector"].postprocess)
     with pytest.raises(CheckpointError, match="no checkpoint at .*missing.ckpt"):
-        protocol.checkpoint_speed(tmp_path / "missing.ckpt")
+        protocol.run_speed(tmp_path / "missing.ckpt")

@@ -1,0 +1,80 @@
+"""detlab-train: compose the config, train one run (detlab.training.run), or each of a Hydra multirun.
+
+    detlab-train model/backbone=resnet50 loss.gamma=0 data.image_size=320 trainer.max_epochs=3
+    detlab-train -m loss.gamma=0,1,2          # a Hydra multirun sweep
+
+Only Hydra is imported before the run starts: --help and TAB completion (Hydra's) need no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from detlab.config import CONF_DIR
+from detlab.errors import check_writable, user_errors
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    from detlab.training.console import quiet_library_noise
+
+    quiet_library_noise()
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN and _launches_processes(cfg.trainer):
+        return _single_run(hydra_cfg.overrides.task, run_dir)
+    with user_errors("detlab-train"):
+        from detlab.training.run import train  # torch and Lightning load here, after Hydra's --help and completion
+
+        results = train(cfg, run_dir)
+    return results["metrics"]["AP"]  # the objective a Hydra sweeper (e.g. Optuna) maximises
+
+
+class WritableRunDir(Callback):
+    """A Hydra callback (conf/train.yaml): the run (or sweep) folder must take files before Hydra writes its
+    config and log there, which would otherwise stop with Hydra's traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(folder: str, key: str) -> None:
+        with user_errors("detlab-train"):  # exits itself: Hydra would print the traceback of what a callback raises
+            check_writable(folder, f"{key}, the run folder", f"set {key} to a folder you can write to")
+
+
+def _launches_processes(trainer: DictConfig) -> bool:
+    """Whether Lightning will start more processes by running this script again (DDP's subprocess launcher)."""
+    devices = trainer.get("devices", 1)
+    many = trainer.get("num_nodes", 1) > 1 or (isinstance(devices, int) and devices > 1) or devices in (-1, "-1", "auto")
+    return many and str(trainer.get("strategy", "auto")).startswith("ddp") and "spawn" not in str(trainer.strategy)
+
+
+def _single_run(task_overrides: list[str], run_dir: Path) -> float:
+    """One trial of a multirun, trained as a single run of its own in a child process.
+
+    Lightning's DDP launcher starts the other ranks by running sys.argv again, which in a multirun is the
+    whole sweep (-m and every value): each rank would start a sweep of its own. A single run relaunches cleanly.
+    """
+    command = [sys.executable, "-m", "detlab.cli.train", *task_overrides, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(command, check=False)
+    if proc.returncode != 0:
+        sys.exit(proc.returncode)
+    return json.loads((run_dir / "results.json").read_text())["metrics"]["AP"]
+
+
+if __name__ == "__main__":
+    main()
