@@ -47,7 +47,9 @@ class HardNegativeMiningCE(SoftmaxCrossEntropy):
     """SSD's loss: CE over all positives and, per image, the neg_pos_ratio x #positives hardest negatives.
 
     Batched: one topk over the background losses of the whole batch, then a rank < quota mask per image
-    (instead of torchvision's two sorts per image).
+    (instead of torchvision's two sorts per image). Only the ranking needs every prior's loss, and it needs no
+    gradient: the loss that is differentiated is the CE of the chosen priors alone (about 4 x #positives rows,
+    not B x A), so the backward pass skips the log-softmax of every other prior.
     """
 
     def __init__(self, neg_pos_ratio: float = 3.0):
@@ -61,18 +63,23 @@ class HardNegativeMiningCE(SoftmaxCrossEntropy):
 
     def forward(self, cls_logits: Tensor, target_labels: Tensor) -> Tensor:
         targets, keep = softmax_targets(cls_logits, target_labels)
-        loss = _per_prior_ce(cls_logits, targets)
         positive = targets > 0
         negative = keep & ~positive
         quota = (positive.sum(1) * self.neg_pos_ratio).long().clamp(max=negative.sum(1))  # [B]
         kmax = int(quota.max())
-        if kmax == 0:
-            return loss[positive].sum()
-        neg_loss = torch.where(negative, loss.detach(), -1.0)  # CE >= 0, so non-negatives rank last
-        hardest = neg_loss.topk(kmax, dim=1).indices  # [B, kmax]
-        ranks = torch.arange(kmax, device=loss.device)
-        chosen = torch.zeros_like(negative).scatter_(1, hardest, ranks[None] < quota[:, None])
-        return loss[positive].sum() + loss[chosen & negative].sum()
+        chosen = positive
+        if kmax > 0:
+            with torch.no_grad():
+                # CE >= 0, so non-negatives rank last
+                neg_loss = torch.where(negative, _per_prior_ce(cls_logits, targets), -1.0)
+            hardest = neg_loss.topk(kmax, dim=1).indices  # [B, kmax]
+            ranks = torch.arange(kmax, device=cls_logits.device)
+            mined = torch.zeros_like(negative).scatter_(1, hardest, ranks[None] < quota[:, None])
+            chosen = positive | (mined & negative)
+        # Row by row the same CE as the ranking's; summed positives first, then negatives, each in prior order.
+        loss = _per_prior_ce(cls_logits[chosen][None], targets[chosen][None])[0]  # [#chosen]
+        is_positive = positive[chosen]
+        return loss[is_positive].sum() + loss[~is_positive].sum()
 
 
 class SoftmaxFocalLoss(SoftmaxCrossEntropy):

@@ -16,8 +16,20 @@ from detlab.structures import BACKGROUND, IGNORED, Batch, BoxCoder, HeadOutput, 
 
 def batched_box_iou(gt_boxes: Tensor, priors: Tensor) -> Tensor:
     """IoU [B, M, A] in float32 between padded gt boxes [B, M, 4] and priors [A, 4] shared by the batch, or
-    boxes [B, A, 4] of each image (torchvision's box_iou broadcasts the leading dims)."""
-    return box_iou(gt_boxes.float(), priors.float())
+    boxes [B, A, 4] of each image.
+
+    torchvision's box_iou arithmetic, op for op (the same floats), but one coordinate at a time: every op runs
+    over contiguous rows of A, where box_iou's corners [B, M, A, 2] broadcast over a last dim of 2 (2 to 3 times
+    slower on the CPU).
+    """
+    gx1, gy1, gx2, gy2 = (c[..., None] for c in gt_boxes.float().unbind(-1))  # [B, M, 1] each
+    # [1, A] (shared) or [B, 1, A] (per image) each, contiguous along A
+    px1, py1, px2, py2 = priors.float().movedim(-1, 0).contiguous().unsqueeze(-2).unbind(0)
+    gt_area = (gx2 - gx1) * (gy2 - gy1)  # [B, M, 1]
+    prior_area = (px2 - px1) * (py2 - py1)
+    inter = torch.minimum(gx2, px2).sub_(torch.maximum(gx1, px1)).clamp_(min=0)  # [B, M, A] width
+    inter.mul_(torch.minimum(gy2, py2).sub_(torch.maximum(gy1, py1)).clamp_(min=0))
+    return inter.div_((gt_area + prior_area).sub_(inter))
 
 
 def max_iou_match(
@@ -27,13 +39,13 @@ def max_iou_match(
     gt_valid [B, M]: the rule of ``MaxIoUAssigner`` below. Padded gts are never matched."""
     iou = batched_box_iou(gt_boxes, boxes)  # [B, M, A]
     # A padded gt scores -1: below any real IoU, so it never wins a box nor makes a low-quality match.
-    iou = torch.where(gt_valid[:, :, None], iou, torch.full_like(iou, -1.0))
+    iou.masked_fill_(~gt_valid[:, :, None], -1.0)
     best_iou, best_gt = iou.max(dim=1)  # [B, A]
-    matched = torch.where(best_iou >= pos_iou, best_gt, torch.full_like(best_gt, IGNORED))
-    matched = torch.where(best_iou < neg_iou, torch.full_like(best_gt, BACKGROUND), matched)
+    matched = torch.where(best_iou >= pos_iou, best_gt, IGNORED).masked_fill_(best_iou < neg_iou, BACKGROUND)
     if low_quality_matches:
         best_per_gt = iou.max(dim=2, keepdim=True).values  # [B, M, 1]
-        is_best = (iou == best_per_gt) & (best_per_gt > 0)  # [B, M, A]; padded rows are -1, never > 0
+        # A gt whose best IoU is not > 0 (padded rows are -1) is compared with 2, which no IoU equals.
+        is_best = iou == torch.where(best_per_gt > 0, best_per_gt, 2.0)  # [B, M, A]
         matched = torch.where(is_best.any(dim=1), best_gt, matched)
     return matched
 

@@ -2,7 +2,8 @@
 (detlab.models.torchvision_weights.load_weights, which recognises it and renames its keys), its default boxes bit
 for bit, its detections in the 300 x 300 frame on the input that torchvision's own transform makes (a synthetic
 pair), and detlab's whole inference (Predictor: stretch, normalisation, model, post-processing) against
-torchvision's model.eval()(images) on three coco128 photos."""
+torchvision's model.eval()(images) on three coco128 photos; the training loss (assignment, hard negative mining,
+smooth L1) and its gradients against torchvision's compute_loss."""
 
 from contextlib import contextmanager
 
@@ -10,11 +11,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from torchvision.models.detection import retinanet_resnet50_fpn, ssd300_vgg16
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import box_iou
 
 from detlab.config import compose_train, validate
 from detlab.data.coco.reader import read_rgb
 from detlab.inference import Predictor
 from detlab.models.torchvision_weights import load_state, load_weights
+from detlab.structures import HeadOutput
 from tests.conftest import make_batch
 
 NUM_CLASSES = 90  # torchvision's 91 outputs = background + 90 (COCO's category ids 1..90, some unused)
@@ -103,6 +107,43 @@ def test_detections_equal_torchvision_on_synthetic_images(models, canonical):
     generator = torch.Generator().manual_seed(1)
     images = [torch.rand(3, 240, 320, generator=generator), torch.rand(3, 330, 200, generator=generator)]
     assert_same_detections(*models, images, canonical)
+
+
+def test_training_loss_and_gradients_equal_torchvisions_compute_loss(models):
+    """Random head outputs over the 8732 default boxes and padded targets (3 objects, then 1): detlab's assigner
+    and criterion against torchvision's SSDMatcher (IoU 0.5 plus each object's best box) and compute_loss (3:1
+    mining per image, normalised by the batch's positives)."""
+    tv, parts = models
+    generator = torch.Generator().manual_seed(2)
+    corner = torch.rand(2, 3, 2, generator=generator) * 200
+    gt_boxes = torch.cat([corner, corner + 20 + torch.rand(2, 3, 2, generator=generator) * 80], dim=-1)
+    gt_boxes[0, 2] = torch.tensor([10.0, 200.0, 16.0, 290.0])  # thin: no box reaches IoU 0.5, its best is forced
+    gt_labels = torch.randint(0, NUM_CLASSES, (2, 3), generator=generator)
+    gt_valid = torch.tensor([[True, True, True], [True, False, False]])
+    batch = make_batch(gt_boxes, gt_labels, gt_valid, size=300)
+    with torch.no_grad():
+        _, priors = parts.model(batch.images[:1])
+    num_priors = len(priors)
+    cls_logits = (torch.randn(2, num_priors, NUM_CLASSES + 1, generator=generator) * 2).requires_grad_()
+    box_reg = torch.randn(2, num_priors, 4, generator=generator).requires_grad_()
+
+    outputs = HeadOutput(cls_logits=cls_logits, box_reg=box_reg)
+    terms = parts.criterion(outputs, priors, parts.assigner(outputs, priors, batch), batch)
+    ours = torch.autograd.grad(terms["cls"] + terms["box"], (cls_logits, box_reg))
+
+    feature_maps = [torch.zeros(1, 1, n, n) for n in (38, 19, 10, 5, 3, 1)]
+    anchors = tv.anchor_generator(ImageList(batch.images, [(300, 300)] * 2), feature_maps)
+    targets = [{"boxes": boxes[valid], "labels": labels[valid] + 1}  # torchvision's label 0 is the background
+               for boxes, labels, valid in zip(gt_boxes, gt_labels, gt_valid)]
+    matched = [tv.proposal_matcher(box_iou(t["boxes"], a)) for t, a in zip(targets, anchors)]
+    expected = tv.compute_loss(targets, {"cls_logits": cls_logits, "bbox_regression": box_reg}, anchors, matched)
+    theirs = torch.autograd.grad(expected["classification"] + expected["bbox_regression"], (cls_logits, box_reg))
+
+    assert float(terms["cls"].detach()) == pytest.approx(float(expected["classification"].detach()), rel=1e-6)
+    assert float(terms["box"].detach()) == pytest.approx(float(expected["bbox_regression"].detach()), rel=1e-6)
+    for got, want in zip(ours, theirs):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+    assert int((theirs[0].abs().sum(-1) > 0).sum()) == 4 * int(sum(m.ge(0).sum() for m in matched))  # 3:1 mined
 
 
 def assert_same_detections(tv, parts, images: list[torch.Tensor], canonical) -> None:
