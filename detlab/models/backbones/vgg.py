@@ -114,7 +114,7 @@ class VGG16(StagedBackbone):
         features = [self.l2norm(conv4_3)] if 2 in self.out_indices else []
         if 3 in self.out_indices:
             x = self.pool5(self.features[CONV4_3:](conv4_3))
-            features.append(F.relu(self.fc7(F.relu(self.fc6(x)))))
+            features.append(F.relu(self.fc7(F.relu(self.fc6(x), inplace=True)), inplace=True))
         return features
 
 
