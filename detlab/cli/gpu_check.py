@@ -30,7 +30,7 @@ from detlab.cli import bench as bench_cli
 from detlab.profile import bench
 from detlab.profile.speed import environment
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository: tests/ and the console entry points
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (detlab/cli/gpu_check.py): its tests/ hold the tier
 THROUGHPUT = {"preset": "tv_retinanet_r50_fpn", "batch": 16, "image_size": 640, "precision": "bf16-mixed"}
 
 
@@ -79,6 +79,7 @@ def short_training(minutes: float, workdir: Path) -> dict[str, Any]:
 
 def summary(report: dict[str, Any]) -> str:
     tier, train, speed = report["gpu_tier"], report["training"], report["throughput"]
+    ap = f"AP {train['metrics']['AP']:.3f}" if train["metrics"] else "no COCO table"
     return "\n".join([
         f"gpu-check on {report['environment']['device']} ({report['gpus']} GPU(s)), torch {report['environment']['torch']}, "
         f"CUDA {report['environment']['cuda']}",
@@ -86,8 +87,7 @@ def summary(report: dict[str, Any]) -> str:
         f"throughput: {THROUGHPUT['preset']} at {speed['input']}, {THROUGHPUT['precision']}, batch {speed['batch']}: "
         f"detlab {speed['detlab_img_per_s']:.1f} img/s (peak {speed['detlab_peak_gib']:.2f} GiB), torchvision "
         f"{speed['torchvision_img_per_s']:.1f} img/s (peak {speed['torchvision_peak_gib']:.2f} GiB)",
-        f"training:   {'ok' if train['passed'] else 'FAILED'}, {train['global_step']} steps, "
-        f"AP {train['metrics']['AP'] if train['metrics'] else '-'}",
+        f"training:   {'ok' if train['passed'] else 'FAILED'}, {train['global_step']} steps, {ap}",
     ])
 
 

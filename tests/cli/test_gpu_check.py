@@ -1,4 +1,6 @@
-"""make gpu-check without a GPU: it says so and stops at once, with exit status 0."""
+"""make gpu-check without a GPU: it says so and stops at once, with exit status 0; rehearsed on the CPU."""
+
+import json
 
 import pytest
 import torch
@@ -14,3 +16,53 @@ def test_without_cuda_it_says_so_and_exits_0(monkeypatch, capsys, tmp_path):
     assert gpu_check.main(["--json", str(tmp_path / "gpu.json")]) == 0
     assert "no CUDA device visible" in capsys.readouterr().out
     assert not (tmp_path / "gpu.json").exists()
+
+
+def test_the_gpu_tier_is_found_and_skips_without_cuda():
+    tier = gpu_check.gpu_tier()  # pytest -m gpu over the checkout's tests/, as on a GPU machine
+    assert tier["passed"], tier["output"]
+    assert "skipped" in tier["summary"] and "deselected" in tier["summary"]
+
+
+@pytest.mark.slow
+def test_the_whole_check_rehearsed_on_the_cpu(monkeypatch, tmp_path, capsys):
+    """Every step of make gpu-check with CUDA's calls stubbed, tiny sizes and trainer=cpu: the plumbing (paths,
+    arguments, the report and its summary) works before a GPU is lent, whose minutes are few."""
+
+    class CudaAsCpu:
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def device(name, *args):
+            return torch.device("cpu" if name == "cuda" else name, *args)
+
+    monkeypatch.setattr(gpu_check, "torch", CudaAsCpu())
+    for name, value in (("is_available", True), ("device_count", 1), ("max_memory_allocated", 0)):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, value=value: value)
+    for name in ("reset_peak_memory_stats", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args: None)
+    monkeypatch.setitem(gpu_check.THROUGHPUT, "batch", 1)
+    monkeypatch.setitem(gpu_check.THROUGHPUT, "image_size", 128)
+    bench_args = []
+    real_bench, real_run = gpu_check.bench_cli.main, gpu_check.subprocess.run
+    monkeypatch.setattr(gpu_check.bench_cli, "main", lambda argv: bench_args.extend(argv) or real_bench(
+        ["--device", "cpu", "--quick", "--batch-sizes", "1", "--image-size", "128", "--presets", "--eval-images", "20",
+         "--loader-batches", "0"]))
+
+    def run(command, **kwargs):
+        if "detlab.cli.train" in command:
+            assert "trainer=gpu" in command
+            command = [c.replace("trainer=gpu", "trainer=cpu") for c in command] + [
+                "data.source.num_train_images=16", "data.source.num_val_images=8", "data.image_size=96"]
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", run)
+    report_file = tmp_path / "gpu.json"
+    assert gpu_check.main(["--json", str(report_file), "--train-minutes", "0.2", "--warmup", "0", "--repeats", "1"]) == 0
+    assert bench_args == ["--device", "cuda"]
+    report = json.loads(report_file.read_text())
+    assert report["gpu_tier"]["passed"] and report["training"]["passed"] and report["bench"]
+    assert report["throughput"]["detlab_img_per_s"] > 0 and report["throughput"]["torchvision_img_per_s"] > 0
+    summary = capsys.readouterr().out
+    assert "gpu tier:   ok" in summary and "training:   ok" in summary and "AP " in summary
