@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass
@@ -38,7 +37,7 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
     std = float(x.std(ddof=1))
     if std == 0:  # every seed the same: the interval is the point (scipy would give NaN)
         return Interval(mean, mean, mean, n=n, std=0.0, dof=n - 1)
-    ci = _t_test(stats.ttest_1samp, x, 0.0).confidence_interval(confidence)
+    ci = _t_test("ttest_1samp", x, 0.0).confidence_interval(confidence)
     return Interval(mean, float(ci.low), float(ci.high), n=n, std=std, dof=n - 1)
 
 
@@ -53,14 +52,16 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0
         return Interval(diff, math.nan, math.nan)
     if a.var(ddof=1) + b.var(ddof=1) == 0:  # identical values within each group: no spread, the difference is exact
         return Interval(diff, diff, diff, dof=math.inf)
-    test = _t_test(stats.ttest_ind, a, b, equal_var=False)
+    test = _t_test("ttest_ind", a, b, equal_var=False)
     ci = test.confidence_interval(confidence)
     return Interval(diff, float(ci.low), float(ci.high), dof=float(test.df))
 
 
-def _t_test(test: Any, *args: Any, **kwargs: Any) -> Any:
-    """A scipy.stats t-test, silent about nearly constant samples: the same AP from every seed is a valid
+def _t_test(name: str, *args: Any, **kwargs: Any) -> Any:
+    """scipy.stats' t-test `name`, silent about nearly constant samples: the same AP from every seed is a valid
     result (scipy warns of precision loss in its moments, which does not change the interval)."""
+    from scipy import stats  # a second to import: loaded by the first interval, not by `detlab-report --help`
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return test(*args, **kwargs)
+        return getattr(stats, name)(*args, **kwargs)

@@ -18,10 +18,8 @@ def test_without_cuda_it_says_so_and_exits_0(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "gpu.json").exists()
 
 
-def test_the_gpu_tier_is_found_and_skips_without_cuda():
-    tier = gpu_check.gpu_tier()  # pytest -m gpu over the checkout's tests/, as on a GPU machine
-    assert tier["passed"], tier["output"]
-    assert "skipped" in tier["summary"] and "deselected" in tier["summary"]
+def test_the_gpu_tier_is_found_in_the_checkout():
+    assert (gpu_check.ROOT / "tests" / "test_gpu.py").is_file()  # gpu_tier runs pytest -m gpu there (rehearsed below)
 
 
 @pytest.mark.slow
@@ -62,7 +60,8 @@ def test_the_whole_check_rehearsed_on_the_cpu(monkeypatch, tmp_path, capsys):
     assert gpu_check.main(["--json", str(report_file), "--train-minutes", "0.2", "--warmup", "0", "--repeats", "1"]) == 0
     assert bench_args == ["--device", "cuda"]
     report = json.loads(report_file.read_text())
-    assert report["gpu_tier"]["passed"] and report["training"]["passed"] and report["bench"]
+    assert report["gpu_tier"]["passed"] and "skipped" in report["gpu_tier"]["summary"]  # found, and skips on a CPU
+    assert report["training"]["passed"] and report["bench"]
     assert report["throughput"]["detlab_img_per_s"] > 0 and report["throughput"]["torchvision_img_per_s"] > 0
     summary = capsys.readouterr().out
     assert "gpu tier:   ok" in summary and "training:   ok" in summary and "AP " in summary

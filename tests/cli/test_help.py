@@ -1,4 +1,4 @@
-"""Every command answers --help (and detlab-train its TAB completion, Hydra's) without importing torch, Lightning
+"""Every command answers --help (and detlab-train its TAB completion, Hydra's) without importing torch, Lightning, scipy
 or the model code: those take seconds to import, which a user would wait for at each TAB (#16). Asserted on
 what is imported, never on a time: the times are in the README (Fast commands)."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning", "lightning_fabric", "wandb", "albumentations",
-         "cv2", "pycocotools", "matplotlib", "detlab.models", "detlab.losses", "detlab.training", "detlab.inference")
+         "cv2", "pycocotools", "matplotlib", "scipy", "detlab.models", "detlab.losses", "detlab.training", "detlab.inference")
 
 COMMANDS = {
     "detlab-train --help": ["detlab-train", "--help"],
