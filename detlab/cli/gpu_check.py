@@ -2,7 +2,7 @@
 
     python -m detlab.cli.gpu_check [--json gpu_check.json] [--train-minutes 2]
 
-1. the suite's `gpu` tier (pytest -m gpu, tests/test_gpu.py): CUDA NMS through detlab's post-processing equals
+1. the suite's `gpu` tier (tests/test_gpu.py under pytest): CUDA NMS through detlab's post-processing equals
    the CPU's; a 16-mixed and a bf16 training step of the default model are finite; NCCL DDP on 2 GPUs when
    there are 2 or more;
 2. make bench's rows on CUDA (detlab.cli.bench --device cuda);
@@ -31,13 +31,16 @@ from detlab.profile import bench
 from detlab.profile.speed import environment
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (detlab/cli/gpu_check.py): its tests/ hold the tier
+TIER = ROOT / "tests" / "test_gpu.py"  # the `gpu` tier: pytest -m gpu
 THROUGHPUT = {"preset": "tv_retinanet_r50_fpn", "batch": 16, "image_size": 640, "precision": "bf16-mixed"}
 
 
 def gpu_tier() -> dict[str, Any]:
-    """pytest -m gpu in a child process (a failing test must not take this script with it)."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                           str(ROOT / "tests")], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    """The gpu tier's file under pytest in a child process (a failing test must not take this script with it).
+    Its file alone: collecting the whole suite would import what only other tiers need (W&B, the sweepers),
+    which a bare GPU machine may lack."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(TIER)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
     lines = proc.stdout.strip().splitlines()
     return {"passed": proc.returncode == 0, "summary": lines[-1] if lines else proc.stderr[-500:],
             "output": proc.stdout[-4000:]}

@@ -1,6 +1,8 @@
 """make gpu-check without a GPU: it says so and stops at once, with exit status 0; rehearsed on the CPU."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +21,11 @@ def test_without_cuda_it_says_so_and_exits_0(monkeypatch, capsys, tmp_path):
 
 
 def test_the_gpu_tier_is_found_in_the_checkout():
-    assert (gpu_check.ROOT / "tests" / "test_gpu.py").is_file()  # gpu_tier runs pytest -m gpu there (rehearsed below)
+    assert gpu_check.TIER.is_file()  # gpu_tier runs it under pytest (rehearsed below)
+    assert gpu_check.TIER.parent.samefile(Path(__file__).parents[1])
+    marked = re.compile(r"pytest\.mark\.gpu\b")
+    elsewhere = [p for p in gpu_check.TIER.parent.rglob("*.py") if p != gpu_check.TIER and marked.search(p.read_text())]
+    assert not elsewhere, f"gpu-check runs {gpu_check.TIER.name} alone: move these gpu tests there: {elsewhere}"
 
 
 @pytest.mark.slow
