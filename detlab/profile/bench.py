@@ -51,7 +51,7 @@ from detlab.data.datamodule import eval_transform
 from detlab.evaluation.backends import BACKENDS
 from detlab.evaluation.results_file import evaluate_results_file
 from detlab.inference import Predictor
-from detlab.profile.speed import PRECISIONS, environment, summarize_ms, synchronizer, time_stages
+from detlab.profile.speed import PRECISIONS, describe_allocator, environment, summarize_ms, synchronizer, time_stages
 from detlab.structures import Batch, HeadOutput
 
 NUM_CLASSES = 80
@@ -420,9 +420,10 @@ def table(rows: Sequence[dict]) -> str:
     lines += [f"| {r['what']} | {r['model']} | {r['batch']} | {r['input']} | {r['detlab_ms']:.1f} | "
               f"{r['reference_ms']:.1f} | {r['ratio']:.2f} |" for r in rows]
     first = rows[0]
-    return "\n".join([*lines, f"\n{first['device']}, torch {first['torch']}, {first['threads']} threads; medians of "
-                                f"{sorted({r['repeats'] for r in rows})} repeats after {sorted({r['warmup'] for r in rows})} "
-                                "warm-up. ratio > 1: detlab is faster"])
+    allocator = describe_allocator(first.get("allocator", {}))  # rows of --json files before it was recorded lack it
+    return "\n".join([*lines, f"\n{first['device']}, torch {first['torch']}, {first['threads']} threads{allocator}; "
+                                f"medians of {sorted({r['repeats'] for r in rows})} repeats after "
+                                f"{sorted({r['warmup'] for r in rows})} warm-up. ratio > 1: detlab is faster"])
 
 
 # --quick: a look in a few minutes on a 2-core CPU (explicit arguments still win)

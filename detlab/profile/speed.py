@@ -14,6 +14,7 @@ DataLoader with workers overlaps it with the model in training.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -144,7 +145,7 @@ def speed_summary(speed: dict[str, Any]) -> dict[str, float]:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """The device's name and the software versions a speed number depends on."""
+    """The device's name and the software versions and settings a speed number depends on."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}: {cpu_name()}"
     return {
         "device": name,
@@ -152,7 +153,20 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
+        "allocator": allocator_settings(),
     }
+
+
+def allocator_settings() -> dict[str, str]:
+    """The environment variables that change how host memory is allocated (glibc's MALLOC_*, jemalloc's
+    MALLOC_CONF, tcmalloc's TCMALLOC_*, a preloaded allocator): on a CPU they move a training step by 10-20 %
+    (README, Benchmarks), so a speed number carries them. Empty: the C library's defaults."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(("MALLOC_", "TCMALLOC_")) or k == "LD_PRELOAD"}
+
+
+def describe_allocator(settings: dict[str, str]) -> str:
+    """", K=V" per allocator setting, for a line of conditions; nothing for the C library's defaults."""
+    return "".join(f", {k}={v}" for k, v in settings.items())
 
 
 def run_speed(
@@ -184,7 +198,8 @@ def format_speed(speed: dict[str, Any]) -> str:
         f"speed: {speed['ms_per_img']:.2f} ms/img at batch 1 ({stages}; p90 {lat['total']['p90']:.2f}), "
         f"{speed['img_per_s']:.1f} img/s at batch {speed['batch_size']}\n"
         f"       {speed['input_size']} px, {speed['precision']}, {speed['device']}, torch {speed['torch']}, "
-        f"CUDA {speed['cuda']}, median of {speed['repeats']} after {speed['warmup']} warm-up"
+        f"CUDA {speed['cuda']}{describe_allocator(speed['allocator'])}, median of {speed['repeats']} after "
+        f"{speed['warmup']} warm-up"
     )
 
 

@@ -4,6 +4,7 @@ when the runs of one table differ in code or data.
 
     {"detlab": "0.1.0", "git_sha": "629355d...", "git_dirty": false, "python": "3.11.9", "device": "...",
      "cpu": "...", "cpu_capability": "AVX2", "torch": "2.14.1", "cuda": "12.8", "cudnn": ..., "threads": 2,
+     "allocator": {"MALLOC_TRIM_THRESHOLD_": "..."},
      "data_fingerprint": "sha256 hex", "config_hash": "sha256 hex"}
 
 git_sha and git_dirty are None when detlab does not run from a git checkout of itself (installed from a wheel).

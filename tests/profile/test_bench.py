@@ -10,7 +10,8 @@ from detlab.cli import bench as bench_cli
 from detlab.profile import bench
 
 
-def test_bench_compares_every_part_with_its_reference(capsys, tmp_path):
+def test_bench_compares_every_part_with_its_reference(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4294967296")  # recorded with every row, printed under the table
     out_json = tmp_path / "bench.json"
     tiny_run = ["data.source.num_train_images=12", "data.source.num_val_images=2", "data.num_workers=1"]
     rows = bench_cli.main(["--batch-sizes", "1", "2", "--image-size", "64", "--warmup", "0", "--repeats", "1",
@@ -39,6 +40,8 @@ def test_bench_compares_every_part_with_its_reference(capsys, tmp_path):
     assert all(r["threads"] == torch.get_num_threads() and r["torch"] == torch.__version__ for r in rows)
     printed = capsys.readouterr().out
     assert "| forward" in printed and "ratio > 1: detlab is faster" in printed
+    assert all(r["allocator"]["MALLOC_TRIM_THRESHOLD_"] == "4294967296" for r in rows)
+    assert "threads, MALLOC_TRIM_THRESHOLD_=4294967296" in printed
     # the README's table comes from the --json file: the same table as printed
     assert json.loads(out_json.read_text()) == rows
     bench_cli.main(["--table", str(out_json)])

@@ -151,7 +151,8 @@ def test_measure_speed_synchronises_the_cuda_device_it_runs_on(monkeypatch):
     assert speed["device"] == "Fake GPU"
 
 
-def test_record_of_a_real_tiny_detector():
+def test_record_of_a_real_tiny_detector(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4294967296")  # an allocator setting is a condition of the number
     cfg = compose_train(["model.neck.out_channels=16", "model.head.width=16", "model.head.depth=1"])
     parts = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3)
     parts.model.train()
@@ -162,6 +163,8 @@ def test_record_of_a_real_tiny_detector():
     assert speed["input_size"] == 64 and speed["batch_size"] == 2 and speed["precision"] == "32-true"
     assert speed["params"] == sum(p.numel() for p in parts.model.parameters()) and speed["gflops"] > 0
     assert speed["torch"] == torch.__version__ and speed["device"].startswith("cpu")
+    assert speed["allocator"]["MALLOC_MMAP_THRESHOLD_"] == "4294967296"
+    assert "MALLOC_MMAP_THRESHOLD_=4294967296, median of 2 after 1 warm-up" in protocol.format_speed(speed)
     summary = speed_summary(speed)
     assert summary["speed/ms_per_img"] == speed["ms_per_img"]
     assert summary["speed/model_ms"] == speed["latency_ms"]["model"]["median"]
