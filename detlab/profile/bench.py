@@ -50,6 +50,7 @@ from detlab.data.collate import collate
 from detlab.data.datamodule import eval_transform
 from detlab.evaluation.backends import BACKENDS
 from detlab.evaluation.results_file import evaluate_results_file
+from detlab.files import write_text_atomically
 from detlab.inference import Predictor
 from detlab.profile.speed import PRECISIONS, describe_allocator, environment, summarize_ms, synchronizer, time_stages
 from detlab.structures import Batch, HeadOutput
@@ -432,8 +433,6 @@ QUICK = {"batch_sizes": [2], "repeats": 3, "warmup": 1, "eval_images": 100, "eva
 
 
 def save(rows: list[dict], path: Path | None) -> None:
-    """rows as JSON at path (nothing when None), through a temporary name: a kill leaves the previous file."""
+    """rows as JSON at path (nothing when None), written atomically: a kill leaves the previous file."""
     if path is not None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.replace(path)
+        write_text_atomically(path, json.dumps(rows, indent=1))

@@ -17,9 +17,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from detlab.errors import CheckpointError, writing
+from detlab.files import replaced_atomically
 
 # The keys every checkpoint detlab writes holds (Lightning's, plus the module's hyper-parameters).
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "global_step")
@@ -63,18 +62,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         fix = "the previous checkpoint there is kept; free space on that disk or set hydra.run.dir to another folder"
         with writing(path, "a checkpoint", fix):
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(tmp, "wb") as file:
-                    torch.save(checkpoint, file)
-                    file.flush()
-                    os.fsync(file.fileno())  # the bytes on the disk before the name points at them
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with replaced_atomically(path) as file:
+                torch.save(checkpoint, file)
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return read_checkpoint(path)

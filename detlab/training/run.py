@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
 from detlab.config import validate
+from detlab.errors import writing
 from detlab.evaluation.figures import plot_error_analysis
+from detlab.files import write_text_atomically
 from detlab.inference import Predictor
 from detlab.profile.cost import complexity
 from detlab.profile.speed import measure_speed, speed_summary
@@ -90,7 +92,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.checkpoint.weights:
             save_weights(module, run_dir / "checkpoints" / WEIGHTS_FILE, trainer.global_step)
         results["checkpoints"] = sorted(str(p) for p in (run_dir / "checkpoints").glob("*.ckpt"))
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        results_file = run_dir / "results.json"
+        with writing(results_file, "the run's results", f"its checkpoints are kept: free space, then score them with "
+                     f"detlab-eval run {run_dir}"):
+            write_text_atomically(results_file, json.dumps(results, indent=2))
         plot_error_analysis(results, run_dir / "analysis")
         print(end_block(results, run_dir, *logged), flush=True)
     _finish(logger, results)

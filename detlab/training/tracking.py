@@ -28,7 +28,7 @@ def wandb_logged_in() -> bool:
         return True
     try:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
+    except (OSError, netrc.NetrcParseError):  # none, unreadable or malformed: not logged in, never a crash
         return False
 
 

@@ -28,6 +28,11 @@ def test_online_with_a_netrc_entry_or_an_api_key(home, monkeypatch):
     assert wandb_mode() == "online"
 
 
+def test_an_unreadable_netrc_is_not_a_login(home):
+    (home / ".netrc").mkdir()  # a folder where the file should be: IsADirectoryError, not FileNotFoundError
+    assert wandb_mode() == "offline"
+
+
 def test_wandb_mode_in_the_environment_wins(home, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
     monkeypatch.setenv("WANDB_MODE", "disabled")

@@ -42,6 +42,7 @@ from torch.utils.data import Dataset, get_worker_info
 from detlab.data.coco.checker import check_coco, empty_problem, problem_report
 from detlab.data.transforms import Sample
 from detlab.errors import ConfigError, DataError, writing
+from detlab.files import write_text_atomically
 
 ON_INVALID = ("error", "skip")
 WORKER_SLOTS = 64  # rows of the shared transform counter: one per loader worker (more workers share rows)
@@ -188,9 +189,7 @@ def _write_clean_copy(data: dict, cache_dir: str | Path | None) -> str:
     if not path.is_file():
         with writing(path.parent, CACHE, CACHE_FIX):
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-            tmp.write_text(text)
-            os.replace(tmp, path)  # atomic: DDP ranks writing at once leave one whole file
+            write_text_atomically(path, text)  # DDP ranks writing at once leave one whole file
     return str(path)
 
 
