@@ -29,6 +29,15 @@ from detlab.structures import IGNORED
 CPU_CHUNK = 2**18
 
 
+def focal_parameters(alpha: float, gamma: float) -> tuple[float, float]:
+    """(alpha, gamma) of a focal loss, sigmoid or softmax, checked: alpha <= 1 (negative disables it), gamma >= 0."""
+    if alpha > 1:
+        raise ValueError(f"loss.alpha must be in [0, 1], or negative to disable it; got {alpha}")
+    if gamma < 0:
+        raise ValueError(f"loss.gamma must be >= 0, got {gamma}")
+    return alpha, gamma
+
+
 class SigmoidFocalLoss(nn.Module):
     """FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t), summed over the classes of every non-ignored prior.
 
@@ -39,12 +48,7 @@ class SigmoidFocalLoss(nn.Module):
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0):
         super().__init__()
-        if alpha > 1:
-            raise ValueError(f"loss.alpha must be in [0, 1], or negative to disable it; got {alpha}")
-        if gamma < 0:
-            raise ValueError(f"loss.gamma must be >= 0, got {gamma}")
-        self.alpha = alpha
-        self.gamma = gamma
+        self.alpha, self.gamma = focal_parameters(alpha, gamma)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma}"

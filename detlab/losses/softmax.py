@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detlab.losses.focal import focal_parameters
 from detlab.structures import IGNORED
 
 
@@ -90,12 +91,7 @@ class SoftmaxFocalLoss(SoftmaxCrossEntropy):
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0):
         super().__init__()
-        if alpha > 1:
-            raise ValueError(f"loss.alpha must be in [0, 1], or negative to disable it; got {alpha}")
-        if gamma < 0:
-            raise ValueError(f"loss.gamma must be >= 0, got {gamma}")
-        self.alpha = alpha
-        self.gamma = gamma
+        self.alpha, self.gamma = focal_parameters(alpha, gamma)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma}"

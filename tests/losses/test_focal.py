@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from detlab.losses.focal import SigmoidFocalLoss
+from detlab.losses.softmax import SoftmaxFocalLoss
 
 
 def random_case(seed: int = 0, num_classes: int = 5):
@@ -77,11 +78,16 @@ def test_half_precision_logits_give_float32_loss():
     torch.testing.assert_close(loss, SigmoidFocalLoss()(logits.half().float(), labels))
 
 
+@pytest.mark.parametrize("focal", [SigmoidFocalLoss, SoftmaxFocalLoss])
+def test_both_focal_losses_refuse_bad_parameters(focal):
+    with pytest.raises(ValueError, match="loss.alpha"):
+        focal(alpha=1.5)
+    with pytest.raises(ValueError, match="loss.gamma"):
+        focal(gamma=-1.0)
+    assert (focal(alpha=-1, gamma=0).alpha, focal(alpha=1.0).alpha) == (-1, 1.0)
+
+
 def test_num_outputs_and_bad_arguments():
     assert SigmoidFocalLoss().num_outputs(80) == 80
-    with pytest.raises(ValueError, match="loss.alpha"):
-        SigmoidFocalLoss(alpha=1.5)
-    with pytest.raises(ValueError, match="loss.gamma"):
-        SigmoidFocalLoss(gamma=-1.0)
     with pytest.raises(ValueError, match="target_labels"):
         SigmoidFocalLoss()(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.int64))
