@@ -3,8 +3,9 @@ that bad data stops before training with a message that names the file, the imag
 
 - the whole file (not JSON, truncated, missing "images" / "annotations" / "categories", no image at all)
   and every image or category record (missing keys, duplicate ids, non-positive sizes) must be valid;
-- each annotation must name a known image and category and carry a finite bbox [x, y, w, h] with w > 0,
-  h > 0 that is not wholly outside its image; each image file must exist. The reader's `on_invalid="skip"`
+- each annotation must name a known image and category, carry a finite bbox [x, y, w, h] with w > 0,
+  h > 0 that is not wholly outside its image, an area and an iscrowd of 0 or 1 (or none); each image file
+  must exist. The reader's `on_invalid="skip"`
   drops such annotations (and images without a file, with their annotations) and lists them in `problems`.
 
 A box partly outside its image is listed in `notes` (the reader clips it in the training target).
@@ -22,6 +23,9 @@ from typing import Any
 from detlab.errors import DataError
 
 MAX_LISTED = 10  # problems quoted in one error message; the count says how many there are
+IMAGE_KEYS = ("id", "file_name", "width", "height")  # what reading the images needs
+SCORING_IMAGE_KEYS = ("id", "width", "height")  # what scoring detections against the file needs
+INVALID_FIX = "fix the file, or set data.on_invalid=skip to drop them and train on the rest"
 
 
 @dataclass
@@ -40,16 +44,21 @@ class CheckedCoco:
     notes: list[str]
 
 
-def check_coco(ann_file: str | Path, img_dir: str | Path | None = None) -> CheckedCoco:
-    """Check a COCO file (and, given img_dir, that each image file exists); ValueError for a broken file."""
-    return check_coco_dict(_parse(_read_bytes(str(ann_file)), str(ann_file)), str(ann_file), img_dir)
+def check_coco(
+    ann_file: str | Path, img_dir: str | Path | None = None, image_keys: tuple[str, ...] = IMAGE_KEYS
+) -> CheckedCoco:
+    """Check a COCO file (and, given img_dir, that each image file exists); ValueError for a broken file.
+    image_keys: the fields every image record must have (SCORING_IMAGE_KEYS where no image is read)."""
+    return check_coco_dict(_parse(_read_bytes(str(ann_file)), str(ann_file)), str(ann_file), img_dir, image_keys)
 
 
-def check_coco_dict(data: Any, name: str, img_dir: str | Path | None = None) -> CheckedCoco:
+def check_coco_dict(
+    data: Any, name: str, img_dir: str | Path | None = None, image_keys: tuple[str, ...] = IMAGE_KEYS
+) -> CheckedCoco:
     """`check_coco` of a COCO dict already in memory (a converted dataset); `name` names it in the messages."""
     _check_layout(data, name)
     categories = _check_categories(data["categories"], name)
-    images = _check_images(data["images"], name)
+    images = _check_images(data["images"], name, image_keys)
     kept, problems = _check_annotations(data["annotations"], images, categories, name)
     if img_dir is not None:
         problems += _missing_image_files(images, kept, Path(img_dir), name)
@@ -99,13 +108,13 @@ def _check_categories(categories: list, ann_file: str) -> dict[int, str]:
     return names
 
 
-def _check_images(images: list, ann_file: str) -> dict[int, dict]:
+def _check_images(images: list, ann_file: str, keys: tuple[str, ...]) -> dict[int, dict]:
     """image id -> record."""
     by_id: dict[int, dict] = {}
     for position, img in enumerate(images):
         image_id = img.get("id", "?") if isinstance(img, dict) else "?"
         where = f"{ann_file}: image id={image_id} (image #{position})"
-        for key in ("id", "file_name", "width", "height"):
+        for key in keys:
             if not isinstance(img, dict) or key not in img:
                 raise DataError(f"{where}: missing field '{key}'")
         if not _is_int(image_id):
@@ -177,6 +186,8 @@ def _annotation_problem(ann: Any, images: dict, categories: dict) -> str | None:
         return f"field 'bbox'={bbox} is not finite"
     if not _is_number(ann["area"]) or not math.isfinite(ann["area"]) or ann["area"] < 0:
         return f"field 'area'={ann['area']!r} must be a finite number >= 0"
+    if ann.get("iscrowd", 0) not in (0, 1):  # JSON's true and false are 1 and 0
+        return f"field 'iscrowd'={ann['iscrowd']!r} must be 0 or 1 (pycocotools takes any other true value as crowd)"
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
         return f"field 'bbox'={bbox} has w <= 0 or h <= 0"
@@ -218,10 +229,8 @@ def _clip_note(ann: dict, img: dict, ann_file: str) -> str:
     )
 
 
-def problem_report(ann_file: str, problems: list[str]) -> str:
+def problem_report(ann_file: str, problems: list[str], fix: str = INVALID_FIX) -> str:
     listed = "\n  ".join(problems[:MAX_LISTED])
     more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-    return (
-        f"{len(problems)} invalid annotation(s) or image(s) in {ann_file}:\n  {listed}{more}\n"
-        "(fix the file, or set data.on_invalid=skip to drop them and train on the rest)"
-    )
+    return f"{len(problems)} invalid annotation(s) or image(s) in {ann_file}:\n  {listed}{more}\n({fix})"
+
