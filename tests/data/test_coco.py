@@ -288,6 +288,23 @@ def test_a_missing_image_file_is_found_before_training_and_skipped_with_its_anno
     assert sorted(clean.getImgIds()) == [5, 7, 42] and 5 not in clean.getAnnIds()
 
 
+def test_an_image_listed_twice_is_found_before_training_and_the_second_record_skipped(data_coco):
+    """A picture under two ids (files merged twice, a copied record): the objects of one record were background in
+    the other, for training and for scoring, without a word."""
+    def list_gray_twice(d):
+        d["images"].append({**next(img for img in d["images"] if img["id"] == 7), "id": 8})
+        d["annotations"].append({"id": 99, "image_id": 8, "category_id": 11, "bbox": [1, 1, 4, 4], "area": 16})
+
+    path = write(data_coco, mutate(list_gray_twice))
+    with pytest.raises(ValueError) as err:
+        CocoDetection(path, data_coco, passthrough)
+    assert (f"{path}: image id=8: field 'file_name'='gray.png': image id=7 has this file too: one picture listed "
+            "twice; the image and its 1 annotation(s) are left out") in str(err.value)
+    dataset = CocoDetection(path, data_coco, passthrough, on_invalid="skip")
+    assert 8 not in dataset.image_ids and 7 in dataset.image_ids and len(dataset.problems) == 1
+    assert 8 not in COCO(dataset.eval_ann_file).getImgIds()
+
+
 def test_an_empty_dataset_is_an_error(data_coco):
     path = write(data_coco, mutate(lambda d: d.update(images=[], annotations=[])))
     with pytest.raises(ValueError, match=rf"{path}: field 'images' is empty: an empty dataset"):

@@ -5,8 +5,8 @@ that bad data stops before training with a message that names the file, the imag
   and every image or category record (missing keys, duplicate ids, non-positive sizes) must be valid;
 - each annotation must name a known image and category, carry a finite bbox [x, y, w, h] with w > 0,
   h > 0 that is not wholly outside its image, an area and an iscrowd of 0 or 1 (or none); each image file
-  must exist. The reader's `on_invalid="skip"`
-  drops such annotations (and images without a file, with their annotations) and lists them in `problems`.
+  must exist, and no two images may name the same file. The reader's `on_invalid="skip"` drops such
+  annotations (and images without a file or with another's, with their annotations) and lists them in `problems`.
 
 A box partly outside its image is listed in `notes` (the reader clips it in the training target).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,8 @@ def check_coco_dict(
     categories = _check_categories(data["categories"], name)
     images = _check_images(data["images"], name, image_keys)
     kept, problems = _check_annotations(data["annotations"], images, categories, name)
-    if img_dir is not None:
-        problems += _missing_image_files(images, kept, Path(img_dir), name)
+    if "file_name" in image_keys:
+        problems += _unusable_images(images, kept, None if img_dir is None else Path(img_dir), name)
         kept = [a for a in kept if a["image_id"] in images]
     notes = [_clip_note(a, images[a["image_id"]], name) for a in kept if _partly_outside(a, images[a["image_id"]])]
     data = {**data, "images": list(images.values()), "annotations": kept}
@@ -134,16 +135,25 @@ def _check_images(images: list, ann_file: str, keys: tuple[str, ...]) -> dict[in
     return by_id
 
 
-def _missing_image_files(images: dict, annotations: list[dict], img_dir: Path, ann_file: str) -> list[str]:
-    """Removes from `images` those whose file does not exist; one problem line each."""
+def _unusable_images(images: dict, annotations: list[dict], img_dir: Path | None, ann_file: str) -> list[str]:
+    """Removes from `images` those that cannot be used, one problem line each: a file_name that an earlier image
+    has too (one picture listed twice: the objects of each record would be background in the other, in training
+    and in scoring) and, given img_dir, a file that does not exist."""
+    counts = Counter(a["image_id"] for a in annotations)
+    first_with: dict[str, int] = {}
     problems = []
     for image_id, img in list(images.items()):
-        path = img_dir / str(img["file_name"])
-        if not path.is_file():
-            count = sum(1 for a in annotations if a["image_id"] == image_id)
+        name = str(img["file_name"])
+        why = None
+        if name in first_with:
+            why = f"image id={first_with[name]} has this file too: one picture listed twice"
+        elif img_dir is not None and not (img_dir / name).is_file():
+            why = f"image file not found: {img_dir / name}"
+        first_with.setdefault(name, image_id)
+        if why is not None:
             problems.append(
-                f"{ann_file}: image id={image_id}: field 'file_name'={img['file_name']!r}: image file not found: "
-                f"{path}; the image and its {count} annotation(s) are left out"
+                f"{ann_file}: image id={image_id}: field 'file_name'={img['file_name']!r}: {why}; the image and its "
+                f"{counts[image_id]} annotation(s) are left out"
             )
             del images[image_id]
     return problems
