@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 
 from detlab.data.coco.reader import CocoDetection
 from detlab.data.transforms import DetectionTransform
+from detlab.errors import DataError
 from detlab.structures import boxes_to_original
 
 # Non-contiguous category ids listed out of order: labels must follow the sorted ids (3 -> 0, 7 -> 1, 11 -> 2).
@@ -215,6 +216,14 @@ def test_missing_corrupt_and_wrongly_sized_images_name_the_file_and_image_id(dat
     Image.new("RGB", (21, 24)).save(data_coco / "rgba.png")
     with pytest.raises(ValueError, match=r"rgba\.png.*image id=5.*'width'=20"):
         dataset[index[5]]
+
+
+def test_an_image_over_pils_size_limit_names_the_file_and_image_id(data_coco, monkeypatch):
+    """PIL's DecompressionBombError (an Exception, not an OSError) was a bare traceback from the loader."""
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 40x30 gray.png is then over twice the limit
+    with pytest.raises(DataError, match=r"cannot decode image .*gray\.png \(image id=7 of .*\): Image size \(1200 pixels\)"):
+        dataset[dataset.image_ids.index(7)]
 
 
 @pytest.mark.realdata

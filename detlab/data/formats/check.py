@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from detlab.data.coco.reader import SIXTEEN_BIT_MODES, read_rgb
+from detlab.data.coco.reader import IMAGE_ERRORS, SIXTEEN_BIT_MODES, read_rgb
 from detlab.data.formats.common import EXIF_ORIENTATION, size_hint
 
 SMALL, LARGE = 32**2, 96**2  # COCO's area ranges (pycocotools' areaRng)
@@ -108,7 +108,7 @@ def check_images(coco: dict[str, Any], img_dir: str | Path, name: str) -> tuple[
         except FileNotFoundError:
             problems.append(f"{where}: image file not found")
             continue
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        except IMAGE_ERRORS as err:
             problems.append(f"{where}: cannot decode the image ({err}); is it corrupt or truncated?")
             continue
         stored_h, stored_w = rgb.shape[:2]

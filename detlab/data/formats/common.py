@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from detlab.data.coco.reader import IMAGE_ERRORS
 
 # The image files the readers look for (lower case; YOLO's and VOC's usual ones).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -199,7 +201,7 @@ def image_header(path: Path) -> tuple[int, int, int | None]:
             return img.width, img.height, orientation
     except FileNotFoundError:
         raise ValueError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except IMAGE_ERRORS as err:
         raise ValueError(f"cannot read the header of image {path} ({err})") from None
 
 
