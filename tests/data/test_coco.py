@@ -140,6 +140,9 @@ BAD_INPUTS = {
     "image with zero width": (mutate(lambda d: d["images"][1].update(width=0)), ["image id=7", "'width'"]),
     "duplicate image id": (mutate(lambda d: d["images"][2].update(id=7)), ["image id=7", "duplicate", "'id'"]),
     "duplicate category id": (mutate(lambda d: d["categories"][1].update(id=11)), ["category id=11", "'id'"]),
+    # the evaluator refused it after the data was read: 80 class names, without the file, the ids or the field
+    "duplicate category name": (mutate(lambda d: d["categories"][1].update(name=d["categories"][0]["name"])),
+                                ["categories id=11 and id=", "same field 'name'="]),
     "annotation without bbox": (mutate(lambda d: ann(d, 2).pop("bbox")), ["image id=42", "annotation id=2", "'bbox'"]),
     "unknown category": (mutate(lambda d: ann(d, 2).update(category_id=99)), ["image id=42", "'category_id'=99"]),
     "unknown image": (mutate(lambda d: ann(d, 5).update(image_id=777)), ["image id=777", "'image_id'"]),

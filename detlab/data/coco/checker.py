@@ -2,7 +2,8 @@
 that bad data stops before training with a message that names the file, the image id and the field:
 
 - the whole file (not JSON, truncated, missing "images" / "annotations" / "categories", no image at all)
-  and every image or category record (missing keys, duplicate ids, non-positive sizes) must be valid;
+  and every image or category record (missing keys, duplicate ids or category names, non-positive sizes) must
+  be valid;
 - each annotation must name a known image and category, carry a finite bbox [x, y, w, h] with w > 0,
   h > 0 that is not wholly outside its image, an area and an iscrowd of 0 or 1 (or none); each image file
   must exist, and no two images may name the same file. The reader's `on_invalid="skip"` drops such
@@ -95,6 +96,7 @@ def _check_layout(data: Any, ann_file: str) -> None:
 def _check_categories(categories: list, ann_file: str) -> dict[int, str]:
     """category id -> name."""
     names: dict[int, str] = {}
+    id_of: dict[str, int] = {}  # name -> the first category's id
     for position, cat in enumerate(categories):
         for key in ("id", "name"):
             if not isinstance(cat, dict) or key not in cat:
@@ -103,7 +105,13 @@ def _check_categories(categories: list, ann_file: str) -> dict[int, str]:
             raise DataError(f"{ann_file}: category #{position}: field 'id'={cat['id']!r} must be an integer")
         if cat["id"] in names:
             raise DataError(f"{ann_file}: duplicate category id={cat['id']} (field 'id' of category #{position})")
-        names[cat["id"]] = str(cat["name"])
+        name = str(cat["name"])
+        if name in id_of:
+            raise DataError(
+                f"{ann_file}: categories id={id_of[name]} and id={cat['id']} have the same field 'name'={name!r}; "
+                "per-class AP and the class names are keyed by name: rename one (or merge them)"
+            )
+        names[cat["id"]], id_of[name] = name, cat["id"]
     if not names:
         raise DataError(f"{ann_file}: field 'categories' is empty; a detector needs at least one class")
     return names
