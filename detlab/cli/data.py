@@ -18,10 +18,12 @@ It prints, per split, images, objects, classes with counts, object sizes in COCO
 objects per image, and every problem (something training leaves out or stops on) and note (repaired without
 loss), each naming the file, the image and the field. `--image-check` also opens every image (missing,
 corrupt, grayscale/RGBA/16-bit, EXIF-rotated). It uses the COCO reader's own checks (detlab.data.coco.checker), so it
-reports exactly what training would meet. Exit status 0: no problem; 1: problems, or the data cannot be read.
+reports exactly what training would meet. Exit status 0: no problem; 1: problems, or a COCO file that cannot be
+used at all (printed as a problem on stdout).
 
-Each sub-command is one `_<name>` function fed by its own argparse sub-parser. Bad input ends in one clear
-message on stderr and exit status 1, never a traceback.
+Each sub-command is one `_<name>` function fed by its own argparse sub-parser. Any other bad input (wrong
+options, a missing path, a source file its reader cannot parse) ends in one message on stderr and exit status 2
+(detlab.errors), never a traceback.
 """
 
 from __future__ import annotations

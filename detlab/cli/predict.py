@@ -38,6 +38,10 @@ def predict(
     from detlab.inference import Predictor  # torch and the model code load here, after --help
 
     images, coco_categories = _image_list(inputs, img_dir)
+    if coco_categories is None:  # plain files: the results name each by its file name, the drawings by its stem
+        _check_distinct([path for path, _ in images], lambda path: path.name, "results' file_name")
+        if draw is not None:
+            _check_distinct([path for path, _ in images], lambda path: path.stem, f"drawing in {draw}")
     if run is not None:
         predictor, _ = Predictor.from_run(run, overrides)
     else:
@@ -107,6 +111,17 @@ def _image_list(inputs: list[Path], img_dir: Path | None) -> tuple[list[tuple[Pa
         else:
             raise DataError(f"{path}: no such image file or folder")
     return [(path, i) for i, path in enumerate(sorted(files))], None
+
+
+def _check_distinct(paths: list[Path], name_of, what: str) -> None:
+    """A DataError naming two paths that `name_of` gives the same name (two folders' 000001.jpg; a.jpg and a.png
+    drawn as a.png): one would stand for both, or overwrite the other."""
+    first: dict[str, Path] = {}
+    for path in paths:
+        other = first.setdefault(name_of(path), path)
+        if other != path:
+            raise DataError(f"{other} and {path} would have the same {what} ({name_of(path)!r}); give them "
+                            "one at a time (a --out and --draw each), or rename one")
 
 
 def _coco_images(ann_file: Path, img_dir: Path | None) -> tuple[list[tuple[Path, int]], dict[int, str]]:

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from detlab.data.coco.checker import SCORING_IMAGE_KEYS, check_coco, problem_report
+from detlab.errors import DataError
 
 BACKENDS = ("hotcoco", "faster_coco_eval", "pycocotools")
 DEFAULT_BACKEND = "hotcoco"
@@ -91,29 +93,25 @@ def quiet() -> Iterator[None]:
 
 
 def load_ground_truth(ann_file: str, backend: str) -> Any:
-    """The backend's COCO object for a COCO annotation file, with errors that name the file."""
+    """The backend's COCO object for a COCO annotation file, with errors that name the file.
+
+    The file is checked first by the rules training reads it by (detlab.data.coco.checker): without that, the
+    engines disagree on a broken file. pycocotools and faster-coco-eval crash deep inside on an annotation
+    without `area` or `bbox`, hotcoco scores it; a NaN box scores as an object no detection can match; and a
+    repeated annotation id keeps one box of those that share it, in every engine.
+    """
     check_backend(backend)
-    try:
-        with open(ann_file) as f:
-            dataset = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{ann_file}: not a valid JSON file ({err})") from err
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(dataset, dict) or k not in dataset]
-    if missing:
-        raise ValueError(f"{ann_file}: not a COCO annotation file (no {', '.join(missing)} list)")
-    # Every engine indexes annotations by id: a repeated id would silently drop all its boxes but one.
-    ids = [a.get("id") if isinstance(a, dict) else None for a in dataset["annotations"]]
-    if len(set(ids)) != len(ids):
-        seen: set = set()
-        repeated = next(i for i in ids if i in seen or seen.add(i))
-        raise ValueError(
-            f"{ann_file}: annotation id {repeated!r} (field 'id') is used more than once; every engine keeps one box "
-            "per id, so the others would be lost from scoring: give each annotation its own id"
-        )
+    checked = check_coco(ann_file, image_keys=SCORING_IMAGE_KEYS)
+    if checked.problems:
+        raise DataError(problem_report(ann_file, checked.problems, fix="fix the file: every engine would score it "
+                                       "differently, or crash"))
     coco = _coco_class(backend)()
-    coco.dataset = dataset
-    with quiet():
-        coco.createIndex()
+    try:
+        coco.dataset = checked.data
+        with quiet():
+            coco.createIndex()
+    except ValueError as err:  # hotcoco types every field COCO defines (a category's name, an image's license)
+        raise DataError(f"{ann_file}: the {backend} engine cannot read it: {err}") from None
     return coco
 
 

@@ -92,6 +92,9 @@ def test_files_and_folders_get_their_names_and_drawings(tmp_path):
         (["empty_dir"], "empty_dir: no image files"),
         (["coco.json"], "coco.json is a COCO json: give --img-dir"),
         (["ok.png", "model=retinanet"], "needs the model's label space"),
+        # one name for two files: the results' file_name stood for both, the second drawing overwrote the first
+        (["d1", "d2"], "d1/x.png and d2/x.png would have the same results' file_name ('x.png')"),
+        (["ok.png", "d1/ok.jpg", "--draw", "drawn"], "d1/ok.jpg and ok.png would have the same drawing in drawn ('ok')"),
     ],
 )
 def test_bad_inputs_name_the_file_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
@@ -100,6 +103,10 @@ def test_bad_inputs_name_the_file_and_exit_2(tmp_path, monkeypatch, capsys, args
     (tmp_path / "empty_dir").mkdir()
     (tmp_path / "coco.json").write_text('{"images": []}')
     Image.new("RGB", (40, 30)).save(tmp_path / "ok.png")
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (40, 30)).save(tmp_path / folder / "x.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "d1" / "ok.jpg")
     overrides = [] if any("=" in a for a in args) else ["model=tv_retinanet_r50_fpn"]
     with pytest.raises(SystemExit) as exit_info:
         main([*args, *overrides, "--out", "r.json", *TINY])

@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 
 from detlab.data.coco.reader import CocoDetection
 from detlab.data.transforms import DetectionTransform
+from detlab.errors import DataError
 from detlab.structures import boxes_to_original
 
 # Non-contiguous category ids listed out of order: labels must follow the sorted ids (3 -> 0, 7 -> 1, 11 -> 2).
@@ -139,6 +140,9 @@ BAD_INPUTS = {
     "image with zero width": (mutate(lambda d: d["images"][1].update(width=0)), ["image id=7", "'width'"]),
     "duplicate image id": (mutate(lambda d: d["images"][2].update(id=7)), ["image id=7", "duplicate", "'id'"]),
     "duplicate category id": (mutate(lambda d: d["categories"][1].update(id=11)), ["category id=11", "'id'"]),
+    # the evaluator refused it after the data was read: 80 class names, without the file, the ids or the field
+    "duplicate category name": (mutate(lambda d: d["categories"][1].update(name=d["categories"][0]["name"])),
+                                ["categories id=11 and id=", "same field 'name'="]),
     "annotation without bbox": (mutate(lambda d: ann(d, 2).pop("bbox")), ["image id=42", "annotation id=2", "'bbox'"]),
     "unknown category": (mutate(lambda d: ann(d, 2).update(category_id=99)), ["image id=42", "'category_id'=99"]),
     "unknown image": (mutate(lambda d: ann(d, 5).update(image_id=777)), ["image id=777", "'image_id'"]),
@@ -156,6 +160,8 @@ BAD_INPUTS = {
     "duplicate annotation id": (mutate(lambda d: ann(d, 2).update(id=1)), ["image id=42", "duplicate annotation id"]),
     "annotation without area": (mutate(lambda d: ann(d, 6).pop("area")), ["annotation id=6", "missing field 'area'"]),
     "boolean area": (mutate(lambda d: ann(d, 6).update(area=True)), ["annotation id=6", "'area'=True"]),
+    # pycocotools takes any true iscrowd as crowd (the box silently ignored), hotcoco stops without naming the file
+    "iscrowd text": (mutate(lambda d: ann(d, 6).update(iscrowd="no")), ["annotation id=6", "'iscrowd'='no'"]),
     "no annotation at all": (mutate(lambda d: d.update(annotations=[])), ["no object to learn from or score against"]),
 }
 
@@ -213,6 +219,14 @@ def test_missing_corrupt_and_wrongly_sized_images_name_the_file_and_image_id(dat
     Image.new("RGB", (21, 24)).save(data_coco / "rgba.png")
     with pytest.raises(ValueError, match=r"rgba\.png.*image id=5.*'width'=20"):
         dataset[index[5]]
+
+
+def test_an_image_over_pils_size_limit_names_the_file_and_image_id(data_coco, monkeypatch):
+    """PIL's DecompressionBombError (an Exception, not an OSError) was a bare traceback from the loader."""
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 40x30 gray.png is then over twice the limit
+    with pytest.raises(DataError, match=r"cannot decode image .*gray\.png \(image id=7 of .*\): Image size \(1200 pixels\)"):
+        dataset[dataset.image_ids.index(7)]
 
 
 @pytest.mark.realdata
@@ -284,6 +298,23 @@ def test_a_missing_image_file_is_found_before_training_and_skipped_with_its_anno
     assert sorted(dataset.image_ids) == [5, 7, 42] and len(dataset.problems) == 1
     clean = COCO(dataset.eval_ann_file)
     assert sorted(clean.getImgIds()) == [5, 7, 42] and 5 not in clean.getAnnIds()
+
+
+def test_an_image_listed_twice_is_found_before_training_and_the_second_record_skipped(data_coco):
+    """A picture under two ids (files merged twice, a copied record): the objects of one record were background in
+    the other, for training and for scoring, without a word."""
+    def list_gray_twice(d):
+        d["images"].append({**next(img for img in d["images"] if img["id"] == 7), "id": 8})
+        d["annotations"].append({"id": 99, "image_id": 8, "category_id": 11, "bbox": [1, 1, 4, 4], "area": 16})
+
+    path = write(data_coco, mutate(list_gray_twice))
+    with pytest.raises(ValueError) as err:
+        CocoDetection(path, data_coco, passthrough)
+    assert (f"{path}: image id=8: field 'file_name'='gray.png': image id=7 has this file too: one picture listed "
+            "twice; the image and its 1 annotation(s) are left out") in str(err.value)
+    dataset = CocoDetection(path, data_coco, passthrough, on_invalid="skip")
+    assert 8 not in dataset.image_ids and 7 in dataset.image_ids and len(dataset.problems) == 1
+    assert 8 not in COCO(dataset.eval_ann_file).getImgIds()
 
 
 def test_an_empty_dataset_is_an_error(data_coco):

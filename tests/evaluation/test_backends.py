@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from detlab.errors import DataError
 from detlab.evaluation.backends import BACKENDS, load_ground_truth, quiet
 
 
@@ -22,13 +23,13 @@ def test_quiet_swallows_chatter_but_replays_it_with_an_error(capsys):
 def test_annotation_file_errors_name_the_file(tmp_path, backend):
     broken = tmp_path / "broken.json"
     broken.write_text('{"images": [')
-    with pytest.raises(ValueError, match=f"{broken}: not a valid JSON"):
+    with pytest.raises(ValueError, match=f"{broken}: not valid JSON"):
         load_ground_truth(str(broken), backend)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_ground_truth(str(tmp_path / "missing.json"), backend)
     listing = tmp_path / "list.json"
     listing.write_text("[]")
-    with pytest.raises(ValueError, match=f"{listing}: not a COCO annotation file"):
+    with pytest.raises(ValueError, match=f"{listing}: a COCO file is a JSON object"):
         load_ground_truth(str(listing), backend)
 
 
@@ -57,5 +58,41 @@ def test_repeated_annotation_ids_are_an_error_not_a_lost_box(tmp_path, backend):
     }
     ann_file = tmp_path / "gt.json"
     ann_file.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"gt.json: annotation id 7 \(field 'id'\) is used more than once"):
+    with pytest.raises(ValueError, match=r"gt.json: image id=1, annotation id=7: duplicate annotation id \(field 'id'=7\)"):
         load_ground_truth(str(ann_file), backend)
+
+
+GOOD_BOX = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0}
+# Each engine read these differently: pycocotools and faster-coco-eval crashed deep inside on a missing area or
+# bbox (hotcoco scored them), a NaN box was an object no detection could match, and pycocotools took an iscrowd
+# of "no" as crowd (hotcoco stopped without naming the file).
+BROKEN_GROUND_TRUTH = {
+    "no area": ({k: v for k, v in GOOD_BOX.items() if k != "area"}, "missing field 'area'"),
+    "no bbox": ({k: v for k, v in GOOD_BOX.items() if k != "bbox"}, "missing field 'bbox'"),
+    "NaN box": ({**GOOD_BOX, "bbox": [float("nan"), 10, 20, 20]}, "field 'bbox'=[nan, 10, 20, 20] is not finite"),
+    "iscrowd text": ({**GOOD_BOX, "iscrowd": "no"}, "field 'iscrowd'='no' must be 0 or 1"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_GROUND_TRUTH)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_engine_refuses_a_broken_annotation_naming_the_file_image_and_field(tmp_path, backend, case):
+    broken, says = BROKEN_GROUND_TRUTH[case]
+    data = {
+        "images": [{"id": 1, "width": 100, "height": 100}],  # no file_name: scoring reads no image
+        "annotations": [{**GOOD_BOX, "id": 1}, {**broken, "id": 2}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    ann_file = tmp_path / "gt.json"
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(DataError) as err:
+        load_ground_truth(str(ann_file), backend)
+    assert f"{ann_file}: image id=1, annotation id=2: {says}" in str(err.value)
+
+
+def test_a_field_only_hotcoco_refuses_names_the_file(tmp_path):
+    ann_file = tmp_path / "gt.json"
+    ann_file.write_text(json.dumps({"images": [{"id": 1, "width": 100, "height": 100}], "annotations": [],
+                                    "categories": [{"id": 1, "name": "thing", "supercategory": 7}]}))
+    with pytest.raises(DataError, match=f"{ann_file}: the hotcoco engine cannot read it: .*'supercategory'"):
+        load_ground_truth(str(ann_file), "hotcoco")

@@ -2,10 +2,12 @@
 that bad data stops before training with a message that names the file, the image id and the field:
 
 - the whole file (not JSON, truncated, missing "images" / "annotations" / "categories", no image at all)
-  and every image or category record (missing keys, duplicate ids, non-positive sizes) must be valid;
-- each annotation must name a known image and category and carry a finite bbox [x, y, w, h] with w > 0,
-  h > 0 that is not wholly outside its image; each image file must exist. The reader's `on_invalid="skip"`
-  drops such annotations (and images without a file, with their annotations) and lists them in `problems`.
+  and every image or category record (missing keys, duplicate ids or category names, non-positive sizes) must
+  be valid;
+- each annotation must name a known image and category, carry a finite bbox [x, y, w, h] with w > 0,
+  h > 0 that is not wholly outside its image, an area and an iscrowd of 0 or 1 (or none); each image file
+  must exist, and no two images may name the same file. The reader's `on_invalid="skip"` drops such
+  annotations (and images without a file or with another's, with their annotations) and lists them in `problems`.
 
 A box partly outside its image is listed in `notes` (the reader clips it in the training target).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,9 @@ from typing import Any
 from detlab.errors import DataError
 
 MAX_LISTED = 10  # problems quoted in one error message; the count says how many there are
+IMAGE_KEYS = ("id", "file_name", "width", "height")  # what reading the images needs
+SCORING_IMAGE_KEYS = ("id", "width", "height")  # what scoring detections against the file needs
+INVALID_FIX = "fix the file, or set data.on_invalid=skip to drop them and train on the rest"
 
 
 @dataclass
@@ -40,19 +46,24 @@ class CheckedCoco:
     notes: list[str]
 
 
-def check_coco(ann_file: str | Path, img_dir: str | Path | None = None) -> CheckedCoco:
-    """Check a COCO file (and, given img_dir, that each image file exists); ValueError for a broken file."""
-    return check_coco_dict(_parse(_read_bytes(str(ann_file)), str(ann_file)), str(ann_file), img_dir)
+def check_coco(
+    ann_file: str | Path, img_dir: str | Path | None = None, image_keys: tuple[str, ...] = IMAGE_KEYS
+) -> CheckedCoco:
+    """Check a COCO file (and, given img_dir, that each image file exists); ValueError for a broken file.
+    image_keys: the fields every image record must have (SCORING_IMAGE_KEYS where no image is read)."""
+    return check_coco_dict(_parse(_read_bytes(str(ann_file)), str(ann_file)), str(ann_file), img_dir, image_keys)
 
 
-def check_coco_dict(data: Any, name: str, img_dir: str | Path | None = None) -> CheckedCoco:
+def check_coco_dict(
+    data: Any, name: str, img_dir: str | Path | None = None, image_keys: tuple[str, ...] = IMAGE_KEYS
+) -> CheckedCoco:
     """`check_coco` of a COCO dict already in memory (a converted dataset); `name` names it in the messages."""
     _check_layout(data, name)
     categories = _check_categories(data["categories"], name)
-    images = _check_images(data["images"], name)
+    images = _check_images(data["images"], name, image_keys)
     kept, problems = _check_annotations(data["annotations"], images, categories, name)
-    if img_dir is not None:
-        problems += _missing_image_files(images, kept, Path(img_dir), name)
+    if "file_name" in image_keys:
+        problems += _unusable_images(images, kept, None if img_dir is None else Path(img_dir), name)
         kept = [a for a in kept if a["image_id"] in images]
     notes = [_clip_note(a, images[a["image_id"]], name) for a in kept if _partly_outside(a, images[a["image_id"]])]
     data = {**data, "images": list(images.values()), "annotations": kept}
@@ -85,6 +96,7 @@ def _check_layout(data: Any, ann_file: str) -> None:
 def _check_categories(categories: list, ann_file: str) -> dict[int, str]:
     """category id -> name."""
     names: dict[int, str] = {}
+    id_of: dict[str, int] = {}  # name -> the first category's id
     for position, cat in enumerate(categories):
         for key in ("id", "name"):
             if not isinstance(cat, dict) or key not in cat:
@@ -93,19 +105,25 @@ def _check_categories(categories: list, ann_file: str) -> dict[int, str]:
             raise DataError(f"{ann_file}: category #{position}: field 'id'={cat['id']!r} must be an integer")
         if cat["id"] in names:
             raise DataError(f"{ann_file}: duplicate category id={cat['id']} (field 'id' of category #{position})")
-        names[cat["id"]] = str(cat["name"])
+        name = str(cat["name"])
+        if name in id_of:
+            raise DataError(
+                f"{ann_file}: categories id={id_of[name]} and id={cat['id']} have the same field 'name'={name!r}; "
+                "per-class AP and the class names are keyed by name: rename one (or merge them)"
+            )
+        names[cat["id"]], id_of[name] = name, cat["id"]
     if not names:
         raise DataError(f"{ann_file}: field 'categories' is empty; a detector needs at least one class")
     return names
 
 
-def _check_images(images: list, ann_file: str) -> dict[int, dict]:
+def _check_images(images: list, ann_file: str, keys: tuple[str, ...]) -> dict[int, dict]:
     """image id -> record."""
     by_id: dict[int, dict] = {}
     for position, img in enumerate(images):
         image_id = img.get("id", "?") if isinstance(img, dict) else "?"
         where = f"{ann_file}: image id={image_id} (image #{position})"
-        for key in ("id", "file_name", "width", "height"):
+        for key in keys:
             if not isinstance(img, dict) or key not in img:
                 raise DataError(f"{where}: missing field '{key}'")
         if not _is_int(image_id):
@@ -125,16 +143,25 @@ def _check_images(images: list, ann_file: str) -> dict[int, dict]:
     return by_id
 
 
-def _missing_image_files(images: dict, annotations: list[dict], img_dir: Path, ann_file: str) -> list[str]:
-    """Removes from `images` those whose file does not exist; one problem line each."""
+def _unusable_images(images: dict, annotations: list[dict], img_dir: Path | None, ann_file: str) -> list[str]:
+    """Removes from `images` those that cannot be used, one problem line each: a file_name that an earlier image
+    has too (one picture listed twice: the objects of each record would be background in the other, in training
+    and in scoring) and, given img_dir, a file that does not exist."""
+    counts = Counter(a["image_id"] for a in annotations)
+    first_with: dict[str, int] = {}
     problems = []
     for image_id, img in list(images.items()):
-        path = img_dir / str(img["file_name"])
-        if not path.is_file():
-            count = sum(1 for a in annotations if a["image_id"] == image_id)
+        name = str(img["file_name"])
+        why = None
+        if name in first_with:
+            why = f"image id={first_with[name]} has this file too: one picture listed twice"
+        elif img_dir is not None and not (img_dir / name).is_file():
+            why = f"image file not found: {img_dir / name}"
+        first_with.setdefault(name, image_id)
+        if why is not None:
             problems.append(
-                f"{ann_file}: image id={image_id}: field 'file_name'={img['file_name']!r}: image file not found: "
-                f"{path}; the image and its {count} annotation(s) are left out"
+                f"{ann_file}: image id={image_id}: field 'file_name'={img['file_name']!r}: {why}; the image and its "
+                f"{counts[image_id]} annotation(s) are left out"
             )
             del images[image_id]
     return problems
@@ -177,6 +204,8 @@ def _annotation_problem(ann: Any, images: dict, categories: dict) -> str | None:
         return f"field 'bbox'={bbox} is not finite"
     if not _is_number(ann["area"]) or not math.isfinite(ann["area"]) or ann["area"] < 0:
         return f"field 'area'={ann['area']!r} must be a finite number >= 0"
+    if ann.get("iscrowd", 0) not in (0, 1):  # JSON's true and false are 1 and 0
+        return f"field 'iscrowd'={ann['iscrowd']!r} must be 0 or 1 (pycocotools takes any other true value as crowd)"
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
         return f"field 'bbox'={bbox} has w <= 0 or h <= 0"
@@ -218,10 +247,8 @@ def _clip_note(ann: dict, img: dict, ann_file: str) -> str:
     )
 
 
-def problem_report(ann_file: str, problems: list[str]) -> str:
+def problem_report(ann_file: str, problems: list[str], fix: str = INVALID_FIX) -> str:
     listed = "\n  ".join(problems[:MAX_LISTED])
     more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-    return (
-        f"{len(problems)} invalid annotation(s) or image(s) in {ann_file}:\n  {listed}{more}\n"
-        "(fix the file, or set data.on_invalid=skip to drop them and train on the rest)"
-    )
+    return f"{len(problems)} invalid annotation(s) or image(s) in {ann_file}:\n  {listed}{more}\n({fix})"
+

@@ -47,6 +47,10 @@ from detlab.files import write_text_atomically
 ON_INVALID = ("error", "skip")
 WORKER_SLOTS = 64  # rows of the shared transform counter: one per loader worker (more workers share rows)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's 16-bit (and 32-bit int) grayscale
+# What PIL raises for a file it cannot read as an image: not an image, truncated or corrupt, or larger than its
+# decompression-bomb limit (2 * Image.MAX_IMAGE_PIXELS, 179 MP: DOTA's aerial photographs reach 400 MP), which is
+# an Exception of its own.
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ class CocoDetection(Dataset):
             rgb = read_rgb(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"image file not found: {where}, field 'file_name'") from None
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+        except IMAGE_ERRORS as err:
             raise DataError(f"cannot decode image {where}: {err}") from None
         if rgb.shape[:2] != (record["height"], record["width"]):
             raise DataError(

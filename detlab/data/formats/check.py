@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from detlab.data.coco.reader import SIXTEEN_BIT_MODES, read_rgb
-from detlab.data.formats.common import EXIF_ORIENTATION
+from detlab.data.coco.reader import IMAGE_ERRORS, SIXTEEN_BIT_MODES, read_rgb
+from detlab.data.formats.common import EXIF_ORIENTATION, size_hint
 
 SMALL, LARGE = 32**2, 96**2  # COCO's area ranges (pycocotools' areaRng)
 PER_IMAGE_BINS = ((0, 0), (1, 1), (2, 4), (5, 9), (10, 19), (20, None))  # objects per image, inclusive
@@ -108,15 +108,12 @@ def check_images(coco: dict[str, Any], img_dir: str | Path, name: str) -> tuple[
         except FileNotFoundError:
             problems.append(f"{where}: image file not found")
             continue
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        except IMAGE_ERRORS as err:
             problems.append(f"{where}: cannot decode the image ({err}); is it corrupt or truncated?")
             continue
         stored_h, stored_w = rgb.shape[:2]
         if (stored_w, stored_h) != (img["width"], img["height"]):
-            hint = ""
-            if orientation in (5, 6, 7, 8) and (stored_h, stored_w) == (img["width"], img["height"]):
-                hint = (f"; the record has the size shown after EXIF Orientation={orientation}: were the boxes "
-                        "drawn on the rotated image?")
+            hint = size_hint((img["width"], img["height"]), (stored_w, stored_h), orientation)
             problems.append(
                 f"{where}: the stored pixels are {stored_w}x{stored_h} (w x h) but fields 'width'={img['width']}, "
                 f"'height'={img['height']}{hint}"

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from detlab.data.coco.reader import IMAGE_ERRORS
 
 # The image files the readers look for (lower case; YOLO's and VOC's usual ones).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -73,11 +75,18 @@ class CocoBuilder:
         return image
 
     def add_image_from_file(
-        self, file_name: str, where: str, num_boxes: int, labels_frame: str = "stored"
+        self,
+        file_name: str,
+        where: str,
+        num_boxes: int,
+        labels_frame: str = "stored",
+        stated_size: tuple[int, int] | None = None,
     ) -> dict[str, Any] | None:
         """Adds an image whose size (stored pixels) comes from its file's header (`img_dir / file_name`).
 
-        An image that cannot be read is left out with its `num_boxes` boxes, and that is a problem line.
+        An image that cannot be read is left out with its `num_boxes` boxes, and that is a problem line; so is
+        one whose stored size is not the `stated_size` (width, height) its annotation gives (VOC's <size>):
+        its boxes were drawn on some other image, or on this one resized or rotated.
         labels_frame: "stored" (the boxes are in the stored pixels' frame) or "display" (in the frame a viewer
         shows after applying the EXIF orientation; the reader maps them with `display_to_stored`). An
         image with an EXIF orientation other than 1 is a note that says which.
@@ -87,6 +96,13 @@ class CocoBuilder:
             width, height, orientation = image_header(path)
         except ValueError as err:
             self.problems.append(f"{where}: {err}; the image and its {num_boxes} box(es) are left out")
+            return None
+        if stated_size is not None and tuple(stated_size) != (width, height):
+            self.problems.append(
+                f"{where}: says {stated_size[0]}x{stated_size[1]} (w x h) but image {path} is {width}x{height}"
+                f"{size_hint(stated_size, (width, height), orientation)}; the image and its {num_boxes} box(es) "
+                "are left out"
+            )
             return None
         record = self.add_image(file_name, width, height)
         if orientation not in (None, 1):
@@ -185,8 +201,17 @@ def image_header(path: Path) -> tuple[int, int, int | None]:
             return img.width, img.height, orientation
     except FileNotFoundError:
         raise ValueError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except IMAGE_ERRORS as err:
         raise ValueError(f"cannot read the header of image {path} ({err})") from None
+
+
+def size_hint(stated: tuple[int, int], stored: tuple[int, int], orientation: int | None) -> str:
+    """Why an annotation's size (width, height) may differ from the stored pixels': "" or "; ..." naming an EXIF
+    rotation whose shown size it is (a tool that drew the boxes on the rotated image)."""
+    if orientation in (5, 6, 7, 8) and tuple(stated) == tuple(stored)[::-1]:
+        return (f"; it is the size shown after EXIF Orientation={orientation}: were the boxes drawn on the "
+                "rotated image?")
+    return ""
 
 
 def display_size(orientation: int | None, width: int, height: int) -> tuple[int, int]:

@@ -51,7 +51,7 @@ READERS: dict[str, Callable[..., ConvertedDataset]] = {
 PATH_ARGUMENTS = ("root", "images_dir", "labels_dir", "csv_file", "seq_dir")
 SPLITS = ("train", "val")
 # Bump when a reader's output changes, so that caches written by older code are not reused.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 
 
 class FormatSource:

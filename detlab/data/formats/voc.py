@@ -10,7 +10,8 @@ the file `split` names when it ends in `.txt` (one id, the xml's stem, a line).
   positive, as in VOC's own evaluation. The COCO reader leaves crowd boxes out of the training targets, as
   mmdetection does with VOC's difficult objects. Every other annotation carries `iscrowd: 0, ignore: 0`.
 - Classes are the sorted set of `<name>`s in the files, or an explicit list (a name outside it is an error).
-- Width and height come from `<size>`, or from the image file's header where `<size>` is absent or zero.
+- Width and height come from the image file's header; a `<size>` (absent or zero: none) that disagrees with it
+  leaves the image and its boxes out (a problem): the boxes were drawn on another image, or on this one resized.
 - The image is `<filename>` in the image folder; where that file is missing, the one named like the xml (a
   note); where neither exists, the image and its boxes are left out (a problem).
 - Boxes are in the stored pixels' frame: LabelImg and the devkit draw on the pixels as stored, whatever an
@@ -155,12 +156,10 @@ def _add_image(builder: CocoBuilder, image: _VocImage) -> None:
     if image.file_missing is not None:
         builder.problems.append(f"{image.file_missing}; the image and its {len(image.objects)} box(es) are left out")
         return
-    if image.size is None:
-        record = builder.add_image_from_file(image.file_name, f"{image.xml}: field 'size'", len(image.objects))
-        if record is None:
-            return
-    else:
-        record = builder.add_image(image.file_name, *image.size)
+    where = f"{image.xml}: field 'size'"
+    record = builder.add_image_from_file(image.file_name, where, len(image.objects), stated_size=image.size)
+    if record is None:
+        return
     for obj in image.objects:
         where = f"{obj.where}, field 'bndbox'"
         builder.add_box(record, obj.name, obj.box_xyxy, where, ignore=obj.difficult, iscrowd=obj.difficult)

@@ -80,6 +80,14 @@ def test_image_header_gives_the_size_and_a_clear_error_for_missing_or_broken_fil
         image_header(tmp_path / "broken.jpg")
 
 
+def test_an_image_over_pils_size_limit_is_a_clear_error(tmp_path, make_image, monkeypatch):
+    """Over 2 * MAX_IMAGE_PIXELS (179 MP; DOTA's aerial photographs reach 400 MP) PIL raises its own
+    DecompressionBombError, which was a bare traceback; a limit of 100 pixels makes a 40x30 image such a file."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match=r"cannot read the header of image .*big.png \(Image size \(1200 pixels\) exceeds"):
+        image_header(make_image(tmp_path / "big.png", 40, 30))
+
+
 def test_an_unreadable_image_is_left_out_with_its_boxes_and_a_problem(tmp_path, make_image):
     builder = CocoBuilder(["cat"], tmp_path)
     make_image(tmp_path / "good.jpg", 8, 6)

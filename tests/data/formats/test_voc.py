@@ -133,6 +133,24 @@ def test_no_image_leaves_the_image_out_with_its_boxes(tmp_path, size):
     assert "the image and its 1 box(es) are left out" in problem
 
 
+def test_a_size_that_is_not_the_images_leaves_the_image_out_naming_the_xml(tmp_path):
+    """<size> 40x30 over a 20x15 image (resized after labelling): the boxes were in the old size, and the run
+    used to stop in its first epoch naming only the converted file's record; and a <size> that is the EXIF-rotated
+    frame of an image stored 30x40 (a tool that drew on the rotated image)."""
+    resized = _write(tmp_path, "a", _annotation_xml("a.jpg", (40, 30), [_object_xml("cat", (1, 1, 30, 20))]), (20, 15))
+    _write(tmp_path, "b", _annotation_xml("b.jpg", (30, 40), [_object_xml("cat", (1, 1, 10, 10))]))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 30)).save(tmp_path / "JPEGImages" / "b.jpg", exif=exif)
+    _write(tmp_path, "c", _annotation_xml("c.jpg", (9, 9), [_object_xml("cat", (1, 1, 4, 4))]), (9, 9))
+    dataset = read_voc(tmp_path)
+    assert [img["file_name"] for img in dataset.coco["images"]] == ["c.jpg"] and len(dataset.coco["annotations"]) == 1
+    first, second = dataset.problems
+    assert first == (f"{resized}: field 'size': says 40x30 (w x h) but image {tmp_path / 'JPEGImages' / 'a.jpg'} is "
+                     "20x15; the image and its 1 box(es) are left out")
+    assert "says 30x40 (w x h)" in second and "the size shown after EXIF Orientation=6" in second
+
+
 @pytest.mark.parametrize(
     "text, says",
     [
