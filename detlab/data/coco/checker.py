@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 import numbers
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
