@@ -139,8 +139,10 @@ def coco_eval(
             evaluator = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_ignore)
         else:
             evaluator = _cocoeval_class(backend)(coco_gt, coco_dt, "bbox")
-        evaluator.params.imgIds = [int(i) for i in img_ids]
-        evaluator.params.catIds = [int(c) for c in cat_ids]
+        # Sorted and unique, as pycocotools' evaluate() makes them: hotcoco keeps the order it is given, and the
+        # precision array's K axis (per-class AP, PR curves) is read in sorted category-id order.
+        evaluator.params.imgIds = sorted({int(i) for i in img_ids})
+        evaluator.params.catIds = sorted({int(c) for c in cat_ids})
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

@@ -37,17 +37,31 @@ def max_iou_match(
 ) -> Tensor:
     """matched_gt [B, A] of boxes [A, 4] (shared) or [B, A, 4] (per image) against the padded gts [B, M, 4] with
     gt_valid [B, M]: the rule of ``MaxIoUAssigner`` below. Padded gts are never matched."""
-    iou = batched_box_iou(gt_boxes, boxes)  # [B, M, A]
-    # A padded gt scores -1: below any real IoU, so it never wins a box nor makes a low-quality match.
-    iou.masked_fill_(~gt_valid[:, :, None], -1.0)
+    return match_iou(valid_iou(gt_boxes, gt_valid, boxes), pos_iou, neg_iou, low_quality_matches)
+
+
+def valid_iou(gt_boxes: Tensor, gt_valid: Tensor, boxes: Tensor) -> Tensor:
+    """IoU [B, M, A] of the padded gts [B, M, 4] with boxes [A, 4] or [B, A, 4]; -1 in the rows of padded gts:
+    below any real IoU, so that a padded gt never wins a box nor makes a low-quality or forced match."""
+    return batched_box_iou(gt_boxes, boxes).masked_fill_(~gt_valid[:, :, None], -1.0)
+
+
+def match_iou(iou: Tensor, pos_iou: float, neg_iou: float, low_quality_matches: bool) -> Tensor:
+    """matched_gt [B, A] of iou [B, M, A] (valid_iou): the rule of ``MaxIoUAssigner``."""
     best_iou, best_gt = iou.max(dim=1)  # [B, A]
     matched = torch.where(best_iou >= pos_iou, best_gt, IGNORED).masked_fill_(best_iou < neg_iou, BACKGROUND)
     if low_quality_matches:
-        best_per_gt = iou.max(dim=2, keepdim=True).values  # [B, M, 1]
-        # A gt whose best IoU is not > 0 (padded rows are -1) is compared with 2, which no IoU equals.
-        is_best = iou == torch.where(best_per_gt > 0, best_per_gt, 2.0)  # [B, M, A]
-        matched = torch.where(is_best.any(dim=1), best_gt, matched)
+        matched = torch.where(best_priors(iou, all_ties=True).any(dim=1), best_gt, matched)
     return matched
+
+
+def best_priors(iou: Tensor, all_ties: bool) -> Tensor:
+    """[B, M, A] bool: each gt's best prior by iou [B, M, A], every one tied at its best IoU or the first of them
+    (torch's argmax); none for a gt whose best IoU is not > 0 (padded rows are -1)."""
+    best_iou, first = iou.max(dim=2, keepdim=True)  # [B, M, 1]
+    if all_ties:  # a best IoU not > 0 is replaced by 2, which no IoU equals
+        return iou == torch.where(best_iou > 0, best_iou, 2.0)
+    return torch.zeros_like(iou, dtype=torch.bool).scatter_(2, first, best_iou > 0)
 
 
 class MaxIoUAssigner(nn.Module):
@@ -101,6 +115,38 @@ def balanced_sample(matched_gt: Tensor, num_samples: int, positive_fraction: flo
     rank = torch.arange(matched_gt.shape[1], device=matched_gt.device)[None]  # [1, N]
     drawn = (rank < num_pos) | ((rank >= total_pos) & (rank < total_pos + num_neg))  # [B, N] by rank
     return torch.zeros_like(drawn).scatter_(1, order, drawn)  # order is a permutation: back to entries
+
+
+class SSDAssigner(MaxIoUAssigner):
+    """SSD's matching (the paper's section 2.2; torchvision's SSDMatcher; mmdetection's SSD): each prior takes the
+    gt it overlaps most, positive at IoU >= pos_iou, background below neg_iou; then each gt's best prior is
+    matched to that gt, whatever else it overlaps more, so that every object has a prior to learn from. A prior
+    that is the best of several gts goes to the last of them, as torchvision's ``matches[best] = arange(M)``.
+    (``MaxIoUAssigner``'s low-quality rule instead leaves such a prior with the gt it overlaps most: a small
+    object beside a larger one could lose its only prior.)
+
+    all_ties: every prior tied at a gt's best IoU is forced to it (detlab's SSD); false: the first one only
+    (torchvision's argmax). A gt that overlaps no prior at all (best IoU 0) forces nothing; torchvision would
+    force prior 0.
+    """
+
+    def __init__(self, pos_iou: float = 0.5, neg_iou: float = 0.5, all_ties: bool = True):
+        super().__init__(pos_iou, neg_iou, low_quality_matches=False)
+        self.all_ties = all_ties
+
+    def extra_repr(self) -> str:
+        return f"pos_iou={self.pos_iou}, neg_iou={self.neg_iou}, all_ties={self.all_ties}"
+
+    @torch.no_grad()
+    def forward(self, outputs: HeadOutput, priors: Priors, batch: Batch) -> Tensor:
+        """matched_gt [B, A] int64: gt index 0..M-1, -1 background, -2 ignored. Padded gts are never matched."""
+        _check_inputs(priors, batch)
+        iou = valid_iou(batch.gt_boxes, batch.gt_valid, priors.boxes)  # [B, M, A]
+        matched = match_iou(iou, self.pos_iou, self.neg_iou, low_quality_matches=False)
+        forced = best_priors(iou, self.all_ties)  # [B, M, A]
+        gt_number = torch.arange(1, iou.shape[1] + 1, device=iou.device)[None, :, None]  # [1, M, 1]
+        last_gt = (forced * gt_number).amax(dim=1) - 1  # [B, A]: the last gt forcing each prior, -1 if none
+        return torch.where(last_gt >= 0, last_gt, matched)
 
 
 class SampledMaxIoUAssigner(MaxIoUAssigner):

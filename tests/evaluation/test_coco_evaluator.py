@@ -225,6 +225,29 @@ def test_only_seen_images_and_own_categories_are_scored(ann_file):
     assert everything.stats[0] != pytest.approx(reference.stats[0])  # the restriction changes the number
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_label_space_out_of_id_order_keeps_each_class_its_own_ap(ann_file, backend):
+    """data.category_ids in any order (label 0 = "bird", id 9): each class keeps its own AP and PR curve, as
+    pycocotools computes them (hotcoco kept catIds in the order given, and the precision array's K axis, read
+    in sorted id order, gave cat's AP to bird and dog's to cat)."""
+    rows = random_rows(seed=7)
+    reference = reference_eval(ann_file, rows)
+    expected = reference_per_class_ap(reference)
+    assert len(set(np.round(list(expected.values()), 6))) == 3  # three different APs: a swap shows
+    label_space = [9, 1, 12, 5]
+    evaluator = CocoEvaluator(ann_file, label_space, backend=backend)
+    detections = detections_from_xywh(rows, IMAGE_IDS)
+    for d in detections:
+        d.labels = torch.tensor([label_space.index(CATEGORY_IDS[label]) for label in d.labels.tolist()])
+    evaluator.update(detections, torch.tensor(IMAGE_IDS))
+    result = evaluator.compute()
+    assert list(result["per_class_AP"]) == ["bird", "cat", "dog"]  # label order, fish has no ground truth
+    assert result["per_class_AP"] == pytest.approx(expected, abs=TOL)
+    assert result["metrics"] == pytest.approx(metric_dict(reference.stats), abs=TOL)
+    bird = reference.eval["precision"][0, :, sorted(CATEGORY_IDS).index(9), 0, -1]
+    assert result["pr_curves"]["AP50"]["bird"] == pytest.approx(bird.tolist(), abs=TOL)
+
+
 def test_predictions_on_resized_inputs_map_back(ann_file):
     """Boxes predicted in input pixels (stretch resize plus letterbox offsets) and mapped back score AP 1."""
     objects = {img: [o for o in OBJECTS if o[0] == img and not o[3]] for img in IMAGE_IDS}

@@ -1,4 +1,5 @@
 """MaxIoUAssigner: hand-made cases at the thresholds, and equality with torchvision's Matcher per image.
+SSDAssigner: equality with torchvision's SSDMatcher per image, where objects compete for their best prior.
 YoloAssigner: hand-made cases, and equality with the paper's rule one gt at a time.
 
 Convention (torchvision's Matcher): IoU >= pos_iou is positive, neg_iou <= IoU < pos_iou is ignored (-2),
@@ -7,10 +8,10 @@ IoU < neg_iou is background (-1).
 
 import pytest
 import torch
-from torchvision.models.detection._utils import Matcher
+from torchvision.models.detection._utils import Matcher, SSDMatcher
 from torchvision.ops import box_iou
 
-from detlab.models.assigners import MaxIoUAssigner, YoloAssigner
+from detlab.models.assigners import MaxIoUAssigner, SSDAssigner, YoloAssigner
 from detlab.models.box_coder import YoloBoxCoder
 from detlab.structures import Batch, HeadOutput, Priors
 from tests.conftest import make_batch
@@ -107,6 +108,37 @@ def test_batched_equals_torchvision_matcher_per_image(low_quality):
             expected = torch.where(result >= 0, valid_index[result.clamp(min=0)], result)
         assert torch.equal(matched[i], expected), f"image {i}"
     assert (matched >= 0).sum() > 20 and (matched == -2).sum() > 20  # the case is not trivial
+
+
+def test_ssd_forces_each_objects_best_prior_to_that_object_as_torchvisions_ssd_matcher():
+    """A 12 px object inside a 40 px one: its best prior (IoU 0.18) overlaps the large object more (0.49), and
+    is the small object's. Two objects share a best prior: the last takes it. A tie at an object's best IoU:
+    the first prior (torchvision), or all of them (all_ties). Padded rows and an image without objects."""
+    priors = torch.tensor([
+        [96.0, 96.0, 124.0, 124.0],  # 0: the small gt's best (IoU 0.18); the large one's IoU 0.49 with it
+        [90.0, 90.0, 130.0, 130.0],  # 1: IoU 1 with the large gt
+        [10.0, 10.0, 30.0, 30.0],  # 2, 3: the best of gts 3 and 4 (IoU 0.25 and 0.16), shared
+        [40.0, 10.0, 60.0, 30.0],  # 3
+        [200.0, 200.0, 220.0, 220.0],  # 4, 5: tied best of gt 5 (it lies inside both, IoU 0.25)
+        [202.0, 203.0, 222.0, 223.0],
+    ])
+    gt = torch.tensor([[
+        [90.0, 90.0, 130.0, 130.0], [104.0, 104.0, 116.0, 116.0], [0.0, 0.0, 0.0, 0.0],  # row 2: padding
+        [15.0, 15.0, 25.0, 25.0], [20.0, 12.0, 28.0, 20.0], [205.0, 205.0, 215.0, 215.0],
+    ]] * 2)
+    valid = torch.tensor([[True, True, False, True, True, True], [False] * 6])
+    batch = make_batch(gt, gt_valid=valid, size=256)
+    for all_ties in (False, True):
+        matched = assign(SSDAssigner(0.5, 0.5, all_ties=all_ties), priors, batch)
+        index = valid[0].nonzero()[:, 0]
+        expected = SSDMatcher(0.5)(box_iou(gt[0, index], priors))  # the valid gts only
+        expected = torch.where(expected >= 0, index[expected.clamp(min=0)], expected)
+        if all_ties:
+            expected[5] = 5
+        assert matched[0].tolist() == expected.tolist() == [1, 0, 4, -1, 5, 5 if all_ties else -1], all_ties
+        assert matched[1].tolist() == [-1] * len(priors)
+    # MaxIoUAssigner's low-quality rule gives prior 0 to the large object: the small one has no prior at all.
+    assert assign(MaxIoUAssigner(0.5, 0.5, True), priors, batch)[0, :2].tolist() == [0, 0]
 
 
 def test_bad_thresholds_and_shapes_name_the_field():

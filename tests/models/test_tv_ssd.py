@@ -5,6 +5,7 @@ pair), and detlab's whole inference (Predictor: stretch, normalisation, model, p
 torchvision's model.eval()(images) on three coco128 photos; the training loss (assignment, hard negative mining,
 smooth L1) and its gradients against torchvision's compute_loss."""
 
+import json
 from contextlib import contextmanager
 
 import pytest
@@ -75,6 +76,7 @@ def test_preset_has_torchvisions_settings(models):
     assert post.box_coder.weights == tv.box_coder.weights and post.box_coder.clamp == tv.box_coder.bbox_xform_clip
     assert criterion.cls_loss.neg_pos_ratio == tv.neg_to_pos_ratio == 3
     assert assigner.pos_iou == assigner.neg_iou == tv.proposal_matcher.high_threshold == 0.5
+    assert type(assigner).__name__ == "SSDAssigner" and not assigner.all_ties
 
 
 @pytest.mark.realdata
@@ -144,6 +146,32 @@ def test_training_loss_and_gradients_equal_torchvisions_compute_loss(models):
     for got, want in zip(ours, theirs):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
     assert int((theirs[0].abs().sum(-1) > 0).sum()) == 4 * int(sum(m.ge(0).sum() for m in matched))  # 3:1 mined
+
+
+@pytest.mark.realdata
+def test_matching_of_coco128s_objects_equals_torchvisions_ssd_matcher(models, real_data):
+    """The preset's assigner on the objects of coco128's photos, stretched to 300 x 300 as torchvision's
+    transform stretches them, against torchvision's SSDMatcher image by image. Crowded photos have small objects
+    whose best default box overlaps a neighbour more: that box is the small object's (torchvision, the paper),
+    not the neighbour's."""
+    tv, parts = models
+    coco = json.loads((real_data / "coco128" / "annotations" / "instances_train2017.json").read_text())
+    images = {image["id"]: image for image in coco["images"]}
+    boxes = {i: [] for i in images}
+    for ann in coco["annotations"]:
+        if not ann["iscrowd"]:
+            image, (x, y, w, h) = images[ann["image_id"]], ann["bbox"]
+            sx, sy = 300 / image["width"], 300 / image["height"]
+            boxes[ann["image_id"]].append([x * sx, y * sy, (x + w) * sx, (y + h) * sy])
+    boxes = [torch.tensor(b) for b in boxes.values() if b][:32]  # 10 of them crowded enough to tell
+    gt = torch.nn.utils.rnn.pad_sequence(boxes, batch_first=True)
+    valid = torch.nn.utils.rnn.pad_sequence([torch.ones(len(b), dtype=torch.bool) for b in boxes], batch_first=True)
+    maps = [(n, n) for n in (38, 19, 10, 5, 3, 1)]
+    priors = parts.model.priors(maps, parts.model.neck.strides, "cpu", (300, 300))
+    matched = parts.assigner(None, priors, make_batch(gt, gt_valid=valid, size=300))
+    for i, image_boxes in enumerate(boxes):
+        assert torch.equal(matched[i], tv.proposal_matcher(box_iou(image_boxes, priors.boxes))), f"image {i}"
+    assert int((matched >= 0).sum()) > 500
 
 
 def assert_same_detections(tv, parts, images: list[torch.Tensor], canonical) -> None:
