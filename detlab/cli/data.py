@@ -43,6 +43,7 @@ from omegaconf.errors import OmegaConfBaseException
 from detlab.config import CONF_DIR
 from detlab.data.coco.checker import CheckedCoco, check_coco, check_coco_dict, empty_problem
 from detlab.errors import ConfigError, DataError, user_errors
+from detlab.files import write_text_atomically
 
 if TYPE_CHECKING:  # the readers and the image check bring torch: imported where a command uses them, after --help
     from detlab.data.coco.reader import CocoFiles
@@ -114,7 +115,7 @@ def _convert(args: argparse.Namespace) -> int:
     dataset = _read(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dataset.coco, allow_nan=False))
+    write_text_atomically(out, json.dumps(dataset.coco, allow_nan=False))
     print(summary(dataset, f"{args.format} {args.source}", str(out)))
     for kind, lines in (("problems", dataset.problems), ("notes", dataset.notes)):
         if lines:

@@ -19,6 +19,7 @@ from detlab.errors import user_errors
 from detlab.evaluation.backends import BACKENDS, DEFAULT_BACKEND
 from detlab.evaluation.coco_table import format_table
 from detlab.evaluation.results_file import evaluate_results_file
+from detlab.files import write_text_atomically
 
 
 def evaluate_run(path: Path, overrides: list[str], backend: str | None = None, device: str = "auto") -> dict[str, Any]:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             result = evaluate_results_file(str(args.ann), str(args.results), backend=args.backend)
     print(format_speed(result) if args.command == "speed" else format_table(result))
     if args.output:
-        args.output.write_text(json.dumps(result, indent=2))
+        write_text_atomically(args.output, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

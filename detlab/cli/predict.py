@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from detlab.errors import ConfigError, DataError, user_errors
+from detlab.files import write_text_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -89,7 +90,7 @@ def predict(
         print(f"detlab-predict: {outside} detections of categories that {inputs[0]} does not have are left out "
               "(the model's label space is wider than the file's)", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results))
+    write_text_atomically(out, json.dumps(results))
     return results
 
 
