@@ -22,7 +22,8 @@ from detlab.inference import Predictor
 from detlab.profile.cost import complexity
 from detlab.profile.speed import measure_speed, speed_summary
 from detlab.training.checkpoint import (
-    WEIGHTS_FILE, AtomicCheckpointIO, RandomState, check_classes, checkpoint_callbacks, read_checkpoint, save_weights,
+    WEIGHTS_FILE, AtomicCheckpointIO, RandomState, check_classes, check_resumable, checkpoint_callbacks, read_checkpoint,
+    save_weights,
 )
 from detlab.training.console import end_block, start_block
 from detlab.training.module import DetectionModule
@@ -35,6 +36,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured detector; return (and write to run_dir/results.json) its final evaluation."""
     validate(cfg)
     saved = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # a bad file stops before any work
+    if saved:
+        check_resumable(cfg.ckpt_path, saved, OmegaConf.to_container(cfg, resolve=True))
     logger = _logger(cfg, run_dir, wandb_id=saved.get("wandb_id") if saved else None)
     callbacks = _callbacks(cfg, run_dir, logger)  # a callback that rejects its arguments stops before any work too
     pl.seed_everything(cfg.seed, workers=True)

@@ -216,11 +216,24 @@ def test_trial_below_its_siblings_median_is_pruned(tmp_path):
 
 def test_resume_on_other_classes_stops_naming_the_checkpoint_and_both_class_lists(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
-    proc = run("detlab.cli.train", *TINY, "data.source.num_classes=2", f"ckpt_path={ckpt}",
+    proc = run("detlab.cli.train", *TINY, "trainer.max_epochs=2", "data.source.num_classes=2", f"ckpt_path={ckpt}",
                f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"are not the ones {ckpt} was trained on" in proc.stderr and "'triangle'" in proc.stderr
     assert "its head predicts 3 classes" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resuming_a_finished_run_stops_and_keeps_its_results(trained_run):
+    """Lightning would stop at once, and the run would validate again and overwrite results.json (a curve point for
+    an epoch never trained, a second W&B run folder): the resume is refused, naming the checkpoint and the limit."""
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    before = {p: p.stat().st_mtime_ns for p in (trained_run / "results.json", ckpt)}
+    proc = run("detlab.cli.train", *TINY, f"ckpt_path={ckpt}", f"hydra.run.dir={trained_run}", cwd=trained_run.parent,
+               check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{ckpt} has finished: it trained 1 epoch(s), 3 steps" in proc.stderr
+    assert "trainer.max_epochs=1" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
 def test_bad_override_stops_before_work_with_the_key(tmp_path):
