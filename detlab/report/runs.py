@@ -18,6 +18,9 @@ from detlab.errors import ConfigError
 
 
 IGNORED = ("seed",)
+# Overrides that say how a run was started, not what it is: a run resumed with ckpt_path=... is the same configuration
+# (detlab-train refuses a resume with other model, loss or optim values than its checkpoint's).
+NOT_CONFIGURATION = ("ckpt_path",)
 
 
 SPREAD_LIMIT = 1.5  # p90 / median latency above which a speed is flagged: the machine did other work meanwhile
@@ -73,6 +76,7 @@ def read_run(run_dir: Path) -> Run:
     values.update({f"dAP_{kind}": float(dap[kind]) for kind in ERROR_TYPES if kind in dap})
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
+    overrides = {k: v for k, v in overrides.items() if k not in NOT_CONFIGURATION}
     study = (results.get("config") or {}).get("tracking", {}).get("group")
     total = (speed.get("latency_ms") or {}).get("total") or {}
     spread = total["p90"] / total["median"] if total.get("median") else None

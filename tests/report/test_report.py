@@ -115,6 +115,15 @@ def test_runs_group_by_every_override_but_the_seed(sweep, tmp_path):
     assert left_out == []
 
 
+def test_a_resumed_run_stays_in_its_configuration(sweep):
+    """A job resumed with ckpt_path=... (its overrides.yaml then holds it) is still one seed of its configuration,
+    not a configuration of its own with n = 1."""
+    overrides = yaml.safe_load((sweep / "2" / ".hydra" / "overrides.yaml").read_text())
+    resumed = [*overrides, f"ckpt_path={sweep / '2' / 'checkpoints' / 'last.ckpt'}"]
+    (sweep / "2" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(resumed))
+    assert [len(g.runs) for g in group_runs(find_runs([sweep])[0])] == [3, 3, 3]
+
+
 def test_report_table_and_baseline_difference(sweep, tmp_path):
     report = write_report(*[find_runs([sweep])[0]], tmp_path / "out", baseline="focal_gamma=gamma0_alpha0.75")
     rows = read_csv(tmp_path / "out" / "results.csv")
