@@ -59,7 +59,11 @@ def read_run(run_dir: Path) -> Run:
     """A run directory -> Run. COCO metrics, plus ms_per_img, img_per_s, params and gflops when recorded."""
     if not (run_dir / "results.json").is_file():
         raise ReportError(f"{run_dir}: no results.json (the run failed or has not finished)")
-    results = json.loads((run_dir / "results.json").read_text())
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{run_dir / 'results.json'} is not valid JSON ({err}): it was cut short or edited; move "
+                          f"the run aside, or score its checkpoint again with detlab-eval run {run_dir}") from None
     # COCO writes -1 where a metric is undefined (no ground truth of that size): missing, not a value.
     values = {k: float(v) for k, v in results.get("metrics", {}).items() if v is not None and v >= 0}
     speed = results.get("speed") or {}

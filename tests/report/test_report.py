@@ -282,6 +282,11 @@ def test_command_line_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "runs"), "--metrics", "AP", "mAP", "--output", str(tmp_path / "o")])
     assert "no run recorded ['mAP']" in capsys.readouterr().err
+    cut = tmp_path / "runs" / "0" / "results.json"
+    cut.write_text(cut.read_text()[:40])  # a results.json cut short: the error said "Expecting ',' delimiter" alone
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "runs"), "--output", str(tmp_path / "o")])
+    assert f"{cut} is not valid JSON" in capsys.readouterr().err
 
 
 def test_wandb_summary_run_offline(sweep, tmp_path, monkeypatch):
