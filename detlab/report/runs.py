@@ -104,18 +104,22 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
     for path in map(Path, paths):
         if not path.is_dir():
             raise ReportError(f"{path}: no such folder (give a run directory or a multirun folder)")
-        if (path / ".hydra").is_dir() or (path / "results.json").is_file():
-            run_dirs = [path]
-        else:  # a run directory is one that Hydra started (.hydra/) or that finished (results.json)
-            started = {p.parent.parent for p in path.rglob(".hydra/overrides.yaml")}
-            run_dirs = sorted(started | {p.parent for p in path.rglob("results.json")}, key=_natural)
-        for run_dir in run_dirs:
+        for run_dir in run_dirs(path):
             run = read_run(run_dir) if (run_dir / "results.json").is_file() else None
             if run is None or run.pruned:
                 left_out.append(run_dir)
             else:
                 runs.append(run)
     return runs, left_out
+
+
+def run_dirs(path: Path) -> list[Path]:
+    """The run directories under path (path itself when it is one), in natural order: a run directory is one that
+    Hydra started (.hydra/) or that finished (results.json)."""
+    if (path / ".hydra").is_dir() or (path / "results.json").is_file():
+        return [path]
+    started = {p.parent.parent for p in path.rglob(".hydra/overrides.yaml")}
+    return sorted(started | {p.parent for p in path.rglob("results.json")}, key=_natural)
 
 
 def group_runs(runs: Sequence[Run], ignore: Sequence[str] = IGNORED) -> list[Group]:

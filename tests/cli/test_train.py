@@ -236,6 +236,18 @@ def test_resuming_a_finished_run_stops_and_keeps_its_results(trained_run):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_a_failed_job_does_not_end_the_sweep(tmp_path):
+    """Each job of a multirun prints its own error and the next one runs (the first used to end the sweep, the
+    jobs after it never started); at the end the failed jobs are named and the status is 2."""
+    proc = run("detlab-train", "-m", "optim.optimizer.lr=abc,xyz", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "optim.optimizer.lr='abc' is a string" in proc.stderr and "optim.optimizer.lr='xyz' is a string" in proc.stderr
+    assert f"2 of 2 jobs failed, each with its error above: {tmp_path / 'sweep' / '0'}, {tmp_path / 'sweep' / '1'}" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_bad_override_stops_before_work_with_the_key(tmp_path):
     proc = run("detlab-train", "data.imag_size=320", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
     assert proc.returncode != 0
