@@ -160,6 +160,23 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_file(tmp_path):
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp file
 
 
+SIGTERM_AT_STEP = KILL_AT_STEP.replace("SIGKILL", "SIGTERM")
+
+
+def test_sigterm_exits_unfinished_with_the_resume_command(tmp_path):
+    """A scheduler's pre-emption or `kill` sends SIGTERM: Lightning stopped with a SystemExit without a status, so
+    the run exited 0 (a finished run, to a shell, a scheduler or a sweep) without results.json or a word."""
+    folder = tmp_path / "run"
+    proc = train_with(tmp_path, script(tmp_path, "term", SIGTERM_AT_STEP.format(step=STEPS_PER_EPOCH)), *TINY,
+                      "trainer.max_epochs=2", "logger=csv", "speed.enabled=false", f"hydra.run.dir={folder}",
+                      check=False)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert f"stopped by SIGTERM at step {STEPS_PER_EPOCH + 1}" in proc.stderr
+    assert f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'} hydra.run.dir={folder}" in proc.stderr
+    assert not (folder / "results.json").exists()
+    assert read_checkpoint(folder / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
+
+
 # ---------------------------------------------------------------- deterministic mode
 
 
