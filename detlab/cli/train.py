@@ -18,10 +18,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 
 from detlab.config import CONF_DIR
-from detlab.errors import check_writable, user_errors
+from detlab.errors import check_writable, user_errors, writing
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -48,9 +48,15 @@ def main(cfg: DictConfig) -> float | None:
 
 class WritableRunDir(Callback):
     """A Hydra callback (conf/train.yaml): the run (or sweep) folder must take files before Hydra writes its
-    config and log there, which would otherwise stop with Hydra's traceback."""
+    config and log there, which would otherwise stop with Hydra's traceback. A run folder not given on the
+    command line (the default runs/<date>/<time>) is one of its own: a run started in the same second as
+    another gets <time>-1 (the two shared one folder, each overwriting the other's config, checkpoints and
+    results.json); hydra.run.dir=<folder> given again (a resume) is that folder."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not any(str(o).startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
+            with user_errors("detlab-train"), read_write(config.hydra.run):
+                config.hydra.run.dir = _new_folder(config.hydra.run.dir)
         self._check(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -78,6 +84,21 @@ class FailedJobs(Callback):
             with user_errors("detlab-train"):
                 raise DetlabError(f"{len(failed)} of {len(jobs)} jobs failed, each with its error above: "
                                   f"{', '.join(failed)}; the others finished (detlab-report {sweep_dir})")
+
+
+def _new_folder(folder: str) -> str:
+    """folder, else folder-1, folder-2, ...: the first that does not exist, created here. mkdir is atomic, so two
+    processes asking at once get two folders."""
+    candidate, n = folder, 0
+    with writing(folder, "hydra.run.dir, the run folder", "set hydra.run.dir to a folder you can write to"):
+        Path(folder).parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                Path(candidate).mkdir()
+                return candidate
+            except FileExistsError:
+                n += 1
+                candidate = f"{folder}-{n}"
 
 
 def _launches_processes(trainer: DictConfig) -> bool:

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
+from detlab.cli.train import WritableRunDir
 from tests.conftest import TINY, run
 
 
@@ -242,10 +244,29 @@ def test_a_failed_job_does_not_end_the_sweep(tmp_path):
     proc = run("detlab-train", "-m", "optim.optimizer.lr=abc,xyz", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "optim.optimizer.lr='abc' is a string" in proc.stderr and "optim.optimizer.lr='xyz' is a string" in proc.stderr
+    for value in ("abc", "xyz"):
+        assert f"optim.optimizer.lr='{value}' is a string" in proc.stderr
     assert f"2 of 2 jobs failed, each with its error above: {tmp_path / 'sweep' / '0'}, {tmp_path / 'sweep' / '1'}" \
         in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path):
+    """The default run folder is runs/<date>/<time>: two runs started in one second shared it, each overwriting the
+    other's .hydra, checkpoints and results.json (overrides.yaml said seed=1, results.json seed 2). A folder given
+    with hydra.run.dir (a resume) stays that folder."""
+    folder = tmp_path / "runs" / "10-00-00"
+
+    def start(*hydra_overrides: str) -> str:
+        hydra = {"run": {"dir": str(folder)}, "overrides": {"hydra": list(hydra_overrides)}}
+        config = OmegaConf.create({"hydra": hydra})
+        OmegaConf.set_readonly(config.hydra, True)  # as Hydra hands it to a callback
+        WritableRunDir().on_run_start(config)
+        return config.hydra.run.dir
+
+    assert [start(), start(), start()] == [str(folder), f"{folder}-1", f"{folder}-2"]
+    assert start(f"hydra.run.dir={folder}") == str(folder)
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["10-00-00", "10-00-00-1", "10-00-00-2"]
 
 
 def test_bad_override_stops_before_work_with_the_key(tmp_path):
