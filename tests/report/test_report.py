@@ -149,6 +149,16 @@ def test_report_table_and_baseline_difference(sweep, tmp_path):
     assert len(runs) == 9 and "APl" not in runs[0]  # COCO's -1 (undefined) is not a value
 
 
+def test_a_metric_fewer_runs_recorded_says_its_n(tmp_path):
+    """A seed run with speed.enabled=false has no ms_per_img: that cell is the mean of the other two runs (t with
+    1 dof), which the row's n = 3 did not say."""
+    for seed, ms in enumerate([20.0, None, 22.0]):
+        fake_run(tmp_path / "sweep", str(seed), [f"seed={seed}"], 0.3 + seed / 100, ms)
+    report = write_report(find_runs([tmp_path / "sweep"])[0], tmp_path / "out")
+    assert "| all runs | 3 | 31.0 ± 1.0 [28.5, 33.5] |" in report.markdown
+    assert "| 21.0 ± 1.4 [8.3, 33.7] (n=2) |" in report.markdown  # t(0.975, 1) = 12.706: 1.414 / sqrt(2) x 12.706
+
+
 def test_plots_are_written(sweep, tmp_path):
     report = write_report(find_runs([sweep])[0], tmp_path / "out", baseline="experiment/focal_gamma=gamma0_alpha0.75")
     for name in ("speed_accuracy", "metrics"):
