@@ -76,8 +76,9 @@ def killed_and_resumed(tmp_path_factory) -> dict[str, Path]:
     proc = train_with(root, killer, *args, f"hydra.run.dir={root / 'killed'}", check=False)
     assert proc.returncode == -9, proc.stderr[-3000:]
     (root / "killed_id_before").write_text((root / "killed" / "wandb_run_id").read_text())
-    run("detlab.cli.train", *args, f"ckpt_path={root / 'killed' / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={root / 'killed'}", cwd=root)
+    proc = run("detlab.cli.train", *args, f"ckpt_path={root / 'killed' / 'checkpoints' / 'last.ckpt'}",
+               f"hydra.run.dir={root / 'killed'}", cwd=root)
+    (root / "resumed_stdout").write_text(proc.stdout)
     return {"root": root, "straight": root / "straight", "resumed": root / "killed"}
 
 
@@ -134,6 +135,10 @@ def test_resume_continues_the_same_wandb_run_from_the_checkpoint_step(killed_and
     assert killed_steps and max(killed_steps) <= STEPS_PER_EPOCH + 1  # killed in epoch 2 (history up to there kept)
     assert min(resumed_steps) >= STEPS_PER_EPOCH and max(resumed_steps) == 3 * STEPS_PER_EPOCH
     assert read_checkpoint(folder / "checkpoints" / "last.ckpt")["wandb_id"] == run_id
+    # the upload command the run prints sends both parts (it named only the resumed process's folder)
+    upload = [line for line in (killed_and_resumed["root"] / "resumed_stdout").read_text().splitlines()
+              if line.startswith("upload ")]
+    assert upload == ["upload       wandb sync " + " ".join(str(f.parent) for f in files)]
 
 
 FULL_DISK_AFTER_TWO_SAVES = """
