@@ -76,8 +76,9 @@ def killed_and_resumed(tmp_path_factory) -> dict[str, Path]:
     proc = train_with(root, killer, *args, f"hydra.run.dir={root / 'killed'}", check=False)
     assert proc.returncode == -9, proc.stderr[-3000:]
     (root / "killed_id_before").write_text((root / "killed" / "wandb_run_id").read_text())
-    run("detlab.cli.train", *args, f"ckpt_path={root / 'killed' / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={root / 'killed'}", cwd=root)
+    proc = run("detlab.cli.train", *args, f"ckpt_path={root / 'killed' / 'checkpoints' / 'last.ckpt'}",
+               f"hydra.run.dir={root / 'killed'}", cwd=root)
+    (root / "resumed_stdout").write_text(proc.stdout)
     return {"root": root, "straight": root / "straight", "resumed": root / "killed"}
 
 
@@ -134,6 +135,10 @@ def test_resume_continues_the_same_wandb_run_from_the_checkpoint_step(killed_and
     assert killed_steps and max(killed_steps) <= STEPS_PER_EPOCH + 1  # killed in epoch 2 (history up to there kept)
     assert min(resumed_steps) >= STEPS_PER_EPOCH and max(resumed_steps) == 3 * STEPS_PER_EPOCH
     assert read_checkpoint(folder / "checkpoints" / "last.ckpt")["wandb_id"] == run_id
+    # the upload command the run prints sends both parts (it named only the resumed process's folder)
+    upload = [line for line in (killed_and_resumed["root"] / "resumed_stdout").read_text().splitlines()
+              if line.startswith("upload ")]
+    assert upload == ["upload       wandb sync " + " ".join(str(f.parent) for f in files)]
 
 
 FULL_DISK_AFTER_TWO_SAVES = """
@@ -158,6 +163,23 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_file(tmp_path):
     assert_named_error(proc, str(folder / "checkpoints"), "no space left", "the previous checkpoint there is kept")
     assert read_checkpoint(folder / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp file
+
+
+SIGTERM_AT_STEP = KILL_AT_STEP.replace("SIGKILL", "SIGTERM")
+
+
+def test_sigterm_exits_unfinished_with_the_resume_command(tmp_path):
+    """A scheduler's pre-emption or `kill` sends SIGTERM: Lightning stopped with a SystemExit without a status, so
+    the run exited 0 (a finished run, to a shell, a scheduler or a sweep) without results.json or a word."""
+    folder = tmp_path / "run"
+    proc = train_with(tmp_path, script(tmp_path, "term", SIGTERM_AT_STEP.format(step=STEPS_PER_EPOCH)), *TINY,
+                      "trainer.max_epochs=2", "logger=csv", "speed.enabled=false", f"hydra.run.dir={folder}",
+                      check=False)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert f"stopped by SIGTERM at step {STEPS_PER_EPOCH + 1}" in proc.stderr
+    assert f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'} hydra.run.dir={folder}" in proc.stderr
+    assert not (folder / "results.json").exists()
+    assert read_checkpoint(folder / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
 
 
 # ---------------------------------------------------------------- deterministic mode

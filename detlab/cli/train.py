@@ -18,33 +18,45 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 
 from detlab.config import CONF_DIR
-from detlab.errors import check_writable, user_errors
+from detlab.errors import check_writable, user_errors, writing
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     from detlab.training.console import quiet_library_noise
 
     quiet_library_noise()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if hydra_cfg.mode == RunMode.MULTIRUN and _launches_processes(cfg.trainer):
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun and _launches_processes(cfg.trainer):
         return _single_run(hydra_cfg.overrides.task, run_dir)
-    with user_errors("detlab-train"):
-        from detlab.training.run import train  # torch and Lightning load here, after Hydra's --help and completion
+    try:
+        with user_errors("detlab-train"):
+            from detlab.training.run import train  # torch and Lightning load here, after Hydra's --help and completion
 
-        results = train(cfg, run_dir)
+            results = train(cfg, run_dir)
+    except SystemExit as stop:
+        if multirun and stop.code == 2:  # one job's problem, its message printed: the sweep goes on (FailedJobs)
+            return None  # no objective: a sweeper (Optuna) counts the trial as failed
+        raise
     return results["metrics"]["AP"]  # the objective a Hydra sweeper (e.g. Optuna) maximises
 
 
 class WritableRunDir(Callback):
     """A Hydra callback (conf/train.yaml): the run (or sweep) folder must take files before Hydra writes its
-    config and log there, which would otherwise stop with Hydra's traceback."""
+    config and log there, which would otherwise stop with Hydra's traceback. A run folder not given on the
+    command line (the default runs/<date>/<time>) is one of its own: a run started in the same second as
+    another gets <time>-1 (the two shared one folder, each overwriting the other's config, checkpoints and
+    results.json); hydra.run.dir=<folder> given again (a resume) is that folder."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not any(str(o).startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
+            with user_errors("detlab-train"), read_write(config.hydra.run):
+                config.hydra.run.dir = _new_folder(config.hydra.run.dir)
         self._check(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -56,6 +68,39 @@ class WritableRunDir(Callback):
             check_writable(folder, f"{key}, the run folder", f"set {key} to a folder you can write to")
 
 
+class FailedJobs(Callback):
+    """A Hydra callback (conf/train.yaml): at the end of a multirun, the jobs that wrote no results.json (each
+    printed its error and the sweep went on to the next) are named, and detlab-train exits 2. It runs after the
+    experiments' ReportCallback, whose report lists them as left out."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from detlab.errors import DetlabError
+        from detlab.report.runs import run_dirs
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = run_dirs(sweep_dir) if sweep_dir.is_dir() else []
+        failed = [str(job) for job in jobs if not (job / "results.json").is_file()]
+        if failed:
+            with user_errors("detlab-train"):
+                raise DetlabError(f"{len(failed)} of {len(jobs)} jobs failed, each with its error above: "
+                                  f"{', '.join(failed)}; the others finished (detlab-report {sweep_dir})")
+
+
+def _new_folder(folder: str) -> str:
+    """folder, else folder-1, folder-2, ...: the first that does not exist, created here. mkdir is atomic, so two
+    processes asking at once get two folders."""
+    candidate, n = folder, 0
+    with writing(folder, "hydra.run.dir, the run folder", "set hydra.run.dir to a folder you can write to"):
+        Path(folder).parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                Path(candidate).mkdir()
+                return candidate
+            except FileExistsError:
+                n += 1
+                candidate = f"{folder}-{n}"
+
+
 def _launches_processes(trainer: DictConfig) -> bool:
     """Whether Lightning will start more processes by running this script again (DDP's subprocess launcher)."""
     devices = trainer.get("devices", 1)
@@ -63,7 +108,7 @@ def _launches_processes(trainer: DictConfig) -> bool:
     return many and str(trainer.get("strategy", "auto")).startswith("ddp") and "spawn" not in str(trainer.strategy)
 
 
-def _single_run(task_overrides: list[str], run_dir: Path) -> float:
+def _single_run(task_overrides: list[str], run_dir: Path) -> float | None:
     """One trial of a multirun, trained as a single run of its own in a child process.
 
     Lightning's DDP launcher starts the other ranks by running sys.argv again, which in a multirun is the
@@ -71,6 +116,8 @@ def _single_run(task_overrides: list[str], run_dir: Path) -> float:
     """
     command = [sys.executable, "-m", "detlab.cli.train", *task_overrides, f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(command, check=False)
+    if proc.returncode == 2:  # the job's problem, its message printed: the sweep goes on, as in main
+        return None
     if proc.returncode != 0:
         sys.exit(proc.returncode)
     return json.loads((run_dir / "results.json").read_text())["metrics"]["AP"]

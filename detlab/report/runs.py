@@ -18,6 +18,9 @@ from detlab.errors import ConfigError
 
 
 IGNORED = ("seed",)
+# Overrides that say how a run was started, not what it is: a run resumed with ckpt_path=... is the same configuration
+# (detlab-train refuses a resume with other model, loss or optim values than its checkpoint's).
+NOT_CONFIGURATION = ("ckpt_path",)
 
 
 SPREAD_LIMIT = 1.5  # p90 / median latency above which a speed is flagged: the machine did other work meanwhile
@@ -56,7 +59,11 @@ def read_run(run_dir: Path) -> Run:
     """A run directory -> Run. COCO metrics, plus ms_per_img, img_per_s, params and gflops when recorded."""
     if not (run_dir / "results.json").is_file():
         raise ReportError(f"{run_dir}: no results.json (the run failed or has not finished)")
-    results = json.loads((run_dir / "results.json").read_text())
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{run_dir / 'results.json'} is not valid JSON ({err}): it was cut short or edited; move "
+                          f"the run aside, or score its checkpoint again with detlab-eval run {run_dir}") from None
     # COCO writes -1 where a metric is undefined (no ground truth of that size): missing, not a value.
     values = {k: float(v) for k, v in results.get("metrics", {}).items() if v is not None and v >= 0}
     speed = results.get("speed") or {}
@@ -73,6 +80,7 @@ def read_run(run_dir: Path) -> Run:
     values.update({f"dAP_{kind}": float(dap[kind]) for kind in ERROR_TYPES if kind in dap})
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
+    overrides = {k: v for k, v in overrides.items() if k not in NOT_CONFIGURATION}
     study = (results.get("config") or {}).get("tracking", {}).get("group")
     total = (speed.get("latency_ms") or {}).get("total") or {}
     spread = total["p90"] / total["median"] if total.get("median") else None
@@ -96,18 +104,22 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
     for path in map(Path, paths):
         if not path.is_dir():
             raise ReportError(f"{path}: no such folder (give a run directory or a multirun folder)")
-        if (path / ".hydra").is_dir() or (path / "results.json").is_file():
-            run_dirs = [path]
-        else:  # a run directory is one that Hydra started (.hydra/) or that finished (results.json)
-            started = {p.parent.parent for p in path.rglob(".hydra/overrides.yaml")}
-            run_dirs = sorted(started | {p.parent for p in path.rglob("results.json")}, key=_natural)
-        for run_dir in run_dirs:
+        for run_dir in run_dirs(path):
             run = read_run(run_dir) if (run_dir / "results.json").is_file() else None
             if run is None or run.pruned:
                 left_out.append(run_dir)
             else:
                 runs.append(run)
     return runs, left_out
+
+
+def run_dirs(path: Path) -> list[Path]:
+    """The run directories under path (path itself when it is one), in natural order: a run directory is one that
+    Hydra started (.hydra/) or that finished (results.json)."""
+    if (path / ".hydra").is_dir() or (path / "results.json").is_file():
+        return [path]
+    started = {p.parent.parent for p in path.rglob(".hydra/overrides.yaml")}
+    return sorted(started | {p.parent for p in path.rglob("results.json")}, key=_natural)
 
 
 def group_runs(runs: Sequence[Run], ignore: Sequence[str] = IGNORED) -> list[Group]:

@@ -88,7 +88,9 @@ def markdown(
         if r.is_baseline:
             names[0] += " (baseline)"
         n = max((s.n for s in r.stats.values()), default=0)
-        cells = [_mean_cell(r.stats[m], scale(m)) for m in metrics]
+        # a metric some runs did not record (speed.enabled=false, COCO's -1) is averaged over fewer: say over how many
+        cells = [_mean_cell(r.stats[m], scale(m)) + (f" (n={r.stats[m].n})" if 0 < r.stats[m].n < n else "")
+                 for m in metrics]
         lines.append("| " + " | ".join(names) + f" | {n} | " + " | ".join(cells) + " |")
     if baseline is not None:
         lines += [

@@ -6,7 +6,7 @@
   file in the system's temp folder and moves it: across file systems that move is a copy, which a kill or a
   full disk cuts short.)
 - `read_checkpoint` is how detlab opens a checkpoint (resume, evaluation, speed): a truncated, corrupt or
-  foreign file is a CheckpointError naming it.
+  foreign file is a CheckpointError naming it; `check_resumable` what a resume (ckpt_path) can continue.
 - `checkpoint_callbacks` writes what the `checkpoint` config asks for: last.ckpt after every epoch (save_last)
   and the save_top_k best by val AP, both full checkpoints (optimizer and schedule state included, for a
   resume); `save_weights` the small weights file at the end (weights and hyper-parameters only), which
@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ from detlab.files import replaced_atomically
 # The keys every checkpoint detlab writes holds (Lightning's, plus the module's hyper-parameters).
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "global_step")
 WEIGHTS_FILE = "weights.ckpt"  # in <run dir>/checkpoints
+# What a resume restores, so a resumed run must keep the checkpoint's values: the weights fit its model and the head
+# its loss sized, and the optimizer state brings back its own lr and weight decay over optim.* (a changed value would
+# be recorded in results.json and never used).
+RESUMED_KEYS = ("model", "loss", "optim")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -55,6 +59,48 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "give the last.ckpt or best.ckpt of a detlab run"
         )
     return checkpoint
+
+
+def check_resumable(path: str | Path, checkpoint: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
+    """CheckpointError unless the run configured by `cfg` (resolved, plain) can continue `checkpoint` (at path):
+    a full checkpoint (not a weights file), the same RESUMED_KEYS, and training left before trainer.max_epochs
+    or trainer.max_steps (else Lightning stops at once and the run's results would be overwritten by a re-run)."""
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(
+            f"{path} holds weights only (no optimizer or loop state), so there is nothing to resume: resume from the "
+            f"run's checkpoints/last.ckpt, or start a new run from these weights with model.weights={path}"
+        )
+    changed = [
+        f"{key}={new!r} (the checkpoint's: {old!r})"
+        for key, old, new in _differences(checkpoint["hyper_parameters"]["cfg"], cfg, RESUMED_KEYS)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"ckpt_path={path} continues a run with other {', '.join(RESUMED_KEYS)} than this one: "
+            f"{'; '.join(changed)}. A resume keeps the checkpoint's model and optimizer state: resume with the run's "
+            f"own overrides (its .hydra/overrides.yaml), or start a new run from its weights with model.weights={path}"
+        )
+    epochs = checkpoint["loops"].get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
+    limits = {key: cfg["trainer"].get(key) for key in ("max_epochs", "max_steps")}
+    reached = {"max_epochs": epochs, "max_steps": checkpoint["global_step"]}
+    stops = [f"trainer.{key}={limit}" for key, limit in limits.items()
+             if limit not in (None, -1) and reached[key] is not None and reached[key] >= limit]
+    if stops:
+        raise CheckpointError(
+            f"{path} has finished: it trained {epochs} epoch(s), {checkpoint['global_step']} steps, and this run stops "
+            f"at {' and '.join(stops)}. Raise it to train on, or score the run again with detlab-eval run"
+        )
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], keys: Sequence[str], prefix: str = ""):
+    """(dotted key, old value, new value) for each leaf under `keys` that both configs hold with different values."""
+    for key in keys:
+        if key not in old or key not in new:
+            continue
+        if isinstance(old[key], Mapping) and isinstance(new[key], Mapping):
+            yield from _differences(old[key], new[key], [k for k in new[key] if k in old[key]], f"{prefix}{key}.")
+        elif old[key] != new[key]:
+            yield f"{prefix}{key}", old[key], new[key]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

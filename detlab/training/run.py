@@ -5,6 +5,8 @@ itself is detlab.cli.train).
 from __future__ import annotations
 
 import json
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from detlab.config import validate
 from detlab.errors import writing
@@ -22,7 +25,8 @@ from detlab.inference import Predictor
 from detlab.profile.cost import complexity
 from detlab.profile.speed import measure_speed, speed_summary
 from detlab.training.checkpoint import (
-    WEIGHTS_FILE, AtomicCheckpointIO, RandomState, check_classes, checkpoint_callbacks, read_checkpoint, save_weights,
+    WEIGHTS_FILE, AtomicCheckpointIO, RandomState, check_classes, check_resumable, checkpoint_callbacks, read_checkpoint,
+    save_weights,
 )
 from detlab.training.console import end_block, start_block
 from detlab.training.module import DetectionModule
@@ -35,6 +39,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured detector; return (and write to run_dir/results.json) its final evaluation."""
     validate(cfg)
     saved = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # a bad file stops before any work
+    if saved:
+        check_resumable(cfg.ckpt_path, saved, OmegaConf.to_container(cfg, resolve=True))
     logger = _logger(cfg, run_dir, wandb_id=saved.get("wandb_id") if saved else None)
     callbacks = _callbacks(cfg, run_dir, logger)  # a callback that rejects its arguments stops before any work too
     pl.seed_everything(cfg.seed, workers=True)
@@ -72,7 +78,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         hydra_cfg = HydraConfig.get()
         print(start_block(hydra_cfg.runtime.choices, datamodule.num_classes, cost, datamodule.counts(), run_dir,
                           logged[0], hydra_cfg.overrides.task), flush=True)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except SIGTERMException:  # Lightning's stop on SIGTERM: a SystemExit without a status, which reads as 0, finished
+        _exit_stopped(run_dir, trainer.global_step)
     if module.last_eval is None or module.last_eval_step != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
 
@@ -100,6 +109,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         print(end_block(results, run_dir, *logged), flush=True)
     _finish(logger, results)
     return results
+
+
+def _exit_stopped(run_dir: Path, step: int) -> None:
+    """After SIGTERM (a scheduler's pre-emption, `kill`): say where the run stopped and how to resume it, and exit
+    with the status of a process SIGTERM ended (143), so that a shell, a scheduler or a sweep sees it unfinished."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = f"resume: the same overrides, ckpt_path={last} hydra.run.dir={run_dir}" if last.is_file() else \
+        "no last.ckpt was written yet"
+    print(f"detlab-train: stopped by SIGTERM at step {step}, before results.json; {resume}", file=sys.stderr, flush=True)
+    sys.exit(128 + signal.SIGTERM)
 
 
 def _callbacks(cfg: DictConfig, run_dir: Path, logger) -> list[pl.Callback]:

@@ -84,8 +84,9 @@ def logger_summary(logger) -> tuple[str, str | None]:
     if isinstance(logger, WandbLogger):
         run = logger.experiment
         sync_dir = Path(run.dir).parent  # run.dir is the run's files/ folder
-        if run.offline:
-            return f"wandb offline, run {run.id}: {sync_dir}", f"wandb sync {sync_dir}"
+        if run.offline:  # a resumed run's earlier processes wrote folders of their own, with the same id: all of them
+            parts = sorted(sync_dir.parent.glob(f"offline-run-*-{run.id}")) or [sync_dir]
+            return f"wandb offline, run {run.id}: {sync_dir}", "wandb sync " + " ".join(map(str, parts))
         return f"wandb online: {run.url} (local files {sync_dir})", None
     return f"{type(logger).__name__}: {logger.log_dir}", None
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
+from detlab.cli.train import WritableRunDir
 from tests.conftest import TINY, run
 
 
@@ -216,11 +218,55 @@ def test_trial_below_its_siblings_median_is_pruned(tmp_path):
 
 def test_resume_on_other_classes_stops_naming_the_checkpoint_and_both_class_lists(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
-    proc = run("detlab.cli.train", *TINY, "data.source.num_classes=2", f"ckpt_path={ckpt}",
+    proc = run("detlab.cli.train", *TINY, "trainer.max_epochs=2", "data.source.num_classes=2", f"ckpt_path={ckpt}",
                f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"are not the ones {ckpt} was trained on" in proc.stderr and "'triangle'" in proc.stderr
     assert "its head predicts 3 classes" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resuming_a_finished_run_stops_and_keeps_its_results(trained_run):
+    """Lightning would stop at once, and the run would validate again and overwrite results.json (a curve point for
+    an epoch never trained, a second W&B run folder): the resume is refused, naming the checkpoint and the limit."""
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    before = {p: p.stat().st_mtime_ns for p in (trained_run / "results.json", ckpt)}
+    proc = run("detlab.cli.train", *TINY, f"ckpt_path={ckpt}", f"hydra.run.dir={trained_run}", cwd=trained_run.parent,
+               check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{ckpt} has finished: it trained 1 epoch(s), 3 steps" in proc.stderr
+    assert "trainer.max_epochs=1" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_a_failed_job_does_not_end_the_sweep(tmp_path):
+    """Each job of a multirun prints its own error and the next one runs (the first used to end the sweep, the
+    jobs after it never started); at the end the failed jobs are named and the status is 2."""
+    proc = run("detlab-train", "-m", "optim.optimizer.lr=abc,xyz", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    for value in ("abc", "xyz"):
+        assert f"optim.optimizer.lr='{value}' is a string" in proc.stderr
+    assert f"2 of 2 jobs failed, each with its error above: {tmp_path / 'sweep' / '0'}, {tmp_path / 'sweep' / '1'}" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path):
+    """The default run folder is runs/<date>/<time>: two runs started in one second shared it, each overwriting the
+    other's .hydra, checkpoints and results.json (overrides.yaml said seed=1, results.json seed 2). A folder given
+    with hydra.run.dir (a resume) stays that folder."""
+    folder = tmp_path / "runs" / "10-00-00"
+
+    def start(*hydra_overrides: str) -> str:
+        hydra = {"run": {"dir": str(folder)}, "overrides": {"hydra": list(hydra_overrides)}}
+        config = OmegaConf.create({"hydra": hydra})
+        OmegaConf.set_readonly(config.hydra, True)  # as Hydra hands it to a callback
+        WritableRunDir().on_run_start(config)
+        return config.hydra.run.dir
+
+    assert [start(), start(), start()] == [str(folder), f"{folder}-1", f"{folder}-2"]
+    assert start(f"hydra.run.dir={folder}") == str(folder)
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["10-00-00", "10-00-00-1", "10-00-00-2"]
 
 
 def test_bad_override_stops_before_work_with_the_key(tmp_path):

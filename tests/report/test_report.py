@@ -115,6 +115,15 @@ def test_runs_group_by_every_override_but_the_seed(sweep, tmp_path):
     assert left_out == []
 
 
+def test_a_resumed_run_stays_in_its_configuration(sweep):
+    """A job resumed with ckpt_path=... (its overrides.yaml then holds it) is still one seed of its configuration,
+    not a configuration of its own with n = 1."""
+    overrides = yaml.safe_load((sweep / "2" / ".hydra" / "overrides.yaml").read_text())
+    resumed = [*overrides, f"ckpt_path={sweep / '2' / 'checkpoints' / 'last.ckpt'}"]
+    (sweep / "2" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(resumed))
+    assert [len(g.runs) for g in group_runs(find_runs([sweep])[0])] == [3, 3, 3]
+
+
 def test_report_table_and_baseline_difference(sweep, tmp_path):
     report = write_report(*[find_runs([sweep])[0]], tmp_path / "out", baseline="focal_gamma=gamma0_alpha0.75")
     rows = read_csv(tmp_path / "out" / "results.csv")
@@ -138,6 +147,16 @@ def test_report_table_and_baseline_difference(sweep, tmp_path):
     assert "Common overrides: `experiment=focal_gamma trainer.max_epochs=2`" in text
     runs = list(csv.DictReader((tmp_path / "out" / "runs.csv").open()))
     assert len(runs) == 9 and "APl" not in runs[0]  # COCO's -1 (undefined) is not a value
+
+
+def test_a_metric_fewer_runs_recorded_says_its_n(tmp_path):
+    """A seed run with speed.enabled=false has no ms_per_img: that cell is the mean of the other two runs (t with
+    1 dof), which the row's n = 3 did not say."""
+    for seed, ms in enumerate([20.0, None, 22.0]):
+        fake_run(tmp_path / "sweep", str(seed), [f"seed={seed}"], 0.3 + seed / 100, ms)
+    report = write_report(find_runs([tmp_path / "sweep"])[0], tmp_path / "out")
+    assert "| all runs | 3 | 31.0 ± 1.0 [28.5, 33.5] |" in report.markdown
+    assert "| 21.0 ± 1.4 [8.3, 33.7] (n=2) |" in report.markdown  # t(0.975, 1) = 12.706: 1.414 / sqrt(2) x 12.706
 
 
 def test_plots_are_written(sweep, tmp_path):
@@ -273,6 +292,11 @@ def test_command_line_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "runs"), "--metrics", "AP", "mAP", "--output", str(tmp_path / "o")])
     assert "no run recorded ['mAP']" in capsys.readouterr().err
+    cut = tmp_path / "runs" / "0" / "results.json"
+    cut.write_text(cut.read_text()[:40])  # a results.json cut short: the error said "Expecting ',' delimiter" alone
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "runs"), "--output", str(tmp_path / "o")])
+    assert f"{cut} is not valid JSON" in capsys.readouterr().err
 
 
 def test_wandb_summary_run_offline(sweep, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import detlab.training.checkpoint
-from detlab.training.checkpoint import AtomicCheckpointIO, read_checkpoint
+from detlab.training.checkpoint import AtomicCheckpointIO, check_resumable, read_checkpoint
 from detlab.errors import CheckpointError, StorageError
 
 
@@ -57,3 +57,26 @@ def test_bad_files_are_named(tmp_path):
             read_checkpoint(tmp_path / name)
         assert str(tmp_path / name) in str(caught.value)
     assert read_checkpoint(good)["global_step"] == 3
+
+
+def test_a_resume_continues_only_what_the_checkpoint_holds():
+    """The weights fit the checkpoint's model, and its optimizer state restores its own lr over optim.*: a change
+    there crashed deep in torch (a head of another width, SGD over AdamW's state) or was recorded and never used
+    (the lr). A weights file has no state to resume, and a finished run nothing left to train."""
+    trained = {"model": {"head": {"width": 16, "depth": 1}}, "loss": {"gamma": 2.0},
+               "optim": {"optimizer": {"lr": 0.001}}, "data": {"image_size": 64}, "trainer": {"max_epochs": 1}}
+    full = {"hyper_parameters": {"cfg": trained}, "global_step": 3, "optimizer_states": [{}],
+            "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": 1}}}}}
+    longer = {**trained, "trainer": {"max_epochs": 3}}
+    check_resumable("last.ckpt", full, {**longer, "data": {"image_size": 96}})  # more epochs, other data: continues
+    changed = {**longer, "model": {"head": {"width": 32, "depth": 1}}, "optim": {"optimizer": {"lr": 0.5}}}
+    with pytest.raises(CheckpointError, match=r"model.head.width=32 \(the checkpoint's: 16\); "
+                                              r"optim.optimizer.lr=0.5 \(the checkpoint's: 0.001\)"):
+        check_resumable("last.ckpt", full, changed)
+    with pytest.raises(CheckpointError, match=r"last.ckpt has finished: .* stops at trainer.max_epochs=1"):
+        check_resumable("last.ckpt", full, trained)
+    with pytest.raises(CheckpointError, match=r"stops at trainer.max_steps=3"):
+        check_resumable("last.ckpt", full, {**trained, "trainer": {"max_epochs": 3, "max_steps": 3}})
+    weights = {k: v for k, v in full.items() if k not in ("optimizer_states", "loops")}
+    with pytest.raises(CheckpointError, match=r"weights.ckpt holds weights only .* model.weights=weights.ckpt"):
+        check_resumable("weights.ckpt", weights, longer)
