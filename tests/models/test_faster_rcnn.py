@@ -147,7 +147,9 @@ def test_module_predicts_what_it_evaluates(tmp_path):
     the proposals clipped to each image's content (60 x 80 px of 64 x 96 for the second image), not to the
     padded input, which moves the RoIs and so the scores."""
     cfg = compose_train(["model=faster_rcnn", *TINY])
-    ann = {"images": [], "annotations": [], "categories": [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]}
+    # the module's evaluator reads (and checks) it; nothing is scored here
+    image = {"id": 1, "file_name": "a.png", "width": 96, "height": 64}
+    ann = {"images": [image], "annotations": [], "categories": [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]}
     (tmp_path / "val.json").write_text(json.dumps(ann))
     torch.manual_seed(0)
     module_cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "loss", "optim", "eval", "data"]), resolve=True)
