@@ -43,8 +43,11 @@ RESUMED_KEYS = ("model", "loss", "optim")
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A detlab checkpoint's dict (on the CPU); CheckpointError for a missing, truncated, corrupt or foreign file."""
     path = Path(path)
+    if path.is_dir():  # detlab-eval and detlab-predict take a run directory (inference.checkpoint_of); a resume does not
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: give the .ckpt file itself (a run's "
+                              "checkpoints/last.ckpt to resume it)")
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path} (give a .ckpt file written by detlab-train, or a run directory)")
+        raise CheckpointError(f"no checkpoint at {path} (give a .ckpt file written by detlab-train)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch.load raises whatever its unpickler meets in a bad file

@@ -45,11 +45,13 @@ def test_bad_files_are_named(tmp_path):
     torch.save(checkpoint(3), good)
     cases = {
         "missing.ckpt": (None, "no checkpoint at"),  # never written
+        "run_dir": (None, "is a folder, not a checkpoint file: .* checkpoints/last.ckpt"),  # ckpt_path=<run dir>
         "truncated.ckpt": (good.read_bytes()[:200], "cannot be read as a checkpoint"),
         "garbage.ckpt": (b"\x00" * 64, "cannot be read as a checkpoint"),
         "foreign.ckpt": (None, "not a checkpoint written by detlab-train"),  # a torch file, not Lightning's
     }
     torch.save({"model": torch.zeros(2)}, tmp_path / "foreign.ckpt")
+    (tmp_path / "run_dir").mkdir()
     for name, (content, says) in cases.items():
         if content is not None:
             (tmp_path / name).write_bytes(content)
