@@ -155,11 +155,12 @@ def difference_table(rows: Sequence[Row], items: Sequence[str], what: str, prefi
 
 def write_csv(rows: Sequence[Row], metrics: Sequence[str], path: Path) -> None:
     """One line per configuration, raw units (AP as a fraction): factor levels, n, then per metric mean, std,
-    ci_low, ci_high and the baseline difference with its interval."""
+    ci_low, ci_high, the baseline difference with its interval, and the number of runs that recorded it (n_m,
+    fewer than n where some did not, as results.md's '(n=2)')."""
     levels = list(rows[0].levels) if rows else []
     header = ["configuration", *levels, "n"]
     for m in metrics:
-        header += [f"{m}_{s}" for s in ("mean", "std", "ci_low", "ci_high", "diff", "diff_low", "diff_high")]
+        header += [f"{m}_{s}" for s in ("mean", "std", "ci_low", "ci_high", "diff", "diff_low", "diff_high", "n")]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -167,7 +168,7 @@ def write_csv(rows: Sequence[Row], metrics: Sequence[str], path: Path) -> None:
             line: list[Any] = [r.label, *r.levels.values(), max((s.n for s in r.stats.values()), default=0)]
             for m in metrics:
                 s, d = r.stats[m], r.diffs.get(m, Interval(math.nan, math.nan, math.nan))
-                line += [s.estimate, s.std, s.low, s.high, d.estimate, d.low, d.high]
+                line += [s.estimate, s.std, s.low, s.high, d.estimate, d.low, d.high, s.n]
             writer.writerow(line)
 
 

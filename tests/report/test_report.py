@@ -157,6 +157,8 @@ def test_a_metric_fewer_runs_recorded_says_its_n(tmp_path):
     report = write_report(find_runs([tmp_path / "sweep"])[0], tmp_path / "out")
     assert "| all runs | 3 | 31.0 ± 1.0 [28.5, 33.5] |" in report.markdown
     assert "| 21.0 ± 1.4 [8.3, 33.7] (n=2) |" in report.markdown  # t(0.975, 1) = 12.706: 1.414 / sqrt(2) x 12.706
+    row = read_csv(tmp_path / "out" / "results.csv")["all runs"]
+    assert (row["n"], row["AP_n"], row["ms_per_img_n"]) == ("3", "3", "2")
 
 
 def test_plots_are_written(sweep, tmp_path):
