@@ -2,6 +2,8 @@
 
 import copy
 import json
+import re
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -219,6 +221,23 @@ def test_missing_corrupt_and_wrongly_sized_images_name_the_file_and_image_id(dat
     Image.new("RGB", (21, 24)).save(data_coco / "rgba.png")
     with pytest.raises(ValueError, match=r"rgba\.png.*image id=5.*'width'=20"):
         dataset[index[5]]
+
+
+def test_an_image_fault_found_only_by_decoding_names_the_command_that_finds_them_all(data_coco, capsys):
+    """Undecodable pixels stop the run under either on_invalid; the message's command is runnable and finds the
+    image, and the other images' faults with it, before training."""
+    from detlab.cli.data import main
+
+    dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough, on_invalid="skip")
+    (data_coco / "palette.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    Image.new("RGB", (21, 24)).save(data_coco / "rgba.png")
+    with pytest.raises(DataError, match=r"palette\.png.*image id=1001") as caught:
+        dataset[dataset.image_ids.index(1001)]
+    command = re.search(r"`detlab-data (check .*?)`", str(caught.value)).group(1)
+    assert main(shlex.split(command)) == 1
+    printed = capsys.readouterr().out
+    assert "image id=1001, field 'file_name'='palette.png'" in printed and "cannot decode" in printed
+    assert "image id=5, field 'file_name'='rgba.png'" in printed and "'width'=20" in printed
 
 
 def test_an_image_over_pils_size_limit_names_the_file_and_image_id(data_coco, monkeypatch):

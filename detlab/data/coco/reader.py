@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -151,13 +152,20 @@ class CocoDetection(Dataset):
         except FileNotFoundError:
             raise FileNotFoundError(f"image file not found: {where}, field 'file_name'") from None
         except IMAGE_ERRORS as err:
-            raise DataError(f"cannot decode image {where}: {err}") from None
+            raise DataError(f"cannot decode image {where}: {err}{self._image_check_hint()}") from None
         if rgb.shape[:2] != (record["height"], record["width"]):
             raise DataError(
                 f"image {where} is {rgb.shape[1]}x{rgb.shape[0]} (w x h) but its record says fields "
                 f"'width'={record['width']}, 'height'={record['height']}; the boxes are in the record's size"
+                f"{self._image_check_hint()}"
             )
         return rgb
+
+    def _image_check_hint(self) -> str:
+        """A fault found only by decoding stops the run under either on_invalid (dropping the image now would
+        change the evaluation's file after the fact): name the command that finds every such image first."""
+        command = shlex.join(["detlab-data", "check", self.ann_file, "--img-dir", str(self.img_dir), "--image-check"])
+        return f" (`{command}` decodes every image and lists each one that cannot be used)"
 
 
 def _label_space_names(categories: dict[int, str], category_ids: list[int], ann_file: str) -> list[str]:
