@@ -84,10 +84,7 @@ def user_message(err: BaseException) -> str | None:
         # A file access the code did not expect to fail (a logger's file, a library's cache): the OS names it.
         return f"cannot use {err.filename or '(unnamed file)'}: {STORAGE_ERRNOS[err.errno]}; free space or fix " \
                "the folder's permissions, or point the run elsewhere (hydra.run.dir=..., DETLAB_CACHE=...)"
-    # ValueError and FileNotFoundError: components not yet moved to detlab's types say what to fix this way.
-    if not isinstance(err, (DetlabError, ValueError, FileNotFoundError)):
-        return None
-    return _unwrap_worker(err)
+    return _unwrap_worker(err) if isinstance(err, DetlabError) else None
 
 
 def _unwrap_worker(err: BaseException) -> str:

@@ -3,6 +3,8 @@
 import errno
 
 import pytest
+import torch
+import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from torch.utils.data import DataLoader, Dataset
 
@@ -27,8 +29,14 @@ def test_a_worker_error_keeps_only_the_workers_message():
 def test_what_is_the_users_and_what_is_a_bug():
     assert user_message(ConfigError("optim.optimizer.lr='abc'")) == "optim.optimizer.lr='abc'"
     wrapped = InstantiationException("Error in call to target")
-    wrapped.__cause__ = ValueError("data.augment.hflip=2")  # a component's own check, through hydra's instantiate
+    wrapped.__cause__ = ConfigError("data.augment.hflip=2")  # a component's own check, through hydra's instantiate
     assert user_message(wrapped) == "data.augment.hflip=2"
+    # A ValueError that is not one of detlab's types is a bug, wherever it comes from: torch's, from a head whose
+    # outputs do not fit its loss, used to be printed as the user's one-line error, without its traceback.
+    with pytest.raises(ValueError) as torch_error:
+        F.binary_cross_entropy_with_logits(torch.zeros(2, 3), torch.zeros(2, 4))
+    assert user_message(torch_error.value) is None
+    assert user_message(FileNotFoundError(2, "No such file or directory", "/tmp/x")) is None
     full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.csv")
     assert user_message(full).startswith("cannot use /runs/x/metrics.csv: no space left on the device;")
     assert user_message(TypeError("unsupported operand")) is None

@@ -143,6 +143,7 @@ def _check_reports(args: argparse.Namespace) -> list[SplitReport]:
     """One report per split: of a source read with --format, of a COCO json, or of a data config's splits."""
     if args.format is not None:
         _check_format_options(args, args.format, overrides=args.overrides)
+        _check_exists(args.target)
         args.source = args.target
         dataset = _read(args)
         name = f"{args.format} {args.target}"
@@ -152,6 +153,7 @@ def _check_reports(args: argparse.Namespace) -> list[SplitReport]:
         _check_format_options(args, "coco", overrides=args.overrides)
         if args.image_check and args.img_dir is None:
             raise ConfigError("--image-check of a COCO json needs --img-dir (the folder its file_names are in)")
+        _check_exists(args.target)
         return [_report(args.target, check_coco(args.target, args.img_dir), args.img_dir, args.image_check)]
     _check_format_options(args, "config")
     return [
@@ -159,6 +161,12 @@ def _check_reports(args: argparse.Namespace) -> list[SplitReport]:
                 files.img_dir, args.image_check, files.problems, files.notes)
         for split, files in _config_splits(args.target, args.overrides).items()
     ]
+
+
+def _check_exists(target: str) -> None:
+    """A path that is not there was mistyped (a user's error, status 2), not a finding about the data (status 1)."""
+    if not Path(target).exists():
+        raise ConfigError(f"{target}: no such file or folder")
 
 
 def _report(

@@ -36,7 +36,8 @@ def predict(
     draw_thresh: float = 0.3,
 ) -> list[dict[str, Any]]:
     """Detections of every image as COCO results, written to out; see the module's docstring."""
-    from detlab.inference import Predictor  # torch and the model code load here, after --help
+    from detlab.data.coco.reader import read_image_file  # torch and the model code load here, after --help
+    from detlab.inference import Predictor
 
     images, coco_categories = _image_list(inputs, img_dir)
     if coco_categories is None:  # plain files: the results name each by its file name, the drawings by its stem
@@ -72,7 +73,7 @@ def predict(
     # Batches of files: each image is read, transformed and collated into one padded batch, as in evaluation.
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        pixels = [_read(path) for path, _ in chunk]
+        pixels = [read_image_file(path) for path, _ in chunk]
         ids = [image_id for _, image_id in chunk]
         detections = predictor(pixels, ids)
         found = predictor.coco_results(detections, ids)
@@ -137,17 +138,6 @@ def _coco_images(ann_file: Path, img_dir: Path | None) -> tuple[list[tuple[Path,
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise DataError(f"{ann_file}: not a COCO json with images (id, file_name) ({type(err).__name__}: {err})") from None
     return images, categories
-
-
-def _read(path: Path):
-    from detlab.data.coco.reader import read_rgb
-
-    try:
-        return read_rgb(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such image file") from None
-    except Exception as err:  # noqa: BLE001 - PIL raises several types for undecodable files
-        raise DataError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from None
 
 
 def _draw(folder: Path, chunk, pixels, detections, class_names: list[str], thresh: float) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from detlab.data.transforms import Sample
+from detlab.errors import ConfigError
 from detlab.structures import Batch
 
 
@@ -18,7 +19,7 @@ def collate(samples: list[Sample], size_divisor: int = 32) -> Batch:
     if not samples:
         raise ValueError("collate got an empty list of samples")
     if not isinstance(size_divisor, int) or size_divisor < 1:
-        raise ValueError(f"data.size_divisor={size_divisor!r} must be a positive integer (1 disables rounding)")
+        raise ConfigError(f"data.size_divisor={size_divisor!r} must be a positive integer (1 disables rounding)")
     heights = [s.image.shape[1] for s in samples]
     widths = [s.image.shape[2] for s in samples]
     height = math.ceil(max(heights) / size_divisor) * size_divisor

@@ -28,7 +28,7 @@ from detlab.data.coco.checker import MAX_LISTED, problem_report
 from detlab.data.coco.reader import CocoDetection, CocoFiles
 from detlab.data.collate import collate
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
-from detlab.errors import DataError
+from detlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class DetectionDataModule(pl.LightningDataModule):
         _check_loader_args(batch_size, num_workers, size_divisor)
         self.batch_size, self.num_workers, self.size_divisor = batch_size, num_workers, size_divisor
         if source is not None and (train is not None or val is not None):
-            raise ValueError("give either data.source or data.train/data.val, not both")
+            raise ConfigError("give either data.source or data.train/data.val, not both")
         files = source.splits() if source is not None else _given_files(train, val)
         if on_invalid == "error":
             _stop_on_source_problems(files)
@@ -168,14 +168,14 @@ def _stop_on_source_problems(files: dict[str, CocoFiles]) -> None:
     """on_invalid=error: what a source left out (a dropped box, an unreadable image) stops the run, listed."""
     for split in SPLITS:
         if files[split].problems:
-            raise ValueError(problem_report(f"the {split} split's source", list(files[split].problems)))
+            raise DataError(problem_report(f"the {split} split's source", list(files[split].problems)))
 
 
 def _check_splits(datasets: dict[str, CocoDetection]) -> None:
     """The splits share their categories, and each has at least one object to learn from or score against."""
     train_set, val_set = datasets["train"], datasets["val"]
     if (train_set.category_ids, train_set.class_names) != (val_set.category_ids, val_set.class_names):
-        raise ValueError(
+        raise DataError(
             f"the splits disagree on their categories: {train_set.ann_file} has "
             f"{list(zip(train_set.category_ids, train_set.class_names))}, {val_set.ann_file} has "
             f"{list(zip(val_set.category_ids, val_set.class_names))}; field 'categories' must be the same"
@@ -207,13 +207,13 @@ def _given_files(train: Mapping | None, val: Mapping | None) -> dict[str, CocoFi
     files = {}
     for split, given in zip(SPLITS, (train, val)):
         if given is None:
-            raise ValueError(f"data.{split} is not set: give data.{split}.ann_file and data.{split}.img_dir "
+            raise ConfigError(f"data.{split} is not set: give data.{split}.ann_file and data.{split}.img_dir "
                              "(or use data=shapes)")
         ann_file, img_dir = given.get("ann_file"), given.get("img_dir")
         if ann_file is None or not Path(ann_file).is_file():
-            raise FileNotFoundError(f"data.{split}.ann_file={ann_file}: no such file")
+            raise ConfigError(f"data.{split}.ann_file={ann_file}: no such file")
         if img_dir is None or not Path(img_dir).is_dir():
-            raise FileNotFoundError(f"data.{split}.img_dir={img_dir}: no such folder")
+            raise ConfigError(f"data.{split}.img_dir={img_dir}: no such folder")
         files[split] = CocoFiles(ann_file=str(ann_file), img_dir=str(img_dir))
     return files
 
@@ -232,13 +232,13 @@ def _transform(image_size: int, augment: dict[str, Any], seed: int | None = None
         return DetectionTransform(image_size, **augment, seed=seed)
     except TypeError as err:
         known = [name for name in inspect.signature(DetectionTransform).parameters if name not in ("image_size", "seed")]
-        raise ValueError(f"data.augment has an unknown key ({err}); known: {', '.join(known)}") from None
+        raise ConfigError(f"data.augment has an unknown key ({err}); known: {', '.join(known)}") from None
 
 
 def _check_loader_args(batch_size: int, num_workers: int, size_divisor: int) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"data.batch_size={batch_size!r} must be a positive integer")
+        raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer")
     if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"data.num_workers={num_workers!r} must be an integer >= 0")
+        raise ConfigError(f"data.num_workers={num_workers!r} must be an integer >= 0")
     if not isinstance(size_divisor, int) or size_divisor < 1:
-        raise ValueError(f"data.size_divisor={size_divisor!r} must be a positive integer (1 disables rounding)")
+        raise ConfigError(f"data.size_divisor={size_divisor!r} must be a positive integer (1 disables rounding)")

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from detlab.data.coco.reader import CocoFiles, default_cache_dir, write_cache_folder
+from detlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class ShapesSource:
 
 def _check_params(p: ShapesSource) -> None:
     def fail(key: str, why: str) -> None:
-        raise ValueError(f"data.source.{key}={getattr(p, key)!r}: {why}")
+        raise ConfigError(f"data.source.{key}={getattr(p, key)!r}: {why}")
 
     if not 1 <= p.num_classes <= len(SHAPE_KINDS):
         fail("num_classes", f"must be 1..{len(SHAPE_KINDS)}, one per shape kind {list(SHAPE_KINDS)}")

@@ -43,6 +43,7 @@ from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
 from detlab.data.ssd_augment import Expand, MinIoURandomCrop, PhotometricDistort
+from detlab.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -229,37 +230,37 @@ class DetectionTransform:
 
 def _check_resize(resize, max_size, low, high, mean, std) -> None:
     if resize not in RESIZE_POLICIES:
-        raise ValueError(f"data.resize={resize!r}: use one of {list(RESIZE_POLICIES)}")
+        raise ConfigError(f"data.resize={resize!r}: use one of {list(RESIZE_POLICIES)}")
     if resize == "keep_ratio" and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
-        raise ValueError(f"data.resize=keep_ratio needs data.max_size, the bound on the longer side (torchvision: "
+        raise ConfigError(f"data.resize=keep_ratio needs data.max_size, the bound on the longer side (torchvision: "
                          f"1333 for data.image_size=800), got {max_size!r}")
     if resize != "letterbox" and (low, high) != (1.0, 1.0):
-        raise ValueError(f"data.augment.scale_range=[{low}, {high}] works with data.resize=letterbox only; "
+        raise ConfigError(f"data.augment.scale_range=[{low}, {high}] works with data.resize=letterbox only; "
                          f"set it to [1, 1] with data.resize={resize}")
     for key, values in (("mean", mean), ("std", std)):
         if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            raise ValueError(f"data.{key}={list(values)} must be 3 finite numbers (R, G, B, for pixels in [0, 1])")
+            raise ConfigError(f"data.{key}={list(values)} must be 3 finite numbers (R, G, B, for pixels in [0, 1])")
     if min(std) <= 0:
-        raise ValueError(f"data.std={list(std)} must be positive")
+        raise ConfigError(f"data.std={list(std)} must be positive")
 
 
 def _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_size,
            photometric, expand_ratio, min_iou_crop) -> None:
     if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"data.image_size={image_size!r} must be a positive integer")
+        raise ConfigError(f"data.image_size={image_size!r} must be a positive integer")
     if not 0 <= hflip <= 1:
-        raise ValueError(f"data.augment.hflip={hflip} is a probability: use a value in [0, 1]")
+        raise ConfigError(f"data.augment.hflip={hflip} is a probability: use a value in [0, 1]")
     if not 0 < low <= high:
-        raise ValueError(f"data.augment.scale_range=[{low}, {high}] must satisfy 0 < low <= high")
+        raise ConfigError(f"data.augment.scale_range=[{low}, {high}] must satisfy 0 < low <= high")
     if color_jitter < 0:
-        raise ValueError(f"data.augment.color_jitter={color_jitter} must be >= 0 (0 disables it)")
+        raise ConfigError(f"data.augment.color_jitter={color_jitter} must be >= 0 (0 disables it)")
     if not 0 <= min_visibility <= 1:
-        raise ValueError(f"data.augment.min_visibility={min_visibility} must be in [0, 1]")
+        raise ConfigError(f"data.augment.min_visibility={min_visibility} must be in [0, 1]")
     if min_box_size <= 0:
-        raise ValueError(f"data.augment.min_box_size={min_box_size} must be > 0 pixels")
+        raise ConfigError(f"data.augment.min_box_size={min_box_size} must be > 0 pixels")
     for key, value in (("photometric", photometric), ("min_iou_crop", min_iou_crop)):
         if not isinstance(value, bool):  # ValueError: the data module reads a TypeError as an unknown key
-            raise ValueError(f"data.augment.{key}={value!r} must be true or false")
+            raise ConfigError(f"data.augment.{key}={value!r} must be true or false")
     if isinstance(expand_ratio, bool) or not isinstance(expand_ratio, (int, float)) or not expand_ratio >= 1:
-        raise ValueError(f"data.augment.expand_ratio={expand_ratio!r} is the largest canvas / image side ratio: use a "
+        raise ConfigError(f"data.augment.expand_ratio={expand_ratio!r} is the largest canvas / image side ratio: use a "
                          "number >= 1 (1 disables, SSD uses 4)")

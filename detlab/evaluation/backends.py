@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from detlab.data.coco.checker import SCORING_IMAGE_KEYS, check_coco, problem_report
-from detlab.errors import DataError
+from detlab.errors import ConfigError, DataError
 
 BACKENDS = ("hotcoco", "faster_coco_eval", "pycocotools")
 DEFAULT_BACKEND = "hotcoco"
@@ -73,7 +73,7 @@ class BoxResults:
 
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
-        raise ValueError(f"unknown COCO evaluation backend {backend!r}; use one of {BACKENDS}")
+        raise ConfigError(f"unknown COCO evaluation backend {backend!r}; use one of {BACKENDS}")
 
 
 @contextlib.contextmanager

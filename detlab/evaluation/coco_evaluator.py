@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from detlab.errors import ConfigError
 from detlab.evaluation.backends import DEFAULT_BACKEND, BoxResults, categories, check_backend, load_ground_truth
 from detlab.evaluation.coco_table import score
 from detlab.structures import Detections
@@ -150,9 +151,9 @@ def _gather_and_deduplicate(local: tuple[np.ndarray, BoxResults, np.ndarray]) ->
 def _class_names(coco_gt: Any, ann_file: str, category_ids: list[int], class_names: Sequence[str] | None) -> list[str]:
     file_names = categories(coco_gt)
     if not set(category_ids) & set(file_names):
-        raise ValueError(f"category ids {category_ids} are not categories of {ann_file} (it has {sorted(file_names)})")
+        raise ConfigError(f"category ids {category_ids} are not categories of {ann_file} (it has {sorted(file_names)})")
     if len(set(category_ids)) != len(category_ids):
-        raise ValueError(f"category_ids {category_ids} repeat an id")
+        raise ConfigError(f"category_ids {category_ids} repeat an id")
     names = [file_names.get(c, f"unused_{c}") for c in category_ids] if class_names is None else [
         str(n) for n in class_names
     ]

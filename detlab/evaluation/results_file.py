@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from detlab.errors import DataError
 from detlab.evaluation.backends import DEFAULT_BACKEND, BoxResults, categories, check_backend, load_ground_truth
 from detlab.evaluation.coco_table import score
 
@@ -28,11 +29,8 @@ def evaluate_results_file(ann_file: str, results_file: str, backend: str = DEFAU
     return score(coco_gt, results, image_ids, names, backend)
 
 
-class ResultsFileError(ValueError):
-    """A COCO results file that cannot be scored as written; the message names the file, detection and field.
-
-    (#17's error policy gives it its final place among detlab's exception types.)
-    """
+class ResultsFileError(DataError):
+    """A COCO results file that cannot be scored as written; the message names the file, detection and field."""
 
 
 def _read_results(results_file: str, image_ids: np.ndarray, category_ids: np.ndarray) -> BoxResults:
@@ -44,6 +42,8 @@ def _read_results(results_file: str, image_ids: np.ndarray, category_ids: np.nda
     try:
         with open(results_file) as f:
             records = json.load(f)
+    except FileNotFoundError:
+        raise ResultsFileError(f"{results_file}: no such file") from None
     except json.JSONDecodeError as err:
         raise ResultsFileError(f"{results_file}: not a valid JSON file ({err})") from err
     if not isinstance(records, list):

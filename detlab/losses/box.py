@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
+from detlab.errors import ConfigError
 from detlab.structures import BoxCoder
 
 
@@ -19,7 +20,7 @@ class SmoothL1Loss(nn.Module):
     def __init__(self, beta: float = 1 / 9):
         super().__init__()
         if beta < 0:
-            raise ValueError(f"box_loss.beta must be >= 0, got {beta}")
+            raise ConfigError(f"box_loss.beta must be >= 0, got {beta}")
         self.beta = beta
 
     def extra_repr(self) -> str:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
 from detlab.structures import IGNORED
 
 # Entries of the logits per pass on the CPU, so that the pass's few [rows, C] temporaries (1 MB each) are reused
@@ -32,9 +33,9 @@ CPU_CHUNK = 2**18
 def focal_parameters(alpha: float, gamma: float) -> tuple[float, float]:
     """(alpha, gamma) of a focal loss, sigmoid or softmax, checked: alpha <= 1 (negative disables it), gamma >= 0."""
     if alpha > 1:
-        raise ValueError(f"loss.alpha must be in [0, 1], or negative to disable it; got {alpha}")
+        raise ConfigError(f"loss.alpha must be in [0, 1], or negative to disable it; got {alpha}")
     if gamma < 0:
-        raise ValueError(f"loss.gamma must be >= 0, got {gamma}")
+        raise ConfigError(f"loss.gamma must be >= 0, got {gamma}")
     return alpha, gamma
 
 

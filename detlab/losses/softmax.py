@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
 from detlab.losses.focal import focal_parameters
 from detlab.structures import IGNORED
 
@@ -56,7 +57,7 @@ class HardNegativeMiningCE(SoftmaxCrossEntropy):
     def __init__(self, neg_pos_ratio: float = 3.0):
         super().__init__()
         if neg_pos_ratio <= 0:
-            raise ValueError(f"loss.neg_pos_ratio must be > 0, got {neg_pos_ratio}")
+            raise ConfigError(f"loss.neg_pos_ratio must be > 0, got {neg_pos_ratio}")
         self.neg_pos_ratio = neg_pos_ratio
 
     def extra_repr(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
 from detlab.losses.dense import loss_normaliser
 from detlab.structures import IGNORED, Batch, BoxCoder, Priors, TwoStageOutput
 
@@ -41,7 +42,7 @@ class TwoStageLoss(nn.Module):
     ) -> None:
         super().__init__()
         if rpn_cls_loss.num_outputs(1) != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"model.rpn.loss must be a sigmoid loss, not {type(rpn_cls_loss).__name__}: the RPN scores each "
                 "anchor with one objectness logit (object or not), there is no background logit to softmax against; "
                 "use loss@model.rpn.loss=bce or loss@model.rpn.loss=focal"
@@ -49,7 +50,7 @@ class TwoStageLoss(nn.Module):
         weights = {"rpn_cls": rpn_cls_weight, "rpn_box": rpn_box_weight, "cls": cls_weight, "box": box_weight}
         for key, value in weights.items():
             if value < 0:
-                raise ValueError(f"model.criterion.{key}_weight={value} must be >= 0")
+                raise ConfigError(f"model.criterion.{key}_weight={value} must be >= 0")
         self.rpn_cls_loss = rpn_cls_loss
         self.rpn_box_loss = rpn_box_loss
         self.rpn_box_coder = rpn_box_coder

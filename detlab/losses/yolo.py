@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
 from detlab.losses.dense import loss_normaliser
 from detlab.structures import Batch, BoxCoder, HeadOutput, Priors
 
@@ -42,7 +43,7 @@ class YoloLoss(nn.Module):
         super().__init__()
         for key, value in (("obj_weight", obj_weight), ("cls_weight", cls_weight), ("box_weight", box_weight)):
             if value < 0:
-                raise ValueError(f"model.criterion.{key}={value} must be >= 0")
+                raise ConfigError(f"model.criterion.{key}={value} must be >= 0")
         self.cls_loss = cls_loss
         self.box_loss = box_loss
         self.box_coder = box_coder
@@ -101,7 +102,7 @@ def _check_inputs(outputs: HeadOutput, priors: Priors, matched_gt: Tensor) -> No
     """Shapes the loss relies on, checked up front so that a mismatch names the field."""
     expected = tuple(outputs.cls_logits.shape[:2])
     if outputs.objectness is None:
-        raise ValueError("YoloLoss needs HeadOutput.objectness [B, A]: use it with model.head=yolo")
+        raise ConfigError("YoloLoss needs HeadOutput.objectness [B, A]: use it with model.head=yolo")
     shapes = (tuple(matched_gt.shape), tuple(outputs.objectness.shape), tuple(outputs.box_reg.shape))
     if shapes != (expected, expected, (*expected, 4)):
         raise ValueError(

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from detlab.errors import ConfigError
 from detlab.structures import BACKGROUND, IGNORED, Batch, BoxCoder, HeadOutput, Priors
 
 
@@ -77,7 +78,7 @@ class MaxIoUAssigner(nn.Module):
     def __init__(self, pos_iou: float = 0.5, neg_iou: float = 0.4, low_quality_matches: bool = True):
         super().__init__()
         if not 0.0 <= neg_iou <= pos_iou <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"assigner needs 0 <= assigner.neg_iou <= assigner.pos_iou <= 1, got {neg_iou=}, {pos_iou=}"
             )
         self.pos_iou = pos_iou
@@ -191,7 +192,7 @@ class RoISampler(nn.Module):
     ):
         super().__init__()
         if not 0.0 <= neg_iou <= pos_iou <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"model.roi.sampler needs 0 <= neg_iou <= pos_iou <= 1, got {neg_iou=}, {pos_iou=}"
             )
         _check_sampling("roi.sampler", num_samples, positive_fraction)
@@ -229,7 +230,7 @@ class RoISampler(nn.Module):
 
 def _check_sampling(key: str, num_samples: int, positive_fraction: float) -> None:
     if num_samples < 1 or not 0.0 <= positive_fraction <= 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"model.{key}: num_samples={num_samples} must be >= 1 and positive_fraction={positive_fraction} in [0, 1]"
         )
 
@@ -269,9 +270,9 @@ class YoloAssigner(nn.Module):
     def __init__(self, ignore_iou: float | None = 0.5, box_coder: BoxCoder | None = None):
         super().__init__()
         if ignore_iou is not None and not 0.0 < ignore_iou <= 1.0:
-            raise ValueError(f"assigner.ignore_iou must be in (0, 1] or null, got {ignore_iou}")
+            raise ConfigError(f"assigner.ignore_iou must be in (0, 1] or null, got {ignore_iou}")
         if ignore_iou is not None and box_coder is None:
-            raise ValueError("assigner.box_coder is needed to decode the predictions for assigner.ignore_iou")
+            raise ConfigError("assigner.box_coder is needed to decode the predictions for assigner.ignore_iou")
         self.ignore_iou = ignore_iou
         self.box_coder = box_coder
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from detlab.errors import ConfigError
+
 
 def _centre_size(boxes_xyxy: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Centre x, centre y, width, height of boxes [..., 4], each [...]."""
@@ -33,9 +35,9 @@ class DeltaXYWHBoxCoder:
     def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), clamp: float = math.log(1000 / 16)):
         weights = tuple(float(w) for w in weights)
         if len(weights) != 4 or min(weights) <= 0:
-            raise ValueError(f"box_coder.weights must be 4 positive numbers (wx, wy, ww, wh), got {list(weights)}")
+            raise ConfigError(f"box_coder.weights must be 4 positive numbers (wx, wy, ww, wh), got {list(weights)}")
         if not clamp > 0:
-            raise ValueError(f"box_coder.clamp must be > 0, got {clamp}")
+            raise ConfigError(f"box_coder.clamp must be > 0, got {clamp}")
         self.weights = weights
         self.clamp = float(clamp)
 
@@ -83,9 +85,9 @@ class YoloBoxCoder:
 
     def __init__(self, eps: float = 1e-3, clamp: float = math.log(1000 / 16)):
         if not 0 < eps < 0.5:
-            raise ValueError(f"box_coder.eps must be in (0, 0.5), got {eps}")
+            raise ConfigError(f"box_coder.eps must be in (0, 0.5), got {eps}")
         if not clamp > 0:
-            raise ValueError(f"box_coder.clamp must be > 0, got {clamp}")
+            raise ConfigError(f"box_coder.clamp must be > 0, got {clamp}")
         self.eps = float(eps)
         self.clamp = float(clamp)
 
@@ -117,7 +119,7 @@ class YoloBoxCoder:
 def _required(strides: Tensor | None) -> Tensor:
     """The priors' strides, which grid-cell offsets cannot do without."""
     if strides is None:
-        raise ValueError(
+        raise ConfigError(
             "YoloBoxCoder codes offsets in grid cells and needs each prior's stride: it serves dense heads "
             "(model.head=yolo), not a RoI head, whose proposals have no level (use DeltaXYWHBoxCoder there)"
         )

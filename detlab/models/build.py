@@ -14,6 +14,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from detlab.errors import ConfigError
 from detlab.models.detector import Detector
 from detlab.models.torchvision_weights import load_weights
 from detlab.models.two_stage import FasterRCNN
@@ -79,7 +80,7 @@ def _check_objectness(head: type, criterion: type) -> None:
     """A head with an objectness output goes with the criterion that trains it, the others with one that does
     not: checked on the classes, before anything is built (a YOLO neck's levels would not fit another head)."""
     if head.has_objectness != criterion.uses_objectness:
-        raise ValueError(
+        raise ConfigError(
             f"model.head ({head.__name__}) {'predicts' if head.has_objectness else 'has no'} objectness but "
             f"model.criterion ({criterion.__name__}) {'needs' if criterion.uses_objectness else 'ignores'} it: an "
             "objectness head goes with an objectness criterion (model.head=yolo with detlab.losses.yolo.YoloLoss, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
 from detlab.models.priors import PriorGenerator
 from detlab.structures import Batch, HeadOutput, Priors
 
@@ -34,7 +35,7 @@ class Detector(nn.Module):
         )
         outputs = self.head(levels)
         if outputs.box_reg.shape[1] != len(priors):  # would otherwise surface later as a shape error in the loss
-            raise ValueError(
+            raise ConfigError(
                 f"the head made {outputs.box_reg.shape[1]} predictions per image for {len(priors)} priors: "
                 "model.head.num_anchors must equal the prior generator's num_per_location"
             )

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, nms
 
+from detlab.errors import ConfigError
 from detlab.structures import Batch, BoxCoder, Detections, HeadOutput, Priors, boxes_to_original
 
 
@@ -42,13 +43,13 @@ class DensePostProcess(nn.Module):
     ):
         super().__init__()
         if (topk_per_level is None) == (topk_per_class is None):
-            raise ValueError(
+            raise ConfigError(
                 f"postprocess.topk_per_level={topk_per_level} and postprocess.topk_per_class={topk_per_class}: set "
                 "exactly one of them (per level: RetinaNet's, YOLO's; per class: SSD's) and the other to null"
             )
         key, topk = ("topk_per_level", topk_per_level) if topk_per_class is None else ("topk_per_class", topk_per_class)
         if topk < 1 or max_per_image < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"postprocess.{key} and postprocess.max_per_image must be >= 1, got {topk}, {max_per_image}"
             )
         self.box_coder = box_coder

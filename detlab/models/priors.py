@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from detlab.errors import ConfigError
 from detlab.structures import Priors
 
 CACHE_SIZE = 16  # input geometries kept; multi-scale training cycles through a handful of sizes
@@ -54,7 +55,7 @@ class PriorGenerator:
         """One entry of model.priors.<levels_key> per pyramid level of ``strides``; the builders call it with the
         neck's strides, so that a mismatch stops when the config is built."""
         if len(strides) != self.num_levels:
-            raise ValueError(
+            raise ConfigError(
                 f"model.priors.{self.levels_key} has {self.num_levels} levels but the neck makes {len(strides)} "
                 f"(strides {list(strides)}: model.backbone.out_indices plus the neck's extra levels); give one "
                 "entry per level"
@@ -128,12 +129,12 @@ class AnchorGenerator(PriorGenerator):
         for key, values in (("sizes", [v for level in level_sizes for v in level] if all(level_sizes) else []),
                             ("scales", scales), ("aspect_ratios", aspect_ratios)):
             if not values or min(values) <= 0:
-                raise ValueError(
+                raise ConfigError(
                     f"model.priors.{key}={_plain(sizes if key == 'sizes' else values)} must be a non-empty list of "
                     "positive numbers" + (" (per level, a number or a list of them)" if key == "sizes" else "")
                 )
         if stride not in STRIDE_RULES:
-            raise ValueError(f"model.priors.stride={stride!r}: use one of {list(STRIDE_RULES)}")
+            raise ConfigError(f"model.priors.stride={stride!r}: use one of {list(STRIDE_RULES)}")
         self.sizes = tuple(tuple(float(v) for v in level) for level in level_sizes)
         self.scales = tuple(float(s) for s in scales)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
@@ -142,7 +143,7 @@ class AnchorGenerator(PriorGenerator):
         self.stride = stride
         per_level = {len(level) for level in self.sizes}
         if len(per_level) != 1:  # the heads predict the same number of anchors on every level
-            raise ValueError(f"model.priors.sizes={_plain(sizes)}: every level needs the same number of sizes")
+            raise ConfigError(f"model.priors.sizes={_plain(sizes)}: every level needs the same number of sizes")
         self.num_per_location = per_level.pop() * len(self.scales) * len(self.aspect_ratios)
         self.num_levels, self.levels_key = len(self.sizes), "sizes"
         self._cache = {}
@@ -208,17 +209,17 @@ class DefaultBoxGenerator(PriorGenerator):
         clip: bool = False,
     ) -> None:
         if not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"model.priors.image_size={image_size!r} must be a positive integer (data.image_size)")
+            raise ConfigError(f"model.priors.image_size={image_size!r} must be a positive integer (data.image_size)")
         if len(scales) != len(aspect_ratios) + 1 or min(scales) <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"model.priors.scales={list(scales)} must be {len(aspect_ratios) + 1} positive fractions of the "
                 f"input side: one per level of model.priors.aspect_ratios ({len(aspect_ratios)}) plus the last "
                 "level's next scale"
             )
         if any(min(ratios, default=1.0) <= 0 for ratios in aspect_ratios):
-            raise ValueError(f"model.priors.aspect_ratios={[list(r) for r in aspect_ratios]} must be positive")
+            raise ConfigError(f"model.priors.aspect_ratios={[list(r) for r in aspect_ratios]} must be positive")
         if steps is not None and (len(steps) != len(aspect_ratios) or min(steps) <= 0):
-            raise ValueError(
+            raise ConfigError(
                 f"model.priors.steps={list(steps)} must be null or {len(aspect_ratios)} positive distances in pixels "
                 "between box centres, one per level of model.priors.aspect_ratios"
             )
@@ -234,12 +235,12 @@ class DefaultBoxGenerator(PriorGenerator):
     def check_input(self, image_size: int, size_divisor: int) -> None:
         """The default boxes are fractions of exactly image_size: the input must be that square, unpadded."""
         if self.image_size != image_size:
-            raise ValueError(
+            raise ConfigError(
                 f"model.priors.image_size={self.image_size} but data.image_size={image_size}: the default boxes are "
                 "fractions of the input side; set model.priors.image_size='${data.image_size}'"
             )
         if size_divisor > 1 and image_size % size_divisor:
-            raise ValueError(
+            raise ConfigError(
                 f"data.size_divisor={size_divisor} pads the {image_size} px input to "
                 f"{-(-image_size // size_divisor) * size_divisor} px, but the default boxes (model.priors) cover "
                 f"exactly data.image_size={image_size}; set data.size_divisor=1"
@@ -279,13 +280,13 @@ class YoloAnchorGenerator(PriorGenerator):
         self, anchors: Sequence[Sequence[Sequence[float]]], image_size: int, anchor_image_size: int = 416
     ) -> None:
         if not isinstance(image_size, int) or image_size <= 0 or anchor_image_size <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"model.priors.image_size={image_size!r} (data.image_size) and model.priors.anchor_image_size="
                 f"{anchor_image_size!r} must be positive integers"
             )
         shapes = [[tuple(float(v) for v in wh) for wh in level] for level in anchors]
         if not shapes or any(not level or any(len(wh) != 2 or min(wh) <= 0 for wh in level) for level in shapes):
-            raise ValueError(
+            raise ConfigError(
                 f"model.priors.anchors={anchors} must be, per level, a non-empty list of positive [w, h] pairs"
             )
         scale = image_size / anchor_image_size

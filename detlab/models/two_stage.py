@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
 from detlab.models.assigners import RoISampler
 from detlab.models.heads.roi import RoIBoxHead
 from detlab.models.heads.rpn import RPNHead
@@ -54,7 +55,7 @@ class ProposalGenerator(nn.Module):
         super().__init__()
         counts = (pre_nms_top_n, post_nms_top_n, eval_pre_nms_top_n, eval_post_nms_top_n)
         if min(counts) < 1:
-            raise ValueError(f"model.rpn.proposals: every *_top_n must be >= 1, got {counts}")
+            raise ConfigError(f"model.rpn.proposals: every *_top_n must be >= 1, got {counts}")
         self.box_coder = box_coder
         self.train_top_n = (pre_nms_top_n, post_nms_top_n)
         self.eval_top_n = (eval_pre_nms_top_n, eval_post_nms_top_n)
@@ -137,7 +138,7 @@ class FasterRCNN(nn.Module):
         )
         rpn = self.rpn_head(levels)
         if rpn.box_reg.shape[1] != len(anchors):  # would otherwise surface later as a shape error in the loss
-            raise ValueError(
+            raise ConfigError(
                 f"the RPN head made {rpn.box_reg.shape[1]} predictions per image for {len(anchors)} anchors: "
                 "model.rpn.head's num_anchors must equal the anchor generator's num_per_location"
             )
@@ -178,7 +179,7 @@ class RoIPostProcess(nn.Module):
     ) -> None:
         super().__init__()
         if max_per_image < 1:
-            raise ValueError(f"model.postprocess.max_per_image must be >= 1, got {max_per_image}")
+            raise ConfigError(f"model.postprocess.max_per_image must be >= 1, got {max_per_image}")
         self.box_coder = box_coder
         self.score_thresh = score_thresh
         self.nms_iou = nms_iou

@@ -48,6 +48,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from detlab.config import compose_train
 from detlab.data.collate import collate
 from detlab.data.datamodule import eval_transform
+from detlab.errors import ConfigError
 from detlab.evaluation.backends import BACKENDS
 from detlab.evaluation.results_file import evaluate_results_file
 from detlab.files import write_text_atomically
@@ -355,7 +356,7 @@ def loader_row(overrides: Sequence[str], batches: int, repeats: int, device: tor
     loader = datamodule.train_dataloader()
     batches = min(batches, len(loader) - 2 * cfg.data.num_workers)
     if batches < 1:
-        raise ValueError(f"--loader-overrides: the train loader has {len(loader)} batches; the loader row needs more "
+        raise ConfigError(f"--loader-overrides: the train loader has {len(loader)} batches; the loader row needs more "
                          f"than the {2 * cfg.data.num_workers} its workers start with (more data.source images)")
     iterator, seen = iter(loader), []
     for _ in range(2 * cfg.data.num_workers):  # the workers' start-up and first batches

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from detlab.data.coco.reader import read_rgb
+from detlab.data.coco.reader import read_image_file
+from detlab.errors import ConfigError
 from detlab.inference import Predictor
 from detlab.profile.cost import complexity
 
@@ -186,7 +187,7 @@ def run_speed(
     predictor, cfg = Predictor.from_run(path, overrides)
     protocol.setdefault("precision", cfg.trainer.get("precision", "32-true"))
     return measure_speed(
-        predictor.to(device), image=_read_image(Path(image)) if image is not None else None, **protocol
+        predictor.to(device), image=read_image_file(image) if image is not None else None, **protocol
     )
 
 
@@ -210,7 +211,7 @@ def _per_stage_ms(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
 def _autocast_dtype(precision: str | int) -> torch.dtype | None:
     if str(precision) not in PRECISIONS:
-        raise ValueError(
+        raise ConfigError(
             f"speed.precision={precision!r} is not measured; use one of 32-true, 16-mixed, bf16-mixed"
         )
     return PRECISIONS[str(precision)]
@@ -219,7 +220,7 @@ def _autocast_dtype(precision: str | int) -> torch.dtype | None:
 def _check_protocol(batch_size: int, warmup: int, repeats: int) -> None:
     for key, value, least in (("batch_size", batch_size, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
         if not isinstance(value, int) or value < least:
-            raise ValueError(f"speed.{key}={value!r} must be an integer >= {least}")
+            raise ConfigError(f"speed.{key}={value!r} must be an integer >= {least}")
 
 
 def cpu_name() -> str:
@@ -231,9 +232,3 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _read_image(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"no image at {path}")
-    return read_rgb(path)

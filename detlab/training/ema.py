@@ -11,6 +11,8 @@ import torch
 from pytorch_lightning.callbacks import WeightAveraging
 from torch import Tensor
 
+from detlab.errors import ConfigError
+
 
 class EMA(WeightAveraging):
     """After each optimizer step: average = d * average + (1 - d) * weights, d = min(decay, (1 + n) / (10 + n))
@@ -19,7 +21,7 @@ class EMA(WeightAveraging):
 
     def __init__(self, decay: float) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"callbacks.ema.decay={decay} must be in (0, 1), e.g. 0.999")
+            raise ConfigError(f"callbacks.ema.decay={decay} must be in (0, 1), e.g. 0.999")
         super().__init__(use_buffers=True, multi_avg_fn=ema_update(decay))
 
 

@@ -16,6 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from detlab.errors import ConfigError
+
 
 def param_groups(module: nn.Module) -> list[dict[str, Any]]:
     """The trainable parameters in two groups: weights (conv and linear kernels, ndim > 1) with the optimizer's
@@ -54,7 +56,7 @@ def lr_factor(
     milestones are fractions of total_steps (so a schedule reads the same at any run length).
     """
     if name not in ("cosine", "step"):
-        raise ValueError(f"optim.scheduler.name={name!r} is not a schedule; use 'cosine' or 'step'")
+        raise ConfigError(f"optim.scheduler.name={name!r} is not a schedule; use 'cosine' or 'step'")
     warmup_steps = min(warmup_steps, total_steps // 2)
     steps_at = [int(m * total_steps) for m in milestones]
 

@@ -18,6 +18,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from detlab.errors import ConfigError
 from detlab.inference import Predictor
 from detlab.structures import Batch, Detections
 
@@ -53,7 +54,7 @@ def wandb_logger(
     `<save_dir>/wandb_run_id`, so that the run folder names its W&B run.
     """
     if mode not in ("auto", "online", "offline"):
-        raise ValueError(f"logger.mode={mode!r}; use auto, online or offline")
+        raise ConfigError(f"logger.mode={mode!r}; use auto, online or offline")
     if mode == "auto":
         mode = wandb_mode()
     run_id = run_id or uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9] too

@@ -146,6 +146,20 @@ CHECK_COCO = {
 }
 
 
+def test_a_file_that_cannot_be_read_is_a_problem_in_every_format(tmp_path, make_image, capsys):
+    """A truncated COCO json and a truncated VOC xml are the same finding: status 1 and a problem line. The VOC
+    reader's ValueError used to be a user's error (status 2), the COCO checker's DataError a problem (1)."""
+    (tmp_path / "cut.json").write_text('{"images": [')
+    (tmp_path / "voc" / "Annotations").mkdir(parents=True)
+    make_image(tmp_path / "voc" / "JPEGImages" / "a.jpg", 8, 8)
+    (tmp_path / "voc" / "Annotations" / "a.xml").write_text("<annotation><filename>a.jpg</filename><obj")
+    for argv, says in (([str(tmp_path / "cut.json")], "cut.json: not valid JSON"),
+                       ([str(tmp_path / "voc"), "--format", "voc"], "a.xml: not valid XML")):
+        assert exit_status(["check", *argv]) == 1
+        out = capsys.readouterr().out
+        assert out.startswith("problem: ") and says in out and "checked: the data cannot be used" in out
+
+
 def test_check_a_coco_file_prints_the_numbers_and_every_problem(tmp_path, capsys):
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(CHECK_COCO))
@@ -235,7 +249,8 @@ def test_check_a_source_folder_and_a_data_config(tmp_path, make_image, capsys):
         (["check", "ann.json", "--names", "n.txt"], "--names does not apply to a COCO json"),
         (["check", "vocc"], "'vocc' is not a .json, a data config (coco, mot, shapes, udacity, voc, yolo)"),
         (["check", "voc"], "Missing mandatory value: source.shared.root"),
-        (["check", "nowhere.json"], "annotation file not found: nowhere.json"),
+        (["check", "nowhere.json"], "nowhere.json: no such file or folder"),
+        (["check", "nowhere", "--format", "voc"], "nowhere: no such file or folder"),
     ],
 )
 def test_check_usage_problems_are_one_message(tmp_path, monkeypatch, capsys, argv, says):

@@ -181,7 +181,7 @@ def test_each_bad_input_names_the_file_image_id_and_field(data_coco, case):
 
 
 def test_missing_annotation_file_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+    with pytest.raises(DataError, match="nowhere.json"):
         CocoDetection(tmp_path / "nowhere.json", tmp_path, passthrough)
 
 
@@ -213,7 +213,7 @@ def test_missing_corrupt_and_wrongly_sized_images_name_the_file_and_image_id(dat
     dataset = CocoDetection(data_coco / "annotations.json", data_coco, passthrough)
     index = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
     (data_coco / "gray.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"gray\.png.*image id=7"):
+    with pytest.raises(DataError, match=r"gray\.png.*image id=7"):
         dataset[index[7]]
     (data_coco / "palette.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     with pytest.raises(ValueError, match=r"palette\.png.*image id=1001"):

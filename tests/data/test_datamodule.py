@@ -14,6 +14,7 @@ from pycocotools.coco import COCO
 
 from detlab.data.datamodule import DetectionDataModule
 from detlab.data.shapes import ShapesSource
+from detlab.errors import ConfigError
 from detlab.structures import Batch, boxes_to_original
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
@@ -94,7 +95,7 @@ def test_coco_config_with_a_wrong_path_names_the_key(data_shapes, tmp_path):
     paths = [f"{key}={getattr(data_shapes.datasets[key.split('.')[0]], key.split('.')[1])}" for key in given]
     with pytest.raises(InstantiationException) as err:  # Hydra wraps what the target raises
         build("coco", [*paths, f"val.ann_file={tmp_path / 'missing.json'}"])
-    assert isinstance(err.value.__cause__, FileNotFoundError)
+    assert isinstance(err.value.__cause__, ConfigError)
     assert str(err.value.__cause__) == f"data.val.ann_file={tmp_path / 'missing.json'}: no such file"
 
 

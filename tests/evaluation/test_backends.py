@@ -25,7 +25,7 @@ def test_annotation_file_errors_name_the_file(tmp_path, backend):
     broken.write_text('{"images": [')
     with pytest.raises(ValueError, match=f"{broken}: not valid JSON"):
         load_ground_truth(str(broken), backend)
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(DataError, match="missing.json"):
         load_ground_truth(str(tmp_path / "missing.json"), backend)
     listing = tmp_path / "list.json"
     listing.write_text("[]")

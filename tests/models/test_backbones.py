@@ -7,6 +7,7 @@ import torch
 import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
+from detlab.errors import ConfigError
 from detlab.models.backbones.resnet import ResNet
 
 
@@ -65,7 +66,7 @@ def test_missing_weights_without_network_name_the_key_and_the_file(tmp_path, mon
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(FileNotFoundError, match=r"model.backbone.pretrained=True.*hub/checkpoints/resnet18-"):
+    with pytest.raises(ConfigError, match=r"model.backbone.pretrained=True.*hub/checkpoints/resnet18-"):
         ResNet(depth=18, pretrained=True)
 
 

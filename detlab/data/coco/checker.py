@@ -74,7 +74,7 @@ def _read_bytes(ann_file: str) -> bytes:
     try:
         return Path(ann_file).read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"annotation file not found: {ann_file}") from None
+        raise DataError(f"annotation file not found: {ann_file}") from None
 
 
 def _parse(raw: bytes, ann_file: str) -> Any:

@@ -150,7 +150,7 @@ class CocoDetection(Dataset):
         try:
             rgb = read_rgb(path)
         except FileNotFoundError:
-            raise FileNotFoundError(f"image file not found: {where}, field 'file_name'") from None
+            raise DataError(f"image file not found: {where}, field 'file_name'") from None
         except IMAGE_ERRORS as err:
             raise DataError(f"cannot decode image {where}: {err}{self._image_check_hint()}") from None
         if rgb.shape[:2] != (record["height"], record["width"]):
@@ -172,14 +172,25 @@ def _label_space_names(categories: dict[int, str], category_ids: list[int], ann_
     """Class names of a label space (label k = category_ids[k]): the file's names, "unused_<id>" for an id that
     the file does not have (torchvision's 91-way COCO labels keep a place for ids COCO never used)."""
     if len(set(category_ids)) != len(category_ids):
-        raise ValueError(f"data.category_ids={category_ids} repeats an id")
+        raise ConfigError(f"data.category_ids={category_ids} repeats an id")
     outside = sorted(set(categories) - set(category_ids))
     if outside:
-        raise ValueError(
+        raise ConfigError(
             f"{ann_file}: categories {outside} (field 'categories') are not in data.category_ids={category_ids}: "
             "the model would have no output for them; add them, or set data.category_ids=null"
         )
     return [categories.get(c, f"unused_{c}") for c in category_ids]
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """A user-given image file (not a dataset's: CocoDetection names the image id) as read_rgb reads it; a
+    missing or unreadable file is a DataError naming it."""
+    try:
+        return read_rgb(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such image file") from None
+    except IMAGE_ERRORS as err:
+        raise DataError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from None
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

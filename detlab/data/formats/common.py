@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from detlab.data.coco.reader import IMAGE_ERRORS
+from detlab.errors import DataError
 
 # The image files the readers look for (lower case; YOLO's and VOC's usual ones).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -181,16 +182,16 @@ def check_class_names(class_names: Sequence[str]) -> list[str]:
     names = [str(name) for name in class_names]
     for position, name in enumerate(names):
         if not name.strip():
-            raise ValueError(f"class names: entry #{position} is empty")
+            raise DataError(f"class names: entry #{position} is empty")
         if name in names[:position]:
-            raise ValueError(f"class names: {name!r} appears twice (entries #{names.index(name)} and #{position})")
+            raise DataError(f"class names: {name!r} appears twice (entries #{names.index(name)} and #{position})")
     return names
 
 
 def check_known_class(name: str, class_names: Sequence[str], where: str, field_name: str) -> None:
     """A ValueError naming the record and the field where a class name is not in an explicit class list."""
     if name not in class_names:
-        raise ValueError(f"{where}: field '{field_name}'={name!r} is not one of the classes {list(class_names)}")
+        raise DataError(f"{where}: field '{field_name}'={name!r} is not one of the classes {list(class_names)}")
 
 
 def image_header(path: Path) -> tuple[int, int, int | None]:
@@ -200,9 +201,9 @@ def image_header(path: Path) -> tuple[int, int, int | None]:
             orientation = img.getexif().get(EXIF_ORIENTATION)
             return img.width, img.height, orientation
     except FileNotFoundError:
-        raise ValueError(f"image file not found: {path}") from None
+        raise DataError(f"image file not found: {path}") from None
     except IMAGE_ERRORS as err:
-        raise ValueError(f"cannot read the header of image {path} ({err})") from None
+        raise DataError(f"cannot read the header of image {path} ({err})") from None
 
 
 def size_hint(stated: tuple[int, int], stored: tuple[int, int], orientation: int | None) -> str:
@@ -252,9 +253,9 @@ def find_images(folder: Path) -> list[Path]:
 def parse_number(text: str | None, where: str, field_name: str, kind: type = float) -> Any:
     """`kind(text)` (float or int), or a ValueError naming the record and the field."""
     if text is None:
-        raise ValueError(f"{where}: missing field '{field_name}'")
+        raise DataError(f"{where}: missing field '{field_name}'")
     try:
         return kind(text.strip())
     except ValueError:
         what = "an integer" if kind is int else "a number"
-        raise ValueError(f"{where}: field '{field_name}'={text.strip()!r} is not {what}") from None
+        raise DataError(f"{where}: field '{field_name}'={text.strip()!r} is not {what}") from None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detlab.data.formats.common import CocoBuilder, ConvertedDataset, find_images, parse_number
+from detlab.errors import ConfigError, DataError
 
 COLUMNS = ("frame", "id", "bb_left", "bb_top", "bb_width", "bb_height", "conf", "class", "visibility")
 CLASSES = range(1, 14)
@@ -54,7 +55,7 @@ def read_mot(
     """Reads one MOT sequence folder (`gt/gt.txt` and `img1/`) as a COCO dict with file names `img1/000001.jpg`."""
     seq_dir = Path(seq_dir)
     if not 0.0 <= min_visibility <= 1.0:
-        raise ValueError(f"min_visibility={min_visibility}: a visibility is a fraction in [0, 1]")
+        raise ConfigError(f"min_visibility={min_visibility}: a visibility is a fraction in [0, 1]")
     rows = _read_gt(seq_dir / "gt" / "gt.txt", min_visibility, static_person)
     frames = _frames(seq_dir / img_dir)
     builder = CocoBuilder([CATEGORY], seq_dir)
@@ -83,16 +84,16 @@ def read_mot(
 def _frames(folder: Path) -> dict[int, Path]:
     """frame number -> image file, from names like 000001.jpg."""
     if not folder.is_dir():
-        raise ValueError(f"MOT image folder not found: {folder}")
+        raise DataError(f"MOT image folder not found: {folder}")
     frames: dict[int, Path] = {}
     for path in find_images(folder):
         if not path.stem.isdigit():
-            raise ValueError(f"{path}: a MOT frame is named by its number (000001.jpg), got {path.name!r}")
+            raise DataError(f"{path}: a MOT frame is named by its number (000001.jpg), got {path.name!r}")
         if int(path.stem) in frames:
-            raise ValueError(f"{path} and {frames[int(path.stem)]} are both frame {int(path.stem)}")
+            raise DataError(f"{path} and {frames[int(path.stem)]} are both frame {int(path.stem)}")
         frames[int(path.stem)] = path
     if not frames:
-        raise ValueError(f"no frames in {folder}: an empty sequence")
+        raise DataError(f"no frames in {folder}: an empty sequence")
     return frames
 
 
@@ -100,9 +101,9 @@ def _read_gt(gt_file: Path, min_visibility: float, static_person: bool) -> list[
     try:
         lines = gt_file.read_text().splitlines()
     except FileNotFoundError:
-        raise ValueError(f"MOT ground truth not found: {gt_file}") from None
+        raise DataError(f"MOT ground truth not found: {gt_file}") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{gt_file}: not a text file") from None
+        raise DataError(f"{gt_file}: not a text file") from None
     rows = []
     for number, line in enumerate(lines, start=1):
         if line.strip():
@@ -113,15 +114,15 @@ def _read_gt(gt_file: Path, min_visibility: float, static_person: bool) -> list[
 def _read_row(line: str, where: str, min_visibility: float, static_person: bool) -> _Row:
     values = line.split(",")
     if len(values) != len(COLUMNS):
-        raise ValueError(f"{where}: {len(values)} columns; a MOT gt row is {','.join(COLUMNS)} ({len(COLUMNS)})")
+        raise DataError(f"{where}: {len(values)} columns; a MOT gt row is {','.join(COLUMNS)} ({len(COLUMNS)})")
     frame, _, left, top, width, height, conf, cls, visibility = (
         parse_number(value, where, key, int if key in ("frame", "id", "class") else float)
         for key, value in zip(COLUMNS, values)
     )
     if frame < 1:
-        raise ValueError(f"{where}: field 'frame'={frame}; MOT frames count from 1")
+        raise DataError(f"{where}: field 'frame'={frame}; MOT frames count from 1")
     if cls not in CLASSES:
-        raise ValueError(f"{where}: field 'class'={cls} is not in the MOT class table (1..{CLASSES[-1]})")
+        raise DataError(f"{where}: field 'class'={cls} is not in the MOT class table (1..{CLASSES[-1]})")
     person = (cls == PEDESTRIAN and conf != 0) or (static_person and cls == STATIC_PERSON)
     is_target = person and visibility >= min_visibility
     return _Row(frame, (left, top, left + width, top + height), is_target, where)

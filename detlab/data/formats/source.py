@@ -40,6 +40,7 @@ from detlab.data.formats.mot import read_mot
 from detlab.data.formats.udacity import read_udacity
 from detlab.data.formats.voc import read_voc
 from detlab.data.formats.yolo import default_labels_dir, read_yolo
+from detlab.errors import ConfigError, DataError
 
 READERS: dict[str, Callable[..., ConvertedDataset]] = {
     "voc": read_voc,
@@ -75,11 +76,11 @@ class FormatSource:
         cache_dir: str | None = None,
     ) -> None:
         if format not in READERS:
-            raise ValueError(f"data.source.format={format!r}: use one of {sorted(READERS)}")
+            raise ConfigError(f"data.source.format={format!r}: use one of {sorted(READERS)}")
         if not 0.0 <= holdout < 1.0:
-            raise ValueError(f"data.source.holdout={holdout}: a fraction of the train images in [0, 1)")
+            raise ConfigError(f"data.source.holdout={holdout}: a fraction of the train images in [0, 1)")
         if (val is None) == (holdout == 0.0):
-            raise ValueError(
+            raise ConfigError(
                 "give data.source.val (the val split's reader arguments) or data.source.holdout > 0 with "
                 f"data.source.val=null (hold out part of train), not {'both' if val is not None else 'neither'}"
             )
@@ -163,7 +164,7 @@ def hold_out(dataset: ConvertedDataset, fraction: float) -> tuple[ConvertedDatas
     images = dataset.coco["images"]
     count = round(fraction * len(images))
     if not 1 <= count < len(images):
-        raise ValueError(
+        raise ConfigError(
             f"data.source.holdout={fraction} of {len(images)} images holds out {count}; "
             "at least one image must be in each split"
         )
@@ -192,7 +193,7 @@ def _merge(parts: list[ConvertedDataset], key: str) -> ConvertedDataset:
     images, annotations, problems, notes = [], [], [], []
     for number, part in enumerate(parts):
         if part.coco["categories"] != categories:
-            raise ValueError(f"{key}: part #{number} has categories {part.coco['categories']}, part #0 {categories}")
+            raise DataError(f"{key}: part #{number} has categories {part.coco['categories']}, part #0 {categories}")
         prefix = Path(part.img_dir).relative_to(root)
         new_id = {}
         for img in part.coco["images"]:
@@ -240,7 +241,7 @@ def _arguments(reader: Callable[..., Any], given: dict[str, Any], key: str) -> d
     try:
         bound = inspect.signature(reader).bind(**given)
     except TypeError as err:
-        raise ValueError(f"{key}: {err} (the {reader.__name__} arguments are {list(parameters)})") from None
+        raise ConfigError(f"{key}: {err} (the {reader.__name__} arguments are {list(parameters)})") from None
     bound.apply_defaults()
     arguments = dict(bound.arguments)
     for name in PATH_ARGUMENTS:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from detlab.data.formats.common import CocoBuilder, ConvertedDataset, check_known_class, parse_number
+from detlab.errors import DataError
 
 CROWDAI_COLUMNS = ("xmin", "ymin", "xmax", "ymax", "Frame", "Label")  # then an optional Preview URL
 AUTTI_COLUMNS = ("frame", "xmin", "ymin", "xmax", "ymax", "occluded", "label")  # then an optional attribute
@@ -66,19 +67,19 @@ def _read_rows(csv_file: Path) -> list[_Row]:
     try:
         lines = csv_file.read_text().splitlines()
     except FileNotFoundError:
-        raise ValueError(f"Udacity CSV not found: {csv_file}") from None
+        raise DataError(f"Udacity CSV not found: {csv_file}") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{csv_file}: not a text file") from None
+        raise DataError(f"{csv_file}: not a text file") from None
     numbered = [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
     if not numbered:
-        raise ValueError(f"{csv_file}: no rows: an empty dataset")
+        raise DataError(f"{csv_file}: no rows: an empty dataset")
     crowdai = "," in numbered[0][1]
     if crowdai and _is_header(numbered[0][1]):
         numbered = numbered[1:]
     read_row = _crowdai_row if crowdai else _autti_row
     rows = [read_row(_split(line, crowdai), f"{csv_file}: line {number}") for number, line in numbered]
     if not rows:
-        raise ValueError(f"{csv_file}: a header but no rows: an empty dataset")
+        raise DataError(f"{csv_file}: a header but no rows: an empty dataset")
     return rows
 
 
@@ -94,7 +95,7 @@ def _split(line: str, crowdai: bool) -> list[str]:
 
 def _crowdai_row(values: list[str], where: str) -> _Row:
     if len(values) not in (6, 7):
-        raise ValueError(
+        raise DataError(
             f"{where}: {len(values)} columns; a CrowdAI row is {','.join(CROWDAI_COLUMNS)}[,Preview URL] (6 or 7)"
         )
     box = tuple(parse_number(value, where, key) for key, value in zip(CROWDAI_COLUMNS, values[:4]))
@@ -103,7 +104,7 @@ def _crowdai_row(values: list[str], where: str) -> _Row:
 
 def _autti_row(values: list[str], where: str) -> _Row:
     if len(values) not in (7, 8):
-        raise ValueError(
+        raise DataError(
             f"{where}: {len(values)} columns; an Autti row is `{' '.join(AUTTI_COLUMNS)} [attribute]` (7 or 8)"
         )
     box = tuple(parse_number(value, where, key) for key, value in zip(AUTTI_COLUMNS[1:5], values[1:5]))
@@ -113,5 +114,5 @@ def _autti_row(values: list[str], where: str) -> _Row:
 
 def _text(value: str, where: str, field_name: str) -> str:
     if not value.strip():
-        raise ValueError(f"{where}: field '{field_name}' is empty")
+        raise DataError(f"{where}: field '{field_name}' is empty")
     return value.strip()

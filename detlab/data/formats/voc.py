@@ -32,6 +32,7 @@ from detlab.data.formats.common import (
     check_known_class,
     parse_number,
 )
+from detlab.errors import DataError
 
 
 @dataclass
@@ -77,25 +78,25 @@ def _xml_files(root: Path, split: str | None, ann_dir: str) -> list[Path]:
     """The annotation files in sorted order: all of `ann_dir`, or those of the split file."""
     folder = root / ann_dir
     if not folder.is_dir():
-        raise ValueError(f"VOC annotation folder not found: {folder} (set ann_dir= to the folder of the xml files)")
+        raise DataError(f"VOC annotation folder not found: {folder} (set ann_dir= to the folder of the xml files)")
     if split is None:
         files = sorted(folder.glob("*.xml"))
         if not files:
-            raise ValueError(f"no .xml files in {folder}: an empty dataset")
+            raise DataError(f"no .xml files in {folder}: an empty dataset")
         return files
     split_file = Path(split) if split.endswith(".txt") else root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
-        raise ValueError(f"VOC split file not found: {split_file} (split={split!r})")
+        raise DataError(f"VOC split file not found: {split_file} (split={split!r})")
     files = []
     for number, line in enumerate(split_file.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         xml = folder / f"{line.split()[0]}.xml"
         if not xml.is_file():
-            raise ValueError(f"{split_file}: line {number}: id {line.split()[0]!r} has no annotation file {xml}")
+            raise DataError(f"{split_file}: line {number}: id {line.split()[0]!r} has no annotation file {xml}")
         files.append(xml)
     if not files:
-        raise ValueError(f"{split_file}: lists no image ids: an empty dataset")
+        raise DataError(f"{split_file}: lists no image ids: an empty dataset")
     return sorted(files)
 
 
@@ -103,9 +104,9 @@ def _read_xml(xml: Path, img_dir: Path) -> _VocImage:
     try:
         root = ET.parse(xml).getroot()
     except ET.ParseError as err:
-        raise ValueError(f"{xml}: not valid XML ({err}); is the file truncated?") from None
+        raise DataError(f"{xml}: not valid XML ({err}); is the file truncated?") from None
     if root.tag != "annotation":
-        raise ValueError(f"{xml}: the root element is <{root.tag}>, a VOC file has <annotation>")
+        raise DataError(f"{xml}: the root element is <{root.tag}>, a VOC file has <annotation>")
     objects = [_read_object(obj, f"{xml}: object #{k}") for k, obj in enumerate(root.findall("object"), start=1)]
     return _VocImage(xml, *_image_file_name(root, xml, img_dir), _read_size(root, xml), objects)
 
@@ -113,11 +114,11 @@ def _read_xml(xml: Path, img_dir: Path) -> _VocImage:
 def _read_object(obj: ET.Element, where: str) -> _VocObject:
     name = (obj.findtext("name") or "").strip()
     if not name:
-        raise ValueError(f"{where}: missing field 'name'")
+        raise DataError(f"{where}: missing field 'name'")
     where = f"{where} ('{name}')"
     bndbox = obj.find("bndbox")
     if bndbox is None:
-        raise ValueError(f"{where}: missing field 'bndbox'")
+        raise DataError(f"{where}: missing field 'bndbox'")
     xmin, ymin, xmax, ymax = (
         parse_number(bndbox.findtext(key), where, f"bndbox/{key}") for key in ("xmin", "ymin", "xmax", "ymax")
     )

@@ -30,6 +30,7 @@ from detlab.data.formats.common import (
     find_images,
     parse_number,
 )
+from detlab.errors import DataError
 
 BOX_FIELDS = ("cx", "cy", "w", "h")
 
@@ -42,14 +43,14 @@ def read_yolo(
     """Reads YOLO labels as a COCO dict; `names` is a data.yaml, a names file or the list of class names."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
-        raise ValueError(f"YOLO image folder not found: {images_dir}")
+        raise DataError(f"YOLO image folder not found: {images_dir}")
     labels_dir = Path(labels_dir) if labels_dir is not None else default_labels_dir(images_dir)
     if not labels_dir.is_dir():
-        raise ValueError(f"YOLO label folder not found: {labels_dir} (the labels of {images_dir})")
+        raise DataError(f"YOLO label folder not found: {labels_dir} (the labels of {images_dir})")
     class_names = read_names(names) if isinstance(names, (str, Path)) else list(names)
     images = find_images(images_dir)
     if not images:
-        raise ValueError(f"no image files under {images_dir}: an empty dataset")
+        raise DataError(f"no image files under {images_dir}: an empty dataset")
     builder = CocoBuilder(class_names, images_dir)
     for image_path in images:
         file_name = image_path.relative_to(images_dir).as_posix()
@@ -73,12 +74,12 @@ def read_names(source: str | Path) -> list[str]:
     """Class names from a data.yaml (`names:` list or {index: name} dict) or a names file (one a line)."""
     path = Path(source)
     if not path.is_file():
-        raise ValueError(f"class names file not found: {path}")
+        raise DataError(f"class names file not found: {path}")
     if path.suffix.lower() in (".yaml", ".yml"):
         return _names_from_yaml(path)
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"{path}: no class names (a names file holds one name a line)")
+        raise DataError(f"{path}: no class names (a names file holds one name a line)")
     return names
 
 
@@ -86,16 +87,16 @@ def _names_from_yaml(path: Path) -> list[str]:
     try:
         data: Any = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
+        raise DataError(f"{path}: not valid YAML ({err})") from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
-            raise ValueError(f"{path}: field 'names' has keys {sorted(names)}; class indices must be 0..K-1")
+            raise DataError(f"{path}: field 'names' has keys {sorted(names)}; class indices must be 0..K-1")
         names = [names[index] for index in range(len(names))]
     if not isinstance(names, list) or not names:
-        raise ValueError(f"{path}: field 'names' must be a non-empty list of class names or a dict {{index: name}}")
+        raise DataError(f"{path}: field 'names' must be a non-empty list of class names or a dict {{index: name}}")
     if "nc" in data and data["nc"] != len(names):
-        raise ValueError(f"{path}: field 'nc'={data['nc']!r} but field 'names' lists {len(names)} classes")
+        raise DataError(f"{path}: field 'nc'={data['nc']!r} but field 'names' lists {len(names)} classes")
     return [str(name) for name in names]
 
 
@@ -103,7 +104,7 @@ def default_labels_dir(images_dir: Path) -> Path:
     """Ultralytics' rule: the last `images` folder of the path becomes `labels`."""
     parts = images_dir.parts
     if "images" not in parts:
-        raise ValueError(f"{images_dir} has no folder named 'images' to find the labels beside; pass labels_dir")
+        raise DataError(f"{images_dir} has no folder named 'images' to find the labels beside; pass labels_dir")
     last = len(parts) - 1 - parts[::-1].index("images")
     return Path(*parts[:last], "labels", *parts[last + 1 :])
 
@@ -113,7 +114,7 @@ def _read_label_file(label_file: Path, class_names: list[str]) -> list[tuple[int
     try:
         text = label_file.read_text()
     except UnicodeDecodeError:
-        raise ValueError(f"{label_file}: not a text file") from None
+        raise DataError(f"{label_file}: not a text file") from None
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         values = line.split()
@@ -121,10 +122,10 @@ def _read_label_file(label_file: Path, class_names: list[str]) -> list[tuple[int
             continue
         where = f"{label_file}: line {number}"
         if len(values) != 5:
-            raise ValueError(f"{where}: {len(values)} values; a YOLO box line is `class cx cy w h` (5 values)")
+            raise DataError(f"{where}: {len(values)} values; a YOLO box line is `class cx cy w h` (5 values)")
         class_index = parse_number(values[0], where, "class", int)
         if not 0 <= class_index < len(class_names):
-            raise ValueError(
+            raise DataError(
                 f"{where}: field 'class'={class_index} is not a class index; "
                 f"the names list {len(class_names)} classes (0..{len(class_names) - 1})"
             )

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
+
 NUM_STAGES = 5
 
 
@@ -77,12 +79,12 @@ class DarkNet(nn.Module):
 
 def _check(depths: Sequence[int], widths: Sequence[int], out_indices: Sequence[int]) -> None:
     if len(depths) != NUM_STAGES or min(depths) < 0:
-        raise ValueError(f"model.backbone.depths={list(depths)} must be {NUM_STAGES} block counts >= 0, one per stage")
+        raise ConfigError(f"model.backbone.depths={list(depths)} must be {NUM_STAGES} block counts >= 0, one per stage")
     if len(widths) != NUM_STAGES + 1 or min(widths) < 2 or any(w % 2 for w in widths[1:]):
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.widths={list(widths)} must be {NUM_STAGES + 1} channel counts (the stem's, then one "
             "per stage), the stages' even (the residual blocks halve them)"
         )
     indices = list(out_indices)
     if not indices or not set(indices) <= set(range(1, NUM_STAGES + 1)) or indices != sorted(set(indices)):
-        raise ValueError(f"model.backbone.out_indices={indices} must be increasing stages among 1..5 (C1..C5)")
+        raise ConfigError(f"model.backbone.out_indices={indices} must be increasing stages among 1..5 (C1..C5)")

@@ -10,6 +10,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from detlab.errors import ConfigError
 from detlab.models.backbones.stages import StagedBackbone, check_stage_args, run_collecting
 from detlab.models.backbones.weights import fetch, torchvision_weights
 
@@ -71,5 +72,5 @@ class MobileNetV3(StagedBackbone):
 
 def _check(variant: str, norm: str, frozen_stages: int, out_indices: Sequence[int]) -> None:
     if variant not in VARIANTS:
-        raise ValueError(f"model.backbone.variant={variant!r} is not a torchvision MobileNetV3; use one of {list(VARIANTS)}")
+        raise ConfigError(f"model.backbone.variant={variant!r} is not a torchvision MobileNetV3; use one of {list(VARIANTS)}")
     check_stage_args(norm, frozen_stages, out_indices)

@@ -8,6 +8,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from detlab.errors import ConfigError
 from detlab.models.backbones.stages import StagedBackbone, check_stage_args, run_collecting
 from detlab.models.backbones.weights import fetch, torchvision_weights
 
@@ -69,6 +70,6 @@ class ResNet(StagedBackbone):
 
 def _check(depth: int, norm: str, frozen_stages: int, out_indices: Sequence[int]) -> None:
     if depth not in DEPTHS:
-        raise ValueError(f"model.backbone.depth={depth} is not a torchvision ResNet; use one of {list(DEPTHS)}")
+        raise ConfigError(f"model.backbone.depth={depth} is not a torchvision ResNet; use one of {list(DEPTHS)}")
     check_stage_args(norm, frozen_stages, out_indices)
 

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
+
 NORMS = ("bn", "frozen_bn")
 
 
@@ -43,9 +45,9 @@ def run_collecting(x: Tensor, blocks: Iterable[nn.Module], wanted: set[int]) -> 
 def check_stage_args(norm: str, frozen_stages: int, out_indices: Sequence[int]) -> None:
     """The keys every torchvision backbone shares, named as in conf/model/backbone."""
     if norm not in NORMS:
-        raise ValueError(f"model.backbone.norm={norm!r}; use one of {list(NORMS)}")
+        raise ConfigError(f"model.backbone.norm={norm!r}; use one of {list(NORMS)}")
     indices = list(out_indices)
     if not indices or not set(indices) <= {1, 2, 3, 4} or indices != sorted(set(indices)):
-        raise ValueError(f"model.backbone.out_indices={indices} must be increasing stages among 1..4 (C2..C5)")
+        raise ConfigError(f"model.backbone.out_indices={indices} must be increasing stages among 1..4 (C2..C5)")
     if not -1 <= frozen_stages <= 4:
-        raise ValueError(f"model.backbone.frozen_stages={frozen_stages} must be in -1..4")
+        raise ConfigError(f"model.backbone.frozen_stages={frozen_stages} must be in -1..4")

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 from torchvision.models.vgg import cfgs, make_layers
 
+from detlab.errors import ConfigError
 from detlab.models.backbones.stages import StagedBackbone
 from detlab.models.backbones.weights import fetch, torchvision_weights
 
@@ -64,7 +65,7 @@ class VGG16(StagedBackbone):
         super().__init__()
         indices = list(out_indices)
         if not indices or not set(indices) <= set(OUTPUTS) or indices != sorted(set(indices)):
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone.out_indices={indices} must be increasing among {sorted(OUTPUTS)} "
                 f"({', '.join(f'{i} = {name}' for i, name in OUTPUTS.items())})"
             )
@@ -89,7 +90,7 @@ class VGG16(StagedBackbone):
         self.out_channels = tuple({2: 512, 3: 1024}[i] for i in self.out_indices)
         self.strides = tuple(2 ** (i + 1) for i in self.out_indices)
         if not -1 <= frozen_stages <= len(BLOCK_ENDS):
-            raise ValueError(f"model.backbone.frozen_stages={frozen_stages} must be in -1..{len(BLOCK_ENDS)}")
+            raise ConfigError(f"model.backbone.frozen_stages={frozen_stages} must be in -1..{len(BLOCK_ENDS)}")
         self.freeze(frozen_stages)
 
     def _frozen_modules(self) -> list[nn.Module]:
@@ -121,7 +122,7 @@ class VGG16(StagedBackbone):
 def _weights(pretrained: bool | str | None) -> WeightsEnum | None:
     """The torchvision weights entry that `pretrained` names, or None for a random init."""
     if pretrained in CAFFE_WEIGHTS:
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.pretrained={pretrained!r} expects caffe's 0..255 inputs, but detlab normalises images "
             "with the ImageNet mean/std; use pretrained=IMAGENET1K_V1 (or true)"
         )

@@ -8,6 +8,8 @@ import torchvision
 from torch import Tensor
 from torchvision.models import WeightsEnum
 
+from detlab.errors import ConfigError
+
 
 def torchvision_weights(model_name: str, pretrained: bool | str | None) -> WeightsEnum | None:
     """The weights entry of torchvision's `model_name` that `pretrained` names (true: its DEFAULT), or None."""
@@ -19,7 +21,7 @@ def torchvision_weights(model_name: str, pretrained: bool | str | None) -> Weigh
     try:
         return enum[pretrained]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.pretrained={pretrained!r} is not a {model_name} weights name; "
             f"use true, false or one of {[w.name for w in enum]}"
         ) from None
@@ -31,7 +33,7 @@ def fetch(weights: WeightsEnum, pretrained: bool | str) -> dict[str, Tensor]:
         return weights.get_state_dict(progress=True, check_hash=True)
     except OSError as err:  # urllib's URLError is an OSError: no network and no cached file
         target = f"{torch.hub.get_dir()}/checkpoints/{weights.url.rsplit('/', 1)[-1]}"
-        raise FileNotFoundError(
+        raise ConfigError(
             f"model.backbone.pretrained={pretrained!r}: torchvision's {weights} is not at {target} and could "
             f"not be downloaded from {weights.url} ({err}); put the file there or set pretrained=false"
         ) from err

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from detlab.errors import ConfigError
+
 
 def flatten_levels(maps: list[Tensor], num_anchors: int | list[int]) -> Tensor:
     """[B, A_loc * D, H, W] per level -> [B, sum(H * W * A_loc), D], ordered level, y, x, anchor.
@@ -29,7 +31,7 @@ def prior_bias(num_outputs: int, prior_prob: float, background_first: bool) -> T
     background starts at 1 - pi and each of the K classes at pi / K.
     """
     if not 0 < prior_prob < 1:
-        raise ValueError(f"model.head.prior_prob={prior_prob} must be in (0, 1)")
+        raise ConfigError(f"model.head.prior_prob={prior_prob} must be in (0, 1)")
     if not background_first:
         return torch.full((num_outputs,), -math.log((1 - prior_prob) / prior_prob))
     bias = torch.zeros(num_outputs)

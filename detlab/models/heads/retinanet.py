@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
 from detlab.models.heads.common import flatten_levels, prior_bias
 from detlab.structures import HeadOutput
 
@@ -49,12 +50,12 @@ class RetinaNetHead(nn.Module):
     ) -> None:
         super().__init__()
         if norm not in NORMS:
-            raise ValueError(f"model.head.norm={norm!r}; use null or gn")
+            raise ConfigError(f"model.head.norm={norm!r}; use null or gn")
         for key, value in (("num_anchors", num_anchors), ("num_classes", num_classes), ("width", width)):
             if value < 1:
-                raise ValueError(f"model.head.{key}={value} must be a positive integer")
+                raise ConfigError(f"model.head.{key}={value} must be a positive integer")
         if depth < 0:
-            raise ValueError(f"model.head.depth={depth} must be >= 0")
+            raise ConfigError(f"model.head.depth={depth} must be >= 0")
         self.num_anchors = num_anchors
         self.num_classes = num_classes
         self.cls_tower = _tower(in_channels, width, depth, norm)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 
+from detlab.errors import ConfigError
 from detlab.models.heads.common import prior_bias
 
 
@@ -57,7 +58,7 @@ class RoIBoxHead(nn.Module):
         for key, value in (("num_outputs", num_outputs), ("num_classes", num_classes), ("output_size", output_size),
                            ("representation_size", representation_size)):
             if value < 1:
-                raise ValueError(f"model.roi.head.{key}={value} must be a positive integer")
+                raise ConfigError(f"model.roi.head.{key}={value} must be a positive integer")
         self.featmap_names = list(featmap_names)
         self.num_classes = num_classes
         self.pooler = MultiScaleRoIAlign(
@@ -107,13 +108,13 @@ def check_featmap_names(names: list[str], available: list[str]) -> None:
     """The pooled levels (names) must be among the neck's (available) and consecutive: RoIAlign's level mapper
     indexes them as k - k_min. RoIBoxHead checks them when it is built (detlab.config.validate builds it)."""
     if not names or not set(names) <= set(available):
-        raise ValueError(
+        raise ConfigError(
             f"model.roi.head.featmap_names={names} must be levels of the neck, which makes {available} "
             "(named by stride: p2 = stride 4)"
         )
     index = [available.index(n) for n in names]
     if index != list(range(index[0], index[0] + len(index))):
-        raise ValueError(
+        raise ConfigError(
             f"model.roi.head.featmap_names={names} must be consecutive levels in increasing stride, as the neck "
             f"makes them ({available}): the pooler picks level k - k_min for a box"
         )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
 from detlab.models.heads.common import flatten_levels, prior_bias
 from detlab.structures import HeadOutput
 
@@ -35,12 +36,12 @@ class SSDHead(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(in_channels, int) or isinstance(num_anchors, int) or len(in_channels) != len(num_anchors):
-            raise ValueError(
+            raise ConfigError(
                 f"model.head (SSDHead) needs one in_channels and one num_anchors per level, got in_channels="
                 f"{in_channels} from model.neck and num_anchors={num_anchors} from model.priors"
             )
         if num_classes < 1 or min(num_anchors) < 1:
-            raise ValueError(f"model.head: num_classes={num_classes} and num_anchors={list(num_anchors)} must be >= 1")
+            raise ConfigError(f"model.head: num_classes={num_classes} and num_anchors={list(num_anchors)} must be >= 1")
         self.num_anchors = list(num_anchors)
         self.num_classes = num_classes
         self.cls_convs = nn.ModuleList(

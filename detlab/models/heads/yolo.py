@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
 from detlab.models.heads.common import flatten_levels, prior_bias
 from detlab.structures import HeadOutput
 
@@ -37,17 +38,17 @@ class YoloHead(nn.Module):
     ) -> None:
         super().__init__()
         if background_first:
-            raise ValueError(
+            raise ConfigError(
                 "YoloHead (model=yolov3) takes a sigmoid classification loss, not a softmax loss with a background "
                 "logit (loss=ce, ce_ohem, softmax_focal): YOLOv3 predicts objectness and independent logistic "
                 "classes (section 2.2), so its background is the objectness and a softmax over K + 1 has nothing "
                 "to learn; use loss=focal or loss=bce"
             )
         if isinstance(in_channels, int):
-            raise ValueError(f"model.head (YoloHead) needs one in_channels per level, got {in_channels}")
+            raise ConfigError(f"model.head (YoloHead) needs one in_channels per level, got {in_channels}")
         per_level = [num_anchors] * len(in_channels) if isinstance(num_anchors, int) else list(num_anchors)
         if len(per_level) != len(in_channels) or num_classes < 1 or min(per_level) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"model.head: in_channels={list(in_channels)} from model.neck and num_anchors={num_anchors} from "
                 f"model.priors must have one entry per level, and num_classes={num_classes} must be >= 1"
             )

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
+
 EXTRA_SOURCES = ("c5", "p5", "maxpool")
 
 
@@ -29,11 +31,11 @@ class FPN(nn.Module):
     ) -> None:
         super().__init__()
         if extra_source not in EXTRA_SOURCES:
-            raise ValueError(f"model.neck.extra_source={extra_source!r}; use one of {list(EXTRA_SOURCES)}")
+            raise ConfigError(f"model.neck.extra_source={extra_source!r}; use one of {list(EXTRA_SOURCES)}")
         if num_extra_levels < 0:
-            raise ValueError(f"model.neck.num_extra_levels={num_extra_levels} must be >= 0")
+            raise ConfigError(f"model.neck.num_extra_levels={num_extra_levels} must be >= 0")
         if not in_channels or len(in_channels) != len(in_strides):
-            raise ValueError(
+            raise ConfigError(
                 f"model.neck: in_channels={list(in_channels)} and in_strides={list(in_strides)} must be "
                 "non-empty and one per backbone feature map"
             )

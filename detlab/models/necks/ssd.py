@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
+
 
 class SSDNeck(nn.Module):
     """The backbone's maps pass through unchanged; each extra level is a 1x1 conv to `extra_mid_channels[i]`,
@@ -32,7 +34,7 @@ class SSDNeck(nn.Module):
     ) -> None:
         super().__init__()
         if not in_channels or len(in_channels) != len(in_strides):
-            raise ValueError(
+            raise ConfigError(
                 f"model.neck: in_channels={list(in_channels)} and in_strides={list(in_strides)} must be "
                 "non-empty and one per backbone feature map"
             )
@@ -42,7 +44,7 @@ class SSDNeck(nn.Module):
         }
         if len({len(v) for v in extra.values()}) != 1:
             keys = ", ".join(f"model.neck.{key}" for key in extra)
-            raise ValueError(f"{keys} must have one entry per extra level; got {extra}")
+            raise ConfigError(f"{keys} must have one entry per extra level; got {extra}")
         self.extra = nn.ModuleList()
         previous = in_channels[-1]
         for out, mid, kernel, stride, padding in zip(*extra.values()):
@@ -77,7 +79,7 @@ class SSDNeck(nn.Module):
             conv = layer[2]
             height, width = levels[-1].shape[-2:]
             if min(height, width) + 2 * conv.padding[0] < conv.kernel_size[0]:
-                raise ValueError(
+                raise ConfigError(
                     f"the input is too small for model.neck's extra level {i} ({conv.kernel_size[0]}x"
                     f"{conv.kernel_size[0]} conv on a {height}x{width} map): raise data.image_size (SSD300's and "
                     "SSD512's layers on VGG16 need at least 268 px) or change model.neck.extra_strides / extra_paddings"

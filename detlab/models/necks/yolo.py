@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detlab.errors import ConfigError
 from detlab.models.backbones.darknet import conv_bn_leaky
 
 
@@ -41,13 +42,13 @@ class YoloNeck(nn.Module):
     ) -> None:
         super().__init__()
         if not in_channels or len(in_channels) != len(in_strides):
-            raise ValueError(
+            raise ConfigError(
                 f"model.neck: in_channels={list(in_channels)} and in_strides={list(in_strides)} must be "
                 "non-empty and one per backbone feature map"
             )
         widths = [c // 2 for c in in_channels] if widths is None else list(widths)
         if len(widths) != len(in_channels) or min(widths) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"model.neck.widths={widths} must be {len(in_channels)} positive widths, one per backbone map "
                 f"(the backbone gives {list(in_channels)} channels), or null for half of those"
             )
