@@ -3,7 +3,8 @@
 The classification loss of the `loss` config group scores both the objectness (one logit per prior: positives
 target 1, background 0) and the classes (K logits per positive), so loss=focal puts the same focal term
 (alpha, gamma) on both and loss=bce is YOLOv3's logistic losses. Every term is a sum divided by the number of
-positive priors, averaged over DDP ranks (the house normaliser of DenseDetectionLoss), then weighted.
+positive priors, averaged over DDP ranks (the house normaliser of DenseDetectionLoss), or by the number of images
+(darknet's), then weighted.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class YoloLoss(nn.Module):
                detlab.losses.box.GIoULoss, or YoloXYWHLoss below (the paper's terms).
     box_coder: the coder shared with the post-processing (YoloBoxCoder: it reads each positive's stride).
     obj_weight, cls_weight, box_weight: multiply the three normalised terms.
+    normalize: "positives": each sum / the batch's positive priors (averaged over DDP ranks, at least 1), as
+               detlab's other dense detectors; "images": each sum / the batch's images, darknet's (its loss sums
+               over each image's priors and its update divides the learning rate by the batch; mmdetection's
+               yolov3_d53 sums over the batch, the same up to the constant batch size).
     """
 
     uses_objectness = True  # the builder pairs it with a head that predicts one (YoloHead)
@@ -39,8 +44,14 @@ class YoloLoss(nn.Module):
         obj_weight: float = 1.0,
         cls_weight: float = 1.0,
         box_weight: float = 1.0,
+        normalize: str = "positives",
     ) -> None:
         super().__init__()
+        if normalize not in ("positives", "images"):
+            raise ConfigError(
+                f"model.criterion.normalize={normalize!r}: use 'positives' (the batch's positive priors) or 'images' "
+                "(the batch's images, darknet's)"
+            )
         for key, value in (("obj_weight", obj_weight), ("cls_weight", cls_weight), ("box_weight", box_weight)):
             if value < 0:
                 raise ConfigError(f"model.criterion.{key}={value} must be >= 0")
@@ -50,15 +61,22 @@ class YoloLoss(nn.Module):
         self.obj_weight = obj_weight
         self.cls_weight = cls_weight
         self.box_weight = box_weight
+        self.normalize = normalize
 
     def extra_repr(self) -> str:
-        return f"obj_weight={self.obj_weight}, cls_weight={self.cls_weight}, box_weight={self.box_weight}"
+        return (
+            f"obj_weight={self.obj_weight}, cls_weight={self.cls_weight}, box_weight={self.box_weight}, "
+            f"normalize={self.normalize}"
+        )
 
     def forward(self, outputs: HeadOutput, priors: Priors, matched_gt: Tensor, batch: Batch) -> dict[str, Tensor]:
         """matched_gt [B, A]: gt index into the padded targets, -1 background, -2 ignored (see assigners)."""
         _check_inputs(outputs, priors, matched_gt)
         positive = matched_gt >= 0  # [B, A]
-        normaliser = loss_normaliser(positive)
+        if self.normalize == "positives":
+            normaliser = loss_normaliser(positive)
+        else:  # every rank has its own images: the gradient's mean over ranks is the mean over all images
+            normaliser = torch.tensor(float(len(positive)), device=positive.device)
         # Objectness as a one-class problem: class 0 for positives, -1 background and -2 ignored kept as they are.
         obj_labels = torch.where(positive, 0, matched_gt)
         obj = self.cls_loss(outputs.objectness[..., None], obj_labels)

@@ -267,10 +267,11 @@ class YoloAnchorGenerator(PriorGenerator):
     """YOLOv3's anchors: a few (w, h) shapes per level, centred on every cell (offset 0.5 of the stride).
 
     anchors:           per level (lowest stride first), a list of [w, h] in pixels of an input of
-                       anchor_image_size (YOLOv3's COCO k-means anchors are given for 416 px).
+                       anchor_image_size (model=yolov3 takes YOLOv3's COCO k-means anchors as pixels of 416).
     image_size:        the model's input side (the model config passes ${data.image_size}); the anchors are
                        scaled by image_size / anchor_image_size, so that they keep their fraction of the input.
-    anchor_image_size: the input side the anchors were given for.
+    anchor_image_size: the input side the anchors were given for; equal to image_size, the anchors stay in
+                       pixels at every input size, as darknet uses them.
 
     num_per_location[l] = len(anchors[l]). Priors are ordered level, y, x, then anchor, as the heads flatten
     their outputs; one Priors object is cached per input geometry and device.

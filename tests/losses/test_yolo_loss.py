@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from detlab.errors import ConfigError
 from detlab.losses.bce import BinaryCrossEntropy
 from detlab.losses.box import GIoULoss
 from detlab.losses.focal import SigmoidFocalLoss
@@ -129,3 +130,18 @@ def test_missing_objectness_and_negative_weights_are_refused():
         YoloLoss(BinaryCrossEntropy(), GIoULoss(), YoloBoxCoder())(outputs, priors, matched, batch)
     with pytest.raises(ValueError, match="model.criterion.box_weight"):
         YoloLoss(BinaryCrossEntropy(), GIoULoss(), YoloBoxCoder(), box_weight=-1)
+
+
+def test_images_normaliser_is_darknets_mean_over_images_of_per_image_sums():
+    outputs, priors, matched, batch = make_case(seed=4)
+    criterion = YoloLoss(BinaryCrossEntropy(), GIoULoss(), YoloBoxCoder(), normalize="images")
+    losses = criterion(outputs, priors, matched, batch)
+    obj, cls, box, num_pos = reference(
+        outputs, priors, matched, batch, lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction="sum")
+    )
+    # reference() divides the batch's sums by its positives; darknet's loss is their mean over the 3 images
+    assert num_pos != len(batch) == 3
+    for key, term in (("obj", obj), ("cls", cls), ("box", box)):
+        torch.testing.assert_close(losses[key], term * num_pos / 3)
+    with pytest.raises(ConfigError, match="model.criterion.normalize='image'"):
+        YoloLoss(BinaryCrossEntropy(), GIoULoss(), YoloBoxCoder(), normalize="image")
