@@ -54,12 +54,21 @@ class WritableRunDir(Callback):
     results.json); hydra.run.dir=<folder> given again (a resume) is that folder."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not any(str(o).startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
+        if not _given(config, "hydra.run.dir"):
             with user_errors("detlab-train"), read_write(config.hydra.run):
-                config.hydra.run.dir = _new_folder(config.hydra.run.dir)
+                config.hydra.run.dir = _new_folder(config.hydra.run.dir, "hydra.run.dir")
         self._check(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """The same for a sweep's folder (multirun/<date>/<time>, a study's multirun/<study>/<time>): two sweeps
+        started in one second wrote their jobs 0, 1, ... into one folder. The launcher composes each job's config
+        again from the hydra overrides, so a new folder is passed on as one."""
+        if not _given(config, "hydra.sweep.dir"):
+            with user_errors("detlab-train"), read_write(config.hydra):
+                claimed = _new_folder(config.hydra.sweep.dir, "hydra.sweep.dir")
+                if claimed != config.hydra.sweep.dir:
+                    config.hydra.sweep.dir = claimed
+                    config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(claimed)}")
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
 
     @staticmethod
@@ -86,11 +95,21 @@ class FailedJobs(Callback):
                                   f"{', '.join(failed)}; the others finished (detlab-report {sweep_dir})")
 
 
-def _new_folder(folder: str) -> str:
+def _given(config: DictConfig, key: str) -> bool:
+    """Whether the command line set `key` (a folder given again is a resume, or the user's choice: kept)."""
+    return any(str(o).startswith(f"{key}=") for o in config.hydra.overrides.hydra)
+
+
+def _quoted(value: str) -> str:
+    """value as a quoted string of Hydra's override grammar (a path may hold ',', '=', spaces or quotes)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _new_folder(folder: str, key: str) -> str:
     """folder, else folder-1, folder-2, ...: the first that does not exist, created here. mkdir is atomic, so two
     processes asking at once get two folders."""
     candidate, n = folder, 0
-    with writing(folder, "hydra.run.dir, the run folder", "set hydra.run.dir to a folder you can write to"):
+    with writing(folder, f"{key}, the run folder", f"set {key} to a folder you can write to"):
         Path(folder).parent.mkdir(parents=True, exist_ok=True)
         while True:
             try:

@@ -269,6 +269,22 @@ def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path):
     assert sorted(p.name for p in folder.parent.iterdir()) == ["10-00-00", "10-00-00-1", "10-00-00-2"]
 
 
+def test_sweeps_started_in_the_same_second_get_a_folder_each(tmp_path):
+    """A sweep's default folder (multirun/<date>/<time>, a study's multirun/<study>/<time>) was shared by two sweeps
+    started in one second: the second's job 0 wrote into the first's. Here the folder comes from a config (as the
+    studies' do, not the command line) and is taken already: the jobs go to <folder>-1, the other stays as it was."""
+    conf = tmp_path / "my_conf" / "experiment"
+    conf.mkdir(parents=True)
+    taken = tmp_path / "multirun" / "10-00-00"
+    (conf / "fixed_folder.yaml").write_text(f"# @package _global_\nhydra:\n  sweep:\n    dir: {taken}\n")
+    (taken / "0").mkdir(parents=True)  # the other sweep's first job
+    run("detlab-train", "-m", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "experiment=fixed_folder", *TINY,
+        "logger=none", cwd=tmp_path)
+    assert list((taken / "0").iterdir()) == []
+    assert (tmp_path / "multirun" / "10-00-00-1" / "0" / "results.json").is_file()
+    assert (tmp_path / "multirun" / "10-00-00-1" / "multirun.yaml").is_file()
+
+
 def test_bad_override_stops_before_work_with_the_key(tmp_path):
     proc = run("detlab-train", "data.imag_size=320", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
     assert proc.returncode != 0
