@@ -90,8 +90,11 @@ class FailedJobs(Callback):
         jobs = run_dirs(sweep_dir) if sweep_dir.is_dir() else []
         failed = [str(job) for job in jobs if not (job / "results.json").is_file()]
         if failed:
+            # A submitit launcher (hydra/launcher=local, slurm) runs each job in a process whose output is a log file.
+            logs = sweep_dir / ".submitit"
+            where = f"in its log ({logs}/<job id>/*_log.err)" if logs.is_dir() else "above"
             with user_errors("detlab-train"):
-                raise DetlabError(f"{len(failed)} of {len(jobs)} jobs failed, each with its error above: "
+                raise DetlabError(f"{len(failed)} of {len(jobs)} jobs failed, each with its error {where}: "
                                   f"{', '.join(failed)}; the others finished (detlab-report {sweep_dir})")
 
 

@@ -251,6 +251,18 @@ def test_a_failed_job_does_not_end_the_sweep(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_failed_submitit_job_is_named_with_its_log(tmp_path):
+    """With a submitit launcher each job's output goes to a log file: the summary said its error was 'above'."""
+    sweep = tmp_path / "sweep"
+    proc = run("detlab-train", "-m", "hydra/launcher=local", "optim.optimizer.lr=abc", f"hydra.sweep.dir={sweep}",
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"1 of 1 jobs failed, each with its error in its log ({sweep / '.submitit'}/<job id>/*_log.err): " \
+        f"{sweep / '0'}" in proc.stderr
+    logs = list((sweep / ".submitit").glob("*/*_log.err"))
+    assert len(logs) == 1 and "optim.optimizer.lr='abc' is a string" in logs[0].read_text()
+
+
 def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path):
     """The default run folder is runs/<date>/<time>: two runs started in one second shared it, each overwriting the
     other's .hydra, checkpoints and results.json (overrides.yaml said seed=1, results.json seed 2). A folder given
