@@ -16,6 +16,16 @@ from detlab.errors import ConfigError
 from detlab.structures import Batch, BoxCoder, Detections, HeadOutput, Priors, boxes_to_original
 
 
+def check_thresholds(key: str, nms_iou: float, score_thresh: float | None = None) -> None:
+    """NMS at an IoU in (0, 1] (1: none suppressed) and a score threshold in [0, 1): outside, a value changes
+    nothing without a word (an IoU above 1 suppresses no box, a negative threshold keeps every score)."""
+    if not 0 < nms_iou <= 1:
+        raise ConfigError(f"{key}.nms_iou={nms_iou} must be in (0, 1]: boxes overlapping more are suppressed (1: none)")
+    if score_thresh is not None and not 0 <= score_thresh < 1:
+        raise ConfigError(f"{key}.score_thresh={score_thresh} must be in [0, 1): a probability below which "
+                          "detections are dropped")
+
+
 class DensePostProcess(nn.Module):
     """Dense detectors' inference (RetinaNet, SSD, YOLO): the top-k best (prior, class) pairs above
     ``score_thresh``, class-aware NMS at ``nms_iou``, then the ``max_per_image`` best.
@@ -52,6 +62,7 @@ class DensePostProcess(nn.Module):
             raise ConfigError(
                 f"postprocess.{key} and postprocess.max_per_image must be >= 1, got {topk}, {max_per_image}"
             )
+        check_thresholds("model.postprocess", nms_iou, score_thresh)
         self.box_coder = box_coder
         self.score_thresh = score_thresh
         self.topk_per_level = topk_per_level

@@ -16,6 +16,7 @@ from detlab.models.assigners import RoISampler
 from detlab.models.heads.roi import RoIBoxHead
 from detlab.models.heads.rpn import RPNHead
 from detlab.models.postprocess import (
+    check_thresholds,
     class_probabilities,
     clip_to_images,
     decode_at,
@@ -56,6 +57,7 @@ class ProposalGenerator(nn.Module):
         counts = (pre_nms_top_n, post_nms_top_n, eval_pre_nms_top_n, eval_post_nms_top_n)
         if min(counts) < 1:
             raise ConfigError(f"model.rpn.proposals: every *_top_n must be >= 1, got {counts}")
+        check_thresholds("model.rpn.proposals", nms_iou)
         self.box_coder = box_coder
         self.train_top_n = (pre_nms_top_n, post_nms_top_n)
         self.eval_top_n = (eval_pre_nms_top_n, eval_post_nms_top_n)
@@ -180,6 +182,7 @@ class RoIPostProcess(nn.Module):
         super().__init__()
         if max_per_image < 1:
             raise ConfigError(f"model.postprocess.max_per_image must be >= 1, got {max_per_image}")
+        check_thresholds("model.postprocess", nms_iou, score_thresh)
         self.box_coder = box_coder
         self.score_thresh = score_thresh
         self.nms_iou = nms_iou

@@ -9,8 +9,10 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
+from detlab.errors import ConfigError
 from detlab.models.box_coder import DeltaXYWHBoxCoder
 from detlab.models.postprocess import DensePostProcess
+from detlab.models.two_stage import ProposalGenerator, RoIPostProcess
 from detlab.structures import HeadOutput, Priors
 from tests.conftest import make_batch
 
@@ -153,3 +155,24 @@ def test_exactly_one_top_k_is_set(per_level, per_class):
         DensePostProcess(DeltaXYWHBoxCoder(), topk_per_level=per_level, topk_per_class=per_class)
     with pytest.raises(ValueError, match="postprocess.topk_per_class and postprocess.max_per_image must be >= 1"):
         DensePostProcess(DeltaXYWHBoxCoder(), topk_per_level=None, topk_per_class=0)
+
+
+@pytest.mark.parametrize("build", [
+    lambda **kw: DensePostProcess(DeltaXYWHBoxCoder(), **kw),
+    lambda **kw: RoIPostProcess(DeltaXYWHBoxCoder(), **kw),
+    lambda **kw: ProposalGenerator(DeltaXYWHBoxCoder(), **kw),
+])
+def test_thresholds_that_change_nothing_are_refused(build):
+    """An NMS IoU above 1 suppressed no box and a negative score threshold kept every score, both without a word."""
+    with pytest.raises(ConfigError, match=r"\.nms_iou=2 must be in \(0, 1\]"):
+        build(nms_iou=2)
+    with pytest.raises(ConfigError, match=r"\.nms_iou=0 must be in \(0, 1\]"):
+        build(nms_iou=0)
+    build(nms_iou=1.0)  # 1: no box suppressed, a valid choice
+
+
+@pytest.mark.parametrize("cls", [DensePostProcess, RoIPostProcess])
+def test_a_score_threshold_outside_0_1_is_refused(cls):
+    for value in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match=rf"model.postprocess.score_thresh={value} must be in \[0, 1\)"):
+            cls(DeltaXYWHBoxCoder(), score_thresh=value)
