@@ -1,12 +1,14 @@
 """Every option of every config group composes, validates and instantiates (every model with every loss runs one
 tiny batch); bad configs stop with the key."""
 
+import inspect
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from detlab.config import ConfigError, compose_train, validate
@@ -165,3 +167,55 @@ def test_issue_example_overrides_compose():
     assert resolved["model"]["backbone"]["depth"] == 50
     assert resolved["loss"]["gamma"] == 0
     assert resolved["tracking"]["name"] == "retinanet-focal"
+
+
+# detlab's own detectors and the presets that set torchvision's values where they differ (conf/model/tv_*.yaml)
+PRESETS = {"retinanet": "tv_retinanet_r50_fpn", "faster_rcnn": "tv_fasterrcnn_r50_fpn", "ssd300": "tv_ssd300_vgg16"}
+
+
+def _leaves(node, key: str = "") -> dict:
+    """{dotted key: value} of every leaf of a plain config container (a list is one value)."""
+    if not isinstance(node, dict):
+        return {key: node}
+    return {k: v for name, child in node.items() for k, v in _leaves(child, f"{key}.{name}" if key else name).items()}
+
+
+def _value(leaves: dict, key: str):
+    """The value of key, or where the config leaves it out, the default of its node's _target_ (else absent)."""
+    if key in leaves:
+        return leaves[key]
+    parent, name = key.rsplit(".", 1)
+    target = leaves.get(f"{parent}._target_")
+    default = inspect.signature(get_class(target)).parameters.get(name) if target else None
+    return default.default if default is not None else "<absent>"
+
+
+def _differences_table_options() -> set[str]:
+    """The names in backticks of the option column of README's differences table (`model.priors.steps`, `clip`)."""
+    section = (CONF.parent / "README.md").read_text().split("### Where detlab's defaults differ from torchvision's")[1]
+    rows = [line for line in section.split("\n\n")[2].splitlines() if line.startswith("| ")][1:]  # past the header
+    return {name for row in rows for name in re.findall(r"`([^`]+)`", row.split(" | ")[1])}
+
+
+@pytest.mark.parametrize("own", sorted(PRESETS))
+def test_every_difference_from_the_torchvision_preset_is_a_row_of_the_readme_table(own):
+    """DESIGN.md: every way in which detlab's defaults differ from the reference is an option, documented in one
+    table. The presets set torchvision's values, so every key where one composes differently from detlab's own
+    detector must be named in the table's option column: by its name (`min_box_size`), its dotted key, or its
+    config group (`model/backbone` for model.backbone.depth). A node whose _target_ differs is one difference."""
+    own_leaves, tv_leaves = (_leaves(OmegaConf.to_container(compose_train([f"model={m}"]))) for m in (own, PRESETS[own]))
+    replaced = [k[: -len("_target_")] for k, v in own_leaves.items() if k.endswith("._target_") and v != tv_leaves.get(k)]
+    options = _differences_table_options()
+    undocumented = []
+    for key in sorted(set(own_leaves) | set(tv_leaves)):
+        inside_replaced = any(key.startswith(node) and not key.endswith("._target_") for node in replaced)
+        if key.startswith(("tracking.", "hydra.")) or inside_replaced:
+            continue
+        if _value(own_leaves, key) == _value(tv_leaves, key):
+            continue
+        parts = key.split(".")
+        name = parts[-2] if parts[-1] == "_target_" else parts[-1]
+        named = any(o.split(".")[-1] == name or "/" in o and key.startswith(o.replace("/", ".") + ".") for o in options)
+        if not named:
+            undocumented.append(key)
+    assert not undocumented, f"model={own} differs from model={PRESETS[own]} in {undocumented}, not in README's table"

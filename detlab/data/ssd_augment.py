@@ -3,7 +3,7 @@
 PhotometricDistort -> Expand -> MinIoURandomCrop, then DetectionTransform's flip and letterbox. The references
 are the paper's caffe code (weiliu89/caffe, branch ssd), torchvision's RandomPhotometricDistort, RandomZoomOut
 and RandomIoUCrop, and mmdetection's PhotoMetricDistortion, Expand and MinIoURandomCrop; where they disagree,
-the caffe code decides, and the place says so.
+each place says which it follows (the distortion: caffe's; the crop: torchvision's).
 
 Every draw comes from albumentations' generators (`self.py_random`, `self.random_generator`), so the
 pipeline's seed repeats it. Boxes reach `apply_to_bboxes` in albumentations' internal format, xyxy divided by
@@ -144,7 +144,10 @@ class MinIoURandomCrop(BaseCrop):
     For a threshold t, `trials` patches are drawn with sides of U(min_scale, 1) times the image's, whole pixels,
     uniformly placed; the first that fits is taken. A patch fits when its aspect ratio (width / height in
     pixels) is in aspect_range and at least one object with its centre strictly inside it has IoU >= t with it
-    (the caffe code's rule, which torchvision's RandomIoUCrop follows; mmdetection asks it of every object).
+    (torchvision's RandomIoUCrop; mmdetection asks it of every object). The caffe code differs: any object's IoU
+    counts, centre inside or not; each constraint draws its own patches (area scale^2 of the image, scale ~
+    U(0.3, 1), aspect ratio in image-normalised units) and one of the constraints' fitting patches, the whole
+    image among them, is picked at random (caffe/src/caffe/util/sampler.cpp).
     When no trial fits, another constraint is drawn; the whole image ends that loop. An image without objects
     takes any patch of the right shape. min_iou 0 is the paper's "randomly sample a patch" (caffe,
     torchvision and mmdetection all have it).

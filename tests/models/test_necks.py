@@ -46,7 +46,7 @@ def test_retinanet_fpn_equals_torchvision_p6p7_from_c5():
 
 def test_p5_source_equals_torchvision_p6p7_from_p5():
     ours = FPN(CHANNELS, STRIDES, out_channels=24, num_extra_levels=2, extra_source="p5")
-    tv = torchvision_fpn(ours, LastLevelP6P7(24, 24))  # equal channels: torchvision's v2 / FCOS, from P5
+    tv = torchvision_fpn(ours, LastLevelP6P7(24, 24))  # equal channels: torchvision's v1 RetinaNet and FCOS, from P5
     for a, b in zip(ours(features()), run_torchvision(tv, features())):
         torch.testing.assert_close(a, b)
 

@@ -17,8 +17,9 @@ class FPN(nn.Module):
 
     in_channels, in_strides: the backbone's `out_channels` and `strides` (wired by the builder).
     num_extra_levels: stride-2 levels added on top (RetinaNet: 2, P6 and P7; Faster R-CNN: 1, P6).
-    extra_source:     "c5" (P6 = conv(C5), P7 = conv(relu(P6)), as RetinaNet), "p5" (the same from P5, as
-                      torchvision's v2 models and FCOS) or "maxpool" (P6 = max-pool of P5, as Faster R-CNN).
+    extra_source:     "c5" (P6 = conv(C5), P7 = conv(relu(P6)), as the RetinaNet paper and torchvision's
+                      retinanet_resnet50_fpn_v2), "p5" (the same from P5, as torchvision's v1 RetinaNet and its
+                      FCOS) or "maxpool" (P6 = max-pool of P5, as Faster R-CNN).
     """
 
     def __init__(
