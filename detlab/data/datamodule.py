@@ -93,8 +93,9 @@ class DetectionDataModule(pl.LightningDataModule):
         augment = dict(augment or {})
         geometry = {"resize": resize, "max_size": max_size, "mean": tuple(mean), "std": tuple(std)}
         # Seeded from torch so that seed_everything makes single-process (num_workers=0) runs repeatable.
+        self.seed = torch.initial_seed() % 2**32
         transforms = {
-            "train": _transform(image_size, {**augment, **geometry}, seed=torch.initial_seed() % 2**32),
+            "train": _transform(image_size, {**augment, **geometry}, seed=self.seed),
             "val": _transform(image_size, {**{k: v for k, v in augment.items() if k == "min_box_size"}, **geometry}),
         }
         labels = None if category_ids is None else [int(c) for c in category_ids]
@@ -143,6 +144,13 @@ class DetectionDataModule(pl.LightningDataModule):
                 f"data/{split}_transform_dropped": transformed["dropped"],
             })
         return counts
+
+    def setup(self, stage: str) -> None:
+        """Under DDP without loader workers, each rank augments with a stream of its own (seed + global rank): every
+        rank starts from the same seed, so each would draw the same flips and scales as the others, step for step.
+        Loader workers are seeded per rank and per worker by _reseed_worker."""
+        if stage == "fit" and self.num_workers == 0 and self.trainer is not None and self.trainer.world_size > 1:
+            self.datasets["train"].transform.reseed((self.seed + self.trainer.global_rank) % 2**32)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["train"], shuffle=True)
