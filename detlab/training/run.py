@@ -85,7 +85,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         except SIGTERMException:  # Lightning's stop on SIGTERM: a SystemExit without a status, which reads as 0, finished
-            _exit_stopped(run_dir, trainer.global_step)
+            _exit_stopped(run_dir, trainer.global_step, trainer.is_global_zero)
         if module.last_eval is None or module.last_eval_step != trainer.global_step:
             trainer.validate(module, datamodule=datamodule, verbose=False)
 
@@ -147,13 +147,16 @@ def _stopped_rank_status(trainer: pl.Trainer) -> int:
     return next((status for status in statuses if status > 0), 1)
 
 
-def _exit_stopped(run_dir: Path, step: int) -> None:
-    """After SIGTERM (a scheduler's pre-emption, `kill`): say where the run stopped and how to resume it, and exit
-    with the status of a process SIGTERM ended (143), so that a shell, a scheduler or a sweep sees it unfinished."""
+def _exit_stopped(run_dir: Path, step: int, says: bool) -> None:
+    """After SIGTERM (a scheduler's pre-emption, `kill`): say where the run stopped and how to resume it (`says`:
+    DDP's rank 0 alone, Lightning passes the signal on to every rank), and exit with the status of a process SIGTERM
+    ended (143), so that a shell, a scheduler or a sweep sees it unfinished."""
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = f"resume: the same overrides, ckpt_path={last} hydra.run.dir={run_dir}" if last.is_file() else \
         "no last.ckpt was written yet"
-    print(f"detlab-train: stopped by SIGTERM at step {step}, before results.json; {resume}", file=sys.stderr, flush=True)
+    if says:
+        print(f"detlab-train: stopped by SIGTERM at step {step}, before results.json; {resume}", file=sys.stderr,
+              flush=True)
     sys.exit(128 + signal.SIGTERM)
 
 

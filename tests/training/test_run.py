@@ -36,3 +36,14 @@ def test_any_other_error_keeps_its_traceback(world_size, message):
     with pytest.raises(RuntimeError, match="bug|Connection"), _ranks_stop_together(_trainer(0, world_size, [])):
         raise RuntimeError(message)
 
+
+def test_sigterm_is_told_once_by_rank_zero(tmp_path, capsys):
+    """Lightning passes SIGTERM on to every DDP rank, and each printed the same stop and resume line."""
+    from detlab.training.run import _exit_stopped
+
+    for says in (False, True):
+        with pytest.raises(SystemExit) as stop:
+            _exit_stopped(tmp_path, 5, says)
+        assert stop.value.code == 143
+    assert capsys.readouterr().err == ("detlab-train: stopped by SIGTERM at step 5, before results.json; no last.ckpt "
+                                       "was written yet\n")
