@@ -187,3 +187,23 @@ def test_each_ddp_rank_draws_its_own_augmentation_without_workers(tmp_path):
     rank0, rank1 = (_rank_scales(tmp_path, rank, 2) for rank in (0, 1))
     assert rank0 != rank1
     assert rank0 == _rank_scales(tmp_path, 0, 1)  # rank 0 keeps the single-process stream
+
+
+def test_transform_counts_are_summed_over_ddp_ranks(data_shapes, monkeypatch):
+    """Each rank transforms its share of the images: results.json had rank 0's share of the boxes (half, on 2)."""
+    import detlab.data.datamodule as datamodule
+
+    data_shapes.datasets["train"][0]
+    mine = data_shapes.counts()
+    other = {"train": {"boxes": 5, "dropped": 2}, "val": {"boxes": 0, "dropped": 0}}  # the pretend rank 1's
+
+    def all_gather_object(out, obj):
+        out[:] = [obj, other]
+
+    monkeypatch.setattr(datamodule.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(datamodule.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(datamodule.dist, "all_gather_object", all_gather_object)
+    both = data_shapes.counts()
+    assert both["data/train_transform_boxes"] == mine["data/train_transform_boxes"] + 5
+    assert both["data/train_transform_dropped"] == mine["data/train_transform_dropped"] + 2
+    assert {k: v for k, v in both.items() if "transform" not in k} == {k: v for k, v in mine.items() if "transform" not in k}
