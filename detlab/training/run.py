@@ -130,8 +130,8 @@ def _ranks_stop_together(trainer: pl.Trainer) -> Iterator[None]:
     except RuntimeError as err:
         if trainer.world_size == 1 or not any(text in str(err) for text in PEER_GONE):
             raise
-        print(f"detlab-train: rank {trainer.global_rank} stops: another process of this DDP run stopped first (its "
-              f"error is above), and this one lost it: {str(err).splitlines()[0]}", file=sys.stderr, flush=True)
+        print(f"detlab-train: rank {trainer.global_rank} stops: another process of this DDP run stopped first (killed, or "
+              f"its error is above), and this one lost it: {str(err).splitlines()[0]}", file=sys.stderr, flush=True)
         sys.exit(_stopped_rank_status(trainer))
 
 

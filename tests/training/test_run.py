@@ -28,7 +28,7 @@ def test_a_rank_that_lost_its_peer_says_so_in_one_line(capsys, rank, children, s
         raise RuntimeError(LOST)
     assert stop.value.code == status
     assert capsys.readouterr().err == (f"detlab-train: rank {rank} stops: another process of this DDP run stopped "
-                                       f"first (its error is above), and this one lost it: {LOST}\n")
+                                       f"first (killed, or its error is above), and this one lost it: {LOST}\n")
 
 
 @pytest.mark.parametrize("world_size, message", [(2, "a bug of this rank's own"), (1, LOST)])
