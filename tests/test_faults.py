@@ -346,6 +346,23 @@ def test_a_corrupt_image_in_a_loader_worker_is_one_line(tmp_path):
     assert_named_error(proc, f"cannot decode image {tmp_path / 'img' / '3.png'} (image id=3 of {tmp_path / 'train.json'}")
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_data_error_on_one_ddp_rank_is_one_line_and_status_2(tmp_path, rank):
+    """A val image that one rank alone reads is corrupt: that rank prints the message and exits 2; the other one lost
+    its peer in a collective and printed torch's traceback about the connection (rank 0 then exited 1)."""
+
+    def corrupt_val_image(coco):  # val index `rank`: a distributed sampler deals indices 0, 2 and 1, 3 to ranks 0, 1
+        coco["images"][rank]["file_name"] = "bad.png"
+
+    overrides = coco_dataset(tmp_path, corrupt_val_image)
+    image = tmp_path / "img" / "bad.png"  # not a train image
+    image.write_bytes((tmp_path / "img" / "1.png").read_bytes()[:100])
+    proc = run("detlab-train", *overrides, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+               f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
+    assert_named_error(proc, f"cannot decode image {image}")
+    assert f"rank {1 - rank} stops: another process of this DDP run stopped first" in proc.stderr
+
+
 def as_other_user() -> list[str]:
     """A permission is only refused to someone who is not root: run as nobody when the tests run as root."""
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []

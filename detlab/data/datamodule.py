@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, get_worker_info
 
@@ -93,8 +94,9 @@ class DetectionDataModule(pl.LightningDataModule):
         augment = dict(augment or {})
         geometry = {"resize": resize, "max_size": max_size, "mean": tuple(mean), "std": tuple(std)}
         # Seeded from torch so that seed_everything makes single-process (num_workers=0) runs repeatable.
+        self.seed = torch.initial_seed() % 2**32
         transforms = {
-            "train": _transform(image_size, {**augment, **geometry}, seed=torch.initial_seed() % 2**32),
+            "train": _transform(image_size, {**augment, **geometry}, seed=self.seed),
             "val": _transform(image_size, {**{k: v for k, v in augment.items() if k == "min_box_size"}, **geometry}),
         }
         labels = None if category_ids is None else [int(c) for c in category_ids]
@@ -129,11 +131,13 @@ class DetectionDataModule(pl.LightningDataModule):
 
         images, objects (training targets), skipped (annotations and images left out, as listed in
         `problems`), notes, transform_boxes and transform_dropped (boxes given to the transform so far, and
-        those it dropped as cut below min_visibility or smaller than min_box_size; they grow every epoch).
+        those it dropped as cut below min_visibility or smaller than min_box_size; they grow every epoch; under
+        DDP summed over the ranks, a collective once the process group is up: every rank calls it together).
         """
         counts = {}
+        all_transformed = _summed_over_ranks({split: ds.transform_counts() for split, ds in self.datasets.items()})
         for split, dataset in self.datasets.items():
-            transformed = dataset.transform_counts()
+            transformed = all_transformed[split]
             counts.update({
                 f"data/{split}_images": len(dataset),
                 f"data/{split}_objects": dataset.num_objects,
@@ -143,6 +147,13 @@ class DetectionDataModule(pl.LightningDataModule):
                 f"data/{split}_transform_dropped": transformed["dropped"],
             })
         return counts
+
+    def setup(self, stage: str) -> None:
+        """Under DDP without loader workers, each rank augments with a stream of its own (seed + global rank): every
+        rank starts from the same seed, so each would draw the same flips and scales as the others, step for step.
+        Loader workers are seeded per rank and per worker by _reseed_worker."""
+        if stage == "fit" and self.num_workers == 0 and self.trainer is not None and self.trainer.world_size > 1:
+            self.datasets["train"].transform.reseed((self.seed + self.trainer.global_rank) % 2**32)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["train"], shuffle=True)
@@ -193,6 +204,15 @@ def _log_summary(problems: dict[str, list[str]], notes: dict[str, list[str]]) ->
                 listed = "\n  ".join(lines[:MAX_LISTED])
                 more = f"\n  ... and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
                 log.warning("data.%s: %d %s:\n  %s%s", split, len(lines), kind, listed, more)
+
+
+def _summed_over_ranks(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Each rank's {split: {name: count}}, summed over the DDP ranks (as is when there is one process)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return counts
+    ranks: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, counts)
+    return {split: {name: sum(rank[split][name] for rank in ranks) for name in named} for split, named in counts.items()}
 
 
 def _reseed_worker(worker_id: int) -> None:

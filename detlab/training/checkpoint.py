@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -150,7 +151,8 @@ def save_weights(module: pl.LightningModule, path: Path, global_step: int) -> No
 class RandomState(pl.Callback):
     """The random generators in the checkpoint, restored on resume, so that a resumed run draws what an
     uninterrupted one would have drawn: Python's, NumPy's and torch's global generators (the shuffle, the
-    loader workers' seeds) and, when the loader has no workers, the train augmentation's own generators.
+    loader workers' seeds) and, when the loader has no workers, the train augmentation's own generators (under DDP,
+    each rank's).
 
     Loader workers (data.num_workers > 0) are persistent: they keep the augmentation stream they were started
     with across epochs, which no checkpoint can hold; a resumed run then augments with other draws.
@@ -166,6 +168,10 @@ class RandomState(pl.Callback):
             (step.py_random.getstate(), step.random_generator.bit_generator.state)
             for step in _augmentation_steps(trainer)
         ]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # every rank comes here and Lightning writes rank 0's dict: it keeps each rank's augmentation stream
+            state["augment_by_rank"] = [None] * dist.get_world_size()
+            dist.all_gather_object(state["augment_by_rank"], state["augment"])
         checkpoint["random_state"] = state
 
     def on_load_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -178,9 +184,13 @@ class RandomState(pl.Callback):
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+        # Under DDP each rank continues its own stream; a rank the saving run did not have keeps the fresh one of
+        # its rank (DetectionDataModule.setup), as does a changed augmentation config.
+        by_rank = state.get("augment_by_rank", [state["augment"]])
+        saved = by_rank[trainer.global_rank] if trainer.global_rank < len(by_rank) else None
         steps = _augmentation_steps(trainer)
-        if len(steps) == len(state["augment"]):  # the same augmentation (else the config changed: start afresh)
-            for step, (py_state, np_state) in zip(steps, state["augment"]):
+        if saved is not None and len(steps) == len(saved):
+            for step, (py_state, np_state) in zip(steps, saved):
                 step.py_random.setstate(py_state)
                 step.random_generator.bit_generator.state = np_state
 

@@ -16,8 +16,13 @@ from detlab.profile.cost import format_complexity
 from detlab.profile.speed import format_speed
 
 # Known noise, by message: torch 2.14 deprecates the LeafSpec that Lightning 2.6's _pytree still builds (a
-# FutureWarning on every fit), and Lightning advertises its litlogger service on every Trainer.
-NOISE_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+# FutureWarning on every fit), and Lightning advertises its litlogger service on every Trainer. Under DDP Lightning
+# asks for sync_dist=True on each val/AP..val/ARl metric (12 lines a run), which the evaluator has gathered from
+# every rank already (DetectionModule.on_validation_epoch_end): each rank logs the same numbers.
+NOISE_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"It is recommended to use `self\.log\('val/A[PR]\w*', \.\.\., sync_dist=True\)`",
+)
 NOISE_LOGS = {"pytorch_lightning.utilities.rank_zero": ("try installing [litlogger]",)}
 
 

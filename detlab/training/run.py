@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +81,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         hydra_cfg = HydraConfig.get()
         print(start_block(hydra_cfg.runtime.choices, datamodule.num_classes, cost, datamodule.counts(), run_dir,
                           logged[0], hydra_cfg.overrides.task), flush=True)
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    except SIGTERMException:  # Lightning's stop on SIGTERM: a SystemExit without a status, which reads as 0, finished
-        _exit_stopped(run_dir, trainer.global_step)
-    if module.last_eval is None or module.last_eval_step != trainer.global_step:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
+    with _ranks_stop_together(trainer):
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        except SIGTERMException:  # Lightning's stop on SIGTERM: a SystemExit without a status, which reads as 0, finished
+            _exit_stopped(run_dir, trainer.global_step, trainer.is_global_zero)
+        if module.last_eval is None or module.last_eval_step != trainer.global_step:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
 
     results = {
         **module.last_eval,
@@ -111,13 +115,48 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
-def _exit_stopped(run_dir: Path, step: int) -> None:
-    """After SIGTERM (a scheduler's pre-emption, `kill`): say where the run stopped and how to resume it, and exit
-    with the status of a process SIGTERM ended (143), so that a shell, a scheduler or a sweep sees it unfinished."""
+# What torch's gloo raises in a rank whose peer process has gone (NCCL's watchdog ends such a rank itself).
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+
+
+@contextmanager
+def _ranks_stop_together(trainer: pl.Trainer) -> Iterator[None]:
+    """Under DDP a rank that stops (a user's error printed as one line, a bug's traceback) closes its connections,
+    and every other rank fails in its next collective with torch's error about the lost connection, whose traceback
+    told nothing more and buried the first. Such a rank prints one line instead and exits; rank 0, whose status is
+    the command's, with the status of the rank that stopped first (2 after a user's error)."""
+    try:
+        yield
+    except RuntimeError as err:
+        if trainer.world_size == 1 or not any(text in str(err) for text in PEER_GONE):
+            raise
+        print(f"detlab-train: rank {trainer.global_rank} stops: another process of this DDP run stopped first (killed, or "
+              f"its error is above), and this one lost it: {str(err).splitlines()[0]}", file=sys.stderr, flush=True)
+        sys.exit(_stopped_rank_status(trainer))
+
+
+def _stopped_rank_status(trainer: pl.Trainer) -> int:
+    """The exit status of the first of rank 0's child processes (DDP's other ranks) that exited with one, else 1.
+    A child ended by a signal (Lightning kills the others once a rank fails) is not the one that stopped first."""
+    statuses = []
+    for proc in getattr(trainer.strategy.launcher, "procs", []):
+        try:
+            statuses.append(proc.wait(timeout=10))
+        except subprocess.TimeoutExpired:
+            continue
+    return next((status for status in statuses if status > 0), 1)
+
+
+def _exit_stopped(run_dir: Path, step: int, says: bool) -> None:
+    """After SIGTERM (a scheduler's pre-emption, `kill`): say where the run stopped and how to resume it (`says`:
+    DDP's rank 0 alone, Lightning passes the signal on to every rank), and exit with the status of a process SIGTERM
+    ended (143), so that a shell, a scheduler or a sweep sees it unfinished."""
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = f"resume: the same overrides, ckpt_path={last} hydra.run.dir={run_dir}" if last.is_file() else \
         "no last.ckpt was written yet"
-    print(f"detlab-train: stopped by SIGTERM at step {step}, before results.json; {resume}", file=sys.stderr, flush=True)
+    if says:
+        print(f"detlab-train: stopped by SIGTERM at step {step}, before results.json; {resume}", file=sys.stderr,
+              flush=True)
     sys.exit(128 + signal.SIGTERM)
 
 

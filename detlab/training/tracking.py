@@ -16,6 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detlab.errors import ConfigError
@@ -58,8 +59,7 @@ def wandb_logger(
     if mode == "auto":
         mode = wandb_mode()
     run_id = run_id or uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9] too
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
-    (Path(save_dir) / "wandb_run_id").write_text(run_id + "\n")
+    _name_run(Path(save_dir), run_id)
     import wandb
 
     return WandbLogger(
@@ -75,6 +75,14 @@ def wandb_logger(
         id=run_id,
         resume="allow",  # the same id again continues that run (its history from the checkpoint's step on)
     )
+
+
+@rank_zero_only
+def _name_run(save_dir: Path, run_id: str) -> None:
+    """<save_dir>/wandb_run_id, by DDP's rank 0 alone: the W&B run is rank 0's, and each other rank makes up an id
+    of its own for its stand-in logger, which overwrote the file with the id of no run."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    (save_dir / "wandb_run_id").write_text(run_id + "\n")
 
 
 def logger_summary(logger) -> tuple[str, str | None]:

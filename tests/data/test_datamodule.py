@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -167,3 +168,42 @@ def test_counts_for_the_logger(tmp_path):
         "data/val_transform_boxes": 0, "data/val_transform_dropped": 0,
     }
     assert "annotation id=3" in datamodule.problems["train"][0] and "annotation id=2" in datamodule.notes["train"][0]
+
+
+def _rank_scales(tmp_path, rank: int, world_size: int) -> list[float]:
+    """The scale jitter one rank of a DDP run without loader workers draws for the 8 train images (its setup as
+    Lightning calls it once the process group is up; every rank starts from the same seed)."""
+    torch.manual_seed(0)
+    source = ShapesSource(num_train_images=8, num_val_images=1, image_size=80, size_jitter=0, cache_dir=str(tmp_path))
+    datamodule = DetectionDataModule(source=source, image_size=64, num_workers=0, augment={"scale_range": [0.5, 1.5]})
+    datamodule.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
+    datamodule.setup("fit")
+    dataset = datamodule.datasets["train"]
+    return [dataset[i].scale[0] for i in range(len(dataset))]
+
+
+def test_each_ddp_rank_draws_its_own_augmentation_without_workers(tmp_path):
+    """Each rank loads other images, but with one seed they drew the same jitter step for step."""
+    rank0, rank1 = (_rank_scales(tmp_path, rank, 2) for rank in (0, 1))
+    assert rank0 != rank1
+    assert rank0 == _rank_scales(tmp_path, 0, 1)  # rank 0 keeps the single-process stream
+
+
+def test_transform_counts_are_summed_over_ddp_ranks(data_shapes, monkeypatch):
+    """Each rank transforms its share of the images: results.json had rank 0's share of the boxes (half, on 2)."""
+    import detlab.data.datamodule as datamodule
+
+    data_shapes.datasets["train"][0]
+    mine = data_shapes.counts()
+    other = {"train": {"boxes": 5, "dropped": 2}, "val": {"boxes": 0, "dropped": 0}}  # the pretend rank 1's
+
+    def all_gather_object(out, obj):
+        out[:] = [obj, other]
+
+    monkeypatch.setattr(datamodule.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(datamodule.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(datamodule.dist, "all_gather_object", all_gather_object)
+    both = data_shapes.counts()
+    assert both["data/train_transform_boxes"] == mine["data/train_transform_boxes"] + 5
+    assert both["data/train_transform_dropped"] == mine["data/train_transform_dropped"] + 2
+    assert {k: v for k, v in both.items() if "transform" not in k} == {k: v for k, v in mine.items() if "transform" not in k}

@@ -82,3 +82,24 @@ def test_a_resume_continues_only_what_the_checkpoint_holds():
     weights = {k: v for k, v in full.items() if k not in ("optimizer_states", "loops")}
     with pytest.raises(CheckpointError, match=r"weights.ckpt holds weights only .* model.weights=weights.ckpt"):
         check_resumable("weights.ckpt", weights, longer)
+
+
+def test_a_ddp_resume_continues_each_ranks_own_augmentation(tmp_path):
+    """The checkpoint keeps every rank's augmentation stream (augment_by_rank); rank 1 continues its own, not
+    rank 0's, which would make the two ranks draw the same jitter again after a resume."""
+    from types import SimpleNamespace
+
+    from detlab.data.datamodule import DetectionDataModule
+    from detlab.data.shapes import ShapesSource
+    from detlab.training.checkpoint import RandomState, _augmentation_steps
+
+    source = ShapesSource(num_train_images=2, num_val_images=1, image_size=48, cache_dir=str(tmp_path))
+    datamodule = DetectionDataModule(source=source, image_size=32, num_workers=0, augment={"scale_range": [0.5, 1.5]})
+    trainer = SimpleNamespace(datamodule=datamodule, global_rank=1, world_size=2)
+    callback, checkpoint = RandomState(), {}
+    callback.on_save_checkpoint(trainer, None, checkpoint)  # no process group: this rank's stream only
+    state = checkpoint["random_state"]
+    rank1 = [(py, {**np_state, "state": {"state": 7, "inc": 9}}) for py, np_state in state["augment"]]
+    state["augment_by_rank"] = [state["augment"], rank1]
+    callback.on_load_checkpoint(trainer, None, checkpoint)
+    assert [step.random_generator.bit_generator.state for step in _augmentation_steps(trainer)] == [s for _, s in rank1]

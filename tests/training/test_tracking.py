@@ -105,3 +105,17 @@ def test_error_analysis_as_wandb_charts():
     assert logged["val/errors"].table.data[0] == ["Cls", 0.5, 1]
     assert logged["val/calibration"].table.data == [[0.9, 1.0, 1]]  # empty bins left out
     assert wandb_analysis({"pr_curves": result["pr_curves"]}).keys() == {"val/pr_curve_AP50"}  # other engines
+
+
+def test_only_ddp_rank_zero_names_the_wandb_run(tmp_path, monkeypatch):
+    """Every DDP rank builds the logger, but only rank 0's starts a W&B run: rank 1 made up an id of its own and
+    wrote it over rank 0's in <run dir>/wandb_run_id, which then named no run."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    from detlab.training.tracking import wandb_logger
+
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    wandb_logger(str(tmp_path), project="p", mode="offline", run_id="run0abcd")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    wandb_logger(str(tmp_path), project="p", mode="offline")  # rank 1's stand-in, a fresh id
+    assert (tmp_path / "wandb_run_id").read_text() == "run0abcd\n"
