@@ -78,7 +78,10 @@ def _xml_files(root: Path, split: str | None, ann_dir: str) -> list[Path]:
     """The annotation files in sorted order: all of `ann_dir`, or those of the split file."""
     folder = root / ann_dir
     if not folder.is_dir():
-        raise DataError(f"VOC annotation folder not found: {folder} (set ann_dir= to the folder of the xml files)")
+        raise DataError(
+            f"VOC annotation folder not found: {folder}; the xml files' folder under the root is "
+            "data.source.shared.ann_dir (detlab-data: --ann-dir), Annotations by default"
+        )
     if split is None:
         files = sorted(folder.glob("*.xml"))
         if not files:
