@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, get_worker_info
 
@@ -29,6 +28,7 @@ from detlab.data.coco.checker import MAX_LISTED, problem_report
 from detlab.data.coco.reader import CocoDetection, CocoFiles
 from detlab.data.collate import collate
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
+from detlab.distributed import from_every_rank
 from detlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -208,10 +208,7 @@ def _log_summary(problems: dict[str, list[str]], notes: dict[str, list[str]]) ->
 
 def _summed_over_ranks(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     """Each rank's {split: {name: count}}, summed over the DDP ranks (as is when there is one process)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return counts
-    ranks: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(ranks, counts)
+    ranks = from_every_rank(counts)
     return {split: {name: sum(rank[split][name] for rank in ranks) for name in named} for split, named in counts.items()}
 
 

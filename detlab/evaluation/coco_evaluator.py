@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from detlab.distributed import from_every_rank
 from detlab.errors import ConfigError
 from detlab.evaluation.backends import DEFAULT_BACKEND, BoxResults, categories, check_backend, load_ground_truth
 from detlab.evaluation.coco_table import score
@@ -133,11 +133,7 @@ class CocoEvaluator:
 
 def _gather_and_deduplicate(local: tuple[np.ndarray, BoxResults, np.ndarray]) -> tuple[np.ndarray, BoxResults]:
     """All ranks' seen image ids (unique, sorted) [I] and results with one copy per image [N]."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        states: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(states, local)
-    else:
-        states = [local]
+    states = from_every_rank(local)
     offsets = np.cumsum([0] + [len(seen) for seen, _, _ in states])
     seen = np.concatenate([s for s, _, _ in states])
     owner = np.concatenate([o + offset for (_, _, o), offset in zip(states, offsets)])

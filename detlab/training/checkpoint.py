@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from detlab.distributed import from_every_rank
 from detlab.errors import CheckpointError, writing
 from detlab.files import replaced_atomically
 
@@ -168,10 +168,8 @@ class RandomState(pl.Callback):
             (step.py_random.getstate(), step.random_generator.bit_generator.state)
             for step in _augmentation_steps(trainer)
         ]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # every rank comes here and Lightning writes rank 0's dict: it keeps each rank's augmentation stream
-            state["augment_by_rank"] = [None] * dist.get_world_size()
-            dist.all_gather_object(state["augment_by_rank"], state["augment"])
+        # every rank comes here and Lightning writes rank 0's dict: it keeps each rank's augmentation stream
+        state["augment_by_rank"] = from_every_rank(state["augment"])
         checkpoint["random_state"] = state
 
     def on_load_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:

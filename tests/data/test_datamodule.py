@@ -191,7 +191,7 @@ def test_each_ddp_rank_draws_its_own_augmentation_without_workers(tmp_path):
 
 def test_transform_counts_are_summed_over_ddp_ranks(data_shapes, monkeypatch):
     """Each rank transforms its share of the images: results.json had rank 0's share of the boxes (half, on 2)."""
-    import detlab.data.datamodule as datamodule
+    import detlab.distributed as distributed
 
     data_shapes.datasets["train"][0]
     mine = data_shapes.counts()
@@ -200,9 +200,9 @@ def test_transform_counts_are_summed_over_ddp_ranks(data_shapes, monkeypatch):
     def all_gather_object(out, obj):
         out[:] = [obj, other]
 
-    monkeypatch.setattr(datamodule.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(datamodule.dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(datamodule.dist, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "all_gather_object", all_gather_object)
     both = data_shapes.counts()
     assert both["data/train_transform_boxes"] == mine["data/train_transform_boxes"] + 5
     assert both["data/train_transform_dropped"] == mine["data/train_transform_dropped"] + 2
