@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 
 from detlab.evaluation.analysis import ERROR_TYPES
 from detlab.errors import ConfigError
@@ -163,7 +165,7 @@ def find_baseline(groups: Sequence[Group], spec: str) -> Group:
     keys = factors(groups)
     wanted = parse_overrides(spec.split())
     def has(group: Group, key: str, value: str) -> bool:
-        return any(key in (k, short_key(k)) and v == value for k, v in group.overrides.items())
+        return any(key in (k, short_key(k)) and same_value(v, value) for k, v in group.overrides.items())
 
     matches = [
         g for g in groups if label(g, keys) == spec or (wanted and all(has(g, k, v) for k, v in wanted.items()))
@@ -173,6 +175,18 @@ def find_baseline(groups: Sequence[Group], spec: str) -> Group:
         found = "no configuration" if not matches else f"{len(matches)} configurations"
         raise ReportError(f"--baseline {spec!r} matches {found}; the configurations are: {names}")
     return matches[0]
+
+
+def same_value(a: str, b: str) -> bool:
+    """Two override values that the command line reads as one: Hydra's sweeper writes a bool level as `False`
+    where the user types `false`, a float as `0.5` where the user types `.5`."""
+    if a == b:
+        return True
+    parser = OverridesParser.create()
+    try:
+        return parser.parse_override(f"k={a}").value() == parser.parse_override(f"k={b}").value()
+    except HydraException:  # not a value of the grammar: equal only as text
+        return False
 
 
 def _natural(path: Path) -> list:

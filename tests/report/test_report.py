@@ -266,6 +266,18 @@ def test_baseline_that_matches_nothing_lists_the_configurations(sweep, tmp_path)
         write_report(find_runs([sweep])[0], tmp_path / "out", baseline="focal_gamma=gamma1")
 
 
+def test_baseline_value_as_the_command_line_reads_it(tmp_path):
+    # Hydra's sweeper writes a bool level as `False` where the user (and a study's config) types `false`
+    for seed in range(2):
+        for ties, ap in (("False", 0.2), ("True", 0.3)):
+            fake_run(tmp_path / "runs", f"{ties}{seed}", [f"model.assigner.all_ties={ties}", f"seed={seed}"], ap)
+    runs = find_runs([tmp_path / "runs"])[0]
+    report = write_report(runs, tmp_path / "out", baseline="model.assigner.all_ties=false")
+    assert "| False (baseline) | 2 |" in report.markdown
+    with pytest.raises(ReportError, match="matches no configuration"):
+        write_report(runs, tmp_path / "out", baseline="all_ties=0.5")
+
+
 def test_unfinished_and_pruned_runs_are_listed_not_averaged(sweep, tmp_path):
     (sweep / "9" / ".hydra").mkdir(parents=True)
     (sweep / "9" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["experiment/focal_gamma=gamma1_alpha0.25"]))
