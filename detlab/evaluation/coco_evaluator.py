@@ -113,8 +113,8 @@ class CocoEvaluator:
     def compute(self) -> dict[str, Any]:
         """Gather all ranks' results once, drop DDP padding duplicates, and score the images seen.
 
-        Returns {"metrics": {name: float for name in METRIC_NAMES}, "per_class_AP": {class_name: float}},
-        the same dict on every rank.
+        Returns {"metrics": {name: float for name in METRIC_NAMES}, "per_class_AP": {class_name: float},
+        "scored": {"images": int, "detections": int}, ...} (coco_table.score), the same dict on every rank.
         """
         seen, results = _gather_and_deduplicate(self._local_state())
         if seen.size == 0:

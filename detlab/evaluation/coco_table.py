@@ -35,7 +35,8 @@ _DESCRIPTIONS = {
 
 def score(coco_gt: Any, results: BoxResults, img_ids: np.ndarray, names: dict[int, str], backend: str) -> dict:
     """COCOeval on img_ids and the categories of names (category id -> class name); the output dict:
-    {"metrics", "per_class_AP"} and the error analysis (detlab.evaluation.analysis)."""
+    {"metrics", "per_class_AP", "scored": {"images", "detections"}} and the error analysis
+    (detlab.evaluation.analysis)."""
     cat_ids = list(names)
     evaluator = coco_eval(coco_gt, results, img_ids.tolist(), cat_ids, backend)
     stats = np.asarray(evaluator.stats[:12], dtype=np.float64)
@@ -49,6 +50,7 @@ def score(coco_gt: Any, results: BoxResults, img_ids: np.ndarray, names: dict[in
     return {
         "metrics": {name: float(v) for name, v in zip(METRIC_NAMES, stats)},
         "per_class_AP": {names[c]: ap_of_cat[c] for c in cat_ids if c in ap_of_cat},
+        "scored": {"images": len(img_ids), "detections": len(results)},  # what the numbers are of
         **error_analysis(evaluator, names, backend),
     }
 

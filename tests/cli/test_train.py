@@ -314,17 +314,22 @@ def test_bad_override_stops_before_work_with_the_key(tmp_path):
 
 def test_ddp_two_cpu_processes_match_single_process_eval(tmp_path):
     """DDP (gloo) trains; its gathered evaluation equals a single process scoring the same weights."""
-    # 5 val images on 2 ranks: the distributed sampler pads one duplicate, which the evaluator must drop.
+    # 5 val images on 2 ranks: the distributed sampler pads one duplicate, which the evaluator must drop. Every
+    # box scored (score_thresh 0, 100 an image), so that the numbers of two steps' training are not all zeros.
     overrides = [o.replace("num_val_images=6", "num_val_images=5") for o in TINY]
     run(
         "detlab.cli.train", *overrides, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none",
-        f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path,
+        "model.postprocess.score_thresh=0", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path,
     )
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["global_step"] == 2  # 12 images, 2 ranks x batch 4: ceil(6 / 4) steps per rank
+    assert results["scored"] == {"images": 5, "detections": 500}
+    assert results["metrics"]["AR100"] > 0
     out = tmp_path / "single.json"
     run("detlab.cli.eval", "run", str(tmp_path / "ddp"), "--output", str(out), cwd=tmp_path)
-    assert json.loads(out.read_text())["metrics"] == pytest.approx(results["metrics"])
+    single = json.loads(out.read_text())
+    assert single["scored"] == results["scored"]
+    assert single["metrics"] == pytest.approx(results["metrics"])
 
 
 def test_eval_entry_point_scores_any_results_file(trained_run, tmp_path):

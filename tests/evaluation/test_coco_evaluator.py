@@ -221,6 +221,7 @@ def test_only_seen_images_and_own_categories_are_scored(ann_file):
     reference = reference_eval(ann_file, mine, img_ids=seen, cat_ids=[1, 5])
     assert result["metrics"] == pytest.approx(metric_dict(reference.stats), abs=TOL)
     assert list(result["per_class_AP"]) == ["dog", "cat"]
+    assert result["scored"] == {"images": 2, "detections": len(mine)}
     everything = reference_eval(ann_file, mine)
     assert everything.stats[0] != pytest.approx(reference.stats[0])  # the restriction changes the number
 
@@ -419,6 +420,7 @@ def test_repeated_image_keeps_its_first_copy(ann_file):
     evaluator.update([shifted], torch.tensor([IMAGE_IDS[0]]))  # image 3 again, as a padded sampler repeats it
     result = evaluator.compute()
     assert result["metrics"] == pytest.approx(metric_dict(reference_eval(ann_file, rows).stats), abs=TOL)
+    assert result["scored"] == {"images": len(IMAGE_IDS), "detections": len(rows)}
 
 
 def test_compute_is_quiet_and_reset_clears(ann_file, capsys):
@@ -476,6 +478,7 @@ def test_ddp_gathers_once_and_drops_padding_duplicates(ann_file, tmp_path):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["metrics"] == pytest.approx(single["metrics"], abs=TOL)
         assert result["per_class_AP"] == pytest.approx(single["per_class_AP"], abs=TOL)
+        assert result["scored"] == single["scored"] == {"images": 5, "detections": len(random_rows())}
     # Keeping the duplicate would have changed the numbers: the assertion above can fail.
     with_duplicate = random_rows() + [r for r in random_rows() if r[0] == 3]
     assert reference_eval(ann_file, with_duplicate).stats[0] != pytest.approx(single["metrics"]["AP"], abs=1e-6)
