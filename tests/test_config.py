@@ -219,3 +219,13 @@ def test_every_difference_from_the_torchvision_preset_is_a_row_of_the_readme_tab
         if not named:
             undocumented.append(key)
     assert not undocumented, f"model={own} differs from model={PRESETS[own]} in {undocumented}, not in README's table"
+
+
+def test_every_option_of_every_group_is_named_in_the_readmes_config_tree():
+    section = (CONF.parent / "README.md").read_text().split("### The config tree")[1].split("\n\n")[1]
+    rows = {row.split("|")[1].strip(" `"): row.split("|")[2] for row in section.splitlines()[2:]}
+    assert len(rows) >= 10
+    for group, options in rows.items():
+        files = {path.stem for path in (CONF / group).glob("*.yaml")}
+        named = set(re.findall(r"`([^`=\s]+)`", options))
+        assert files and files <= named, f"README's config tree, row {group}: {sorted(files - named)} not named"
