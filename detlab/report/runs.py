@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
 
 from detlab.evaluation.analysis import ERROR_TYPES
 from detlab.errors import ConfigError
@@ -182,6 +180,9 @@ def same_value(a: str, b: str) -> bool:
     where the user types `false`, a float as `0.5` where the user types `.5`."""
     if a == b:
         return True
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # 0.15 s: only when a baseline is given
+    from hydra.errors import HydraException
+
     parser = OverridesParser.create()
     try:
         return parser.parse_override(f"k={a}").value() == parser.parse_override(f"k={b}").value()
