@@ -18,6 +18,7 @@ from detlab.errors import ConfigError
 
 
 IGNORED = ("seed",)
+ABSENT = "default"  # the level of a factor that a configuration does not override
 # Overrides that say how a run was started, not what it is: a run resumed with ckpt_path=... is the same configuration
 # (detlab-train refuses a resume with other model, loss or optim values than its checkpoint's).
 NOT_CONFIGURATION = ("ckpt_path",)
@@ -152,7 +153,7 @@ def label(group: Group, keys: Sequence[str]) -> str:
     for a value (alpha=0.25)."""
     parts = []
     for key in keys:
-        value = group.overrides.get(key, "default")
+        value = group.overrides.get(key, ABSENT)
         parts.append(value if "." not in key.split("@")[0] else f"{short_key(key)}={value}")
     return ", ".join(parts) or "all runs"
 
@@ -169,7 +170,7 @@ def find_baseline(groups: Sequence[Group], spec: str) -> Group:
         g for g in groups if label(g, keys) == spec or (wanted and all(has(g, k, v) for k, v in wanted.items()))
     ]
     if len(matches) != 1:
-        names = "; ".join(" ".join(f"{k}={g.overrides.get(k)}" for k in keys) or label(g, keys) for g in groups)
+        names = "; ".join(" ".join(f"{k}={g.overrides.get(k, ABSENT)}" for k in keys) or label(g, keys) for g in groups)
         found = "no configuration" if not matches else f"{len(matches)} configurations"
         raise ReportError(f"--baseline {spec!r} matches {found}; the configurations are: {names}")
     return matches[0]

@@ -276,6 +276,12 @@ def test_baseline_value_as_the_command_line_reads_it(tmp_path):
     assert "| False (baseline) | 2 |" in report.markdown
     with pytest.raises(ReportError, match="matches no configuration"):
         write_report(runs, tmp_path / "out", baseline="all_ties=0.5")
+    # a configuration without the factor's override is named as the table names it, and chosen by that name
+    fake_run(tmp_path / "runs", "unset", ["seed=0"], 0.1)
+    runs = find_runs([tmp_path / "runs"])[0]
+    with pytest.raises(ReportError, match="model.assigner.all_ties=default$"):
+        write_report(runs, tmp_path / "out", baseline="all_ties=0.5")
+    assert "| default (baseline) | 1 |" in write_report(runs, tmp_path / "out", baseline="all_ties=default").markdown
 
 
 def test_unfinished_and_pruned_runs_are_listed_not_averaged(sweep, tmp_path):
