@@ -51,16 +51,9 @@ def dense_detector(
     The classification loss decides the number of logits (K for sigmoid losses, K + 1 for softmax ones).
     """
     _check_objectness(get_class(head._target_), get_class(criterion._target_))
-    classification = instantiate(cls_loss)
+    classification, num_outputs, softmax = _classification(cls_loss, num_classes)
     coder = instantiate(box_coder)
-    backbone_net = instantiate(backbone)
-    neck_net = instantiate(neck, in_channels=list(backbone_net.out_channels), in_strides=list(backbone_net.strides))
-    prior_gen = instantiate(priors)
-    prior_gen.check_levels(neck_net.strides)
-    num_outputs = classification.num_outputs(num_classes)
-    # The loss decides sigmoid (K outputs) or softmax (K + 1, background first); the head's bias init and
-    # the decoding follow it, so the three cannot disagree.
-    softmax = num_outputs == num_classes + 1
+    backbone_net, neck_net, prior_gen = _trunk(backbone, neck, priors)
     head_net = instantiate(
         head,
         in_channels=neck_net.out_channels,
@@ -74,6 +67,25 @@ def dense_detector(
         criterion=instantiate(criterion, cls_loss=classification, box_loss=instantiate(box_loss), box_coder=coder),
         postprocess=instantiate(postprocess, box_coder=coder, softmax=softmax),
     )
+
+
+def _classification(cls_loss: DictConfig, num_classes: int) -> tuple[nn.Module, int, bool]:
+    """The classification loss, its number of outputs and whether they are softmax ones. The loss decides
+    sigmoid (K outputs) or softmax (K + 1, background first); the head's bias init and the decoding follow it,
+    so the three cannot disagree."""
+    classification = instantiate(cls_loss)
+    num_outputs = classification.num_outputs(num_classes)
+    return classification, num_outputs, num_outputs == num_classes + 1
+
+
+def _trunk(backbone: DictConfig, neck: DictConfig, priors: DictConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The backbone, the neck over its channels and strides, and the prior generator checked against the neck's
+    levels (built in this order, which the seeded initial weights depend on)."""
+    backbone_net = instantiate(backbone)
+    neck_net = instantiate(neck, in_channels=list(backbone_net.out_channels), in_strides=list(backbone_net.strides))
+    prior_gen = instantiate(priors)
+    prior_gen.check_levels(neck_net.strides)
+    return backbone_net, neck_net, prior_gen
 
 
 def _check_objectness(head: type, criterion: type) -> None:
@@ -109,14 +121,9 @@ def two_stage_detector(
     which decides its outputs (K sigmoid or K + 1 softmax) and so its bias init and decoding.
     weights: a file to load into the model, strictly, as dense_detector's.
     """
-    classification = instantiate(cls_loss)
+    classification, num_outputs, softmax = _classification(cls_loss, num_classes)
     rpn_coder, roi_coder = instantiate(rpn.box_coder), instantiate(roi.box_coder)
-    backbone_net = instantiate(backbone)
-    neck_net = instantiate(neck, in_channels=list(backbone_net.out_channels), in_strides=list(backbone_net.strides))
-    anchors = instantiate(priors)
-    anchors.check_levels(neck_net.strides)
-    num_outputs = classification.num_outputs(num_classes)
-    softmax = num_outputs == num_classes + 1
+    backbone_net, neck_net, anchors = _trunk(backbone, neck, priors)
     model = FasterRCNN(
         backbone=backbone_net,
         neck=neck_net,
