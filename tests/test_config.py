@@ -160,6 +160,18 @@ def test_impossible_combinations_name_the_key():
     validate(compose_train(["trainer.limit_val_batches=0.5"]))
 
 
+# Every criterion's term weights: a negative one would train against its term.
+NEGATIVE_WEIGHTS = [("retinanet", "box_weight"), ("ssd300", "box_weight"), ("yolov3", "obj_weight"),
+                    ("faster_rcnn", "rpn_cls_weight"), ("tv_retinanet_r50_fpn", "box_weight")]
+
+
+@pytest.mark.parametrize(("model", "key"), NEGATIVE_WEIGHTS)
+def test_a_negative_loss_weight_names_its_key(model, key):
+    cfg = compose_train([f"model={model}", f"model.criterion.{key}=-1", *LIGHT.get(model, [])])
+    with pytest.raises(ConfigError, match=rf"model\.criterion\.{key}=-1"):
+        validate(cfg)
+
+
 def test_issue_example_overrides_compose():
     cfg = compose_train(["model/backbone=resnet50", "loss.gamma=0", "data.image_size=320", "trainer.max_epochs=3"])
     validate(cfg)

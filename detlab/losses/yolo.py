@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detlab.errors import ConfigError
-from detlab.losses.dense import loss_normaliser
+from detlab.losses.dense import check_weights, loss_normaliser
 from detlab.structures import Batch, BoxCoder, HeadOutput, Priors
 
 
@@ -52,9 +52,7 @@ class YoloLoss(nn.Module):
                 f"model.criterion.normalize={normalize!r}: use 'positives' (the batch's positive priors) or 'images' "
                 "(the batch's images, darknet's)"
             )
-        for key, value in (("obj_weight", obj_weight), ("cls_weight", cls_weight), ("box_weight", box_weight)):
-            if value < 0:
-                raise ConfigError(f"model.criterion.{key}={value} must be >= 0")
+        check_weights(obj_weight=obj_weight, cls_weight=cls_weight, box_weight=box_weight)
         self.cls_loss = cls_loss
         self.box_loss = box_loss
         self.box_coder = box_coder
