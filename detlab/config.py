@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, check_positive
 from detlab.evaluation.backends import BACKENDS
 
 
@@ -51,7 +51,8 @@ def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first impossible setting or combination in cfg."""
     _check_moved(cfg)
-    _check_positive(cfg, "data.image_size", "data.batch_size", "trainer.max_epochs")
+    check_positive("data", image_size=cfg.data.image_size, batch_size=cfg.data.batch_size)
+    check_positive("trainer", max_epochs=cfg.trainer.max_epochs)
     if cfg.eval.backend not in BACKENDS:
         raise ConfigError(f"eval.backend={cfg.eval.backend!r} is not an evaluator; use one of {BACKENDS}")
     _check_trainer(cfg.trainer)
@@ -126,15 +127,6 @@ def _check_optim(optim: DictConfig) -> None:
         instantiate(optim.scheduler)(optimizer, total_steps=100)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"optim.scheduler ({optim.scheduler._target_}) rejects its arguments: {err}") from None
-
-
-def _check_positive(cfg: DictConfig, *keys: str) -> None:
-    for key in keys:
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        if not isinstance(node, int) or node <= 0:
-            raise ConfigError(f"{key}={node!r} must be a positive integer")
 
 
 def _check_trainer(trainer: DictConfig) -> None:

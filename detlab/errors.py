@@ -14,7 +14,7 @@ import contextlib
 import errno
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 # What the operating system says when a folder cannot take a file; each names err.filename.
@@ -49,6 +49,17 @@ class StorageError(DetlabError, OSError):
 
 class DivergenceError(DetlabError, FloatingPointError):
     """Training or validation produced non-finite losses or predictions; names the step, the terms and the fix."""
+
+
+def check_positive(prefix: str, **values: int | Sequence[int]) -> None:
+    """Counts a component is built from (channels, strides, sizes, ...): each a positive integer, or a list of
+    them; otherwise a ConfigError naming `<prefix>.<key>` (torch would fail later, deep inside a layer)."""
+    for key, value in values.items():
+        one = isinstance(value, str) or not isinstance(value, Sequence)
+        numbers = [value] if one else list(value)
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in numbers):
+            shown = value if one else numbers
+            raise ConfigError(f"{prefix}.{key}={shown!r} must be {'a positive integer' if one else 'a list of positive integers'}")
 
 
 @contextlib.contextmanager

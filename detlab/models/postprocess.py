@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, nms
 
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, check_positive
 from detlab.structures import Batch, BoxCoder, Detections, HeadOutput, Priors, boxes_to_original
 
 
@@ -58,10 +58,7 @@ class DensePostProcess(nn.Module):
                 "exactly one of them (per level: RetinaNet's, YOLO's; per class: SSD's) and the other to null"
             )
         key, topk = ("topk_per_level", topk_per_level) if topk_per_class is None else ("topk_per_class", topk_per_class)
-        if topk < 1 or max_per_image < 1:
-            raise ConfigError(
-                f"postprocess.{key} and postprocess.max_per_image must be >= 1, got {topk}, {max_per_image}"
-            )
+        check_positive("model.postprocess", **{key: topk}, max_per_image=max_per_image)
         check_thresholds("model.postprocess", nms_iou, score_thresh)
         self.box_coder = box_coder
         self.score_thresh = score_thresh

@@ -135,6 +135,8 @@ class AnchorGenerator(PriorGenerator):
                 )
         if stride not in STRIDE_RULES:
             raise ConfigError(f"model.priors.stride={stride!r}: use one of {list(STRIDE_RULES)}")
+        if not 0 <= offset <= 1:
+            raise ConfigError(f"model.priors.offset={offset} must be in [0, 1]: the anchor centre within its cell")
         self.sizes = tuple(tuple(float(v) for v in level) for level in level_sizes)
         self.scales = tuple(float(s) for s in scales)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)

@@ -34,7 +34,7 @@ from torchvision.models.detection.retinanet import RetinaNetClassificationHead, 
 from torchvision.ops import box_iou, sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, check_positive
 from detlab.losses.focal import SigmoidFocalLoss
 from detlab.models.build import DetectorParts
 from detlab.models.torchvision_weights import load_weights
@@ -56,6 +56,7 @@ def torchvision_retinanet(
               (its alpha and gamma are used: gamma 0 is alpha-balanced CE).
     weights:  a detlab checkpoint or weights file of this model (model.weights), loaded strictly.
     """
+    check_positive("model", width=width)
     loss = instantiate(cls_loss)
     if not isinstance(loss, SigmoidFocalLoss):
         raise ConfigError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, check_positive
 from detlab.models.assigners import RoISampler
 from detlab.models.heads.roi import RoIBoxHead
 from detlab.models.heads.rpn import RPNHead
@@ -54,10 +54,11 @@ class ProposalGenerator(nn.Module):
         nms_per_level: bool = False,
     ) -> None:
         super().__init__()
-        counts = (pre_nms_top_n, post_nms_top_n, eval_pre_nms_top_n, eval_post_nms_top_n)
-        if min(counts) < 1:
-            raise ConfigError(f"model.rpn.proposals: every *_top_n must be >= 1, got {counts}")
+        check_positive("model.rpn.proposals", pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
+                       eval_pre_nms_top_n=eval_pre_nms_top_n, eval_post_nms_top_n=eval_post_nms_top_n)
         check_thresholds("model.rpn.proposals", nms_iou)
+        if min_size < 0:
+            raise ConfigError(f"model.rpn.proposals.min_size={min_size} must be >= 0 (input pixels)")
         self.box_coder = box_coder
         self.train_top_n = (pre_nms_top_n, post_nms_top_n)
         self.eval_top_n = (eval_pre_nms_top_n, eval_post_nms_top_n)
@@ -180,9 +181,10 @@ class RoIPostProcess(nn.Module):
         min_size: float = 1e-2,
     ) -> None:
         super().__init__()
-        if max_per_image < 1:
-            raise ConfigError(f"model.postprocess.max_per_image must be >= 1, got {max_per_image}")
+        check_positive("model.postprocess", max_per_image=max_per_image)
         check_thresholds("model.postprocess", nms_iou, score_thresh)
+        if min_size < 0:
+            raise ConfigError(f"model.postprocess.min_size={min_size} must be >= 0 (input pixels)")
         self.box_coder = box_coder
         self.score_thresh = score_thresh
         self.nms_iou = nms_iou

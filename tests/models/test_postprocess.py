@@ -153,7 +153,7 @@ def test_top_k_per_class_is_torchvisions_ssd_postprocess():
 def test_exactly_one_top_k_is_set(per_level, per_class):
     with pytest.raises(ValueError, match="postprocess.topk_per_level=.* and postprocess.topk_per_class=.*exactly one"):
         DensePostProcess(DeltaXYWHBoxCoder(), topk_per_level=per_level, topk_per_class=per_class)
-    with pytest.raises(ValueError, match="postprocess.topk_per_class and postprocess.max_per_image must be >= 1"):
+    with pytest.raises(ValueError, match=r"model\.postprocess\.topk_per_class=0 must be a positive integer"):
         DensePostProcess(DeltaXYWHBoxCoder(), topk_per_level=None, topk_per_class=0)
 
 

@@ -63,6 +63,8 @@ class VGG16(StagedBackbone):
         frozen_stages: int = -1,
     ) -> None:
         super().__init__()
+        if l2_scale <= 0:
+            raise ConfigError(f"model.backbone.l2_scale={l2_scale} must be > 0: conv4_3's initial scale (SSD: 20)")
         indices = list(out_indices)
         if not indices or not set(indices) <= set(OUTPUTS) or indices != sorted(set(indices)):
             raise ConfigError(

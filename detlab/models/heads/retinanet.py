@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, check_positive
 from detlab.models.heads.common import flatten_levels, prior_bias
 from detlab.structures import HeadOutput
 
@@ -51,9 +51,7 @@ class RetinaNetHead(nn.Module):
         super().__init__()
         if norm not in NORMS:
             raise ConfigError(f"model.head.norm={norm!r}; use null or gn")
-        for key, value in (("num_anchors", num_anchors), ("num_classes", num_classes), ("width", width)):
-            if value < 1:
-                raise ConfigError(f"model.head.{key}={value} must be a positive integer")
+        check_positive("model.head", num_anchors=num_anchors, num_classes=num_classes, width=width)
         if depth < 0:
             raise ConfigError(f"model.head.depth={depth} must be >= 0")
         self.num_anchors = num_anchors

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, check_positive
 from detlab.models.heads.common import prior_bias
 
 
@@ -55,10 +55,9 @@ class RoIBoxHead(nn.Module):
         super().__init__()
         self.level_names = level_names(level_strides)
         check_featmap_names(list(featmap_names), self.level_names)
-        for key, value in (("num_outputs", num_outputs), ("num_classes", num_classes), ("output_size", output_size),
-                           ("representation_size", representation_size)):
-            if value < 1:
-                raise ConfigError(f"model.roi.head.{key}={value} must be a positive integer")
+        check_positive("model.roi.head", num_outputs=num_outputs, num_classes=num_classes, output_size=output_size,
+                       representation_size=representation_size, canonical_scale=canonical_scale,
+                       canonical_level=canonical_level)
         self.featmap_names = list(featmap_names)
         self.num_classes = num_classes
         self.pooler = MultiScaleRoIAlign(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError
+from detlab.errors import check_positive
 from detlab.models.heads.common import flatten_levels
 from detlab.structures import HeadOutput
 
@@ -23,8 +23,7 @@ class RPNHead(nn.Module):
 
     def __init__(self, in_channels: int, num_anchors: int) -> None:
         super().__init__()
-        if in_channels < 1 or num_anchors < 1:
-            raise ConfigError(f"model.rpn.head: in_channels={in_channels} and num_anchors={num_anchors} must be >= 1")
+        check_positive("model.rpn.head", in_channels=in_channels, num_anchors=num_anchors)
         self.num_anchors = num_anchors
         self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
         self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
