@@ -53,6 +53,8 @@ def validate(cfg: DictConfig) -> None:
     _check_moved(cfg)
     check_positive("data", image_size=cfg.data.image_size, batch_size=cfg.data.batch_size)
     check_positive("trainer", max_epochs=cfg.trainer.max_epochs)
+    if not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed={cfg.seed!r} must be an integer in [0, 2^32 - 1], the range numpy's generators take")
     if cfg.eval.backend not in BACKENDS:
         raise ConfigError(f"eval.backend={cfg.eval.backend!r} is not an evaluator; use one of {BACKENDS}")
     _check_trainer(cfg.trainer)
@@ -144,6 +146,17 @@ def _check_trainer(trainer: DictConfig) -> None:
         raise ConfigError(
             f"trainer.precision={trainer.precision} needs a GPU; on CPU use 32-true or bf16-mixed"
         )
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and not clip >= 0:  # Lightning would scale every gradient by a negative number
+        raise ConfigError(f"trainer.gradient_clip_val={clip} must be >= 0 (0 or null: no clipping)")
+    every = trainer.get("check_val_every_n_epoch")
+    if every is not None:
+        check_positive("trainer", check_val_every_n_epoch=every)
+    for key in ("limit_train_batches", "limit_val_batches"):
+        limit = trainer.get(key)
+        if limit is not None and not (isinstance(limit, int) and limit >= 0 or isinstance(limit, float) and 0 <= limit <= 1):
+            raise ConfigError(f"trainer.{key}={limit!r}: use a number of batches (an integer), a fraction of them "
+                              "in [0, 1], or null for all")
     if trainer.get("limit_val_batches") == 0:  # 0 and 0.0: Lightning would skip the final evaluation too
         raise ConfigError(
             f"trainer.limit_val_batches={trainer.limit_val_batches} leaves nothing to score, and every run ends with "

@@ -179,6 +179,13 @@ BAD_VALUES = [
     ("tv_fasterrcnn_r50_fpn", "model.postprocess.min_size=-1", r"model\.postprocess\.min_size=-1 must be >= 0"),
     ("faster_rcnn", "model.rpn.proposals.post_nms_top_n=0", r"model\.rpn\.proposals\.post_nms_top_n=0 must be a posit"),
     ("retinanet", "data.batch_size=2.5", r"data\.batch_size=2\.5 must be a positive integer"),
+    ("retinanet", "seed=-1", r"seed=-1 must be an integer in \[0, 2\^32 - 1\]"),  # before, Lightning's traceback
+    # Lightning took a negative clip (and scaled every gradient by a negative number), divided by zero for 0 epochs
+    # between validations, and refused the limits with a traceback of its own
+    ("retinanet", "trainer.gradient_clip_val=-1", r"trainer\.gradient_clip_val=-1 must be >= 0"),
+    ("retinanet", "trainer.check_val_every_n_epoch=0", r"trainer\.check_val_every_n_epoch=0 must be a positive"),
+    ("retinanet", "trainer.limit_train_batches=-1", r"trainer\.limit_train_batches=-1: use a number of batches"),
+    ("retinanet", "trainer.limit_train_batches=1.5", r"trainer\.limit_train_batches=1\.5: use a number of batches"),
 ]
 
 

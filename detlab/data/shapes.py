@@ -144,6 +144,8 @@ def _check_params(p: ShapesSource) -> None:
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"data.source.{key}={getattr(p, key)!r}: {why}")
 
+    if not isinstance(p.seed, int) or p.seed < 0:
+        fail("seed", "must be an integer >= 0 (numpy's generators take no negative seed)")
     if not 1 <= p.num_classes <= len(SHAPE_KINDS):
         fail("num_classes", f"must be 1..{len(SHAPE_KINDS)}, one per shape kind {list(SHAPE_KINDS)}")
     for key in ("num_train_images", "num_val_images", "image_size"):

@@ -29,7 +29,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from detlab.distributed import from_every_rank
-from detlab.errors import CheckpointError, writing
+from detlab.errors import CheckpointError, ConfigError, writing
 from detlab.files import replaced_atomically
 
 # The keys every checkpoint detlab writes holds (Lightning's, plus the module's hyper-parameters).
@@ -125,6 +125,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def checkpoint_callbacks(folder: Path, save_last: bool, save_top_k: int) -> list[ModelCheckpoint]:
     """The full checkpoints of a run (conf/train.yaml's `checkpoint`): the save_top_k best by val AP (best.ckpt
     when one, best-epoch=<n>.ckpt when several; -1 keeps every validation's) and last.ckpt after every epoch."""
+    if not isinstance(save_top_k, int) or save_top_k < -1:
+        raise ConfigError(f"checkpoint.save_top_k={save_top_k!r}: use 0 (none), k >= 1 (the k best by val AP) or -1 "
+                          "(every validation's)")
     callbacks = []
     if save_top_k != 0:
         callbacks.append(ModelCheckpoint(dirpath=folder, filename="best" if save_top_k == 1 else "best-{epoch}",

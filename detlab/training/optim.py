@@ -57,6 +57,16 @@ def lr_factor(
     """
     if name not in ("cosine", "step"):
         raise ConfigError(f"optim.scheduler.name={name!r} is not a schedule; use 'cosine' or 'step'")
+    # each would train with a negative or growing learning rate, or decay at a step that never comes
+    if not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ConfigError(f"optim.scheduler.warmup_steps={warmup_steps!r} must be an integer >= 0")
+    if not 0 <= warmup_factor <= 1:
+        raise ConfigError(f"optim.scheduler.warmup_factor={warmup_factor} must be in [0, 1]: the warm-up's first lr / lr")
+    if not 0 < gamma <= 1:
+        raise ConfigError(f"optim.scheduler.gamma={gamma} must be in (0, 1]: the step schedule's decay per milestone")
+    if list(milestones) != sorted(milestones) or not all(0 < m <= 1 for m in milestones):
+        raise ConfigError(f"optim.scheduler.milestones={list(milestones)} must be increasing fractions of the run, "
+                          "each in (0, 1]")
     warmup_steps = min(warmup_steps, total_steps // 2)
     steps_at = [int(m * total_steps) for m in milestones]
 

@@ -108,6 +108,8 @@ class EvaluationLogger(pl.Callback):
     """
 
     def __init__(self, num_images: int = 4) -> None:
+        if not isinstance(num_images, int) or num_images < 0:
+            raise ConfigError(f"eval.num_log_images={num_images!r} must be an integer >= 0 (0 draws none)")
         self.num_images = num_images
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:

@@ -115,6 +115,7 @@ def test_long_tail_makes_later_classes_rarer(tmp_path):
         ({"object_size": (0.5, 1.5)}, "data.source.object_size"),
         ({"num_train_images": 0}, "data.source.num_train_images"),
         ({"background": "noise"}, "data.source.background"),
+        ({"seed": -1}, "data.source.seed=-1: must be an integer >= 0"),
     ],
 )
 def test_bad_parameters_name_their_key(tmp_path, params, key):

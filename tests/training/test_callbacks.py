@@ -8,7 +8,7 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from detlab.training.checkpoint import RandomState
 from detlab.config import compose_train, validate
 from detlab.training.ema import EMA
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, user_message
 from detlab.training.tracking import EvaluationLogger
 from detlab.training.run import _callbacks
 
@@ -40,3 +40,12 @@ def test_default_set_and_composed_additions(tmp_path):
 def test_moved_or_wrong_keys_stop_naming_the_key(overrides, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
         validate(compose_train(overrides))
+
+
+@pytest.mark.parametrize("override", ["checkpoint.save_top_k=-2", "eval.num_log_images=-1"])
+def test_counts_the_callbacks_cannot_take_are_one_message_naming_the_key(tmp_path, override):
+    """Before: Lightning's traceback from ModelCheckpoint, and -1 images taken silently."""
+    with pytest.raises(Exception) as caught:
+        _callbacks(compose_train([override]), tmp_path, logger=True)
+    message = user_message(caught.value)  # what detlab-train prints before exiting 2
+    assert message is not None and message.startswith(override), message

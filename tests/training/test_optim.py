@@ -24,9 +24,16 @@ def test_step_decay_at_fractions_of_the_run():
     assert [f(0), f(44), f(45), f(71), f(72), f(89)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
-def test_unknown_schedule_names_the_key():
-    with pytest.raises(ValueError, match="optim.scheduler.name"):
-        lr_factor(total_steps=10, name="poly")
+@pytest.mark.parametrize(("setting", "key"), [
+    ({"name": "poly"}, "optim.scheduler.name='poly'"),
+    ({"warmup_steps": -1}, "optim.scheduler.warmup_steps=-1"),        # before: taken, a schedule that never warms
+    ({"warmup_factor": -1.0}, "optim.scheduler.warmup_factor=-1.0"),  # before: negative learning rates
+    ({"gamma": 1.5}, "optim.scheduler.gamma=1.5"),                    # before: a growing learning rate
+    ({"milestones": [0.9, 0.5]}, r"optim.scheduler.milestones=\[0.9, 0.5\]"),
+])
+def test_a_schedule_that_cannot_be_meant_names_its_key(setting, key):
+    with pytest.raises(ValueError, match=key):
+        lr_factor(total_steps=10, **setting)
 
 
 def tiny_net() -> nn.Module:
