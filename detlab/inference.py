@@ -23,11 +23,29 @@ from torch import nn
 from detlab.data.collate import collate
 from detlab.data.datamodule import eval_transform
 from detlab.data.transforms import DetectionTransform
-from detlab.errors import CheckpointError
+from detlab.errors import CheckpointError, ConfigError
 from detlab.structures import Batch, Detections
 from detlab.training.checkpoint import WEIGHTS_FILE, load_hparams
 
 NO_BOXES, NO_LABELS = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+
+
+def resolve_device(name: torch.device | str) -> torch.device:
+    """A --device argument as a torch device: "auto" is CUDA when there is one, else the CPU; a name torch does
+    not know, or a CUDA device this machine does not have, stops with the argument named (torch would fail at the
+    first tensor moved, with a traceback)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is visible (torch {torch.__version__}); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 class Predictor:
@@ -84,10 +102,8 @@ class Predictor:
                    module.hparams["category_ids"], module.hparams["class_names"])
 
     def to(self, device: torch.device | str) -> Predictor:
-        """Move the model to device; "auto" is CUDA when there is one, else the CPU."""
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model.to(device)
+        """Move the model to device (resolve_device's names)."""
+        self.model.to(resolve_device(device))
         return self
 
     @property

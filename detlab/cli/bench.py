@@ -12,14 +12,14 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
+from detlab.errors import user_errors
+from detlab.inference import resolve_device
 from detlab.profile import bench
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m detlab.cli.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1")
     parser.add_argument("--quick", action="store_true", help=f"fewer batches and repeats: {bench.QUICK}")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 8],
                         help="the parts' batches (the forward row at the first only: the same convolutions)")
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = json.loads(args.table.read_text())
         print(bench.table(rows))
         return rows
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     rows = []
     for i, batch_size in enumerate(args.batch_sizes):
         rows += bench.part_rows(device, batch_size, args.image_size, args.warmup, args.repeats, forward=i == 0)
@@ -72,4 +72,5 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors("python -m detlab.cli.bench"):
+        main()

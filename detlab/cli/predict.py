@@ -37,8 +37,13 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Detections of every image as COCO results, written to out; see the module's docstring."""
     from detlab.data.coco.reader import read_image_file  # torch and the model code load here, after --help
-    from detlab.inference import Predictor
+    from detlab.inference import Predictor, resolve_device
 
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size={batch_size} must be >= 1")
+    if not 0 <= draw_thresh <= 1:
+        raise ConfigError(f"--draw-thresh={draw_thresh} must be a score in [0, 1]")
+    resolve_device(device)  # before the model loads
     images, coco_categories = _image_list(inputs, img_dir)
     if coco_categories is None:  # plain files: the results name each by its file name, the drawings by its stem
         _check_distinct([path for path, _ in images], lambda path: path.name, "results' file_name")
@@ -64,8 +69,6 @@ def predict(
             )
         names = [coco_categories.get(c, f"unused_{c}") for c in category_ids] if coco_categories else None
         predictor = Predictor.from_config(cfg, list(category_ids), names)
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size={batch_size} must be >= 1")
     predictor.to(device)
 
     results: list[dict[str, Any]] = []

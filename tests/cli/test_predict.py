@@ -95,6 +95,12 @@ def test_files_and_folders_get_their_names_and_drawings(tmp_path):
         # one name for two files: the results' file_name stood for both, the second drawing overwrote the first
         (["d1", "d2"], "d1/x.png and d2/x.png would have the same results' file_name ('x.png')"),
         (["ok.png", "d1/ok.jpg", "--draw", "drawn"], "d1/ok.jpg and ok.png would have the same drawing in drawn ('ok')"),
+        # before the model loads; a device name torch does not know, or a CUDA device that is not there, was
+        # torch's traceback
+        (["ok.png", "--device", "tpu"], "--device tpu: not a device"),
+        (["ok.png", "--device", "cuda:99"], "--device cuda:99"),
+        (["ok.png", "--draw", "drawn", "--draw-thresh", "2"], "--draw-thresh=2.0 must be a score in [0, 1]"),
+        (["ok.png", "--batch-size", "0"], "--batch-size=0 must be >= 1"),
     ],
 )
 def test_bad_inputs_name_the_file_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
