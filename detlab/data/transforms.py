@@ -234,6 +234,9 @@ def _check_resize(resize, max_size, low, high, mean, std) -> None:
     if resize == "keep_ratio" and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
         raise ConfigError(f"data.resize=keep_ratio needs data.max_size, the bound on the longer side (torchvision: "
                          f"1333 for data.image_size=800), got {max_size!r}")
+    if resize != "keep_ratio" and max_size is not None:  # a bound no resize would read
+        raise ConfigError(f"data.max_size={max_size} bounds data.resize=keep_ratio only; with data.resize={resize} "
+                          "set it to null (the input side is data.image_size)")
     if resize != "letterbox" and (low, high) != (1.0, 1.0):
         raise ConfigError(f"data.augment.scale_range=[{low}, {high}] works with data.resize=letterbox only; "
                          f"set it to [1, 1] with data.resize={resize}")

@@ -141,6 +141,7 @@ def test_torchvision_resize_policies_give_torchvisions_pixels_and_boxes(resize, 
     [
         ({"resize": "crop"}, "data.resize='crop'"),
         ({"resize": "keep_ratio"}, "data.resize=keep_ratio needs data.max_size"),
+        ({"max_size": 50}, "data.max_size=50 bounds data.resize=keep_ratio only"),  # before: taken and ignored
         ({"resize": "stretch", "scale_range": (0.5, 1.5)}, "data.augment.scale_range=.*letterbox only"),
         ({"std": (0.2, 0.0, 0.2)}, "data.std"),
         ({"mean": (0.5, 0.5)}, "data.mean"),
