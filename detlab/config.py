@@ -58,6 +58,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.eval.backend not in BACKENDS:
         raise ConfigError(f"eval.backend={cfg.eval.backend!r} is not an evaluator; use one of {BACKENDS}")
     _check_trainer(cfg.trainer)
+    if cfg.speed.enabled:
+        _check_speed(cfg.speed, cfg.trainer)
     _check_optim(cfg.optim)
     _check_model(cfg)
 
@@ -131,6 +133,28 @@ def _check_optim(optim: DictConfig) -> None:
         raise ConfigError(f"optim.scheduler ({optim.scheduler._target_}) rejects its arguments: {err}") from None
 
 
+def _on_cpu(trainer: DictConfig) -> bool:
+    import torch
+
+    return trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
+
+
+def _check_cpu_precision(key: str, precision: str | int, trainer: DictConfig) -> None:
+    if _on_cpu(trainer) and str(precision).startswith("16"):
+        raise ConfigError(f"{key}={precision} needs a GPU; on CPU use 32-true or bf16-mixed")
+
+
+def _check_speed(speed: DictConfig, trainer: DictConfig) -> None:
+    """The speed protocol that follows training, checked before it: a setting it refuses used to stop the run
+    after the last epoch, before results.json was written."""
+    from detlab.profile.speed import check_protocol
+
+    key = "speed.precision" if speed.precision is not None else "trainer.precision"
+    precision = speed.precision if speed.precision is not None else trainer.precision
+    check_protocol(speed.batch_size, speed.warmup, speed.repeats, precision, key)
+    _check_cpu_precision(key, precision, trainer)
+
+
 def _check_trainer(trainer: DictConfig) -> None:
     import torch
 
@@ -139,13 +163,9 @@ def _check_trainer(trainer: DictConfig) -> None:
             f"trainer.accelerator={trainer.accelerator} but no CUDA device is visible; use trainer=cpu "
             "(or trainer=ddp trainer.accelerator=cpu for several CPU processes)"
         )
-    on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
-    if on_cpu and trainer.get("sync_batchnorm"):
+    if _on_cpu(trainer) and trainer.get("sync_batchnorm"):
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm); set it to false on CPU")
-    if on_cpu and str(trainer.precision).startswith("16"):
-        raise ConfigError(
-            f"trainer.precision={trainer.precision} needs a GPU; on CPU use 32-true or bf16-mixed"
-        )
+    _check_cpu_precision("trainer.precision", trainer.precision, trainer)
     clip = trainer.get("gradient_clip_val")
     if clip is not None and not clip >= 0:  # Lightning would scale every gradient by a negative number
         raise ConfigError(f"trainer.gradient_clip_val={clip} must be >= 0 (0 or null: no clipping)")

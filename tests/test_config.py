@@ -186,6 +186,10 @@ BAD_VALUES = [
     ("retinanet", "trainer.check_val_every_n_epoch=0", r"trainer\.check_val_every_n_epoch=0 must be a positive"),
     ("retinanet", "trainer.limit_train_batches=-1", r"trainer\.limit_train_batches=-1: use a number of batches"),
     ("retinanet", "trainer.limit_train_batches=1.5", r"trainer\.limit_train_batches=1\.5: use a number of batches"),
+    # the speed protocol's settings: each used to stop the run after its last epoch, before results.json
+    ("retinanet", "speed.repeats=0", r"speed\.repeats=0 must be an integer >= 1"),
+    ("retinanet", "trainer.precision=64-true", r"trainer\.precision='64-true' is not one the speed protocol measures"),
+    ("retinanet", "speed.precision=16-mixed", r"speed\.precision=16-mixed needs a GPU"),  # before: timed fp16 on CPU
 ]
 
 

@@ -100,8 +100,8 @@ def measure_speed(
     {stage: {"median", "p90"}} for preprocess, model, postprocess and total, then batch_size, warmup,
     repeats, input_size, precision, params, gflops, device, torch, cuda, threads}.
     """
-    _check_protocol(batch_size, warmup, repeats)
-    autocast_dtype = _autocast_dtype(precision)
+    check_protocol(batch_size, warmup, repeats, precision)
+    autocast_dtype = PRECISIONS[str(precision)]
     model = predictor.model
     device = torch.device(device) if device is not None else predictor.device
     model.to(device)
@@ -209,18 +209,16 @@ def _per_stage_ms(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {**{s: summarize_ms(times[s]) for s in STAGES}, "total": summarize_ms(total)}
 
 
-def _autocast_dtype(precision: str | int) -> torch.dtype | None:
-    if str(precision) not in PRECISIONS:
-        raise ConfigError(
-            f"speed.precision={precision!r} is not measured; use one of 32-true, 16-mixed, bf16-mixed"
-        )
-    return PRECISIONS[str(precision)]
-
-
-def _check_protocol(batch_size: int, warmup: int, repeats: int) -> None:
+def check_protocol(batch_size: int, warmup: int, repeats: int, precision: str | int,
+                   precision_key: str = "speed.precision") -> None:
+    """The protocol's settings (conf/train.yaml's `speed`); validate() asks before training, which the protocol
+    follows. precision_key: where the precision came from (trainer.precision when speed.precision is null)."""
     for key, value, least in (("batch_size", batch_size, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
         if not isinstance(value, int) or value < least:
             raise ConfigError(f"speed.{key}={value!r} must be an integer >= {least}")
+    if str(precision) not in PRECISIONS:
+        raise ConfigError(f"{precision_key}={precision!r} is not one the speed protocol measures; use 32-true, "
+                          "16-mixed or bf16-mixed" + (" as speed.precision" if precision_key != "speed.precision" else ""))
 
 
 def cpu_name() -> str:
