@@ -15,13 +15,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from detlab.config import validate
-from detlab.errors import writing
+from detlab.errors import ConfigError, DetlabError, writing
+from detlab.evaluation.coco_table import METRIC_NAMES
 from detlab.evaluation.figures import plot_error_analysis
 from detlab.files import write_text_atomically
 from detlab.inference import Predictor
@@ -167,10 +169,10 @@ def _callbacks(cfg: DictConfig, run_dir: Path, logger) -> list[pl.Callback]:
     callbacks: list[pl.Callback] = [
         *checkpoint_callbacks(folder, cfg.checkpoint.save_last, cfg.checkpoint.save_top_k), RandomState()
     ]
-    for node in cfg.callbacks.values():
+    for name, node in cfg.callbacks.items():
         if node is None:
             continue
-        callback = instantiate(node)
+        callback = _callback(f"callbacks.{name}", node)
         # Lightning refuses a learning-rate monitor without a logger, and a progress bar when the trainer's is off:
         # the default set's two step aside for logger=none and trainer.enable_progress_bar=false.
         if isinstance(callback, LearningRateMonitor) and not logger:
@@ -179,6 +181,28 @@ def _callbacks(cfg: DictConfig, run_dir: Path, logger) -> list[pl.Callback]:
             continue
         callbacks.append(callback)
     return callbacks
+
+
+# What a callback's `monitor` can name: the metrics DetectionModule logs (train/loss_<term>: the model's terms).
+MONITORED = {"train/loss", "val/loss", *(f"val/{name}" for name in METRIC_NAMES)}
+
+
+def _callback(key: str, node: DictConfig) -> pl.Callback:
+    """One node of the callbacks group, built; arguments its class refuses (Lightning's MisconfigurationException,
+    a TypeError for an unknown one), or a `monitor` of a metric that is never logged (Lightning's traceback after
+    the first validation), stop with the key."""
+    try:
+        callback = instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, DetlabError) or not isinstance(cause, (MisconfigurationException, TypeError, ValueError)):
+            raise
+        raise ConfigError(f"{key} ({node._target_}) rejects its arguments: {cause}") from None
+    monitor = getattr(callback, "monitor", None)
+    if isinstance(monitor, str) and monitor not in MONITORED and not monitor.startswith("train/loss_"):
+        raise ConfigError(f"{key}.monitor={monitor!r} is not a metric detlab logs; use one of {sorted(MONITORED)} "
+                          "or train/loss_<term>")
+    return callback
 
 
 def _speed(cfg: DictConfig, module: DetectionModule, datamodule, device) -> dict[str, Any]:

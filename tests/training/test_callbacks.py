@@ -42,10 +42,28 @@ def test_moved_or_wrong_keys_stop_naming_the_key(overrides, says):
         validate(compose_train(overrides))
 
 
-@pytest.mark.parametrize("override", ["checkpoint.save_top_k=-2", "eval.num_log_images=-1"])
-def test_counts_the_callbacks_cannot_take_are_one_message_naming_the_key(tmp_path, override):
-    """Before: Lightning's traceback from ModelCheckpoint, and -1 images taken silently."""
+ES = "callbacks=[default,early_stopping]"
+
+
+@pytest.mark.parametrize(("overrides", "says"), [
+    # before: Lightning's traceback from ModelCheckpoint, and -1 images taken silently
+    (["checkpoint.save_top_k=-2"], "checkpoint.save_top_k=-2"),
+    (["eval.num_log_images=-1"], "eval.num_log_images=-1"),
+    # before: exit 1 with Hydra's wrapper of Lightning's message, and of the TypeError
+    ([ES, "callbacks.early_stopping.mode=maximum"], "callbacks.early_stopping (pytorch_lightning.callbacks.EarlyStopping) "
+                                                    "rejects its arguments: `mode` can be min, max, got maximum"),
+    ([ES, "+callbacks.early_stopping.patiance=3"], "callbacks.early_stopping (pytorch_lightning.callbacks.EarlyStopping) "
+                                                   "rejects its arguments"),
+    # before: Lightning's traceback after the first epoch's validation
+    ([ES, "callbacks.early_stopping.monitor=val/APX"], "callbacks.early_stopping.monitor='val/APX' is not a metric"),
+])
+def test_what_the_callbacks_cannot_take_is_one_message_naming_the_key(tmp_path, overrides, says):
     with pytest.raises(Exception) as caught:
-        _callbacks(compose_train([override]), tmp_path, logger=True)
+        _callbacks(compose_train(overrides), tmp_path, logger=True)
     message = user_message(caught.value)  # what detlab-train prints before exiting 2
-    assert message is not None and message.startswith(override), message
+    assert message is not None and message.startswith(says), message
+
+
+def test_a_monitor_of_a_logged_metric_is_taken(tmp_path):
+    for monitor in ("val/AP50", "val/loss", "train/loss_cls"):
+        built([ES, f"callbacks.early_stopping.monitor={monitor}"], tmp_path)
