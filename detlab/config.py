@@ -174,7 +174,8 @@ def _check_trainer(trainer: DictConfig) -> None:
         check_positive("trainer", check_val_every_n_epoch=every)
     for key in ("limit_train_batches", "limit_val_batches"):
         limit = trainer.get(key)
-        if limit is not None and not (isinstance(limit, int) and limit >= 0 or isinstance(limit, float) and 0 <= limit <= 1):
+        batches, fraction = isinstance(limit, int) and limit >= 0, isinstance(limit, float) and 0 <= limit <= 1
+        if limit is not None and not (batches or fraction):
             raise ConfigError(f"trainer.{key}={limit!r}: use a number of batches (an integer), a fraction of them "
                               "in [0, 1], or null for all")
     if trainer.get("limit_val_batches") == 0:  # 0 and 0.0: Lightning would skip the final evaluation too

@@ -58,8 +58,8 @@ def check_positive(prefix: str, **values: int | Sequence[int]) -> None:
         one = isinstance(value, str) or not isinstance(value, Sequence)
         numbers = [value] if one else list(value)
         if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in numbers):
-            shown = value if one else numbers
-            raise ConfigError(f"{prefix}.{key}={shown!r} must be {'a positive integer' if one else 'a list of positive integers'}")
+            what = "a positive integer" if one else "a list of positive integers"
+            raise ConfigError(f"{prefix}.{key}={value if one else numbers!r} must be {what}")
 
 
 @contextlib.contextmanager

@@ -217,8 +217,9 @@ def check_protocol(batch_size: int, warmup: int, repeats: int, precision: str | 
         if not isinstance(value, int) or value < least:
             raise ConfigError(f"speed.{key}={value!r} must be an integer >= {least}")
     if str(precision) not in PRECISIONS:
+        where = "" if precision_key == "speed.precision" else " as speed.precision"
         raise ConfigError(f"{precision_key}={precision!r} is not one the speed protocol measures; use 32-true, "
-                          "16-mixed or bf16-mixed" + (" as speed.precision" if precision_key != "speed.precision" else ""))
+                          f"16-mixed or bf16-mixed{where}")
 
 
 def cpu_name() -> str:

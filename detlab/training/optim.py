@@ -61,7 +61,8 @@ def lr_factor(
     if not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ConfigError(f"optim.scheduler.warmup_steps={warmup_steps!r} must be an integer >= 0")
     if not 0 <= warmup_factor <= 1:
-        raise ConfigError(f"optim.scheduler.warmup_factor={warmup_factor} must be in [0, 1]: the warm-up's first lr / lr")
+        raise ConfigError(f"optim.scheduler.warmup_factor={warmup_factor} must be in [0, 1]: the warm-up's first "
+                          "lr as a fraction of optim.optimizer.lr")
     if not 0 < gamma <= 1:
         raise ConfigError(f"optim.scheduler.gamma={gamma} must be in (0, 1]: the step schedule's decay per milestone")
     if list(milestones) != sorted(milestones) or not all(0 < m <= 1 for m in milestones):

@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from detlab.config import validate
-from detlab.errors import ConfigError, DetlabError, writing
+from detlab.errors import ConfigError, writing
 from detlab.evaluation.coco_table import METRIC_NAMES
 from detlab.evaluation.figures import plot_error_analysis
 from detlab.files import write_text_atomically
@@ -195,7 +195,7 @@ def _callback(key: str, node: DictConfig) -> pl.Callback:
         callback = instantiate(node)
     except InstantiationException as err:
         cause = err.__cause__
-        if isinstance(cause, DetlabError) or not isinstance(cause, (MisconfigurationException, TypeError, ValueError)):
+        if not isinstance(cause, (MisconfigurationException, TypeError)):  # ours are DetlabErrors already; bugs
             raise
         raise ConfigError(f"{key} ({node._target_}) rejects its arguments: {cause}") from None
     monitor = getattr(callback, "monitor", None)
