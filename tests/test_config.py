@@ -1,6 +1,7 @@
 """Every option of every config group composes, validates and instantiates (every model with every loss runs one
 tiny batch); bad configs stop with the key."""
 
+import copy
 import inspect
 import re
 from pathlib import Path
@@ -198,6 +199,43 @@ def test_a_value_a_component_cannot_take_names_its_key(model, override, message)
     light = [] if "l2_scale" in override else LIGHT.get(model, [])  # SSD's L2 scale is VGG16's own
     with pytest.raises(ConfigError, match=message):
         validate(compose_train([f"model={model}", override, *light]))
+
+
+# The numeric keys where -1 is a meaning, not a mistake; every other numeric key of every preset refuses it.
+MINUS_ONE_MEANS = {
+    "model.backbone.frozen_stages": "nothing frozen (mmdetection's convention)",
+    "loss.alpha": "no alpha weighting (torchvision's sigmoid_focal_loss)",
+    "model.roi.head.sampling_ratio": "RoIAlign's adaptive sampling (any value <= 0)",
+}
+
+
+def numeric_keys(node: dict, prefix: str) -> list[str]:
+    """The dotted keys of node's numbers (not of interpolations, which name another key)."""
+    keys = []
+    for key, value in node.items():
+        if isinstance(value, dict):
+            keys += numeric_keys(value, f"{prefix}.{key}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            keys.append(f"{prefix}.{key}")
+    return keys
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_numeric_key_of_a_preset_refuses_minus_one_unless_it_means_something(model):
+    """The sweep that found a negative gradient clip, loss weight, width or anchor offset taken silently, kept:
+    a key added to a preset without a check fails here, or joins MINUS_ONE_MEANS with its reason."""
+    base = compose_train([f"model={model}", *LIGHT.get(model, [])])
+    accepted = []
+    for key in [k for group in ("model", "loss") for k in numeric_keys(OmegaConf.to_container(base[group]), group)]:
+        cfg = copy.deepcopy(base)
+        OmegaConf.update(cfg, key, -1)
+        try:
+            validate(cfg)
+        except ConfigError:
+            continue
+        accepted.append(key)
+    unexplained = sorted(set(accepted) - set(MINUS_ONE_MEANS))
+    assert not unexplained, f"model={model} takes -1 for {unexplained}"
 
 
 def test_issue_example_overrides_compose():
