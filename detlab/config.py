@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from detlab.errors import ConfigError, check_positive
+from detlab.errors import ConfigError, check_non_negative, check_positive
 from detlab.evaluation.backends import BACKENDS
 
 
@@ -166,9 +166,8 @@ def _check_trainer(trainer: DictConfig) -> None:
     if _on_cpu(trainer) and trainer.get("sync_batchnorm"):
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm); set it to false on CPU")
     _check_cpu_precision("trainer.precision", trainer.precision, trainer)
-    clip = trainer.get("gradient_clip_val")
-    if clip is not None and not clip >= 0:  # Lightning would scale every gradient by a negative number
-        raise ConfigError(f"trainer.gradient_clip_val={clip} must be >= 0 (0 or null: no clipping)")
+    if trainer.get("gradient_clip_val") is not None:  # a negative one scales every gradient by a negative number
+        check_non_negative("trainer", gradient_clip_val=trainer.gradient_clip_val)
     every = trainer.get("check_val_every_n_epoch")
     if every is not None:
         check_positive("trainer", check_val_every_n_epoch=every)

@@ -54,12 +54,22 @@ class DivergenceError(DetlabError, FloatingPointError):
 def check_positive(prefix: str, **values: int | Sequence[int]) -> None:
     """Counts a component is built from (channels, strides, sizes, ...): each a positive integer, or a list of
     them; otherwise a ConfigError naming `<prefix>.<key>` (torch would fail later, deep inside a layer)."""
+    _check_each(prefix, values, lambda n: isinstance(n, int) and n > 0, "a positive integer", "positive integers")
+
+
+def check_non_negative(prefix: str, **values: float | Sequence[float]) -> None:
+    """Weights, paddings, minimum sizes, counts that may be 0: each a number >= 0, or a list of them; a negative
+    one would train against a term or pad nothing it can, and is refused naming `<prefix>.<key>`."""
+    _check_each(prefix, values, lambda n: isinstance(n, (int, float)) and n >= 0, "a number >= 0", "numbers >= 0")
+
+
+def _check_each(prefix: str, values: dict, ok, one_is: str, many_are: str) -> None:
     for key, value in values.items():
         one = isinstance(value, str) or not isinstance(value, Sequence)
         numbers = [value] if one else list(value)
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in numbers):
-            what = "a positive integer" if one else "a list of positive integers"
-            raise ConfigError(f"{prefix}.{key}={value if one else numbers!r} must be {what}")
+        if not all(ok(n) and not isinstance(n, bool) for n in numbers):
+            raise ConfigError(f"{prefix}.{key}={value if one else numbers!r} must be "
+                              f"{one_is if one else 'a list of ' + many_are}")
 
 
 @contextlib.contextmanager

@@ -164,26 +164,26 @@ def test_impossible_combinations_name_the_key():
 # Values a component cannot be built from or train with: each stops at validation with its key (before, a zero
 # width failed deep inside torch's convolution, and the others were taken silently).
 BAD_VALUES = [
-    ("retinanet", "model.criterion.box_weight=-1", r"model\.criterion\.box_weight=-1 must be >= 0"),
-    ("ssd300", "model.criterion.box_weight=-1", r"model\.criterion\.box_weight=-1 must be >= 0"),
-    ("yolov3", "model.criterion.obj_weight=-1", r"model\.criterion\.obj_weight=-1 must be >= 0"),
-    ("faster_rcnn", "model.criterion.rpn_cls_weight=-1", r"model\.criterion\.rpn_cls_weight=-1 must be >= 0"),
-    ("tv_retinanet_r50_fpn", "model.criterion.box_weight=-1", r"model\.criterion\.box_weight=-1 must be >= 0"),
+    ("retinanet", "model.criterion.box_weight=-1", r"model\.criterion\.box_weight=-1 must be a number >= 0"),
+    ("ssd300", "model.criterion.box_weight=-1", r"model\.criterion\.box_weight=-1 must be a number >= 0"),
+    ("yolov3", "model.criterion.obj_weight=-1", r"model\.criterion\.obj_weight=-1 must be a number >= 0"),
+    ("faster_rcnn", "model.criterion.rpn_cls_weight=-1", r"model\.criterion\.rpn_cls_weight=-1 must be a number >= 0"),
+    ("tv_retinanet_r50_fpn", "model.criterion.box_weight=-1", r"model\.criterion\.box_weight=-1 must be a number >= 0"),
     ("retinanet", "model.neck.out_channels=0", r"model\.neck\.out_channels=0 must be a positive integer"),
     ("torchvision_retinanet", "model.width=0", r"model\.width=0 must be a positive integer"),
     ("ssd300", "model.neck.extra_strides=[0,2,1,1]", r"model\.neck\.extra_strides=\[0, 2, 1, 1\] must be a list"),
-    ("ssd300", "model.neck.extra_paddings=[-1,1,0,0]", r"model\.neck\.extra_paddings=\[-1, 1, 0, 0\] must be >= 0"),
+    ("ssd300", "model.neck.extra_paddings=[-1,1,0,0]", r"model\.neck\.extra_paddings=\[-1, 1, 0, 0\] must be a list of numbers >= 0"),
     ("ssd300", "model.backbone.l2_scale=-1", r"model\.backbone\.l2_scale=-1 must be > 0"),
     ("retinanet", "model.priors.offset=1.5", r"model\.priors\.offset=1\.5 must be in \[0, 1\]"),
     ("faster_rcnn", "model.roi.head.canonical_scale=0", r"model\.roi\.head\.canonical_scale=0 must be a positive"),
-    ("faster_rcnn", "model.rpn.proposals.min_size=-1", r"model\.rpn\.proposals\.min_size=-1 must be >= 0"),
-    ("tv_fasterrcnn_r50_fpn", "model.postprocess.min_size=-1", r"model\.postprocess\.min_size=-1 must be >= 0"),
+    ("faster_rcnn", "model.rpn.proposals.min_size=-1", r"model\.rpn\.proposals\.min_size=-1 must be a number >= 0"),
+    ("tv_fasterrcnn_r50_fpn", "model.postprocess.min_size=-1", r"model\.postprocess\.min_size=-1 must be a number >= 0"),
     ("faster_rcnn", "model.rpn.proposals.post_nms_top_n=0", r"model\.rpn\.proposals\.post_nms_top_n=0 must be a posit"),
     ("retinanet", "data.batch_size=2.5", r"data\.batch_size=2\.5 must be a positive integer"),
     ("retinanet", "seed=-1", r"seed=-1 must be an integer in \[0, 2\^32 - 1\]"),  # before, Lightning's traceback
     # Lightning took a negative clip (and scaled every gradient by a negative number), divided by zero for 0 epochs
     # between validations, and refused the limits with a traceback of its own
-    ("retinanet", "trainer.gradient_clip_val=-1", r"trainer\.gradient_clip_val=-1 must be >= 0"),
+    ("retinanet", "trainer.gradient_clip_val=-1", r"trainer\.gradient_clip_val=-1 must be a number >= 0"),
     ("retinanet", "trainer.check_val_every_n_epoch=0", r"trainer\.check_val_every_n_epoch=0 must be a positive"),
     ("retinanet", "trainer.limit_train_batches=-1", r"trainer\.limit_train_batches=-1: use a number of batches"),
     ("retinanet", "trainer.limit_train_batches=1.5", r"trainer\.limit_train_batches=1\.5: use a number of batches"),

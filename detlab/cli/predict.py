@@ -43,7 +43,7 @@ def predict(
         raise ConfigError(f"--batch-size={batch_size} must be >= 1")
     if not 0 <= draw_thresh <= 1:
         raise ConfigError(f"--draw-thresh={draw_thresh} must be a score in [0, 1]")
-    resolve_device(device)  # before the model loads
+    target = resolve_device(device)  # before the model loads
     images, coco_categories = _image_list(inputs, img_dir)
     if coco_categories is None:  # plain files: the results name each by its file name, the drawings by its stem
         _check_distinct([path for path, _ in images], lambda path: path.name, "results' file_name")
@@ -69,7 +69,7 @@ def predict(
             )
         names = [coco_categories.get(c, f"unused_{c}") for c in category_ids] if coco_categories else None
         predictor = Predictor.from_config(cfg, list(category_ids), names)
-    predictor.to(device)
+    predictor.to(target)
 
     results: list[dict[str, Any]] = []
     outside = 0  # detections of label-space categories that the COCO json does not have

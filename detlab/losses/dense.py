@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, check_non_negative
 from detlab.structures import Batch, BoxCoder, HeadOutput, Priors
 
 
@@ -33,7 +33,7 @@ class DenseDetectionLoss(nn.Module):
         if normalize not in ("batch", "image"):
             raise ConfigError(f"model.criterion.normalize={normalize!r}: use 'batch' (the batch's positives) or "
                               f"'image' (each image's positives, then the mean over the images)")
-        check_weights(box_weight=box_weight)
+        check_non_negative("model.criterion", box_weight=box_weight)
         self.cls_loss = cls_loss
         self.box_loss = box_loss
         self.box_coder = box_coder
@@ -68,13 +68,6 @@ class DenseDetectionLoss(nn.Module):
             box.append(self.box_loss(outputs.box_reg[i][pos], prior_boxes[i][pos], gt_boxes[i][pos], self.box_coder,
                                      strides[i][pos]) / normaliser)
         return {"cls": torch.stack(cls).mean(), "box": self.box_weight * torch.stack(box).mean()}
-
-
-def check_weights(**weights: float) -> None:
-    """A criterion's term weights (model.criterion.<name>=value): a negative one would train against its term."""
-    for key, value in weights.items():
-        if value < 0:
-            raise ConfigError(f"model.criterion.{key}={value} must be >= 0")
 
 
 def loss_normaliser(counted: Tensor) -> Tensor:

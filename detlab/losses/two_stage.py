@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError
-from detlab.losses.dense import check_weights, loss_normaliser
+from detlab.errors import ConfigError, check_non_negative
+from detlab.losses.dense import loss_normaliser
 from detlab.structures import IGNORED, Batch, BoxCoder, Priors, TwoStageOutput
 
 
@@ -48,7 +48,7 @@ class TwoStageLoss(nn.Module):
                 "use loss@model.rpn.loss=bce or loss@model.rpn.loss=focal"
             )
         weights = {"rpn_cls": rpn_cls_weight, "rpn_box": rpn_box_weight, "cls": cls_weight, "box": box_weight}
-        check_weights(**{f"{key}_weight": value for key, value in weights.items()})
+        check_non_negative("model.criterion", **{f"{key}_weight": value for key, value in weights.items()})
         self.rpn_cls_loss = rpn_cls_loss
         self.rpn_box_loss = rpn_box_loss
         self.rpn_box_coder = rpn_box_coder

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError
-from detlab.losses.dense import check_weights, loss_normaliser
+from detlab.errors import ConfigError, check_non_negative
+from detlab.losses.dense import loss_normaliser
 from detlab.structures import Batch, BoxCoder, HeadOutput, Priors
 
 
@@ -52,7 +52,7 @@ class YoloLoss(nn.Module):
                 f"model.criterion.normalize={normalize!r}: use 'positives' (the batch's positive priors) or 'images' "
                 "(the batch's images, darknet's)"
             )
-        check_weights(obj_weight=obj_weight, cls_weight=cls_weight, box_weight=box_weight)
+        check_non_negative("model.criterion", obj_weight=obj_weight, cls_weight=cls_weight, box_weight=box_weight)
         self.cls_loss = cls_loss
         self.box_loss = box_loss
         self.box_coder = box_coder

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError, check_positive
+from detlab.errors import ConfigError, check_non_negative, check_positive
 from detlab.models.assigners import RoISampler
 from detlab.models.heads.roi import RoIBoxHead
 from detlab.models.heads.rpn import RPNHead
@@ -57,8 +57,7 @@ class ProposalGenerator(nn.Module):
         check_positive("model.rpn.proposals", pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
                        eval_pre_nms_top_n=eval_pre_nms_top_n, eval_post_nms_top_n=eval_post_nms_top_n)
         check_thresholds("model.rpn.proposals", nms_iou)
-        if min_size < 0:
-            raise ConfigError(f"model.rpn.proposals.min_size={min_size} must be >= 0 (input pixels)")
+        check_non_negative("model.rpn.proposals", min_size=min_size)
         self.box_coder = box_coder
         self.train_top_n = (pre_nms_top_n, post_nms_top_n)
         self.eval_top_n = (eval_pre_nms_top_n, eval_post_nms_top_n)
@@ -183,8 +182,7 @@ class RoIPostProcess(nn.Module):
         super().__init__()
         check_positive("model.postprocess", max_per_image=max_per_image)
         check_thresholds("model.postprocess", nms_iou, score_thresh)
-        if min_size < 0:
-            raise ConfigError(f"model.postprocess.min_size={min_size} must be >= 0 (input pixels)")
+        check_non_negative("model.postprocess", min_size=min_size)
         self.box_coder = box_coder
         self.score_thresh = score_thresh
         self.nms_iou = nms_iou

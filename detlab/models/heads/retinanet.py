@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError, check_positive
+from detlab.errors import ConfigError, check_non_negative, check_positive
 from detlab.models.heads.common import flatten_levels, prior_bias
 from detlab.structures import HeadOutput
 
@@ -52,8 +52,7 @@ class RetinaNetHead(nn.Module):
         if norm not in NORMS:
             raise ConfigError(f"model.head.norm={norm!r}; use null or gn")
         check_positive("model.head", num_anchors=num_anchors, num_classes=num_classes, width=width)
-        if depth < 0:
-            raise ConfigError(f"model.head.depth={depth} must be >= 0")
+        check_non_negative("model.head", depth=depth)
         self.num_anchors = num_anchors
         self.num_classes = num_classes
         self.cls_tower = _tower(in_channels, width, depth, norm)

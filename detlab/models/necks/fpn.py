@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError, check_positive
+from detlab.errors import ConfigError, check_non_negative, check_positive
 
 EXTRA_SOURCES = ("c5", "p5", "maxpool")
 
@@ -34,8 +34,7 @@ class FPN(nn.Module):
         if extra_source not in EXTRA_SOURCES:
             raise ConfigError(f"model.neck.extra_source={extra_source!r}; use one of {list(EXTRA_SOURCES)}")
         check_positive("model.neck", out_channels=out_channels)
-        if num_extra_levels < 0:
-            raise ConfigError(f"model.neck.num_extra_levels={num_extra_levels} must be >= 0")
+        check_non_negative("model.neck", num_extra_levels=num_extra_levels)
         if not in_channels or len(in_channels) != len(in_strides):
             raise ConfigError(
                 f"model.neck: in_channels={list(in_channels)} and in_strides={list(in_strides)} must be "

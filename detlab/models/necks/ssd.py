@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError, check_positive
+from detlab.errors import ConfigError, check_non_negative, check_positive
 
 
 class SSDNeck(nn.Module):
@@ -47,8 +47,7 @@ class SSDNeck(nn.Module):
             raise ConfigError(f"{keys} must have one entry per extra level; got {extra}")
         check_positive("model.neck", extra_channels=extra_channels, extra_mid_channels=extra_mid_channels,
                        extra_kernels=extra_kernels, extra_strides=extra_strides)
-        if min(extra_paddings, default=0) < 0:
-            raise ConfigError(f"model.neck.extra_paddings={list(extra_paddings)} must be >= 0")
+        check_non_negative("model.neck", extra_paddings=extra_paddings)
         self.extra = nn.ModuleList()
         previous = in_channels[-1]
         for out, mid, kernel, stride, padding in zip(*extra.values()):
