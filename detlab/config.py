@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from detlab.errors import ConfigError, check_non_negative, check_positive
+from detlab.errors import ConfigError, check_count, check_non_negative, check_positive
 from detlab.evaluation.backends import BACKENDS
 
 
@@ -171,6 +171,12 @@ def _check_trainer(trainer: DictConfig) -> None:
     every = trainer.get("check_val_every_n_epoch")
     if every is not None:
         check_positive("trainer", check_val_every_n_epoch=every)
+    if trainer.get("log_every_n_steps") is not None:  # 0 logs no step (Lightning's); -k logged every k-th, as k
+        check_count("trainer", log_every_n_steps=trainer.log_every_n_steps)
+    sanity = trainer.get("num_sanity_val_steps")
+    if sanity is not None and (not isinstance(sanity, int) or isinstance(sanity, bool) or sanity < -1):
+        raise ConfigError(f"trainer.num_sanity_val_steps={sanity!r}: use a number of batches, 0 for none or -1 for "
+                          "the whole val set (Lightning's)")
     for key in ("limit_train_batches", "limit_val_batches"):
         limit = trainer.get(key)
         batches, fraction = isinstance(limit, int) and limit >= 0, isinstance(limit, float) and 0 <= limit <= 1

@@ -57,6 +57,12 @@ def check_positive(prefix: str, **values: int | Sequence[int]) -> None:
     _check_each(prefix, values, lambda n: isinstance(n, int) and n > 0, "a positive integer", "positive integers")
 
 
+def check_count(prefix: str, **values: int | Sequence[int]) -> None:
+    """Counts that may be 0 (workers, warm-up steps or epochs, images to draw): each an integer >= 0, or a list
+    of them; otherwise a ConfigError naming `<prefix>.<key>`."""
+    _check_each(prefix, values, lambda n: isinstance(n, int) and n >= 0, "an integer >= 0", "integers >= 0")
+
+
 def check_non_negative(prefix: str, **values: float | Sequence[float]) -> None:
     """Weights, paddings, minimum sizes, counts that may be 0: each a number >= 0, or a list of them; a negative
     one would train against a term or pad nothing it can, and is refused naming `<prefix>.<key>`."""

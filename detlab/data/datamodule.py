@@ -29,7 +29,7 @@ from detlab.data.coco.reader import CocoDetection, CocoFiles
 from detlab.data.collate import collate
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
 from detlab.distributed import from_every_rank
-from detlab.errors import ConfigError, DataError
+from detlab.errors import ConfigError, DataError, check_count, check_positive
 
 log = logging.getLogger(__name__)
 
@@ -253,9 +253,7 @@ def _transform(image_size: int, augment: dict[str, Any], seed: int | None = None
 
 
 def _check_loader_args(batch_size: int, num_workers: int, size_divisor: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise ConfigError(f"data.num_workers={num_workers!r} must be an integer >= 0")
+    check_positive("data", batch_size=batch_size)
+    check_count("data", num_workers=num_workers)
     if not isinstance(size_divisor, int) or size_divisor < 1:
         raise ConfigError(f"data.size_divisor={size_divisor!r} must be a positive integer (1 disables rounding)")

@@ -146,7 +146,7 @@ def _check_params(p: ShapesSource) -> None:
 
     if not isinstance(p.seed, int) or p.seed < 0:
         fail("seed", "must be an integer >= 0 (numpy's generators take no negative seed)")
-    if not 1 <= p.num_classes <= len(SHAPE_KINDS):
+    if not isinstance(p.num_classes, int) or not 1 <= p.num_classes <= len(SHAPE_KINDS):
         fail("num_classes", f"must be 1..{len(SHAPE_KINDS)}, one per shape kind {list(SHAPE_KINDS)}")
     for key in ("num_train_images", "num_val_images", "image_size"):
         if not isinstance(getattr(p, key), int) or getattr(p, key) < 1:
@@ -155,8 +155,8 @@ def _check_params(p: ShapesSource) -> None:
         fail("size_jitter", "must be in [0, 1)")
     for key in ("objects_per_image", "distractors_per_image"):
         low, high = getattr(p, key)
-        if not 0 <= low <= high:
-            fail(key, "must be [min, max] with 0 <= min <= max")
+        if not (isinstance(low, int) and isinstance(high, int) and 0 <= low <= high):
+            fail(key, "must be [min, max], integers with 0 <= min <= max")
     if not 0 < p.object_size[0] <= p.object_size[1] <= 1:
         fail("object_size", "must be [min, max] fractions of the shorter side with 0 < min <= max <= 1")
     if p.long_tail < 0:

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, check_count
 
 
 def param_groups(module: nn.Module) -> list[dict[str, Any]]:
@@ -58,8 +58,7 @@ def lr_factor(
     if name not in ("cosine", "step"):
         raise ConfigError(f"optim.scheduler.name={name!r} is not a schedule; use 'cosine' or 'step'")
     # each would train with a negative or growing learning rate, or decay at a step that never comes
-    if not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ConfigError(f"optim.scheduler.warmup_steps={warmup_steps!r} must be an integer >= 0")
+    check_count("optim.scheduler", warmup_steps=warmup_steps)
     if not 0 <= warmup_factor <= 1:
         raise ConfigError(f"optim.scheduler.warmup_factor={warmup_factor} must be in [0, 1]: the warm-up's first "
                           "lr as a fraction of optim.optimizer.lr")

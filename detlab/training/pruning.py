@@ -18,6 +18,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from detlab.errors import check_count, check_positive
+
 
 def sibling_curves(run_dir: Path) -> list[dict[int, float]]:
     """The val AP per epoch of every completed, unpruned run beside run_dir (its multirun's other jobs)."""
@@ -51,6 +53,8 @@ class MedianStopping(pl.Callback):
     """
 
     def __init__(self, run_dir: Path, warmup_epochs: int = 1, min_trials: int = 3) -> None:
+        check_count("prune", warmup_epochs=warmup_epochs)
+        check_positive("prune", min_trials=min_trials)  # the median of no sibling is no rule (a StatisticsError)
         self.run_dir = Path(run_dir)
         self.warmup_epochs = warmup_epochs
         self.min_trials = min_trials

@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from detlab.config import validate
-from detlab.errors import ConfigError, writing
+from detlab.errors import ConfigError, DetlabError, writing
 from detlab.evaluation.coco_table import METRIC_NAMES
 from detlab.evaluation.figures import plot_error_analysis
 from detlab.files import write_text_atomically
@@ -47,7 +47,17 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if saved:
         check_resumable(cfg.ckpt_path, saved, OmegaConf.to_container(cfg, resolve=True))
     logger = _logger(cfg, run_dir, wandb_id=saved.get("wandb_id") if saved else None)
-    callbacks = _callbacks(cfg, run_dir, logger)  # a callback that rejects its arguments stops before any work too
+    # a callback or trainer setting that Lightning refuses stops before any work too
+    callbacks = _callbacks(cfg, run_dir, logger)
+    pruning = MedianStopping(run_dir, cfg.prune.warmup_epochs, cfg.prune.min_trials) if cfg.prune.enabled else None
+    if pruning:
+        callbacks.append(pruning)
+    trainer: pl.Trainer = _build(
+        "trainer", cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+        # without a checkpoint callback Lightning would add its own (epoch=<n>-step=<m>.ckpt)
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+    )
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     if saved:  # resuming: the checkpoint's head must predict this dataset's classes
@@ -65,14 +75,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # another), and the train loader's order and worker seeds are drawn from it, so that two models trained with
     # one seed see the same batches (experiments/tv_parity). A resume restores the checkpoint's state over this.
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    pruning = MedianStopping(run_dir, cfg.prune.warmup_epochs, cfg.prune.min_trials) if cfg.prune.enabled else None
-    if pruning:
-        callbacks.append(pruning)
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
-        # without a checkpoint callback Lightning would add its own (epoch=<n>-step=<m>.ckpt)
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-    )
     data_files = {split: (ds.ann_file, str(ds.img_dir)) for split, ds in datamodule.datasets.items()}
     origin = provenance(OmegaConf.to_container(cfg, resolve=True), data_files, trainer.strategy.root_device)
     if logger:  # in the W&B config, where runs are filtered and grouped
@@ -172,7 +174,11 @@ def _callbacks(cfg: DictConfig, run_dir: Path, logger) -> list[pl.Callback]:
     for name, node in cfg.callbacks.items():
         if node is None:
             continue
-        callback = _callback(f"callbacks.{name}", node)
+        callback = _build(f"callbacks.{name}", node)
+        monitor = getattr(callback, "monitor", None)
+        if isinstance(monitor, str) and monitor not in MONITORED and not monitor.startswith("train/loss_"):
+            raise ConfigError(f"callbacks.{name}.monitor={monitor!r} is not a metric detlab logs; use one of "
+                              f"{sorted(MONITORED)} or train/loss_<term>")  # Lightning's traceback after an epoch
         # Lightning refuses a learning-rate monitor without a logger, and a progress bar when the trainer's is off:
         # the default set's two step aside for logger=none and trainer.enable_progress_bar=false.
         if isinstance(callback, LearningRateMonitor) and not logger:
@@ -187,22 +193,16 @@ def _callbacks(cfg: DictConfig, run_dir: Path, logger) -> list[pl.Callback]:
 MONITORED = {"train/loss", "val/loss", *(f"val/{name}" for name in METRIC_NAMES)}
 
 
-def _callback(key: str, node: DictConfig) -> pl.Callback:
-    """One node of the callbacks group, built; arguments its class refuses (Lightning's MisconfigurationException,
-    a TypeError for an unknown one), or a `monitor` of a metric that is never logged (Lightning's traceback after
-    the first validation), stop with the key."""
+def _build(key: str, node: DictConfig, **kwargs: Any) -> Any:
+    """A Lightning object (the trainer, a callback) from its node; arguments its class refuses (Lightning's
+    MisconfigurationException, a TypeError or ValueError for a wrong one) stop with the key, not a traceback."""
     try:
-        callback = instantiate(node)
+        return instantiate(node, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
-        if not isinstance(cause, (MisconfigurationException, TypeError)):  # ours are DetlabErrors already; bugs
-            raise
+        if not isinstance(cause, (MisconfigurationException, TypeError, ValueError)) or isinstance(cause, DetlabError):
+            raise  # ours are one-line messages already; anything else is a bug
         raise ConfigError(f"{key} ({node._target_}) rejects its arguments: {cause}") from None
-    monitor = getattr(callback, "monitor", None)
-    if isinstance(monitor, str) and monitor not in MONITORED and not monitor.startswith("train/loss_"):
-        raise ConfigError(f"{key}.monitor={monitor!r} is not a metric detlab logs; use one of {sorted(MONITORED)} "
-                          "or train/loss_<term>")
-    return callback
 
 
 def _speed(cfg: DictConfig, module: DetectionModule, datamodule, device) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, check_count
 from detlab.inference import Predictor
 from detlab.structures import Batch, Detections
 
@@ -108,8 +108,7 @@ class EvaluationLogger(pl.Callback):
     """
 
     def __init__(self, num_images: int = 4) -> None:
-        if not isinstance(num_images, int) or num_images < 0:
-            raise ConfigError(f"eval.num_log_images={num_images!r} must be an integer >= 0 (0 draws none)")
+        check_count("eval", num_log_images=num_images)  # 0 draws none
         self.num_images = num_images
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:

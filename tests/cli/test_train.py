@@ -310,6 +310,10 @@ def test_bad_override_stops_before_work_with_the_key(tmp_path):
                cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "callbacks.ema.decay=1.5" in proc.stderr and "Traceback" not in proc.stderr
     assert "Epoch" not in proc.stderr  # before any training
+    # before: exit 1 and Hydra's wrapper of Lightning's exception, after the dataset was generated
+    proc = run("detlab-train", "trainer.devices=0", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "full_key" not in proc.stderr
+    assert "trainer (pytorch_lightning.Trainer) rejects its arguments: `Trainer(devices=0)`" in proc.stderr
 
 
 def test_ddp_two_cpu_processes_match_single_process_eval(tmp_path):
