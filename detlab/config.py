@@ -171,7 +171,7 @@ def _check_trainer(trainer: DictConfig) -> None:
     every = trainer.get("check_val_every_n_epoch")
     if every is not None:
         check_positive("trainer", check_val_every_n_epoch=every)
-    if trainer.get("log_every_n_steps") is not None:  # 0 logs no step (Lightning's); -k logged every k-th, as k
+    if trainer.get("log_every_n_steps") is not None:  # 0: no step logged (Lightning's); it took -2 as 2, 1.5 as 3
         check_count("trainer", log_every_n_steps=trainer.log_every_n_steps)
     sanity = trainer.get("num_sanity_val_steps")
     if sanity is not None and (not isinstance(sanity, int) or isinstance(sanity, bool) or sanity < -1):
