@@ -1,6 +1,7 @@
 """detlab.training.run's rules around the fit: what each DDP rank does when another stops (with a fake trainer), and
 what every setting does before it."""
 
+import copy
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -122,13 +123,14 @@ def test_every_numeric_setting_outside_the_model_is_refused_before_work_or_means
     monkeypatch.setattr("detlab.training.run.provenance", built)  # right after the last part is built
     base = compose_train([*TINY, "model/backbone=darknet_tiny", "logger=csv", "speed.enabled=true", "prune.enabled=true",
                           "callbacks=[default,ema,early_stopping]", "trainer.enable_progress_bar=false"])
-    cfg_keys = OmegaConf.to_container(OmegaConf.masked_copy(base, [k for k in base if k not in ("hydra", "model", "loss")]))
+    run_cfg = OmegaConf.masked_copy(base, [k for k in base if k != "hydra"])  # what a run gets: no hydra node
+    settings = OmegaConf.to_container(OmegaConf.masked_copy(run_cfg, [k for k in run_cfg if k not in ("model", "loss")]))
     taken = []
-    for key in numeric_keys(cfg_keys, ""):
+    for key in [k.removeprefix(".") for k in numeric_keys(settings, "")]:  # top-level keys too (seed)
         for value in (-1, 0, 1.5):
-            cfg = OmegaConf.masked_copy(base, [k for k in base if k != "hydra"])
-            OmegaConf.update(cfg, key.lstrip("."), value)
+            cfg = copy.deepcopy(run_cfg)
+            OmegaConf.update(cfg, key, value)
             if _builds(cfg, tmp_path / f"{key}={value}"):
-                taken.append(f"{key.lstrip('.')}={value}")
+                taken.append(f"{key}={value}")
     unexplained = [setting for setting in taken if setting not in SETTING_MEANS and setting.split("=")[0] not in SETTING_MEANS]
     assert not unexplained, f"taken without a meaning: {unexplained}"
