@@ -6,6 +6,10 @@ ARGS   ?=
 # Real-data test tier: ../shared/data when it is there, or whatever DETLAB_REAL_DATA names.
 DETLAB_REAL_DATA ?= $(wildcard $(abspath ../shared/data))
 export DETLAB_REAL_DATA
+# One pytest-xdist worker per core, at most 4 (each holds its own torch); worksteal hands a worker that is done
+# the tests still queued behind a long one. tests/conftest.py gives each worker its share of the cores.
+# ARGS="-n 0" runs in one process.
+PYTEST_WORKERS := -n auto --maxprocesses 4 --dist worksteal
 PYTEST_MARKS := $(if $(DETLAB_REAL_DATA),not slow and not faults and not gpu,not slow and not faults and not gpu and not realdata)
 
 .PHONY: install train test test-slow test-faults bench gpu-check clean
@@ -24,7 +28,7 @@ train: $(STAMP)
 
 test: $(STAMP)
 	@test -n "$(DETLAB_REAL_DATA)" || echo "note: DETLAB_REAL_DATA is not set and ../shared/data is absent: the real-data tier is left out"
-	$(PY) -m pytest -m "$(PYTEST_MARKS)" $(ARGS)
+	$(PY) -m pytest $(PYTEST_WORKERS) -m "$(PYTEST_MARKS)" $(ARGS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(ARGS)
@@ -32,7 +36,7 @@ test-slow: $(STAMP)
 # kill -9 and resume, a full disk, every user error as exit status 2 (tests/test_faults.py): longer than the
 # 3 minutes that `make test` may grow by, so a target of its own, which CI runs too.
 test-faults: $(STAMP)
-	$(PY) -m pytest -m faults $(ARGS)
+	$(PY) -m pytest $(PYTEST_WORKERS) -m faults $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m detlab.cli.bench $(ARGS)

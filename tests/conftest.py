@@ -19,7 +19,6 @@ from detlab.structures import Batch
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
 REAL_DATASETS = ("raccoon", "coco128")
 
 
@@ -105,6 +104,17 @@ def make_batch(
         gt_valid=gt_valid,
         **{**defaults, **fields},
     )
+
+
+def pytest_configure(config):
+    """Each pytest-xdist worker (`make test` runs one per core) gets its share of the cores, at most 2 threads, and
+    so does every run a test starts (OMP_NUM_THREADS is inherited): two workers that each spin two OpenMP threads
+    on two cores make the suite 2x slower than one process. Set here, not at import: the worker learns how many
+    workers there are from xdist after this module is imported."""
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    threads = max(1, min(2, (os.cpu_count() or 1) // workers))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
