@@ -30,8 +30,10 @@ test: $(STAMP)
 	@test -n "$(DETLAB_REAL_DATA)" || echo "note: DETLAB_REAL_DATA is not set and ../shared/data is absent: the real-data tier is left out"
 	$(PY) -m pytest $(PYTEST_WORKERS) -m "$(PYTEST_MARKS)" $(ARGS)
 
+# The wheel installed into a fresh venv, and gpu-check rehearsed on the CPU (tests/test_packaging.py,
+# tests/cli/test_gpu_check.py): under a minute, CI runs it too.
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow $(ARGS)
+	$(PY) -m pytest $(PYTEST_WORKERS) -m slow $(ARGS)
 
 # kill -9 and resume, a full disk, every user error as exit status 2 (tests/test_faults.py): 2 minutes with two
 # workers, 5.5 in one process, up to 21 under load; a target of its own, so that `make test` keeps its margin
