@@ -10,7 +10,9 @@
   row and column "background" (a false positive counts in the background row, a missed object in the
   background column);
 - ``calibration``: hotcoco's reliability of the scores at IoU 0.5: ECE, MCE, 10 score bins with their mean
-  confidence, precision (the fraction matched) and count, and ECE per class.
+  confidence, precision (the fraction matched) and count, and ECE per class. Only when every score lies in
+  [0, 1]: a reliability of logits or percentages means nothing (hotcoco refuses them), while AP, which ranks the
+  scores, is defined for any (pycocotools scores them); the analysis then has no ``calibration``.
 
 TIDE, the confusion matrix and calibration need hotcoco (the default engine): with faster_coco_eval or
 pycocotools only ``pr_curves`` is computed.
@@ -28,16 +30,17 @@ ERROR_TYPES = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 BACKGROUND = "background"
 
 
-def error_analysis(evaluator: Any, names: dict[int, str], backend: str) -> dict[str, Any]:
+def error_analysis(evaluator: Any, names: dict[int, str], backend: str, scores: np.ndarray) -> dict[str, Any]:
     """The analysis of an evaluated, accumulated COCOeval whose params.catIds are the keys of names
-    (category id -> class name)."""
+    (category id -> class name); scores [N] are those of the detections it scored."""
     analysis = {"pr_curves": pr_curves(evaluator, names)}
     if backend == "hotcoco":
         file_names = {str(c["name"]): int(c["id"]) for c in evaluator.cocoGt.loadCats(list(names))}
         ours = {file_name: names[cat] for file_name, cat in file_names.items()}  # the file's name -> ours
         analysis["errors"] = _errors(evaluator.tide_errors())
         analysis["confusion_matrix"] = _confusion(evaluator.confusion_matrix(), names)
-        analysis["calibration"] = _calibration(evaluator.calibration(), ours)
+        if np.all((scores >= 0) & (scores <= 1)):
+            analysis["calibration"] = _calibration(evaluator.calibration(), ours)
     return analysis
 
 

@@ -104,3 +104,22 @@ def test_pr_curves_are_pycocotools_precision(tmp_path, backend):
         assert result["pr_curves"][key] == {name: pytest.approx(precision[t, :, k, 0, -1].tolist(), abs=1e-12)
                                             for k, name in enumerate(["a", "b"])}
     assert ("errors" in result) == (backend == "hotcoco")  # TIDE, confusion, calibration: hotcoco's APIs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scores_outside_zero_one_are_scored_without_a_calibration(tmp_path, backend):
+    """AP ranks the scores, so pycocotools scores logits or percentages as they are; a calibration of them means
+    nothing (hotcoco's refuses them). The default engine used to stop with hotcoco's traceback instead."""
+    ann_file, results_file = write_case(tmp_path)
+    logits = [{**d, "score": (d["score"] - 0.7) * 30} for d in json.loads(open(results_file).read())]  # -3 .. 6
+    (tmp_path / "logits.json").write_text(json.dumps(logits))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann_file)
+        reference = COCOeval(gt, gt.loadRes(str(tmp_path / "logits.json")), "bbox")
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    result = evaluate_results_file(ann_file, str(tmp_path / "logits.json"), backend)
+    assert list(result["metrics"].values()) == pytest.approx(reference.stats.tolist(), abs=1e-12)
+    assert "calibration" not in result
+    assert ("errors" in result and "confusion_matrix" in result) == (backend == "hotcoco")
