@@ -81,6 +81,10 @@ def _record_problem(record: Any) -> str | None:
     bbox = record["bbox"]
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
         return f"bbox {bbox!r} is not 4 numbers [x, y, w, h] in original image pixels"
+    if bbox[2] < 0 or bbox[3] < 0:
+        # COCO's area of a result is w * h: a negative one lies outside every area range, so COCOeval ignores the
+        # box where it matches nothing (never a false positive), and -w * -h scores as a positive box.
+        return f"bbox {bbox!r} has a negative width or height; write [x, y, w, h] with w, h >= 0 (not x2, y2)"
     if not _is_number(record["score"]):
         return f"score {record['score']!r} is not a number"
     return None

@@ -342,6 +342,10 @@ GOOD = {"image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}
         ([{**GOOD, "bbox": [0, 0, 5, 5, 1, 1, 5, 5]}, GOOD], "detection 0: bbox [0, 0, 5, 5, 1, 1, 5, 5] is not 4"),
         ([{**GOOD, "bbox": [0, "0", 5, 5]}], "detection 0: bbox [0, '0', 5, 5] is not 4 numbers"),
         ([{**GOOD, "bbox": [[0, 0], [5, 5]]}], "is not 4 numbers"),
+        # pycocotools would ignore a box of negative width where it matches nothing (its area w * h < 0 is outside
+        # every area range): a free false positive. Width 0 stays allowed: an empty box scores as a false positive.
+        ([GOOD, {**GOOD, "bbox": [9, 0, -5, 5]}], "detection 1: bbox [9, 0, -5, 5] has a negative width or height"),
+        ([{**GOOD, "bbox": [9, 9, -5, -5]}], "detection 0: bbox [9, 9, -5, -5] has a negative width or height"),
         ([{**GOOD, "score": None}], "detection 0: score None is not a number"),
         ([GOOD, GOOD, {**GOOD, "score": float("nan")}], "detection 2: score nan is not finite"),
         ([GOOD, {**GOOD, "bbox": [0, 0, float("inf"), 5]}], "detection 1: bbox [0.0, 0.0, inf, 5.0] is not finite"),
