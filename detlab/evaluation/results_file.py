@@ -40,11 +40,13 @@ def _read_results(results_file: str, image_ids: np.ndarray, category_ids: np.nda
     4 pairs boxes with the wrong detections, so each is an error naming the detection's index and field.
     """
     try:
-        with open(results_file) as f:
-            records = json.load(f)
+        with open(results_file, "rb") as f:
+            records = json.loads(f.read())  # bytes: json detects the UTF encoding, as the standard allows
     except FileNotFoundError:
         raise ResultsFileError(f"{results_file}: no such file") from None
-    except json.JSONDecodeError as err:
+    except IsADirectoryError:
+        raise ResultsFileError(f"{results_file}: is a folder; give the results json file in it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ResultsFileError(f"{results_file}: not a valid JSON file ({err})") from err
     if not isinstance(records, list):
         raise ResultsFileError(
@@ -68,6 +70,7 @@ def _read_results(results_file: str, image_ids: np.ndarray, category_ids: np.nda
 
 
 _FIELDS = ("image_id", "category_id", "bbox", "score")
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 def _record_problem(record: Any) -> str | None:
@@ -78,6 +81,8 @@ def _record_problem(record: Any) -> str | None:
     for field in ("image_id", "category_id"):
         if not _is_int(record[field]):
             return f"{field} {record[field]!r} is not an integer; write the annotation file's {field}"
+        if not _INT64_MIN <= record[field] <= _INT64_MAX:  # no annotation file's id: numpy cannot hold it
+            return f"{field} {record[field]} is not in the annotation file"
     bbox = record["bbox"]
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
         return f"bbox {bbox!r} is not 4 numbers [x, y, w, h] in original image pixels"

@@ -335,6 +335,8 @@ GOOD = {"image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}
         ([GOOD, {**GOOD, "image_id": 3.5}], "detection 1: image_id 3.5 is not an integer"),
         ([{**GOOD, "image_id": "3"}], "detection 0: image_id '3' is not an integer"),
         ([{**GOOD, "image_id": 3.0}], "detection 0: image_id 3.0 is not an integer"),
+        ([GOOD, {**GOOD, "image_id": 2**64}], f"detection 1: image_id {2**64} is not in the annotation file"),
+        ([{**GOOD, "category_id": -2**63 - 1}], f"detection 0: category_id {-2**63 - 1} is not in the annotation"),
         ([{**GOOD, "category_id": 1.9}], "detection 0: category_id 1.9 is not an integer"),
         ([{**GOOD, "category_id": True}], "detection 0: category_id True is not an integer"),
         ([GOOD, {**GOOD, "bbox": [0, 0, 5]}], "detection 1: bbox [0, 0, 5] is not 4 numbers"),
@@ -358,6 +360,19 @@ def test_bad_results_file_names_the_file_detection_and_field(ann_file, tmp_path,
         evaluate_results_file(ann_file, str(results_file))
     assert isinstance(err.value, ValueError)  # every CLI reports a ValueError as one message, exit 2
     assert str(err.value).startswith(f"{results_file}: ") and message in str(err.value), str(err.value)
+
+
+def test_unreadable_results_file_is_named(ann_file, tmp_path):
+    """A binary file (a checkpoint, a gzip) or a folder given as --results: one message, not a decoder traceback."""
+    gzip_header = tmp_path / "dets.json.gz"
+    gzip_header.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
+    with pytest.raises(ResultsFileError, match=f"^{gzip_header}: not a valid JSON file"):
+        evaluate_results_file(ann_file, str(gzip_header))
+    with pytest.raises(ResultsFileError, match=f"^{tmp_path}: is a folder"):
+        evaluate_results_file(ann_file, str(tmp_path))
+    with_bom = tmp_path / "bom.json"  # UTF-8 with a byte-order mark (Windows tools write it): still JSON
+    with_bom.write_bytes(b"\xef\xbb\xbf" + json.dumps([]).encode())
+    assert evaluate_results_file(ann_file, str(with_bom))["scored"]["detections"] == 0
 
 
 def test_wider_label_space_scores_the_files_categories_only(ann_file):
