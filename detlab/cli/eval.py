@@ -15,7 +15,7 @@ from typing import Any
 
 # Only what `detlab-eval results` needs is imported here (no torch, Lightning, Hydra or model code: it would
 # add seconds to scoring a file and to --help); the run and speed commands import theirs where they start.
-from detlab.errors import user_errors
+from detlab.errors import ConfigError, check_writable, user_errors, writing
 from detlab.evaluation.backends import BACKENDS, DEFAULT_BACKEND
 from detlab.evaluation.coco_table import format_table
 from detlab.evaluation.results_file import evaluate_results_file
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     speed.add_argument("--output", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     with user_errors("detlab-eval"):
+        if args.output:  # before the work, which can take minutes, not after it
+            check_output(args.output)
         if args.command == "run":
             result = evaluate_run(args.path, args.overrides, args.backend, args.device)
         elif args.command == "speed":
@@ -84,7 +86,18 @@ def main(argv: list[str] | None = None) -> None:
             result = evaluate_results_file(str(args.ann), str(args.results), backend=args.backend)
     print(format_speed(result) if args.command == "speed" else format_table(result))
     if args.output:
-        write_text_atomically(args.output, json.dumps(result, indent=2))
+        with user_errors("detlab-eval"), writing(args.output, "--output", OUTPUT_FIX):
+            write_text_atomically(args.output, json.dumps(result, indent=2))
+
+
+OUTPUT_FIX = "give --output a file path in a folder you can write to"
+
+
+def check_output(path: Path) -> None:
+    """--output's folder made and writable, and the path not a folder: else one message, before any work."""
+    if path.is_dir():
+        raise ConfigError(f"--output {path} is a folder; {OUTPUT_FIX} (e.g. {path / 'eval.json'})")
+    check_writable(path.parent, "--output", OUTPUT_FIX)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning", "lightning_fabric", "hydra", "omegaconf", "wandb",
          "detlab.models", "detlab.training", "detlab.inference", "detlab.data", "detlab.losses")
 
@@ -34,3 +36,39 @@ def test_results_command_imports_no_torch_lightning_or_model_code(tmp_path):
     light = {"detlab.data", "detlab.data.coco", "detlab.data.coco.checker"}
     heavy = [m for m in loaded if (m.split(".")[0] in HEAVY or m.startswith(HEAVY)) and m not in light]
     assert not heavy, heavy
+
+
+def write_perfect_case(folder: Path) -> tuple[str, str]:
+    box = [10.0, 20.0, 30.0, 40.0]
+    (folder / "gt.json").write_text(json.dumps({
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "categories": [{"id": 3, "name": "cat"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": box, "area": 1200.0, "iscrowd": 0}],
+    }))
+    (folder / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": 3, "bbox": box, "score": 0.9}]))
+    return str(folder / "gt.json"), str(folder / "dets.json")
+
+
+def test_output_in_a_new_folder_is_written(tmp_path):
+    """--output results/eval.json where results/ does not exist yet: made, as detlab-predict makes its --out's."""
+    from detlab.cli.eval import main
+
+    ann, dets = write_perfect_case(tmp_path)
+    out = tmp_path / "new" / "eval.json"
+    main(["results", "--ann", ann, "--results", dets, "--output", str(out)])
+    assert json.loads(out.read_text())["metrics"]["AP"] == pytest.approx(1.0, abs=1e-12)  # one exact box: AP 1
+
+
+def test_output_that_is_a_folder_is_one_message_before_scoring(tmp_path, capsys):
+    from detlab.cli.eval import main
+
+    ann, dets = write_perfect_case(tmp_path)
+    try:
+        main(["results", "--ann", ann, "--results", dets, "--output", str(tmp_path)])
+    except SystemExit as stop:
+        assert stop.code == 2
+    else:
+        raise AssertionError("detlab-eval wrote over a folder")
+    captured = capsys.readouterr()
+    assert f"detlab-eval: error: --output {tmp_path} is a folder" in captured.err
+    assert "COCO box evaluation" not in captured.out  # refused before the work
