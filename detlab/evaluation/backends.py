@@ -11,7 +11,8 @@ The results index is built exactly as pycocotools' ``loadRes`` builds box result
 ``area = w * h``, ``iscrowd = 0``), so the numbers are those of the official API, but never by calling
 pycocotools' ``loadRes`` on a list of dicts: it crashes on an empty result list and its asserts name neither
 the file nor the offending ids. For pycocotools and faster-coco-eval we index the dicts ourselves; hotcoco's
-``loadRes`` takes the [N, 7] array form (empty too) and needs no per-detection Python objects.
+``loadRes`` takes the [N, 7] array form (empty too) and needs no per-detection Python objects, for ids that
+float64 holds exactly (up to 2**53; beyond, the dicts).
 """
 
 from __future__ import annotations
@@ -151,7 +152,10 @@ def coco_eval(
 
 def _results_index(coco_gt: Any, results: BoxResults, backend: str) -> Any:
     """The results as a COCO object of the backend, built the way ``loadRes`` builds box results."""
-    if backend == "hotcoco":  # its loadRes takes pycocotools' [N, 7] array form (and an empty one): no dicts
+    # hotcoco's loadRes takes pycocotools' [N, 7] array form (and an empty one): no dicts. Its float64 holds ids
+    # up to 2**53 exactly; a larger one would become another image's (or category's), so those results take dicts.
+    ids = np.concatenate([results.image_ids, results.category_ids])
+    if backend == "hotcoco" and np.abs(ids).max(initial=0) <= 2**53:
         rows = np.column_stack([results.image_ids, results.bbox_xywh, results.scores, results.category_ids])
         with quiet():
             return coco_gt.loadRes(rows.reshape(-1, 7).astype(np.float64))

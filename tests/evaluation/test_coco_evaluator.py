@@ -362,6 +362,29 @@ def test_bad_results_file_names_the_file_detection_and_field(ann_file, tmp_path,
     assert str(err.value).startswith(f"{results_file}: ") and message in str(err.value), str(err.value)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_image_ids_beyond_float64_precision_keep_their_image(tmp_path, backend):
+    """hotcoco's array form of results is float64: image id 2**53 + 1 read as 2**53, an image the file lacks, and a
+    perfect detection scored AP 0 where pycocotools gives 1."""
+    big = 2**53 + 1
+    box = [10, 10, 50, 50]
+    (tmp_path / "gt.json").write_text(json.dumps({
+        "images": [{"id": 1, "width": 100, "height": 100}, {"id": big, "width": 100, "height": 100}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [{"id": 1, "image_id": big, "category_id": 1, "bbox": box, "area": 2500, "iscrowd": 0}],
+    }))
+    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": big, "category_id": 1, "bbox": box, "score": 0.5}]))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(tmp_path / "gt.json"))
+        reference = COCOeval(gt, gt.loadRes(str(tmp_path / "dets.json")), "bbox")
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    result = evaluate_results_file(str(tmp_path / "gt.json"), str(tmp_path / "dets.json"), backend)
+    assert result["metrics"] == pytest.approx(metric_dict(reference.stats), abs=TOL)
+    assert reference.stats[0] == pytest.approx(1.0, abs=TOL)
+
+
 def test_unreadable_results_file_is_named(ann_file, tmp_path):
     """A binary file (a checkpoint, a gzip) or a folder given as --results: one message, not a decoder traceback."""
     gzip_header = tmp_path / "dets.json.gz"
