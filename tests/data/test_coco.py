@@ -148,6 +148,9 @@ BAD_INPUTS = {
     "annotation without bbox": (mutate(lambda d: ann(d, 2).pop("bbox")), ["image id=42", "annotation id=2", "'bbox'"]),
     "unknown category": (mutate(lambda d: ann(d, 2).update(category_id=99)), ["image id=42", "'category_id'=99"]),
     "unknown image": (mutate(lambda d: ann(d, 5).update(image_id=777)), ["image id=777", "'image_id'"]),
+    # a list (or an object) stopped the checker with a bare TypeError (unhashable)
+    "list as image id": (mutate(lambda d: ann(d, 5).update(image_id=[1001])), ["annotation id=5", "'image_id'"]),
+    "list as category id": (mutate(lambda d: ann(d, 2).update(category_id=[3])), ["annotation id=2", "'category_id'"]),
     "zero width box": (mutate(lambda d: ann(d, 1).update(bbox=[1, 1, 0, 5])), ["image id=42", "'bbox'", "w <= 0"]),
     "negative size box": (mutate(lambda d: ann(d, 6).update(bbox=[4, 4, 3, -2])), ["image id=5", "'bbox'"]),
     "nan box": (mutate(lambda d: ann(d, 1).update(bbox=[1, float("nan"), 3, 3])), ["image id=42", "'bbox'", "finite"]),

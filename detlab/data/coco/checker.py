@@ -193,9 +193,11 @@ def _annotation_problem(ann: Any, images: dict, categories: dict) -> str | None:
             return f"missing field '{key}'" + (" (COCOeval's object sizes read it; COCO writes w * h)" if key == "area" else "")
     if not _is_int(ann["id"]):
         return f"field 'id'={ann['id']!r} must be an integer"
-    if ann["image_id"] not in images:
+    # the ids of the file's images and categories are integers (checked): a list or an object would stop the
+    # lookup itself (unhashable), and JSON's true would find id 1
+    if not _is_number(ann["image_id"]) or ann["image_id"] not in images:
         return "field 'image_id' names no image of the file"
-    if ann["category_id"] not in categories:
+    if not _is_number(ann["category_id"]) or ann["category_id"] not in categories:
         return f"field 'category_id'={ann['category_id']!r} is not in 'categories'"
     bbox = ann["bbox"]
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
