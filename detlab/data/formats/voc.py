@@ -20,6 +20,7 @@ the file `split` names when it ends in `.txt` (one id, the xml's stem, a line).
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,11 @@ def _read_size(root: ET.Element, xml: Path) -> tuple[int, int] | None:
     size = root.find("size")
     if size is None or size.findtext("width") is None or size.findtext("height") is None:
         return None
-    width, height = (round(parse_number(size.findtext(key), str(xml), f"size/{key}")) for key in ("width", "height"))
+    width, height = (parse_number(size.findtext(key), str(xml), f"size/{key}") for key in ("width", "height"))
+    for key, value in (("width", width), ("height", height)):
+        if not math.isfinite(value):  # round() would stop on it with a bare ValueError or OverflowError
+            raise DataError(f"{xml}: field 'size/{key}'={size.findtext(key).strip()!r} is not a finite number")
+    width, height = round(width), round(height)
     return (width, height) if width > 0 and height > 0 else None
 
 

@@ -167,6 +167,9 @@ def test_a_size_that_is_not_the_images_leaves_the_image_out_naming_the_xml(tmp_p
             "object #1 ('cat'): missing field 'bndbox/ymin'",
         ),
         (_annotation_xml("a.jpg", ("wide", 9), []), "field 'size/width'='wide' is not a number"),
+        # round() of these stopped the reader with a bare ValueError / OverflowError
+        (_annotation_xml("a.jpg", ("nan", 9), []), "field 'size/width'='nan' is not a finite number"),
+        (_annotation_xml("a.jpg", (9, "inf"), []), "field 'size/height'='inf' is not a finite number"),
         (_annotation_xml("a.jpg", (9, 9), [_object_xml("cat", (1, 1, 2, 2), "yes")]), "field 'difficult'='yes'"),
     ],
 )
