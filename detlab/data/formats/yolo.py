@@ -75,17 +75,21 @@ def read_names(source: str | Path) -> list[str]:
     path = Path(source)
     if not path.is_file():
         raise DataError(f"class names file not found: {path}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file (class names come from a data.yaml or a names file)") from None
     if path.suffix.lower() in (".yaml", ".yml"):
-        return _names_from_yaml(path)
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return _names_from_yaml(path, text)
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise DataError(f"{path}: no class names (a names file holds one name a line)")
     return names
 
 
-def _names_from_yaml(path: Path) -> list[str]:
+def _names_from_yaml(path: Path, text: str) -> list[str]:
     try:
-        data: Any = yaml.safe_load(path.read_text())
+        data: Any = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise DataError(f"{path}: not valid YAML ({err})") from None
     names = data.get("names") if isinstance(data, dict) else None

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from detlab.data.formats.yolo import read_names, read_yolo
+from detlab.errors import DataError
 
 EXPECTED = {
     "images": [
@@ -90,6 +91,14 @@ def test_bad_data_yaml_names_the_file_and_field(tmp_path, text, says):
     (tmp_path / "data.yaml").write_text(text)
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / "data.yaml")) + ".*" + re.escape(says)):
         read_names(tmp_path / "data.yaml")
+
+
+@pytest.mark.parametrize("name", ["data.yaml", "obj.names"])
+def test_a_names_file_that_is_not_text_names_it(tmp_path, name):
+    """A binary file given as the names (a mistyped path) stopped with a bare UnicodeDecodeError."""
+    (tmp_path / name).write_bytes(b"\xff\xfe\x00\x89PNG")
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / name)) + ": not a text file"):
+        read_names(tmp_path / name)
 
 
 def _one_image(tmp_path, make_image, label_text):
