@@ -68,6 +68,8 @@ def _read_rows(csv_file: Path) -> list[_Row]:
         lines = csv_file.read_text().splitlines()
     except FileNotFoundError:
         raise DataError(f"Udacity CSV not found: {csv_file}") from None
+    except IsADirectoryError:
+        raise DataError(f"{csv_file} is a folder; give the labels.csv inside it") from None
     except UnicodeDecodeError:
         raise DataError(f"{csv_file}: not a text file") from None
     numbered = [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]

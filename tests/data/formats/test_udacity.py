@@ -118,3 +118,9 @@ def test_recoverable_rows_are_dropped_or_clipped_with_a_problem_each(tmp_path, m
     assert len(dataset.problems) == 5
     [note] = dataset.notes  # clipped: nothing lost
     assert note.startswith(f"{csv_file}: line 5, fields 'xmin ymin xmax ymax'") and "clipped" in note
+
+
+def test_a_folder_given_as_the_csv_names_it(tmp_path):
+    """The folder of the drive instead of its labels.csv stopped with a bare IsADirectoryError."""
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path} is a folder; give the labels.csv inside it")):
+        read_udacity(tmp_path)
