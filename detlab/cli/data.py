@@ -112,8 +112,10 @@ def _add_format_options(parser: argparse.ArgumentParser) -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     _check_format_options(args, args.format)
-    dataset = _read(args)
     out = Path(args.out)
+    if out.is_dir():  # the rename onto it would stop with a bare IsADirectoryError, after the whole conversion
+        raise ConfigError(f"--out {out} is a folder; give the path of the COCO .json to write")
+    dataset = _read(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(out, json.dumps(dataset.coco, allow_nan=False))
     print(summary(dataset, f"{args.format} {args.source}", str(out)))

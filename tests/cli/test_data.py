@@ -112,6 +112,16 @@ def test_bad_input_ends_in_one_message_and_status_2(tmp_path, make_image, capsys
     assert not (tmp_path / "x.json").exists()
 
 
+def test_an_out_path_that_is_a_folder_is_one_message(tmp_path, make_image, capsys):
+    """--out naming a folder stopped with a bare IsADirectoryError once the dataset was converted."""
+    make_image(tmp_path / "images" / "a.jpg", 8, 8)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "names.txt").write_text("cat\n")
+    argv = ["convert", "--format", "yolo", str(tmp_path / "images"), "--names", str(tmp_path / "names.txt")]
+    assert exit_status(argv + ["--out", str(tmp_path / "labels")]) == 2
+    assert f"--out {tmp_path / 'labels'} is a folder" in capsys.readouterr().err
+
+
 def test_usage_errors_are_argparse_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([])
