@@ -243,6 +243,12 @@ def _classes(args: argparse.Namespace) -> list[str] | None:
 
 
 def _read(args: argparse.Namespace) -> ConvertedDataset:
+    dataset = _read_format(args)
+    dataset.check_not_empty(f"{args.format} {args.source}")
+    return dataset
+
+
+def _read_format(args: argparse.Namespace) -> ConvertedDataset:
     from detlab.data.formats.source import READERS
 
     read = READERS[args.format]

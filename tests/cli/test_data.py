@@ -170,6 +170,21 @@ def test_a_file_that_cannot_be_read_is_a_problem_in_every_format(tmp_path, make_
         assert out.startswith("problem: ") and says in out and "checked: the data cannot be used" in out
 
 
+def test_a_source_whose_every_image_is_left_out_names_the_reasons(tmp_path, make_image, capsys):
+    """check --format said only "field 'images' is empty" (status 1), convert wrote a json of no image (status 0)."""
+    make_image(tmp_path / "JPEGImages" / "a.jpg", 8, 8)
+    (tmp_path / "Annotations").mkdir()
+    xml = tmp_path / "Annotations" / "a.xml"
+    xml.write_text("<annotation><filename>a.jpg</filename><size><width>16</width><height>8</height></size>"
+                   "</annotation>")
+    says = f"{xml}: field 'size': says 16x8 (w x h) but image {tmp_path / 'JPEGImages' / 'a.jpg'} is 8x8"
+    assert exit_status(["check", "--format", "voc", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"problem: 1 invalid annotation(s) or image(s) in voc {tmp_path}:") and says in out
+    assert exit_status(["convert", "--format", "voc", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
+    assert says in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
 def test_check_a_coco_file_prints_the_numbers_and_every_problem(tmp_path, capsys):
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(CHECK_COCO))

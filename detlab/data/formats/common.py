@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from detlab.data.coco.checker import problem_report
 from detlab.data.coco.reader import IMAGE_ERRORS
 from detlab.errors import DataError
 
@@ -50,6 +51,14 @@ class ConvertedDataset:
     problems: list[str] = field(default_factory=list)
     img_dir: str = ""
     notes: list[str] = field(default_factory=list)
+
+    def check_not_empty(self, name: str) -> None:
+        """A DataError listing the problems where they left every image out (a resized or unreadable image set,
+        the wrong image folder): without it the only message was the COCO checker's "field 'images' is empty",
+        or the holdout's "0 images", which name neither a file nor a reason. `name` names the source."""
+        if not self.coco["images"]:
+            raise DataError(problem_report(name, self.problems, fix="every image was left out: nothing is left to "
+                                                                    "train on or to check; fix these"))
 
 
 class CocoBuilder:

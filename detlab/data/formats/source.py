@@ -118,10 +118,13 @@ class FormatSource:
     def read(self) -> dict[str, ConvertedDataset]:
         """Read every split from the source (no cache): {"train": dataset, "val": dataset}."""
         train = _merge(self._read_parts(self.parts["train"], None), "data.source.train")
+        train.check_not_empty("data.source.train")
         class_names = [c["name"] for c in train.coco["categories"]]
         if self.holdout > 0:
             return dict(zip(SPLITS, hold_out(train, self.holdout)))
-        return {"train": train, "val": _merge(self._read_parts(self.parts["val"], class_names), "data.source.val")}
+        val = _merge(self._read_parts(self.parts["val"], class_names), "data.source.val")
+        val.check_not_empty("data.source.val")
+        return {"train": train, "val": val}
 
     def _read_parts(self, parts: list[dict[str, Any]], class_names: list[str] | None) -> list[ConvertedDataset]:
         read = []

@@ -135,7 +135,7 @@ def test_a_source_converts_once_and_again_only_when_its_content_changes(voc_root
     assert json.loads(Path(second["train"].ann_file).read_text())["annotations"][-1]["bbox"] == [4, 0, 36, 30]
     assert json.loads(Path(first["train"].ann_file).read_text())["annotations"][-1]["bbox"] == [0, 0, 40, 30]
     # So does a replaced image file (another byte size), and a changed reader argument.
-    image(voc_root / "JPEGImages" / "000003.jpg", 400, 300)
+    Image.effect_noise((40, 30), 64).convert("RGB").save(voc_root / "JPEGImages" / "000003.jpg")  # same size
     assert source.splits()["val"].ann_file != second["val"].ann_file and len(calls) == 6
     shared = {"root": str(voc_root), "class_names": ["dog", "cat"]}
     other = FormatSource("voc", train={"split": "trainval"}, val={"split": "test"}, shared=shared,
@@ -211,6 +211,24 @@ def test_holdout_needs_an_image_in_each_split(tmp_path):
     source = FormatSource("voc", train={}, holdout=0.1, shared={"root": str(tmp_path)}, cache_dir=str(tmp_path / "c"))
     with pytest.raises(ValueError, match=r"data.source.holdout=0.1 of 2 images holds out 0"):
         source.splits()
+
+
+@pytest.mark.parametrize("holdout", [0.5, 0.0])
+def test_a_split_whose_every_image_is_left_out_names_each_reason(tmp_path, holdout):
+    """Every <size> disagrees with its image (resized after labelling): the message was the holdout's "0 images
+    holds out 0" or the converted file's "field 'images' is empty", naming neither an xml nor a reason."""
+    write_voc(tmp_path, {"a": [voc_object("cat", 2, 2, 10, 10)], "b": [voc_object("cat", 2, 2, 10, 10)]})
+    for stem in ("a", "b"):
+        image(tmp_path / "JPEGImages" / f"{stem}.jpg", 20, 15)
+    given = {"holdout": holdout} if holdout else {"val": {}}
+    source = FormatSource("voc", train={}, shared={"root": str(tmp_path)}, cache_dir=str(tmp_path / "c"), **given)
+    with pytest.raises(ValueError) as err:
+        source.splits()
+    message = str(err.value)
+    assert message.startswith("2 invalid annotation(s) or image(s) in data.source.train:")
+    for stem in ("a", "b"):
+        assert f"{tmp_path / 'Annotations' / stem}.xml: field 'size': says 40x30 (w x h)" in message
+    assert "every image was left out" in message and not list((tmp_path / "c").iterdir())  # nothing cached
 
 
 def test_a_list_of_parts_is_one_split_with_file_names_under_their_common_folder(tmp_path):
