@@ -140,6 +140,8 @@ BAD_INPUTS = {
     "no annotations key": (mutate(lambda d: d.pop("annotations")), ["'annotations'"]),
     "image without file_name": (mutate(lambda d: d["images"][1].pop("file_name")), ["image id=7", "'file_name'"]),
     "image with zero width": (mutate(lambda d: d["images"][1].update(width=0)), ["image id=7", "'width'"]),
+    # JSON's Infinity (or 1e400) passed the check: every box was "inside", and the run stopped at the first load
+    "image of infinite height": (mutate(lambda d: d["images"][1].update(height=float("inf"))), ["image id=7", "'height'"]),
     "duplicate image id": (mutate(lambda d: d["images"][2].update(id=7)), ["image id=7", "duplicate", "'id'"]),
     "duplicate category id": (mutate(lambda d: d["categories"][1].update(id=11)), ["category id=11", "'id'"]),
     # the evaluator refused it after the data was read: 80 class names, without the file, the ids or the field

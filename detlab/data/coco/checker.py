@@ -133,8 +133,8 @@ def _check_images(images: list, ann_file: str, keys: tuple[str, ...]) -> dict[in
                 "'image_id')"
             )
         for key in ("width", "height"):
-            if not _is_number(img[key]) or not img[key] > 0:
-                raise DataError(f"{where}: field '{key}'={img[key]!r} must be a positive number")
+            if not _is_number(img[key]) or not 0 < img[key] < math.inf:
+                raise DataError(f"{where}: field '{key}'={img[key]!r} must be a finite positive number")
         if image_id in by_id:
             raise DataError(f"{where}: duplicate image id (field 'id'); image ids must be unique")
         by_id[image_id] = img
