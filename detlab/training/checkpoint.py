@@ -134,8 +134,12 @@ def checkpoint_callbacks(folder: Path, save_last: bool, save_top_k: int) -> list
                                          monitor="val/AP", mode="max", save_top_k=save_top_k))
     if save_last:
         # A checkpoint of its own, not ModelCheckpoint(save_last=True): that writes last.ckpt only when a best
-        # improved, so a run whose AP plateaued resumed from its best epoch, not its last.
-        callbacks.append(ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False))
+        # improved, so a run whose AP plateaued resumed from its best epoch, not its last. At the end of every train
+        # epoch (after that epoch's validation): Lightning's default under trainer.check_val_every_n_epoch > 1 saves at
+        # validation end only, so no last.ckpt until then, and one inside the epoch, whose replay on resume drew the
+        # train loader's seed again (other shuffles than the run never stopped).
+        callbacks.append(ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False,
+                                         save_on_train_epoch_end=True))
     return callbacks
 
 

@@ -3,10 +3,13 @@
 import errno
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 import detlab.training.checkpoint
-from detlab.training.checkpoint import AtomicCheckpointIO, check_resumable, read_checkpoint
+from detlab.training.checkpoint import (
+    AtomicCheckpointIO, RandomState, check_resumable, checkpoint_callbacks, read_checkpoint,
+)
 from detlab.errors import CheckpointError, StorageError
 
 
@@ -103,3 +106,68 @@ def test_a_ddp_resume_continues_each_ranks_own_augmentation(tmp_path):
     state["augment_by_rank"] = [state["augment"], rank1]
     callback.on_load_checkpoint(trainer, None, checkpoint)
     assert [step.random_generator.bit_generator.state for step in _augmentation_steps(trainer)] == [s for _, s in rank1]
+
+
+class _Regression(pl.LightningModule):
+    """A one-weight model whose steps depend on the order of its shuffled batches."""
+
+    def __init__(self, fail_at_step: int | None = None) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.fail_at_step = fail_at_step
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.fail_at_step:
+            raise RuntimeError("killed")
+        return ((self.layer(batch[0]) - batch[1]) ** 2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", ((self.layer(batch[0]) - batch[1]) ** 2).mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def _loader(self, shuffle: bool):
+        x = torch.linspace(-1, 1, 12)[:, None]
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, 3 * x ** 2), batch_size=4, shuffle=shuffle)
+
+    def train_dataloader(self):
+        return self._loader(shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(shuffle=False)
+
+
+def _fit(folder, module: pl.LightningModule, max_epochs: int, ckpt_path=None) -> None:
+    trainer = pl.Trainer(
+        max_epochs=max_epochs, check_val_every_n_epoch=2, callbacks=[*checkpoint_callbacks(folder, True, 0), RandomState()],
+        logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu", deterministic=True,
+    )
+    trainer.fit(module, ckpt_path=ckpt_path)
+
+
+def _step(path) -> int:
+    assert path.is_file(), sorted(p.name for p in path.parent.glob("*"))
+    return torch.load(path, weights_only=False)["global_step"]
+
+
+def test_last_ckpt_is_written_every_epoch_and_resumes_exactly_when_validation_is_less_often(tmp_path):
+    """last.ckpt after every epoch, as the README's table says, also with trainer.check_val_every_n_epoch > 1:
+    Lightning's ModelCheckpoint then saved at validation end only, so a run validating every 2nd epoch (or only
+    at the end) had no last.ckpt until then, and the one it wrote sat inside the epoch, whose replay on resume drew
+    the train loader's seed again: other shuffles, other weights than the run never stopped."""
+    pl.seed_everything(0)
+    _fit(tmp_path / "one", _Regression(), max_epochs=1)
+    assert _step(tmp_path / "one" / "last.ckpt") == 3  # 12 examples at batch 4, no validation
+    pl.seed_everything(0)
+    straight = _Regression()
+    _fit(tmp_path / "straight", straight, max_epochs=4)
+    pl.seed_everything(0)
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit(tmp_path / "killed", _Regression(fail_at_step=7), max_epochs=4)  # in epoch 3, after epoch 2's validation
+    assert _step(tmp_path / "killed" / "last.ckpt") == 6
+    pl.seed_everything(123)  # a resume's own seed: the checkpoint's random state wins
+    resumed = _Regression()
+    _fit(tmp_path / "resumed", resumed, max_epochs=4, ckpt_path=tmp_path / "killed" / "last.ckpt")
+    assert torch.equal(resumed.layer.weight, straight.layer.weight) and torch.equal(resumed.layer.bias, straight.layer.bias)
