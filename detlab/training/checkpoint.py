@@ -26,7 +26,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 
 from detlab.distributed import from_every_rank
 from detlab.errors import CheckpointError, ConfigError, writing
@@ -67,8 +67,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_resumable(path: str | Path, checkpoint: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
     """CheckpointError unless the run configured by `cfg` (resolved, plain) can continue `checkpoint` (at path):
-    a full checkpoint (not a weights file), the same RESUMED_KEYS, and training left before trainer.max_epochs
-    or trainer.max_steps (else Lightning stops at once and the run's results would be overwritten by a re-run)."""
+    a full checkpoint (not a weights file), the same RESUMED_KEYS, its weight average when it kept one, and training
+    left before trainer.max_epochs or trainer.max_steps (else Lightning stops at once and the run's results would be
+    overwritten by a re-run)."""
     if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
         raise CheckpointError(
             f"{path} holds weights only (no optimizer or loop state), so there is nothing to resume: resume from the "
@@ -84,6 +85,15 @@ def check_resumable(path: str | Path, checkpoint: Mapping[str, Any], cfg: Mappin
             f"{'; '.join(changed)}. A resume keeps the checkpoint's model and optimizer state: resume with the run's "
             f"own overrides (its .hydra/overrides.yaml), or start a new run from its weights with model.weights={path}"
         )
+    if "current_model_state" in checkpoint and not _averaging(cfg):
+        # Lightning's WeightAveraging keeps the average as the checkpoint's state_dict (the trained weights beside it,
+        # which only the callback restores): without it the run continued from the average, with the optimizer state
+        # of the trained weights
+        raise CheckpointError(
+            f"{path} was written with a weight average (callbacks.ema), and this run has none: its state_dict is the "
+            f"average, which a resume without the callback would train on. Resume with the run's callbacks "
+            f"(callbacks=[default,ema]), or start a new run from the average with model.weights={path}"
+        )
     epochs = checkpoint["loops"].get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
     limits = {key: cfg["trainer"].get(key) for key in ("max_epochs", "max_steps")}
     reached = {"max_epochs": epochs, "max_steps": checkpoint["global_step"]}
@@ -94,6 +104,22 @@ def check_resumable(path: str | Path, checkpoint: Mapping[str, Any], cfg: Mappin
             f"{path} has finished: it trained {epochs} epoch(s), {checkpoint['global_step']} steps, and this run stops "
             f"at {' and '.join(stops)}. Raise it to train on, or score the run again with detlab-eval run"
         )
+
+
+def _averaging(cfg: Mapping[str, Any]) -> bool:
+    """Whether the callbacks group of a (resolved, plain) config holds a weight average (detlab's EMA, or any
+    Lightning WeightAveraging)."""
+    from hydra.utils import get_object
+
+    for node in (cfg.get("callbacks") or {}).values():
+        target = node.get("_target_") if isinstance(node, Mapping) else None
+        try:
+            found = get_object(target) if isinstance(target, str) else None
+        except Exception:  # a target that does not import: _build names it when the callbacks are built
+            continue
+        if isinstance(found, type) and issubclass(found, WeightAveraging):
+            return True
+    return False
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any], keys: Sequence[str], prefix: str = ""):

@@ -82,6 +82,13 @@ def test_a_resume_continues_only_what_the_checkpoint_holds():
         check_resumable("last.ckpt", full, trained)
     with pytest.raises(CheckpointError, match=r"stops at trainer.max_steps=3"):
         check_resumable("last.ckpt", full, {**trained, "trainer": {"max_epochs": 3, "max_steps": 3}})
+    # a run with an EMA: Lightning's WeightAveraging saved the average as state_dict, the trained weights beside it
+    averaged = {**full, "current_model_state": {}}
+    ema = {"_target_": "detlab.training.ema.EMA", "decay": 0.999}
+    check_resumable("last.ckpt", averaged, {**longer, "callbacks": {"default": None, "ema": ema}})
+    with pytest.raises(CheckpointError, match=r"last.ckpt was written with a weight average .*callbacks=\[default,ema\]"):
+        check_resumable("last.ckpt", averaged, {**longer, "callbacks": {"lr_monitor": {"_target_": "x.Missing"}}})
+    check_resumable("last.ckpt", full, {**longer, "callbacks": {"ema": ema}})  # an average from here on: Lightning's
     weights = {k: v for k, v in full.items() if k not in ("optimizer_states", "loops")}
     with pytest.raises(CheckpointError, match=r"weights.ckpt holds weights only .* model.weights=weights.ckpt"):
         check_resumable("weights.ckpt", weights, longer)
