@@ -175,6 +175,14 @@ def _callbacks(cfg: DictConfig, run_dir: Path, logger) -> list[pl.Callback]:
         if node is None:
             continue
         callback = _build(f"callbacks.{name}", node)
+        if not isinstance(callback, pl.Callback):  # Lightning would call its hooks once the fit starts
+            if "_target_" not in node:
+                raise ConfigError(
+                    f"callbacks.{name}={OmegaConf.to_container(node)} builds no Lightning callback (no _target_): "
+                    f"choose its config (callbacks=[default,{name}]) to set its keys, or give one of yours as "
+                    f"'+callbacks.{name}={{_target_:my_package.MyCallback}}'")
+            raise ConfigError(f"callbacks.{name} builds a {type(callback).__module__}.{type(callback).__qualname__}, "
+                              f"not a Lightning callback (pytorch_lightning.Callback): fix its _target_ ({node._target_})")
         monitor = getattr(callback, "monitor", None)
         if isinstance(monitor, str) and monitor not in MONITORED and not monitor.startswith("train/loss_"):
             raise ConfigError(f"callbacks.{name}.monitor={monitor!r} is not a metric detlab logs; use one of "

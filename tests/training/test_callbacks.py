@@ -56,6 +56,11 @@ ES = "callbacks=[default,early_stopping]"
                                                    "rejects its arguments"),
     # before: Lightning's traceback after the first epoch's validation
     ([ES, "callbacks.early_stopping.monitor=val/APX"], "callbacks.early_stopping.monitor='val/APX' is not a metric"),
+    # before: a node without _target_ (a key of a callback not chosen) or with a class that is no callback was handed
+    # to Lightning as a callback: its traceback (ConfigAttributeError: Missing key on_exception) once the fit started
+    (["+callbacks.ema.decy=0.9"], "callbacks.ema={'decy': 0.9} builds no Lightning callback (no _target_)"),
+    (["+callbacks.mine={_target_:torch.nn.Identity}"], "callbacks.mine builds a torch.nn.modules.linear.Identity, not a "
+                                                       "Lightning callback"),
 ])
 def test_what_the_callbacks_cannot_take_is_one_message_naming_the_key(tmp_path, overrides, says):
     with pytest.raises(Exception) as caught:
