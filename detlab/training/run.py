@@ -202,7 +202,7 @@ MONITORED = {"train/loss", "val/loss", *(f"val/{name}" for name in METRIC_NAMES)
 
 
 def _build(key: str, node: DictConfig, **kwargs: Any) -> Any:
-    """A Lightning object (the trainer, a callback) from its node; arguments its class refuses (Lightning's
+    """A Lightning object (the trainer, a callback, the logger) from its node; arguments its class refuses (Lightning's
     MisconfigurationException, a TypeError or ValueError for a wrong one) stop with the key, not a traceback."""
     try:
         return instantiate(node, **kwargs)
@@ -231,8 +231,8 @@ def _logger(cfg: DictConfig, run_dir: Path, wandb_id: str | None):
     if cfg.logger.get("_target_") is None:
         return False
     if get_object(cfg.logger._target_) is wandb_logger:  # the object, not its name: any path to it counts
-        return instantiate(cfg.logger, save_dir=str(run_dir), run_id=wandb_id, **cfg.tracking)
-    return instantiate(cfg.logger, save_dir=str(run_dir))
+        return _build("logger", cfg.logger, save_dir=str(run_dir), run_id=wandb_id, **cfg.tracking)
+    return _build("logger", cfg.logger, save_dir=str(run_dir))
 
 
 def _finish(logger, results: dict[str, Any]) -> None:

@@ -119,3 +119,16 @@ def test_only_ddp_rank_zero_names_the_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     wandb_logger(str(tmp_path), project="p", mode="offline")  # rank 1's stand-in, a fresh id
     assert (tmp_path / "wandb_run_id").read_text() == "run0abcd\n"
+
+
+@pytest.mark.parametrize(("logger", "target"), [("csv", "pytorch_lightning.loggers.CSVLogger"),
+                                                 ("wandb", "detlab.training.tracking.wandb_logger")])
+def test_a_logger_argument_its_class_refuses_names_the_key(tmp_path, logger, target):
+    """As the trainer's and the callbacks' (run._build): before, exit 1 and Hydra's wrapper of the TypeError."""
+    from detlab.config import compose_train
+    from detlab.errors import ConfigError
+    from detlab.training.run import _logger
+
+    cfg = compose_train([f"logger={logger}", "+logger.flush_every=5"])
+    with pytest.raises(ConfigError, match=rf"logger \({target}\) rejects its arguments: .*'flush_every'"):
+        _logger(cfg, tmp_path, wandb_id=None)
