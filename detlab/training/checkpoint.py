@@ -26,7 +26,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, WeightAveraging
 
 from detlab.distributed import from_every_rank
 from detlab.errors import CheckpointError, ConfigError, writing
@@ -68,7 +68,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def check_resumable(path: str | Path, checkpoint: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
     """CheckpointError unless the run configured by `cfg` (resolved, plain) can continue `checkpoint` (at path):
     a full checkpoint (not a weights file), the same RESUMED_KEYS, its weight average when it kept one, and training
-    left before trainer.max_epochs or trainer.max_steps (else Lightning stops at once and the run's results would be
+    left before trainer.max_epochs or trainer.max_steps or early stopping (else Lightning stops at once and the run's results would be
     overwritten by a re-run)."""
     if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
         raise CheckpointError(
@@ -99,6 +99,16 @@ def check_resumable(path: str | Path, checkpoint: Mapping[str, Any], cfg: Mappin
     reached = {"max_epochs": epochs, "max_steps": checkpoint["global_step"]}
     stops = [f"trainer.{key}={limit}" for key, limit in limits.items()
              if limit not in (None, -1) and reached[key] is not None and reached[key] >= limit]
+    early = [state["stopped_epoch"] for key, state in checkpoint.get("callbacks", {}).items()
+             if key.startswith("EarlyStopping") and isinstance(state, Mapping) and state.get("stopped_epoch")]
+    if early and _stops_early(cfg):
+        # Lightning restores EarlyStopping's state (its patience too): the run trained one epoch more, stopped again
+        # and wrote over the finished run's results.json
+        raise CheckpointError(
+            f"{path} has finished: early stopping ended it after epoch {early[0]}, and a resume with it stops again "
+            f"at the first validation that does not improve (its state, patience included, is the checkpoint's). Score the run again with detlab-eval run, or "
+            f"train on without early stopping (callbacks=[default])"
+        )
     if stops:
         raise CheckpointError(
             f"{path} has finished: it trained {epochs} epoch(s), {checkpoint['global_step']} steps, and this run stops "
@@ -109,6 +119,15 @@ def check_resumable(path: str | Path, checkpoint: Mapping[str, Any], cfg: Mappin
 def _averaging(cfg: Mapping[str, Any]) -> bool:
     """Whether the callbacks group of a (resolved, plain) config holds a weight average (detlab's EMA, or any
     Lightning WeightAveraging)."""
+    return _has_callback(cfg, WeightAveraging)
+
+
+def _stops_early(cfg: Mapping[str, Any]) -> bool:
+    """Whether the callbacks group of a (resolved, plain) config holds Lightning's EarlyStopping."""
+    return _has_callback(cfg, EarlyStopping)
+
+
+def _has_callback(cfg: Mapping[str, Any], kind: type) -> bool:
     from hydra.utils import get_object
 
     for node in (cfg.get("callbacks") or {}).values():
@@ -117,7 +136,7 @@ def _averaging(cfg: Mapping[str, Any]) -> bool:
             found = get_object(target) if isinstance(target, str) else None
         except Exception:  # a target that does not import: _build names it when the callbacks are built
             continue
-        if isinstance(found, type) and issubclass(found, WeightAveraging):
+        if isinstance(found, type) and issubclass(found, kind):
             return True
     return False
 

@@ -89,6 +89,12 @@ def test_a_resume_continues_only_what_the_checkpoint_holds():
     with pytest.raises(CheckpointError, match=r"last.ckpt was written with a weight average .*callbacks=\[default,ema\]"):
         check_resumable("last.ckpt", averaged, {**longer, "callbacks": {"lr_monitor": {"_target_": "x.Missing"}}})
     check_resumable("last.ckpt", full, {**longer, "callbacks": {"ema": ema}})  # an average from here on: Lightning's
+    # early stopping ended it (Lightning's state, patience included, comes back with the checkpoint): finished too
+    stopped = {**full, "callbacks": {"EarlyStopping{'monitor': 'val/AP', 'mode': 'max'}": {"stopped_epoch": 1}}}
+    stopping = {**longer, "callbacks": {"early_stopping": {"_target_": "pytorch_lightning.callbacks.EarlyStopping"}}}
+    with pytest.raises(CheckpointError, match=r"last.ckpt has finished: early stopping ended it after epoch 1"):
+        check_resumable("last.ckpt", stopped, stopping)
+    check_resumable("last.ckpt", stopped, longer)  # on without it
     weights = {k: v for k, v in full.items() if k not in ("optimizer_states", "loops")}
     with pytest.raises(CheckpointError, match=r"weights.ckpt holds weights only .* model.weights=weights.ckpt"):
         check_resumable("weights.ckpt", weights, longer)
