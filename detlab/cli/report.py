@@ -5,7 +5,8 @@
     detlab-report --wandb-project me/detlab --group focal_gamma --wandb  # runs from W&B, a chart back there
 
 A run is a directory with results.json and .hydra/overrides.yaml (what `detlab-train` writes). Runs are
-grouped by configuration: every command-line override except the seed (and any --ignore key) and ckpt_path. For each
+grouped by configuration: every command-line override except the seed (and any --ignore key) and ckpt_path; two
+runs of one configuration with the same seed are refused (one seed counted twice). For each
 configuration and metric: mean, sample standard deviation and a 95% confidence interval of the mean
 (Student's t with n - 1 degrees of freedom); the difference from the baseline configuration with Welch's 95%
 interval (no equal-variance assumption). Written to the output folder: results.md, results.csv (one row per

@@ -101,11 +101,14 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
     """The runs under each path (a run directory, a multirun folder, any folder of runs), in natural order,
     and the run directories left out: without results.json (failed or unfinished) or pruned."""
-    runs, left_out = [], []
+    runs, left_out, seen = [], [], set()
     for path in map(Path, paths):
         if not path.is_dir():
             raise ReportError(f"{path}: no such folder (give a run directory or a multirun folder)")
         for run_dir in run_dirs(path):
+            if run_dir.resolve() in seen:  # a folder given twice, or a run and its multirun: one run, counted once
+                continue
+            seen.add(run_dir.resolve())
             run = read_run(run_dir) if (run_dir / "results.json").is_file() else None
             if run is None or run.pruned:
                 left_out.append(run_dir)
@@ -124,11 +127,24 @@ def run_dirs(path: Path) -> list[Path]:
 
 
 def group_runs(runs: Sequence[Run], ignore: Sequence[str] = IGNORED) -> list[Group]:
-    """Runs with the same overrides, the ignored keys left out, in the order of their first run."""
+    """Runs with the same overrides, the ignored keys left out, in the order of their first run.
+
+    Two runs of one configuration that the ignored keys do not tell apart either (the same seed: a multirun
+    repeated, two runs without a seed override) are a ReportError: averaged as two seeds, they would shrink
+    the interval with a seed that was not drawn again."""
     groups: dict[tuple, Group] = {}
+    first_of: dict[tuple, Run] = {}
     for run in runs:
         kept = {k: v for k, v in run.overrides.items() if k not in ignore}
-        groups.setdefault(tuple(sorted(kept.items())), Group(kept)).runs.append(run)
+        key = tuple(sorted(kept.items()))
+        ignored = tuple(run.overrides.get(k, ABSENT) for k in ignore)
+        other = first_of.setdefault((key, ignored), run)
+        if other is not run:
+            same = " ".join(f"{k}={v}" for k, v in zip(ignore, ignored)) or "no ignored key"
+            raise ReportError(f"{other.name} and {run.name} are the same configuration with the same {same}: one "
+                              "seed counted twice would narrow the interval; report one of them (move the other "
+                              "aside, or give only one of their folders)")
+        groups.setdefault(key, Group(kept)).runs.append(run)
     return list(groups.values())
 
 

@@ -124,6 +124,22 @@ def test_a_resumed_run_stays_in_its_configuration(sweep):
     assert [len(g.runs) for g in group_runs(find_runs([sweep])[0])] == [3, 3, 3]
 
 
+def test_a_seed_is_counted_once(sweep, tmp_path):
+    """The same folder given twice (or a run and its multirun) is read once; a second run of a configuration with
+    a seed it already has (a multirun repeated) stops the report: n = 4 from 3 seeds would narrow the interval."""
+    runs, _ = find_runs([sweep, sweep, sweep / "4"])
+    assert len(runs) == 9
+    row = read_csv(write_report(runs, tmp_path / "out").files["csv"])["gamma2_alpha0.25"]
+    assert (row["n"], float(row["AP_std"])) == ("3", pytest.approx(np.std([0.30, 0.32, 0.34], ddof=1)))
+    again = fake_run(tmp_path / "again", "0", ["experiment/focal_gamma=gamma2_alpha0.25", "seed=1", *STUDY], 0.5)
+    with pytest.raises(ReportError, match=f"{sweep / '4'} and {again} are the same configuration with the same seed=1"):
+        write_report(find_runs([sweep, again])[0], tmp_path / "out")
+    # a new seed of it is one more run
+    fake_run(tmp_path / "more", "0", ["experiment/focal_gamma=gamma2_alpha0.25", "seed=3", *STUDY], 0.5)
+    groups = group_runs(find_runs([sweep, tmp_path / "more"])[0])
+    assert [len(g.runs) for g in groups] == [3, 4, 3]
+
+
 def test_report_table_and_baseline_difference(sweep, tmp_path):
     report = write_report(*[find_runs([sweep])[0]], tmp_path / "out", baseline="focal_gamma=gamma0_alpha0.75")
     rows = read_csv(tmp_path / "out" / "results.csv")
