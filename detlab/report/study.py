@@ -52,7 +52,10 @@ def write_report(
     base = find_baseline(groups, baseline) if baseline else None
     rows = compare(groups, metrics, base)
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where the folder (or one above it) would be
+        raise ReportError(f"{output}: a file is in the way of the report's folder; give --output a folder") from None
     studies = sorted({r.study for r in runs if r.study})
     name = title or ", ".join(studies) or "runs"  # the figures' title: the study's name
     title = f"{name}: {len(groups)} configurations, {len(runs)} runs"

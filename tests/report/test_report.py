@@ -333,6 +333,11 @@ def test_command_line_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "runs"), "--output", str(tmp_path / "o")])
     assert f"{cut} is not valid JSON" in capsys.readouterr().err
+    fake_run(tmp_path / "runs", "0b", ["seed=1"], 0.3)
+    for output in (tmp_path / "runs" / "0b" / "results.json", tmp_path / "runs" / "0b" / "results.json" / "out"):
+        with pytest.raises(SystemExit) as stop:  # a file given as --output (or a folder inside one)
+            main([str(tmp_path / "runs" / "0b"), "--output", str(output)])
+        assert stop.value.code == 2 and "a file is in the way of the report's folder" in capsys.readouterr().err
 
 
 def test_wandb_summary_run_offline(sweep, tmp_path, monkeypatch):
