@@ -12,31 +12,57 @@ import argparse
 import json
 from pathlib import Path
 
-from detlab.errors import user_errors
+from detlab.errors import ConfigError, user_errors
 from detlab.inference import resolve_device
 from detlab.profile import bench
+
+
+def at_least(least: int):
+    """An argparse type: an integer >= least (a count of 0 repeats or images would fail minutes later, deep in
+    numpy or torch)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {least}")
+        return value
+    parse.__name__ = f"integer >= {least}"
+    return parse
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a --json file, or a ConfigError naming it."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--table {path}: cannot read it as JSON ({err})") from None
+    if not (isinstance(rows, list) and rows and all(isinstance(r, dict) and "ratio" in r for r in rows)):
+        raise ConfigError(f"--table {path}: not the rows a --json run of this command writes")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m detlab.cli.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1")
     parser.add_argument("--quick", action="store_true", help=f"fewer batches and repeats: {bench.QUICK}")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 8],
+    parser.add_argument("--batch-sizes", type=at_least(1), nargs="+", default=[2, 8],
                         help="the parts' batches (the forward row at the first only: the same convolutions)")
-    parser.add_argument("--image-size", type=int, default=512, help="the parts' square input")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--eval-images", type=int, default=500)
-    parser.add_argument("--eval-repeats", type=int, default=3)
+    parser.add_argument("--image-size", type=at_least(1), default=512, help="the parts' square input")
+    parser.add_argument("--warmup", type=at_least(0), default=2)
+    parser.add_argument("--repeats", type=at_least(1), default=10)
+    parser.add_argument("--eval-images", type=at_least(1), default=500)
+    parser.add_argument("--eval-repeats", type=at_least(1), default=3)
     parser.add_argument("--presets", nargs="*", default=list(bench.PRESETS), choices=list(bench.PRESETS),
                         help="whole-step rows for these presets (none: no whole-step rows)")
-    parser.add_argument("--step-batch-sizes", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--step-image-size", type=int, default=320, help="the presets' shorter side")
-    parser.add_argument("--step-max-size", type=int, default=512, help="the presets' longer side at most")
-    parser.add_argument("--step-warmup", type=int, default=1)
-    parser.add_argument("--step-repeats", type=int, default=5)
-    parser.add_argument("--loader-batches", type=int, default=60, help="the loader row's timed batches (0: no row)")
-    parser.add_argument("--loader-repeats", type=int, default=5, help="the loader row's timed training steps")
+    parser.add_argument("--step-batch-sizes", type=at_least(1), nargs="+", default=[2, 8])
+    parser.add_argument("--step-image-size", type=at_least(1), default=320, help="the presets' shorter side")
+    parser.add_argument("--step-max-size", type=at_least(1), default=512, help="the presets' longer side at most")
+    parser.add_argument("--step-warmup", type=at_least(0), default=1)
+    parser.add_argument("--step-repeats", type=at_least(1), default=5)
+    parser.add_argument("--loader-batches", type=at_least(0), default=60, help="the loader row's timed batches (0: no row)")
+    parser.add_argument("--loader-repeats", type=at_least(1), default=5, help="the loader row's timed training steps")
     parser.add_argument("--loader-overrides", nargs="*", default=[],
                         help="the loader row's run (none: the default run, data=shapes)")
     parser.add_argument("--json", type=Path, help="write every row with its conditions here")
@@ -46,7 +72,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.set_defaults(**bench.QUICK)
         args = parser.parse_args(argv)
     if args.table:
-        rows = json.loads(args.table.read_text())
+        rows = read_rows(args.table)
         print(bench.table(rows))
         return rows
     device = resolve_device(args.device)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from detlab.cli import bench as bench_cli
+from detlab.errors import user_errors
 from detlab.profile import bench
 
 
@@ -71,3 +72,21 @@ def test_whole_step_models_are_the_same_detector(preset, input_hw, our_cls, thei
     reference_step()
     # each step trains its own model (a step of the wrong parameters, or none, would leave these unchanged)
     assert (ours_weight.detach() != before).any() and (their_weight.detach() != before).any()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeats", "0"], "argument --repeats: '0' is not an integer >= 1"),
+    (["--step-batch-sizes", "2", "-1"], "argument --step-batch-sizes: '-1' is not an integer >= 1"),
+    (["--warmup", "-1"], "argument --warmup: '-1' is not an integer >= 0"),
+    (["--table", "{missing}"], "missing.json: cannot read it as JSON"),
+    (["--table", "{gpu_check}"], "gpu_check.json: not the rows a --json run of this command writes"),
+])
+def test_bad_arguments_stop_with_one_message(argv, message, tmp_path, capsys):
+    """A count of 0 repeats failed minutes later in numpy (an empty median); a --table file that is not a bench
+    --json (missing, or gpu_check.json's object) failed with a traceback. Each is one message and exit 2, at once."""
+    (tmp_path / "gpu_check.json").write_text(json.dumps({"bench": [], "throughput": {}}))
+    argv = [a.format(missing=tmp_path / "missing.json", gpu_check=tmp_path / "gpu_check.json") for a in argv]
+    tiny = ["--batch-sizes", "1", "--image-size", "32", "--eval-images", "1", "--presets", "--loader-batches", "0"]
+    with pytest.raises(SystemExit) as stop, user_errors("python -m detlab.cli.bench"):
+        bench_cli.main([*tiny, *argv])  # tiny: a check that regressed would run a few seconds, not the bench
+    assert stop.value.code == 2 and message in capsys.readouterr().err
