@@ -423,7 +423,13 @@ def table(rows: Sequence[dict]) -> str:
               f"{r['reference_ms']:.1f} | {r['ratio']:.2f} |" for r in rows]
     first = rows[0]
     allocator = describe_allocator(first.get("allocator", {}))  # rows of --json files before it was recorded lack it
-    return "\n".join([*lines, f"\n{first['device']}, torch {first['torch']}, {first['threads']} threads{allocator}; "
+    # --device cuda times the COCO engines on the CPU: each device with the rows it measured
+    devices: dict[str, list[str]] = {}
+    for r in rows:
+        devices.setdefault(r["device"], []).append(r["what"])
+    device = first["device"] if len(devices) == 1 else "; ".join(
+        f"{d} ({', '.join(dict.fromkeys(whats))})" for d, whats in devices.items())
+    return "\n".join([*lines, f"\n{device}, torch {first['torch']}, {first['threads']} threads{allocator}; "
                                 f"medians of {sorted({r['repeats'] for r in rows})} repeats after "
                                 f"{sorted({r['warmup'] for r in rows})} warm-up. ratio > 1: detlab is faster"])
 

@@ -90,3 +90,15 @@ def test_bad_arguments_stop_with_one_message(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop, user_errors("python -m detlab.cli.bench"):
         bench_cli.main([*tiny, *argv])  # tiny: a check that regressed would run a few seconds, not the bench
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_table_names_each_device_with_its_rows():
+    """With --device cuda the COCO engines still run on the CPU: the line under the table named only the first
+    row's device (the GPU) for every row."""
+    common = {"model": "-", "batch": 2, "input": "64x64", "detlab_ms": 1.0, "reference_ms": 2.0, "ratio": 2.0,
+              "warmup": 1, "repeats": 3, "torch": torch.__version__, "threads": 4, "allocator": {}}
+    rows = [{**common, "what": "forward", "device": "NVIDIA H100"}, {**common, "what": "loss", "device": "NVIDIA H100"},
+            {**common, "what": "COCO eval, hotcoco (3 images, 300 detections)", "device": "cpu: Test CPU"}]
+    footer = bench.table(rows).splitlines()[-1]
+    assert footer.startswith("NVIDIA H100 (forward, loss); cpu: Test CPU (COCO eval, hotcoco (3 images, 300 detections)),")
+    assert bench.table(rows[:2]).splitlines()[-1].startswith(f"NVIDIA H100, torch {torch.__version__}, 4 threads;")
