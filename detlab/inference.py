@@ -89,7 +89,7 @@ class Predictor:
         space; and that config."""
         checkpoint = checkpoint_of(path)
         hparams = load_hparams(checkpoint)
-        cfg = OmegaConf.merge(OmegaConf.create(hparams["cfg"]), OmegaConf.from_dotlist(list(overrides)))
+        cfg = with_overrides(OmegaConf.create(hparams["cfg"]), overrides, checkpoint)
         cfg.model.weights = str(checkpoint)  # the run's own weights replace whatever it started from
         return cls.from_config(cfg, hparams["category_ids"], hparams["class_names"]), cfg
 
@@ -157,6 +157,38 @@ class Predictor:
                     {"image_id": int(image_id), "category_id": self.category_ids[label], "bbox": box, "score": score}
                 )
         return results
+
+
+def with_overrides(cfg: DictConfig, overrides: Sequence[str], checkpoint: Path) -> DictConfig:
+    """A run's saved config with dotlist overrides (data.image_size=512), each checked against it: a key it does not
+    have (a misspelling was ignored, or failed deep inside a constructor), a whole group replaced by a name
+    (model=ssd300: the saved config holds the run's resolved groups, which no name selects here) and model.weights
+    (the run's own weights are loaded) are ConfigErrors naming the override."""
+    missing = object()
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        try:
+            value = OmegaConf.select(OmegaConf.from_dotlist([item]), key) if sep else None
+        except Exception as err:  # noqa: BLE001 - OmegaConf's parser errors: the override is the user's to fix
+            raise ConfigError(f"override {item!r}: not key=value ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: give key=value, a key of the run's config (data.image_size=512)")
+        if key == "model.weights":
+            raise ConfigError(f"override {item!r}: a run is loaded with its own weights ({checkpoint}); to predict "
+                              "with other weights, configure the model without the run (model=<preset> model.weights=...)")
+        current = OmegaConf.select(cfg, key, default=missing)
+        parent_key = key.rpartition(".")[0]
+        parent = OmegaConf.select(cfg, parent_key, default=missing) if parent_key else cfg
+        if current is missing and parent is not None:  # a null parent (data.val: null) takes new keys
+            known = sorted(parent) if isinstance(parent, DictConfig) else []
+            raise ConfigError(f"override {item!r}: the config of {checkpoint} has no key {key}"
+                              + (f" ({parent_key or 'its top level'} has {', '.join(map(str, known))})" if known else ""))
+        if isinstance(current, DictConfig) and not isinstance(value, (dict, DictConfig)):
+            first = next((k for k in current if not str(k).startswith("_")), "<key>")
+            raise ConfigError(f"override {item!r}: {key} is the run's whole {key} config, saved resolved, not a "
+                              f"choice to switch; override its keys ({key}.{first}=...), or configure the model "
+                              f"without the run")
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
 
 
 def checkpoint_of(path: str | Path) -> Path:

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights
@@ -118,3 +119,59 @@ def test_bad_inputs_name_the_file_and_exit_2(tmp_path, monkeypatch, capsys, args
         main([*args, *overrides, "--out", "r.json", *TINY])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A detlab checkpoint of the preset at TINY's size, as DetectionModule saves it (config, label space, weights)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from detlab.config import compose_train
+
+    cfg = compose_train(["model=tv_retinanet_r50_fpn", *TINY])
+    cats = list(cfg.data.category_ids)
+    model = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=len(cats)).model
+    saved = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "data", "trainer", "eval")}
+    hparams = {"cfg": saved, "num_classes": len(cats), "category_ids": cats, "class_names": [str(c) for c in cats]}
+    path = tmp_path / "weights.ckpt"
+    torch.save({"hyper_parameters": hparams, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "global_step": 1}, path)
+    Image.new("RGB", (40, 30)).save(tmp_path / "ok.png")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # a group's name in place of the run's resolved group: an AttributeError traceback
+        ("model=tv_ssd300_vgg16", "model is the run's whole model config, saved resolved, not a choice to switch"),
+        ("data=coco", "data is the run's whole data config"),
+        # a misspelt key of a component: Hydra's InstantiationException traceback
+        ("model.postprocess.scor_thresh=0.9", "has no key model.postprocess.scor_thresh (model.postprocess has "
+                                              "_target_, max_per_image, nms_iou, score_thresh, topk_per_level)"),
+        # a misspelt key nothing instantiates: ignored without a word
+        ("dat.image_size=96", "has no key dat.image_size"),
+        # other weights: replaced by the run's own without a word
+        ("model.weights=other.pth", "a run is loaded with its own weights"),
+    ],
+)
+def test_run_overrides_the_saved_config_cannot_take_name_the_override(tiny_checkpoint, monkeypatch, capsys, override,
+                                                                      message):
+    monkeypatch.chdir(tiny_checkpoint.parent)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ok.png", "--run", str(tiny_checkpoint), "--out", "r.json", override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"override '{override}'" in err and message in err and "Traceback" not in err
+
+
+def test_run_overrides_of_existing_keys_apply(tiny_checkpoint, monkeypatch):
+    """data.image_size, a key of a component, and a new key under a null node (data.val: null) are the run's to
+    change: the rebuilt predictor takes them."""
+    from detlab.inference import Predictor
+
+    predictor, cfg = Predictor.from_run(tiny_checkpoint, ["data.image_size=96", "model.postprocess.score_thresh=0.5",
+                                                          "data.val.ann_file=val.json"])
+    assert predictor.transform.image_size == 96 and predictor.postprocess.score_thresh == 0.5
+    assert cfg.data.val.ann_file == "val.json" and cfg.model.weights == str(tiny_checkpoint)
