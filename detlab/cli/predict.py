@@ -45,10 +45,10 @@ def predict(
         raise ConfigError(f"--draw-thresh={draw_thresh} must be a score in [0, 1]")
     target = resolve_device(device)  # before the model loads
     images, coco_categories = _image_list(inputs, img_dir)
-    if coco_categories is None:  # plain files: the results name each by its file name, the drawings by its stem
+    if coco_categories is None:  # plain files: the results name each by its file name (a COCO json's, by its id)
         _check_distinct([path for path, _ in images], lambda path: path.name, "results' file_name")
-        if draw is not None:
-            _check_distinct([path for path, _ in images], lambda path: path.stem, f"drawing in {draw}")
+    if draw is not None:  # the drawings, of plain files and of a COCO json's (s1/000001.jpg, s2/000001.jpg), by stem
+        _check_distinct([path for path, _ in images], lambda path: path.stem, f"drawing in {draw}")
     if run is not None:
         predictor, _ = Predictor.from_run(run, overrides)
     else:

@@ -96,6 +96,8 @@ def test_files_and_folders_get_their_names_and_drawings(tmp_path):
         # one name for two files: the results' file_name stood for both, the second drawing overwrote the first
         (["d1", "d2"], "d1/x.png and d2/x.png would have the same results' file_name ('x.png')"),
         (["ok.png", "d1/ok.jpg", "--draw", "drawn"], "d1/ok.jpg and ok.png would have the same drawing in drawn ('ok')"),
+        # a COCO json's file names in folders (detlab-data's merged sequences): the second drawing overwrote the first
+        (["seq.json", "--img-dir", ".", "--draw", "drawn"], "d1/x.png and d2/x.png would have the same drawing in drawn ('x')"),
         # before the model loads; a device name torch does not know, or a CUDA device that is not there, was
         # torch's traceback
         (["ok.png", "--device", "tpu"], "--device tpu: not a device"),
@@ -109,6 +111,8 @@ def test_bad_inputs_name_the_file_and_exit_2(tmp_path, monkeypatch, capsys, args
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     (tmp_path / "empty_dir").mkdir()
     (tmp_path / "coco.json").write_text('{"images": []}')
+    images = [{"id": i, "file_name": f"d{i}/x.png", "width": 40, "height": 30} for i in (1, 2)]
+    (tmp_path / "seq.json").write_text(json.dumps({"images": images, "annotations": [], "categories": []}))
     Image.new("RGB", (40, 30)).save(tmp_path / "ok.png")
     for folder in ("d1", "d2"):
         (tmp_path / folder).mkdir()
