@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from detlab.errors import ConfigError, DataError, user_errors
+from detlab.errors import ConfigError, DataError, check_writable, user_errors
 from detlab.files import write_text_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -44,6 +44,7 @@ def predict(
     if not 0 <= draw_thresh <= 1:
         raise ConfigError(f"--draw-thresh={draw_thresh} must be a score in [0, 1]")
     target = resolve_device(device)  # before the model loads
+    _check_outputs(out, draw)  # before any image: they were first written after the last batch
     images, coco_categories = _image_list(inputs, img_dir)
     if coco_categories is None:  # plain files: the results name each by its file name (a COCO json's, by its id)
         _check_distinct([path for path, _ in images], lambda path: path.name, "results' file_name")
@@ -116,6 +117,20 @@ def _image_list(inputs: list[Path], img_dir: Path | None) -> tuple[list[tuple[Pa
         else:
             raise DataError(f"{path}: no such image file or folder")
     return [(path, i) for i, path in enumerate(sorted(files))], None
+
+
+def _check_outputs(out: Path, draw: Path | None) -> None:
+    """A ConfigError (StorageError where the OS refuses) unless the results file and the drawings' folder can be
+    written: --out not a folder, and no file where either needs a folder."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the results file's path ({out / 'results.json'})")
+    for option, folder in (("--out", out.parent), ("--draw", draw)):
+        if folder is None:
+            continue
+        existing = next(p for p in (folder, *folder.parents) if p.exists())  # "." or "/" at the latest
+        if not existing.is_dir():
+            raise ConfigError(f"{option} {out if option == '--out' else draw}: {existing} is a file, not a folder")
+        check_writable(folder, option, f"give {option} a path in a folder you can write")
 
 
 def _check_distinct(paths: list[Path], name_of, what: str) -> None:

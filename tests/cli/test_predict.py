@@ -179,3 +179,25 @@ def test_run_overrides_of_existing_keys_apply(tiny_checkpoint, monkeypatch):
                                                           "data.val.ann_file=val.json"])
     assert predictor.transform.image_size == 96 and predictor.postprocess.score_thresh == 0.5
     assert cfg.data.val.ann_file == "val.json" and cfg.model.weights == str(tiny_checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # each was a traceback (IsADirectoryError, FileExistsError) after the last batch, or at the first drawing
+        (["--out", "folder"], "--out folder is a folder; give the results file's path (folder/results.json)"),
+        (["--out", "ok.png/r.json"], "--out ok.png/r.json: ok.png is a file, not a folder"),
+        (["--out", "r.json", "--draw", "ok.png"], "--draw ok.png: ok.png is a file, not a folder"),
+    ],
+)
+def test_unusable_outputs_stop_before_the_model_loads(tmp_path, monkeypatch, capsys, args, message):
+    from detlab.inference import Predictor
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "ok.png")
+    monkeypatch.setattr(Predictor, "from_config", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ok.png", *args, "model=tv_retinanet_r50_fpn", *TINY])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
