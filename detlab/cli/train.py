@@ -24,8 +24,25 @@ from detlab.config import CONF_DIR
 from detlab.errors import check_writable, user_errors, writing
 
 
+def main() -> None:
+    """The console script. Hydra prints its own user errors (an unknown key or config option, an override it cannot
+    parse) as one message, and exits 1; before any run started that status is the user's, and becomes 2, as for
+    every other user error. A run's own status stands: 2 for its user errors, 1 for a bug, with the traceback."""
+    try:
+        hydra_main()
+    except SystemExit as stop:
+        if stop.code == 1 and not _started:
+            sys.exit(2)
+        raise
+
+
+_started = False  # whether Hydra reached hydra_main's body (a run, or a multirun's first job)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
+    global _started
+    _started = True
     from detlab.training.console import quiet_library_noise
 
     quiet_library_noise()
