@@ -1,7 +1,8 @@
 """Suite-wide settings: W&B never reaches the network, caches live in the test's temp space, few threads; the
 real-data tier's one way to find its data: $DETLAB_REAL_DATA, with a clear failure when it is not there; and the
 one factory of hand-made batches (`from tests.conftest import make_batch`); the tiny run's overrides and the
-runner of the real entry points (`from tests.conftest import TINY, run`); tiny image files (make_image)."""
+runner of the real entry points (`from tests.conftest import TINY, run`); tiny image files (make_image);
+a run's LightningModule on a tiny annotation file (detection_module)."""
 
 import os
 import subprocess
@@ -104,6 +105,26 @@ def make_batch(
         gt_valid=gt_valid,
         **{**defaults, **fields},
     )
+
+
+def detection_module(tmp_path: Path, overrides: list[str]):
+    """The LightningModule of a run composed from overrides, in eval mode, for three classes (category ids 1, 2, 3)
+    and an annotation file of one 64 x 96 image without objects (the evaluator reads and checks it; nothing is
+    scored); weights drawn from torch's seed 0."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from detlab.config import compose_train
+    from detlab.training.module import DetectionModule
+
+    cfg = compose_train(overrides)
+    image = {"id": 1, "file_name": "a.png", "width": 96, "height": 64}
+    ann = {"images": [image], "annotations": [], "categories": [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]}
+    (tmp_path / "val.json").write_text(json.dumps(ann))
+    torch.manual_seed(0)
+    module_cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "loss", "optim", "eval", "data"]), resolve=True)
+    return DetectionModule(module_cfg, 3, [1, 2, 3], ["c1", "c2", "c3"], str(tmp_path / "val.json")).eval()
 
 
 def pytest_configure(config):

@@ -103,31 +103,41 @@ def logger_summary(logger) -> tuple[str, str | None]:
 class EvaluationLogger(pl.Callback):
     """After each validation: the COCO table and per-class AP as W&B tables, and a few drawn images.
 
-    It hooks on_validation_end because Lightning calls callbacks' on_validation_epoch_end before the
-    module's, where the evaluation is computed. The class names are the module's (its hyper-parameters).
+    The tables are logged in on_validation_end because Lightning calls callbacks' on_validation_epoch_end before
+    the module's, where the evaluation is computed. The images are drawn from the first validation batch while it is
+    validated, by the weights being scored: an EMA (callbacks.ema) swaps the trained weights back in at the epoch's
+    end, and images drawn after it showed another model than the AP table's. The class names are the module's (its
+    hyper-parameters).
     """
 
     def __init__(self, num_images: int = 4) -> None:
         check_count("eval", num_log_images=num_images)  # 0 draws none
         self.num_images = num_images
+        self._images: list[Any] = []
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Batch,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0 and self.num_images > 0 and _wandb_logger(trainer) and not trainer.sanity_checking \
+                and trainer.is_global_zero:
+            predictor = Predictor.from_module(module)
+            self._images = wandb_images(batch, predictor.predict_batch(batch), predictor.class_names, self.num_images)
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if not loggers or trainer.sanity_checking or module.last_eval is None or not trainer.is_global_zero:
+        images, self._images = self._images, []
+        wb = _wandb_logger(trainer)
+        if wb is None or trainer.sanity_checking or module.last_eval is None or not trainer.is_global_zero:
             return
-        wb = loggers[0]
         metrics = module.last_eval["metrics"]
         wb.log_table("val/coco_table", columns=["metric", "value"], data=[[k, float(v)] for k, v in metrics.items()])
         per_class = module.last_eval["per_class_AP"]
         wb.log_table("val/per_class_AP", columns=["class", "AP"], data=[[k, float(v)] for k, v in per_class.items()])
         wb.log_metrics(wandb_analysis(module.last_eval), step=trainer.global_step)
-        if self.num_images > 0:
-            wb.log_image("val/predictions", self._draw(trainer, module))
+        if images:
+            wb.log_image("val/predictions", images)
 
-    def _draw(self, trainer: pl.Trainer, module: pl.LightningModule) -> list[Any]:
-        predictor = Predictor.from_module(module)
-        batch = predictor.on_device(next(iter(trainer.val_dataloaders)))
-        return wandb_images(batch, predictor.predict_batch(batch), predictor.class_names, self.num_images)
+
+def _wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
 
 
 def wandb_images(batch: Batch, detections: list[Detections], class_names: list[str], num_images: int) -> list[Any]:

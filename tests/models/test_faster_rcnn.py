@@ -3,14 +3,12 @@ RoI stage's batched sampling against torchvision's sampler counts, proposals aga
 loop, the losses against torchvision's formulas, the post-processing against torchvision's per-image
 postprocess_detections, and a few training steps with every classification loss of conf/loss."""
 
-import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
 from torchvision.models.detection.roi_heads import fastrcnn_loss
@@ -23,9 +21,8 @@ from detlab.models.box_coder import DeltaXYWHBoxCoder
 from detlab.models.detector import Detector
 from detlab.models.priors import AnchorGenerator
 from detlab.models.two_stage import ProposalGenerator, RoIPostProcess
-from detlab.training.module import DetectionModule
 from detlab.structures import Batch, HeadOutput, Priors, TwoStageOutput
-from tests.conftest import make_batch
+from tests.conftest import detection_module, make_batch
 
 TINY = ["model.neck.out_channels=16", "model.roi.head.representation_size=32"]
 STRIDES = (4, 8, 16, 32, 64)
@@ -146,14 +143,7 @@ def test_module_predicts_what_it_evaluates(tmp_path):
     that validation scores:
     the proposals clipped to each image's content (60 x 80 px of 64 x 96 for the second image), not to the
     padded input, which moves the RoIs and so the scores."""
-    cfg = compose_train(["model=faster_rcnn", *TINY])
-    # the module's evaluator reads (and checks) it; nothing is scored here
-    image = {"id": 1, "file_name": "a.png", "width": 96, "height": 64}
-    ann = {"images": [image], "annotations": [], "categories": [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]}
-    (tmp_path / "val.json").write_text(json.dumps(ann))
-    torch.manual_seed(0)
-    module_cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "loss", "optim", "eval", "data"]), resolve=True)
-    module = DetectionModule(module_cfg, 3, [1, 2, 3], ["c1", "c2", "c3"], str(tmp_path / "val.json")).eval()
+    module = detection_module(tmp_path, ["model=faster_rcnn", *TINY])
     batch = tiny_batch()
     predicted = Predictor.from_module(module).predict_batch(batch)
     with torch.no_grad():
