@@ -164,6 +164,8 @@ BAD_INPUTS = {
     "text in a box": (mutate(lambda d: ann(d, 1).update(bbox=["1", 1, 3, 3])), ["annotation id=1", "'bbox'"]),
     "string image id": (mutate(lambda d: d["images"][0].update(id="img42")), ["'id'='img42'", "must be an integer"]),
     "string category id": (mutate(lambda d: d["categories"][0].update(id="cat")), ["category #0", "'id'='cat'"]),
+    # COCOeval takes a ground-truth id of 0 for "unmatched": the engines scored a perfect detection of it 0 or 1
+    "annotation id 0": (mutate(lambda d: ann(d, 2).update(id=0)), ["annotation id=0", "'id'=0", "positive integer"]),
     "duplicate annotation id": (mutate(lambda d: ann(d, 2).update(id=1)), ["image id=42", "duplicate annotation id"]),
     "annotation without area": (mutate(lambda d: ann(d, 6).pop("area")), ["annotation id=6", "missing field 'area'"]),
     "boolean area": (mutate(lambda d: ann(d, 6).update(area=True)), ["annotation id=6", "'area'=True"]),

@@ -90,6 +90,22 @@ def test_every_engine_refuses_a_broken_annotation_naming_the_file_image_and_fiel
     assert f"{ann_file}: image id=1, annotation id=2: {says}" in str(err.value)
 
 
+@pytest.mark.parametrize("ann_id", [0, -1])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_annotation_id_below_1_is_refused_by_every_engine(tmp_path, backend, ann_id):
+    """COCOeval records a match by the ground truth's annotation id, 0 meaning unmatched: a perfect detection of
+    an object of id 0 scored AP 0.0 in pycocotools and faster-coco-eval and 1.0 in hotcoco; of id -1, 1.0 in
+    pycocotools, 0.0 in faster-coco-eval, and hotcoco refused the file."""
+    ann_file = tmp_path / "gt.json"
+    ann_file.write_text(json.dumps({"images": [{"id": 1, "width": 100, "height": 100}],
+                                    "annotations": [{**GOOD_BOX, "id": ann_id}],
+                                    "categories": [{"id": 1, "name": "thing"}]}))
+    with pytest.raises(DataError) as err:
+        load_ground_truth(str(ann_file), backend)
+    assert f"{ann_file}: image id=1, annotation id={ann_id}: field 'id'={ann_id} must be a positive integer" in str(
+        err.value)
+
+
 def test_a_field_only_hotcoco_refuses_names_the_file(tmp_path):
     ann_file = tmp_path / "gt.json"
     ann_file.write_text(json.dumps({"images": [{"id": 1, "width": 100, "height": 100}], "annotations": [],

@@ -191,8 +191,10 @@ def _annotation_problem(ann: Any, images: dict, categories: dict) -> str | None:
     for key in ("id", "image_id", "category_id", "bbox", "area"):
         if not isinstance(ann, dict) or key not in ann:
             return f"missing field '{key}'" + (" (COCOeval's object sizes read it; COCO writes w * h)" if key == "area" else "")
-    if not _is_int(ann["id"]):
-        return f"field 'id'={ann['id']!r} must be an integer"
+    if not _is_int(ann["id"]) or ann["id"] < 1:
+        # COCOeval records a match by the ground truth's id, 0 meaning unmatched: a perfect detection of an object
+        # of id 0 scores AP 0 in pycocotools and 1 in hotcoco, of id -1 the engines disagree the other way round
+        return f"field 'id'={ann['id']!r} must be a positive integer (COCOeval takes an id of 0 for 'unmatched')"
     # the ids of the file's images and categories are integers (checked): a list or an object would stop the
     # lookup itself (unhashable), and JSON's true would find id 1
     if not _is_number(ann["image_id"]) or ann["image_id"] not in images:
