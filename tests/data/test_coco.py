@@ -163,6 +163,9 @@ BAD_INPUTS = {
     "boolean box": (mutate(lambda d: ann(d, 1).update(bbox=[True, True, True, True])), ["annotation id=1", "'bbox'"]),
     "text in a box": (mutate(lambda d: ann(d, 1).update(bbox=["1", 1, 3, 3])), ["annotation id=1", "'bbox'"]),
     "string image id": (mutate(lambda d: d["images"][0].update(id="img42")), ["'id'='img42'", "must be an integer"]),
+    # the engines hold ids as int64 (2**64 was a bare OverflowError), and hotcoco refuses a negative one
+    "negative image id": (mutate(lambda d: d["images"][1].update(id=-7)), ["image id=-7", "'id'=-7", "from 0 to 2**63 - 1"]),
+    "category id 2**64": (mutate(lambda d: d["categories"][0].update(id=2**64)), ["category #0", "from 0 to 2**63 - 1"]),
     "string category id": (mutate(lambda d: d["categories"][0].update(id="cat")), ["category #0", "'id'='cat'"]),
     # COCOeval takes a ground-truth id of 0 for "unmatched": the engines scored a perfect detection of it 0 or 1
     "annotation id 0": (mutate(lambda d: ann(d, 2).update(id=0)), ["annotation id=0", "'id'=0", "positive integer"]),

@@ -6,6 +6,7 @@ import pytest
 
 from detlab.errors import DataError
 from detlab.evaluation.backends import BACKENDS, load_ground_truth, quiet
+from detlab.evaluation.results_file import evaluate_results_file
 
 
 def test_quiet_swallows_chatter_but_replays_it_with_an_error(capsys):
@@ -104,6 +105,49 @@ def test_an_annotation_id_below_1_is_refused_by_every_engine(tmp_path, backend, 
         load_ground_truth(str(ann_file), backend)
     assert f"{ann_file}: image id=1, annotation id={ann_id}: field 'id'={ann_id} must be a positive integer" in str(
         err.value)
+
+
+def one_box_file(tmp_path, image_id=1, category_id=1, ann_id=1):
+    ann_file = tmp_path / "gt.json"
+    ann_file.write_text(json.dumps({
+        "images": [{"id": image_id, "width": 100, "height": 100}],
+        "annotations": [{**GOOD_BOX, "id": ann_id, "image_id": image_id, "category_id": category_id}],
+        "categories": [{"id": category_id, "name": "thing"}]}))
+    return ann_file
+
+
+# pycocotools and faster-coco-eval stopped with a bare OverflowError on an id beyond int64 (hotcoco refused it),
+# and scored a negative image or category id that hotcoco refused; faster-coco-eval scored a perfect detection of
+# an annotation of id 2**64 AP 0.
+OUT_OF_RANGE_IDS = {
+    "negative image id": ({"image_id": -3}, "image id=-3 (image #0): field 'id'=-3 must be an integer from 0 to 2**63 - 1"),
+    "image id 2**63": ({"image_id": 2**63}, f"field 'id'={2**63} must be an integer from 0 to 2**63 - 1"),
+    "image id 2**64": ({"image_id": 2**64}, f"field 'id'={2**64} must be an integer from 0 to 2**63 - 1"),
+    "negative category id": ({"category_id": -2}, "category #0: field 'id'=-2 must be an integer from 0 to 2**63 - 1"),
+    "category id 2**64": ({"category_id": 2**64}, f"category #0: field 'id'={2**64} must be an integer from 0"),
+    "annotation id 2**64": ({"ann_id": 2**64}, f"annotation id={2**64}: field 'id'={2**64} must be a positive integer"),
+}
+
+
+@pytest.mark.parametrize("case", OUT_OF_RANGE_IDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_id_outside_int64_or_a_negative_one_is_refused_by_every_engine(tmp_path, backend, case):
+    ids, says = OUT_OF_RANGE_IDS[case]
+    ann_file = one_box_file(tmp_path, **ids)
+    with pytest.raises(DataError) as err:
+        load_ground_truth(str(ann_file), backend)
+    assert f"{ann_file}: " in str(err.value) and says in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("ids", [{"image_id": 0}, {"image_id": 2**63 - 1, "category_id": 0, "ann_id": 2**63 - 1}])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ids_at_the_ends_of_the_range_score_a_perfect_detection_1_in_every_engine(tmp_path, backend, ids):
+    ann_file = one_box_file(tmp_path, **ids)
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": ids["image_id"], "category_id": ids.get("category_id", 1),
+                                 "bbox": GOOD_BOX["bbox"], "score": 0.9}]))
+    metrics = evaluate_results_file(str(ann_file), str(dets), backend)["metrics"]
+    assert metrics["AP"] == pytest.approx(1.0, abs=1e-12) and metrics["AR100"] == pytest.approx(1.0, abs=1e-12)
 
 
 def test_a_field_only_hotcoco_refuses_names_the_file(tmp_path):

@@ -2,9 +2,9 @@
 that bad data stops before training with a message that names the file, the image id and the field:
 
 - the whole file (not JSON, truncated, missing "images" / "annotations" / "categories", no image at all)
-  and every image or category record (missing keys, duplicate ids or category names, non-positive sizes) must
-  be valid;
-- each annotation must name a known image and category, carry a finite bbox [x, y, w, h] with w > 0,
+  and every image or category record (missing keys, duplicate ids or category names, non-positive sizes, ids
+  outside 0..2**63 - 1) must be valid;
+- each annotation must have a unique id from 1 to 2**63 - 1, name a known image and category, carry a finite bbox [x, y, w, h] with w > 0,
   h > 0 that is not wholly outside its image, an area and an iscrowd of 0 or 1 (or none); each image file
   must exist, and no two images may name the same file. The reader's `on_invalid="skip"` drops such
   annotations (and images without a file or with another's, with their annotations) and lists them in `problems`.
@@ -101,8 +101,11 @@ def _check_categories(categories: list, ann_file: str) -> dict[int, str]:
         for key in ("id", "name"):
             if not isinstance(cat, dict) or key not in cat:
                 raise DataError(f"{ann_file}: category #{position} has no field '{key}'")
-        if not _is_int(cat["id"]):
-            raise DataError(f"{ann_file}: category #{position}: field 'id'={cat['id']!r} must be an integer")
+        if not _is_id(cat["id"], smallest=0):
+            raise DataError(
+                f"{ann_file}: category #{position}: field 'id'={cat['id']!r} {_id_rule(0)}: the evaluators hold "
+                "category ids as 64-bit integers, and hotcoco refuses a negative one"
+            )
         if cat["id"] in names:
             raise DataError(f"{ann_file}: duplicate category id={cat['id']} (field 'id' of category #{position})")
         name = str(cat["name"])
@@ -126,11 +129,11 @@ def _check_images(images: list, ann_file: str, keys: tuple[str, ...]) -> dict[in
         for key in keys:
             if not isinstance(img, dict) or key not in img:
                 raise DataError(f"{where}: missing field '{key}'")
-        if not _is_int(image_id):
+        if not _is_id(image_id, smallest=0):
             raise DataError(
-                f"{where}: field 'id'={image_id!r} must be an integer: COCO image ids are integers, and the "
-                "evaluators and the results files index images by them; renumber the images (and their annotations' "
-                "'image_id')"
+                f"{where}: field 'id'={image_id!r} {_id_rule(0)}: the evaluators and the results files index "
+                "images by their ids as 64-bit integers, and hotcoco refuses a negative one; renumber the images (and "
+                "their annotations' 'image_id')"
             )
         for key in ("width", "height"):
             if not _is_number(img[key]) or not 0 < img[key] < math.inf:
@@ -191,10 +194,10 @@ def _annotation_problem(ann: Any, images: dict, categories: dict) -> str | None:
     for key in ("id", "image_id", "category_id", "bbox", "area"):
         if not isinstance(ann, dict) or key not in ann:
             return f"missing field '{key}'" + (" (COCOeval's object sizes read it; COCO writes w * h)" if key == "area" else "")
-    if not _is_int(ann["id"]) or ann["id"] < 1:
+    if not _is_id(ann["id"], smallest=1):
         # COCOeval records a match by the ground truth's id, 0 meaning unmatched: a perfect detection of an object
         # of id 0 scores AP 0 in pycocotools and 1 in hotcoco, of id -1 the engines disagree the other way round
-        return f"field 'id'={ann['id']!r} must be a positive integer (COCOeval takes an id of 0 for 'unmatched')"
+        return f"field 'id'={ann['id']!r} {_id_rule(1)} (COCOeval takes an id of 0 for 'unmatched')"
     # the ids of the file's images and categories are integers (checked): a list or an object would stop the
     # lookup itself (unhashable), and JSON's true would find id 1
     if not _is_number(ann["image_id"]) or ann["image_id"] not in images:
@@ -226,6 +229,19 @@ def _is_number(value: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# The engines and the results file hold ids as int64 (2**64 stopped pycocotools with a bare OverflowError), and
+# hotcoco refuses a negative image or category id that pycocotools scores: one range that every engine reads alike.
+ID_MAX = 2**63 - 1
+
+
+def _is_id(value: Any, smallest: int) -> bool:
+    return _is_int(value) and smallest <= value <= ID_MAX
+
+
+def _id_rule(smallest: int) -> str:
+    return f"must be {'a positive integer' if smallest == 1 else 'an integer'} from {smallest} to 2**63 - 1"
 
 
 def empty_problem(ann_file: str, data: dict[str, Any]) -> str | None:
