@@ -72,3 +72,14 @@ def test_output_that_is_a_folder_is_one_message_before_scoring(tmp_path, capsys)
     captured = capsys.readouterr()
     assert f"detlab-eval: error: --output {tmp_path} is a folder" in captured.err
     assert "COCO box evaluation" not in captured.out  # refused before the work
+
+
+def test_a_folder_as_the_annotation_file_is_one_message(tmp_path, capsys):
+    """--ann naming the dataset's folder stopped with a bare IsADirectoryError from the annotation file's check."""
+    from detlab.cli.eval import main
+
+    _, dets = write_perfect_case(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["results", "--ann", str(tmp_path), "--results", dets])
+    assert stop.value.code == 2
+    assert f"detlab-eval: error: {tmp_path}: is a folder; give the COCO annotation json file" in capsys.readouterr().err

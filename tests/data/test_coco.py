@@ -195,6 +195,12 @@ def test_missing_annotation_file_names_it(tmp_path):
         CocoDetection(tmp_path / "nowhere.json", tmp_path, passthrough)
 
 
+def test_a_folder_given_as_the_annotation_file_names_it(tmp_path):
+    """It stopped with a bare IsADirectoryError."""
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: is a folder; give the COCO annotation json file")):
+        CocoDetection(tmp_path, tmp_path, passthrough)
+
+
 def test_skip_drops_and_counts_bad_annotations_and_scores_against_a_clean_copy(data_coco):
     def break_three(d):
         ann(d, 1).update(bbox=[1, 1, 0, 5])

@@ -75,6 +75,8 @@ def _read_bytes(ann_file: str) -> bytes:
         return Path(ann_file).read_bytes()
     except FileNotFoundError:
         raise DataError(f"annotation file not found: {ann_file}") from None
+    except IsADirectoryError:
+        raise DataError(f"{ann_file}: is a folder; give the COCO annotation json file in it") from None
 
 
 def _parse(raw: bytes, ann_file: str) -> Any:
