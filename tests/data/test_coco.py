@@ -136,6 +136,8 @@ def ann(data, annotation_id):
 # Each bad input and the pieces its message must name (the file is always checked too).
 BAD_INPUTS = {
     "truncated json": (json.dumps(coco_dict())[:150], ["not valid JSON", "truncated"]),
+    # json's decoder recurses per level: a bare RecursionError
+    "nested 100,000 deep": ("[" * 100_000 + "]" * 100_000, ["nested too deeply"]),
     "not an object": ("[1, 2]", ["JSON object"]),
     "no annotations key": (mutate(lambda d: d.pop("annotations")), ["'annotations'"]),
     "image without file_name": (mutate(lambda d: d["images"][1].pop("file_name")), ["image id=7", "'file_name'"]),

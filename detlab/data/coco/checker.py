@@ -84,6 +84,8 @@ def _parse(raw: bytes, ann_file: str) -> Any:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{ann_file}: not valid JSON ({err}); is the file truncated?") from None
+    except RecursionError:  # json's decoder recurses per level: ~100,000 nested brackets
+        raise DataError(f"{ann_file}: JSON nested too deeply to read; not a COCO annotation file") from None
     return data
 
 
