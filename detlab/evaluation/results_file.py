@@ -48,6 +48,8 @@ def _read_results(results_file: str, image_ids: np.ndarray, category_ids: np.nda
         raise ResultsFileError(f"{results_file}: is a folder; give the results json file in it") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ResultsFileError(f"{results_file}: not a valid JSON file ({err})") from err
+    except RecursionError:  # json's decoder recurses per level: ~100,000 nested brackets
+        raise ResultsFileError(f"{results_file}: JSON nested too deeply to read; not a COCO results file") from None
     if not isinstance(records, list):
         raise ResultsFileError(
             f"{results_file}: a COCO results file is a JSON list of detections, got a {type(records).__name__}"

@@ -393,6 +393,10 @@ def test_unreadable_results_file_is_named(ann_file, tmp_path):
         evaluate_results_file(ann_file, str(gzip_header))
     with pytest.raises(ResultsFileError, match=f"^{tmp_path}: is a folder"):
         evaluate_results_file(ann_file, str(tmp_path))
+    deep = tmp_path / "deep.json"  # json's decoder recurses per level: it was a bare RecursionError
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ResultsFileError, match=f"^{deep}: JSON nested too deeply to read"):
+        evaluate_results_file(ann_file, str(deep))
     with_bom = tmp_path / "bom.json"  # UTF-8 with a byte-order mark (Windows tools write it): still JSON
     with_bom.write_bytes(b"\xef\xbb\xbf" + json.dumps([]).encode())
     assert evaluate_results_file(ann_file, str(with_bom))["scored"]["detections"] == 0
