@@ -26,6 +26,7 @@ line (a box wholly outside is still one). Image sizes come from the frames' head
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,10 @@ def _read_row(line: str, where: str, min_visibility: float, static_person: bool)
         raise DataError(f"{where}: field 'frame'={frame}; MOT frames count from 1")
     if cls not in CLASSES:
         raise DataError(f"{where}: field 'class'={cls} is not in the MOT class table (1..{CLASSES[-1]})")
+    if not math.isfinite(conf):  # nan != 0: a NaN flag made the row a pedestrian
+        raise DataError(f"{where}: field 'conf'={conf} must be a finite number (0: the row is not evaluated)")
+    if not 0.0 <= visibility <= 1.0:  # a NaN one was below every min_visibility: an ignore region without a word
+        raise DataError(f"{where}: field 'visibility'={visibility} must be a fraction in [0, 1]")
     person = (cls == PEDESTRIAN and conf != 0) or (static_person and cls == STATIC_PERSON)
     is_target = person and visibility >= min_visibility
     return _Row(frame, (left, top, left + width, top + height), is_target, where)

@@ -106,6 +106,10 @@ def test_rows_of_a_frame_without_image_are_problems(tmp_path, make_image):
         ("1,1,2,3,5,10,1,person,1", "line 2: field 'class'='person' is not an integer"),
         ("1,1,2,3,5,10,1,14,1", "line 2: field 'class'=14 is not in the MOT class table"),
         ("0,1,2,3,5,10,1,1,1", "line 2: field 'frame'=0; MOT frames count from 1"),
+        # a NaN visibility was below every min_visibility (an ignore region), a NaN conf != 0 (a pedestrian)
+        ("1,1,10,10,20,20,1,1,nan", "line 2: field 'visibility'=nan must be a fraction in [0, 1]"),
+        ("1,1,10,10,20,20,1,1,1.5", "line 2: field 'visibility'=1.5 must be a fraction in [0, 1]"),
+        ("1,1,10,10,20,20,nan,1,1", "line 2: field 'conf'=nan must be a finite number"),
     ],
 )
 def test_a_malformed_gt_raises_naming_the_file_the_line_and_the_field(tmp_path, make_image, row, says):
