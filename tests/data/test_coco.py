@@ -149,6 +149,9 @@ BAD_INPUTS = {
     # the evaluator refused it after the data was read: 80 class names, without the file, the ids or the field
     "duplicate category name": (mutate(lambda d: d["categories"][1].update(name=d["categories"][0]["name"])),
                                 ["categories id=11 and id=", "same field 'name'="]),
+    # str() made it a class called "None" for pycocotools and faster-coco-eval; hotcoco refused the file
+    "null category name": (mutate(lambda d: d["categories"][1].update(name=None)),
+                           ["category id=3 (category #1)", "'name'=None must be a string"]),
     "annotation without bbox": (mutate(lambda d: ann(d, 2).pop("bbox")), ["image id=42", "annotation id=2", "'bbox'"]),
     "unknown category": (mutate(lambda d: ann(d, 2).update(category_id=99)), ["image id=42", "'category_id'=99"]),
     "unknown image": (mutate(lambda d: ann(d, 5).update(image_id=777)), ["image id=777", "'image_id'"]),

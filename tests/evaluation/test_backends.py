@@ -1,6 +1,7 @@
 """The COCO API layer: quiet progress output that never hides an error, and annotation-file errors by name."""
 
 import json
+import re
 
 import pytest
 
@@ -148,6 +149,19 @@ def test_ids_at_the_ends_of_the_range_score_a_perfect_detection_1_in_every_engin
                                  "bbox": GOOD_BOX["bbox"], "score": 0.9}]))
     metrics = evaluate_results_file(str(ann_file), str(dets), backend)["metrics"]
     assert metrics["AP"] == pytest.approx(1.0, abs=1e-12) and metrics["AR100"] == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", [None, 5])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_category_name_that_is_not_a_string_is_refused_by_every_engine(tmp_path, backend, name):
+    """pycocotools and faster-coco-eval scored a class called "None" (or "5"); hotcoco refused the file."""
+    ann_file = tmp_path / "gt.json"
+    ann_file.write_text(json.dumps({"images": [{"id": 1, "width": 100, "height": 100}],
+                                    "annotations": [{**GOOD_BOX, "id": 1}],
+                                    "categories": [{"id": 1, "name": name}]}))
+    with pytest.raises(DataError, match=re.escape(f"{ann_file}: category id=1 (category #0): field 'name'={name!r} "
+                                                  "must be a string")):
+        load_ground_truth(str(ann_file), backend)
 
 
 def test_a_field_only_hotcoco_refuses_names_the_file(tmp_path):

@@ -112,7 +112,12 @@ def _check_categories(categories: list, ann_file: str) -> dict[int, str]:
             )
         if cat["id"] in names:
             raise DataError(f"{ann_file}: duplicate category id={cat['id']} (field 'id' of category #{position})")
-        name = str(cat["name"])
+        name = cat["name"]
+        if not isinstance(name, str):  # str() made null a class called "None"; hotcoco refuses the file
+            raise DataError(
+                f"{ann_file}: category id={cat['id']} (category #{position}): field 'name'={name!r} must be a string, "
+                "the class's name"
+            )
         if name in id_of:
             raise DataError(
                 f"{ann_file}: categories id={id_of[name]} and id={cat['id']} have the same field 'name'={name!r}; "
