@@ -187,7 +187,11 @@ class CocoBuilder:
 
 
 def check_class_names(class_names: Sequence[str]) -> list[str]:
-    """The class names as a list of non-empty, distinct strings (a ValueError says which one is not)."""
+    """The class names as a list of non-empty, distinct strings (a ValueError says which one is not); a number
+    is taken as its text (YAML's `names: [1, 2]`, as Ultralytics takes it), a null or a list is no name."""
+    for position, name in enumerate(class_names):
+        if not isinstance(name, (str, int, float)):  # str() made a null "None": a class of that name
+            raise DataError(f"class names: entry #{position} is {name!r}, not a name (an empty YAML entry reads as null)")
     names = [str(name) for name in class_names]
     for position, name in enumerate(names):
         if not name.strip():

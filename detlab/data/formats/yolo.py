@@ -25,6 +25,7 @@ import yaml
 from detlab.data.formats.common import (
     CocoBuilder,
     ConvertedDataset,
+    check_class_names,
     display_size,
     display_to_stored,
     find_images,
@@ -80,14 +81,19 @@ def read_names(source: str | Path) -> list[str]:
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a text file (class names come from a data.yaml or a names file)") from None
     if path.suffix.lower() in (".yaml", ".yml"):
-        return _names_from_yaml(path, text)
-    names = [line.strip() for line in text.splitlines() if line.strip()]
+        names = _names_from_yaml(path, text)
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise DataError(f"{path}: no class names (a names file holds one name a line)")
-    return names
+    try:
+        return check_class_names(names)
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
 
 
-def _names_from_yaml(path: Path, text: str) -> list[str]:
+def _names_from_yaml(path: Path, text: str) -> list[Any]:
+    """The entries of `names:` as YAML wrote them (read_names checks them as class names)."""
     try:
         data: Any = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -101,7 +107,7 @@ def _names_from_yaml(path: Path, text: str) -> list[str]:
         raise DataError(f"{path}: field 'names' must be a non-empty list of class names or a dict {{index: name}}")
     if "nc" in data and data["nc"] != len(names):
         raise DataError(f"{path}: field 'nc'={data['nc']!r} but field 'names' lists {len(names)} classes")
-    return [str(name) for name in names]
+    return names
 
 
 def default_labels_dir(images_dir: Path) -> Path:

@@ -69,6 +69,8 @@ def test_class_names_must_be_distinct_and_non_empty():
         check_class_names(["a", "b", "a"])
     with pytest.raises(ValueError, match="entry #1 is empty"):
         check_class_names(["a", " "])
+    with pytest.raises(ValueError, match="entry #1 is None, not a name"):  # it was a class called "None"
+        check_class_names(["a", None])
 
 
 def test_image_header_gives_the_size_and_a_clear_error_for_missing_or_broken_files(tmp_path, make_image):

@@ -85,6 +85,11 @@ def test_names_from_a_names_file(tmp_path):
         ("names: [person, car]\nnc: 3\n", "field 'nc'=3 but field 'names' lists 2 classes"),
         ("train: images\n", "field 'names' must be"),
         ("names: [person\n", "not valid YAML"),
+        # str() made a null a class called "None" (an entry left empty is null in YAML)
+        ("names: [person, null]\n", "class names: entry #1 is None, not a name"),
+        ("names:\n  - person\n  -\n", "class names: entry #1 is None, not a name"),
+        ("names:\n  0: person\n  1:\n", "class names: entry #1 is None, not a name"),
+        ("names: [person, person]\n", "class names: 'person' appears twice"),
     ],
 )
 def test_bad_data_yaml_names_the_file_and_field(tmp_path, text, says):
