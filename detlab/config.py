@@ -51,7 +51,8 @@ def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first impossible setting or combination in cfg."""
     _check_moved(cfg)
-    check_positive("data", image_size=cfg.data.image_size, batch_size=cfg.data.batch_size)
+    check_positive("data", image_size=cfg.data.image_size, batch_size=cfg.data.batch_size,
+                   size_divisor=cfg.data.get("size_divisor", 1))
     check_positive("trainer", max_epochs=cfg.trainer.max_epochs)
     if not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed={cfg.seed!r} must be an integer in [0, 2^32 - 1], the range numpy's generators take")
@@ -67,7 +68,7 @@ def validate(cfg: DictConfig) -> None:
 def _check_model(cfg: DictConfig) -> None:
     """Build the detector's parts as a run would, so that every component and builder checks its own rules (which
     loss a head takes, one prior entry per level, the levels RoIs pool from, ...) before any data is read; and ask
-    the priors whether they fit the data's input side.
+    the priors, and the backbone and neck on the meta device, whether they fit the data's input side.
 
     Built on the meta device (no memory, no arithmetic) for one class, without pretrained or model.weights files:
     what is checked is the combination, not the weights.
@@ -89,11 +90,25 @@ def _check_model(cfg: DictConfig) -> None:
             parts = instantiate(model, cls_loss=loss, num_classes=1)
         priors = getattr(parts.model, "priors", None)
         if isinstance(priors, PriorGenerator):
-            priors.check_input(cfg.data.image_size, cfg.data.get("size_divisor", 1))
+            divisor = cfg.data.get("size_divisor", 1)
+            priors.check_input(cfg.data.image_size, divisor)
+            _trace_levels(parts.model, -(-cfg.data.image_size // divisor) * divisor)
     except (ValueError, InstantiationException) as error:
         while isinstance(error, InstantiationException) and isinstance(error.__cause__, Exception):
             error = error.__cause__  # Hydra's wrapper: the component's own message is the cause's
         raise ConfigError(str(error)) from error
+
+
+def _trace_levels(model, side: int) -> None:
+    """The backbone and the neck on a meta input of side x side (the data's input, padded; shapes only, no
+    arithmetic), and the priors of the levels they make: the rules that depend on the input's size (SSD's unpadded
+    extra layers on a map too small for them, ...) stop here, before the data is read, rather than at the first
+    batch."""
+    import torch
+
+    images = torch.empty(1, 3, side, side, device="meta")
+    levels = model.neck(model.backbone(images))
+    model.priors([tuple(x.shape[-2:]) for x in levels], model.neck.strides, images.device, images.shape[-2:])
 
 
 def _check_moved(cfg: DictConfig) -> None:

@@ -161,6 +161,35 @@ def test_impossible_combinations_name_the_key():
     validate(compose_train(["trainer.limit_val_batches=0.5"]))
 
 
+# An input too small for SSD's extra layers (unpadded 3 x 3 convs at the end): validate refuses it, before the data
+# is read, where the model's own forward on the CPU fails; before, validate passed it and the first forward (the
+# FLOPs count, after the logger, the data and the module were set up) stopped the run.
+@pytest.mark.parametrize("model", ["ssd300", "ssd512", "tv_ssd300_vgg16"])
+@pytest.mark.parametrize("size", [64, 100, 128])
+def test_an_input_too_small_for_the_neck_is_refused_by_validate(model, size):
+    with pytest.raises(ConfigError, match=r"too small for model\.neck.*raise data\.image_size"):
+        validate(compose_train([f"model={model}", f"data.image_size={size}"]))
+
+
+@pytest.mark.parametrize("size", [128, 267, 268])
+def test_validate_refuses_the_ssd_input_sizes_the_network_cannot_take(size):
+    """validate's verdict at the border (VGG16 + SSD300's layers need 268 px) is the real network's on the CPU."""
+    cfg = compose_train(["model=ssd300", f"data.image_size={size}"])
+    try:
+        validate(cfg)
+        refused = False
+    except ConfigError:
+        refused = True
+    model = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3).model.eval()
+    try:
+        with torch.no_grad():
+            model.neck(model.backbone(torch.zeros(1, 3, size, size)))
+        runs = True
+    except (ConfigError, RuntimeError):
+        runs = False
+    assert refused == (not runs) and runs == (size >= 268)
+
+
 # Values a component cannot be built from or train with: each stops at validation with its key (before, a zero
 # width failed deep inside torch's convolution, and the others were taken silently).
 BAD_VALUES = [
