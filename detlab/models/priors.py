@@ -191,7 +191,8 @@ class DefaultBoxGenerator(PriorGenerator):
     steps:         null: centres at the paper's (j + 0.5) / |f_k| of the input side, which spreads a level's cells
                    evenly over the input whatever its size (torchvision's steps=None). A list, one per level: centres
                    at (j + 0.5) * steps[k] pixels, caffe's and torchvision's SSD300 tiling ([8, 16, 32, 64, 100,
-                   300]: conv4_3's 38 cells of 8 px end at 304, its last centre on the border).
+                   300]: conv4_3's 38 cells of 8 px end at 304, its last centre on the border). Such steps fit one
+                   input side: a level whose cells x step misses image_size by a step or more is refused.
     clip:          clamp every box's width and height to [0, 1] of the input side, as torchvision does (its
                    SSD300's 1.05 boxes become 1.0); caffe's SSD300/SSD512 and mmdetection do not.
 
@@ -258,11 +259,29 @@ class DefaultBoxGenerator(PriorGenerator):
         return sizes.clamp(min=0, max=1) if self.clip else sizes
 
     def _level_boxes(self, level: int, h: int, w: int, stride: int, device: torch.device, image_shape=None) -> Tensor:
+        if self.steps is not None:
+            self._check_step(level, h, w)
         # Cells per input side: the map's own size, or as many steps as fit (a fraction: 300 / 8 = 37.5)
         cells_y, cells_x = (h, w) if self.steps is None else (self.image_size / self.steps[level],) * 2
         xs = (torch.arange(w, dtype=torch.float32) + 0.5) / cells_x
         ys = (torch.arange(h, dtype=torch.float32) + 0.5) / cells_y
         return (place(xs, ys, 0.5 * self.box_sizes(level)) * self.image_size).to(device)
+
+
+    def _check_step(self, level: int, h: int, w: int) -> None:
+        """Fixed steps tile one input size: a level's cells x its step must be the input side to within one step
+        (torchvision's SSD300 at 300 px: 38 x 8 = 304, 10 x 32 = 320, 3 x 100 = 300). At another side the grid
+        overshoots by whole cells, whose default boxes lie outside the input and never match an object (its steps at
+        512 px centre level 5's boxes up to 1050 px), or leaves part of the input without centres."""
+        step = self.steps[level]
+        for cells in (h, w):
+            if abs(cells * step - self.image_size) >= step:
+                raise ConfigError(
+                    f"model.priors.steps[{level}]={step:g} spaces level {level}'s {cells} cells over {cells * step:g} "
+                    f"px of the {self.image_size} px input (data.image_size): fixed steps tile one input size "
+                    f"({list(self.steps)}); set model.priors.steps=null to spread each level over the input, or "
+                    "give steps whose cells x step is the input side"
+                )
 
 
 class YoloAnchorGenerator(PriorGenerator):

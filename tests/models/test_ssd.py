@@ -98,6 +98,26 @@ def test_steps_and_clip_are_torchvisions_tiling(steps, clip):
     assert sides.max().item() == pytest.approx(300.0 if clip else 300 * 0.87 * 2**0.5)
 
 
+# VGG16 + SSD300's layers at 400 and 512 px: the maps torchvision's tiling would be given
+MAPS_AT = {400: [(50, 50), (25, 25), (13, 13), (7, 7), (5, 5), (3, 3)],
+           512: [(64, 64), (32, 32), (16, 16), (8, 8), (6, 6), (4, 4)]}
+
+
+@pytest.mark.parametrize("size", sorted(MAPS_AT))
+def test_fixed_steps_at_another_input_side_are_refused(size):
+    """torchvision's SSD300 steps tile a 300 px input; at another side torchvision's own generator centres whole
+    cells of default boxes outside the input (at 512 px up to 1050 px), where no object can match them: validate
+    refuses model=tv_ssd300_vgg16 there, naming model.priors.steps (before, it trained with them silently)."""
+    ratios, scales = [[2], [2, 3], [2, 3], [2, 3], [2], [2]], [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]
+    tv = TVDefaultBoxGenerator(ratios, scales=scales, steps=[8, 16, 32, 64, 100, 300], clip=True)
+    maps = [torch.zeros(1, 1, h, w) for h, w in MAPS_AT[size]]
+    boxes = tv(ImageList(torch.zeros(1, 3, size, size), [(size, size)]), maps)[0]
+    assert ((boxes[:, :2] + boxes[:, 2:]) / 2).max() > size + 100
+    with pytest.raises(ConfigError, match=r"model\.priors\.steps\[\d\]=\d+ spaces level .*steps=null"):
+        validate(compose_train(["model=tv_ssd300_vgg16", f"data.image_size={size}"]))
+    validate(compose_train(["model=tv_ssd300_vgg16", f"data.image_size={size}", "model.priors.steps=null"]))
+
+
 def test_ssd512_has_24564_default_boxes():
     generator = instantiate(compose_train(["model=ssd512"]).model.priors)
     priors = generator(SSD512_MAPS, [8, 16, 32, 64, 128, 256, 256], "cpu")
