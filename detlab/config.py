@@ -12,6 +12,7 @@ wait for torch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,9 +95,26 @@ def _check_model(cfg: DictConfig) -> None:
             priors.check_input(cfg.data.image_size, divisor)
             _trace_levels(parts.model, -(-cfg.data.image_size // divisor) * divisor)
     except (ValueError, InstantiationException) as error:
+        node = ""
         while isinstance(error, InstantiationException) and isinstance(error.__cause__, Exception):
+            found = re.search(r"\nfull_key: (\S+)$", str(error))  # the node Hydra was building, inside cfg.model
+            node = found.group(1) if found else node
             error = error.__cause__  # Hydra's wrapper: the component's own message is the cause's
+        if isinstance(error, TypeError):  # Python's message names the class, not the config node or the fix
+            raise ConfigError(_argument_message(node, error)) from error
         raise ConfigError(str(error)) from error
+
+
+def _argument_message(node: str, error: TypeError) -> str:
+    """A component that refused its arguments (a key another option of its group takes, as a preset's
+    model.backbone.norm with model/backbone=vgg16), named by its config key, with the fix."""
+    key = "loss" if node == "cls_loss" else f"model.{node}" if node else "model"  # the builders get loss as cls_loss
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if unexpected:
+        arg = unexpected.group(1)
+        return (f"{key}.{arg} is not an argument of {key} ({error}): delete it (~{key}.{arg} on the command line) "
+                f"or choose a {key} that takes it")
+    return f"{key}: {error}"
 
 
 def _trace_levels(model, side: int) -> None:

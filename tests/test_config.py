@@ -190,6 +190,28 @@ def test_validate_refuses_the_ssd_input_sizes_the_network_cannot_take(size):
     assert refused == (not runs) and runs == (size >= 268)
 
 
+# A key the chosen component does not take (a preset's key after its backbone or neck is swapped, a key added with
+# +): refused with its dotted key and the fix; before, only Python's "VGG16.__init__() got an unexpected keyword
+# argument 'norm'", which names neither the config node nor what to do.
+NOT_AN_ARGUMENT = [
+    (["model=tv_retinanet_r50_fpn", "model/backbone=vgg16"], "model.backbone.norm"),
+    (["model=tv_fasterrcnn_r50_fpn", "model/backbone=darknet_tiny"], "model.backbone.norm"),
+    (["model=tv_retinanet_r50_fpn", "model/neck=yolo"], "model.neck.out_channels"),
+    (["model=faster_rcnn", "+model.rpn.head.width=8"], "model.rpn.head.width"),
+    (["loss=ce", "+loss.gamma=2"], "loss.gamma"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), NOT_AN_ARGUMENT)
+def test_a_key_the_component_does_not_take_is_named_with_the_fix(overrides, key):
+    cfg = compose_train(overrides)
+    node, name = key.rsplit(".", 1)
+    assert name not in inspect.signature(get_class(OmegaConf.select(cfg, node)._target_)).parameters
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).startswith(f"{key} is not an argument of {node}") and f"~{key}" in str(err.value)
+
+
 # Values a component cannot be built from or train with: each stops at validation with its key (before, a zero
 # width failed deep inside torch's convolution, and the others were taken silently).
 BAD_VALUES = [
