@@ -350,6 +350,16 @@ def test_every_difference_from_the_torchvision_preset_is_a_row_of_the_readme_tab
     assert not undocumented, f"model={own} differs from model={PRESETS[own]} in {undocumented}, not in README's table"
 
 
+def test_the_readmes_backbone_swaps_validate():
+    """README's examples of a backbone swapped into a detector compose and validate as written (its
+    `model=ssd300 model/backbone=resnet50` was refused: ResNet's three maps make SSD300's neck seven levels)."""
+    sentence = (CONF.parent / "README.md").read_text().split("Any backbone composes with any detector")[1]
+    examples = re.findall(r"`(model=[^`]+)`", sentence.split("an impossible pair")[0].replace("\n", " "))
+    assert len(examples) >= 2
+    for example in examples:
+        validate(compose_train(example.split()))
+
+
 def test_every_option_of_every_group_is_named_in_the_readmes_config_tree():
     section = (CONF.parent / "README.md").read_text().split("### The config tree")[1].split("\n\n")[1]
     rows = {row.split("|")[1].strip(" `"): row.split("|")[2] for row in section.splitlines()[2:]}
