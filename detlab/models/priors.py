@@ -267,7 +267,6 @@ class DefaultBoxGenerator(PriorGenerator):
         ys = (torch.arange(h, dtype=torch.float32) + 0.5) / cells_y
         return (place(xs, ys, 0.5 * self.box_sizes(level)) * self.image_size).to(device)
 
-
     def _check_step(self, level: int, h: int, w: int) -> None:
         """Fixed steps tile one input size: a level's cells x its step must be the input side to within one step
         (torchvision's SSD300 at 300 px: 38 x 8 = 304, 10 x 32 = 320, 3 x 100 = 300). At another side the grid
