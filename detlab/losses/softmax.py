@@ -100,7 +100,12 @@ class SoftmaxFocalLoss(SoftmaxCrossEntropy):
     def forward(self, cls_logits: Tensor, target_labels: Tensor) -> Tensor:
         targets, keep = softmax_targets(cls_logits, target_labels)
         ce = _per_prior_ce(cls_logits, targets)
-        loss = ce * (-torch.expm1(-ce)) ** self.gamma  # 1 - p_t with p_t = exp(-CE), exact near p_t = 1
+        miss = -torch.expm1(-ce)  # 1 - p_t with p_t = exp(-CE), exact near p_t = 1
+        # A certain prior (CE 0 in float32: a logit margin above ~17) has 1 - p_t = 0, where x^gamma's derivative
+        # is infinite for gamma < 1: 0 * inf would make every logit's gradient NaN, ignored priors' too. The
+        # loss and its gradient tend to 0 there, which the masked power gives.
+        certain = miss == 0
+        loss = ce * torch.where(certain, 0.0 if self.gamma else 1.0, miss.masked_fill(certain, 1.0) ** self.gamma)
         if self.alpha >= 0:
             loss = loss * torch.where(targets > 0, self.alpha, 1 - self.alpha)
         return torch.where(keep, loss, 0.0).sum()

@@ -57,3 +57,25 @@ def test_softmax_focal_reduces_to_ce_and_matches_closed_form():
     p = torch.tensor([[[math.log(0.1), math.log(0.9)]]])
     got = SoftmaxFocalLoss(alpha=0.25, gamma=2)(p, torch.tensor([[0]]))
     assert float(got) == pytest.approx(0.25 * 0.01 * -math.log(0.9), rel=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.0, 2.0])
+def test_softmax_focal_gradient_is_finite_on_certain_priors(gamma):
+    """A logit margin of 30 makes CE exactly 0 in float32, where (1 - p_t)^gamma has an infinite derivative for
+    gamma < 1. The reference, -alpha_t (1 - p_t)^gamma log(p_t) in float64 (CE ~1e-13, not 0), has a finite
+    gradient ~0 there; an ignored prior takes no gradient at all."""
+    logits = torch.tensor([[[30.0, 0.0, 0.0], [0.0, 1.0, 2.0], [0.0, 30.0, 0.0], [30.0, 0.0, 0.0]]])
+    labels = torch.tensor([[-1, 1, 0, -2]])  # certain background, an object, a certain object, ignored
+    ours_in = logits.clone().requires_grad_()
+    ours = SoftmaxFocalLoss(alpha=0.25, gamma=gamma)(ours_in, labels)
+    ours.backward()
+    ref_in = logits.double().requires_grad_()
+    target = (labels + 1).clamp(min=0)[..., None]
+    p_t = ref_in.softmax(-1).gather(-1, target)[..., 0]
+    weight = torch.where(labels >= 0, 0.25, 0.75).double()
+    reference = (-weight * (1 - p_t) ** gamma * p_t.log())[labels != -2].sum()
+    reference.backward()
+    assert torch.isfinite(ours_in.grad).all()
+    torch.testing.assert_close(ours, reference.float())
+    torch.testing.assert_close(ours_in.grad, ref_in.grad.float())
+    assert ours_in.grad[0, 3].abs().sum() == 0
