@@ -92,7 +92,7 @@ def _check_model(cfg: DictConfig) -> None:
         priors = getattr(parts.model, "priors", None)
         if isinstance(priors, PriorGenerator):
             divisor = cfg.data.get("size_divisor", 1)
-            priors.check_input(cfg.data.image_size, divisor)
+            priors.check_input(cfg.data.image_size, divisor, cfg.data.get("resize", "letterbox"))
             _trace_levels(parts.model, -(-cfg.data.image_size // divisor) * divisor)
     except (ValueError, InstantiationException) as error:
         node = ""

@@ -61,9 +61,10 @@ class PriorGenerator:
                 "entry per level"
             )
 
-    def check_input(self, image_size: int, size_divisor: int) -> None:
+    def check_input(self, image_size: int, size_divisor: int, resize: str = "letterbox") -> None:
         """Whether priors of this generator fit the data's input side ``image_size`` padded to a multiple of
-        ``size_divisor`` (data.image_size, data.size_divisor): any input, unless a subclass covers one size."""
+        ``size_divisor`` under the ``resize`` policy (data.image_size, data.size_divisor, data.resize): any input,
+        unless a subclass covers one size."""
 
     def _generate(
         self, feature_shapes: tuple, strides: tuple, device: torch.device, image_shape: tuple[int, int] | None
@@ -178,6 +179,9 @@ def _plain(values):
     return [_plain(v) for v in values] if isinstance(values, Sequence) and not isinstance(values, str) else values
 
 
+SQUARE_RESIZES = ("letterbox", "stretch")  # the data.resize policies whose inputs are image_size x image_size
+
+
 class DefaultBoxGenerator(PriorGenerator):
     """SSD's default boxes (Liu et al. 2016, section 2.2), sized as fractions of the input side.
 
@@ -235,8 +239,13 @@ class DefaultBoxGenerator(PriorGenerator):
         self.num_levels, self.levels_key = len(self.aspect_ratios), "aspect_ratios"
         self._cache = {}
 
-    def check_input(self, image_size: int, size_divisor: int) -> None:
+    def check_input(self, image_size: int, size_divisor: int, resize: str = "letterbox") -> None:
         """The default boxes are fractions of exactly image_size: the input must be that square, unpadded."""
+        if resize not in SQUARE_RESIZES:
+            raise ConfigError(
+                f"data.resize={resize!r} makes inputs of other shapes than data.image_size={image_size} square, but "
+                f"the default boxes (model.priors) cover exactly that square; use data.resize=letterbox or stretch"
+            )
         if self.image_size != image_size:
             raise ConfigError(
                 f"model.priors.image_size={self.image_size} but data.image_size={image_size}: the default boxes are "
