@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from detlab.data.collate import collate
@@ -169,7 +171,7 @@ def with_overrides(cfg: DictConfig, overrides: Sequence[str], checkpoint: Path) 
         key, sep, _ = item.partition("=")
         try:
             value = OmegaConf.select(OmegaConf.from_dotlist([item]), key) if sep else None
-        except Exception as err:  # noqa: BLE001 - OmegaConf's parser errors: the override is the user's to fix
+        except (yaml.YAMLError, OmegaConfBaseException) as err:  # the value's or the key's grammar: the user's to fix
             raise ConfigError(f"override {item!r}: not key=value ({type(err).__name__}: {str(err).splitlines()[0]})") from None
         if not sep or not key:
             raise ConfigError(f"override {item!r}: give key=value, a key of the run's config (data.image_size=512)")
