@@ -134,7 +134,7 @@ def _has_callback(cfg: Mapping[str, Any], kind: type) -> bool:
         target = node.get("_target_") if isinstance(node, Mapping) else None
         try:
             found = get_object(target) if isinstance(target, str) else None
-        except Exception:  # a target that does not import: _build names it when the callbacks are built
+        except (ImportError, ValueError):  # a target that does not import: _build names it when the callbacks are built
             continue
         if isinstance(found, type) and issubclass(found, kind):
             return True
