@@ -74,3 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _study_of(runs: Sequence[Run]) -> str | None:
     studies = {r.study for r in runs if r.study}
     return studies.pop() if len(studies) == 1 else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """Every command answers --help (and detlab-train its TAB completion, Hydra's) without importing torch, Lightning, scipy
 or the model code: those take seconds to import, which a user would wait for at each TAB (#16). Asserted on
-what is imported, never on a time: the times are in the README (Fast commands)."""
+what is imported, never on a time: the times are in the README (What a run prints)."""
 
 import json
 import os
@@ -48,3 +48,16 @@ def test_help_and_completion_import_no_torch(name, tmp_path):
     assert ("model" in out.split()) if "TAB" in name else ("usage" in out.lower() or "powered by Hydra" in out)
     heavy = [m for m in loaded if m.split(".")[0] in HEAVY or m.startswith(HEAVY)]
     assert not heavy, heavy
+
+
+CLI_MODULES = sorted(p.stem for p in (Path(__file__).parents[2] / "detlab" / "cli").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("module", CLI_MODULES)
+def test_every_command_module_runs_with_python_m(module, tmp_path):
+    """`python -m detlab.cli.<command>` is the README's way to time and run each command (make bench and gpu-check
+    use it too): a module without its `__main__` guard exits 0 having done nothing."""
+    proc = subprocess.run([sys.executable, "-m", f"detlab.cli.{module}", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage" in proc.stdout.lower() or "powered by Hydra" in proc.stdout, (module, proc.stdout, proc.stderr)
