@@ -279,6 +279,15 @@ def test_ssd_models_turn_on_ssd_augmentation(model):
                      "PadIfNeeded", "Normalize", "ToTensorV2"]
 
 
+@pytest.mark.parametrize("model", ["tv_retinanet_r50_fpn", "tv_fasterrcnn_r50_fpn", "tv_ssd300_vgg16"])
+def test_torchvision_presets_drop_no_box_for_its_visible_fraction_or_size(model):
+    """torchvision's reference transforms keep every box that has an area (its RandomIoUCrop: every object whose
+    centre is in the patch, clipped to it); the SSD300 preset dropped boxes cut below 30% of their area or under
+    2 px, detlab's defaults, and so trained on other targets than torchvision's."""
+    augment = compose_train([f"model={model}"]).data.augment
+    assert augment.min_visibility == 0 and 0 < augment.min_box_size <= 0.001
+
+
 @pytest.mark.parametrize("data", sorted(p.stem for p in (CONF / "data").glob("*.yaml")))
 def test_every_dataset_has_the_ssd_keys_off_and_any_model_can_turn_them_on(data):
     cfg = compose_train([f"data={data}"])
