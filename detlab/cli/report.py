@@ -9,7 +9,7 @@ grouped by configuration: every command-line override except the seed (and any -
 runs of one configuration with the same seed are refused (one seed counted twice). For each
 configuration and metric: mean, sample standard deviation and a 95% confidence interval of the mean
 (Student's t with n - 1 degrees of freedom); the difference from the baseline configuration with Welch's 95%
-interval (no equal-variance assumption). Written to the output folder: results.md, results.csv (one row per
+interval (no equal-variance assumption), or with --paired the 95% t interval of the per-seed differences. Written to the output folder: results.md, results.csv (one row per
 configuration), runs.csv (one row per run), speed_accuracy.png (AP against ms per image, the Pareto front
 drawn) and metrics.png (one bar chart per metric). The figures are for a paper: PNG at 200 dpi and PDF, the
 study's name as title, axes with units, a caption line saying what the points and bars are, intervals clipped
@@ -42,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--group", help="with --wandb-project: only this group (the study)")
     parser.add_argument("--baseline", help="the configuration to compare against, e.g. 'loss=ce_ohem' or 'alpha=0.5'")
     parser.add_argument("--metrics", nargs="+", help=f"the table's columns (default: {' '.join(METRICS)})")
+    parser.add_argument("--paired", action="store_true",
+                        help="pair each run with the baseline's run of the same seed: the difference's interval is the t "
+                             "interval of the per-seed differences (every configuration must have run the baseline's "
+                             "seeds); default: Welch's interval of two independent samples")
     parser.add_argument("--ignore", nargs="+", default=list(IGNORED),
                         help="overrides that do not make a configuration (default: seed)")
     parser.add_argument("--output", type=Path, help="output folder (default: experiments/<study>)")
@@ -63,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         output = args.output or (Path("experiments") / study if study else None)
         if output is None:
             raise ReportError("the runs name no study (tracking.group): give --output or --study")
-        report = write_report(runs, output, args.metrics, args.baseline, args.ignore, left_out=left_out)
+        report = write_report(runs, output, args.metrics, args.baseline, args.ignore, left_out=left_out,
+                              paired=args.paired)
         if args.wandb:
             where = log_to_wandb(report, list(report.rows[0].stats), args.wandb_log_project, study)
             print(f"W&B summary run: {where}")

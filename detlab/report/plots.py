@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
 from detlab.report.stats import Interval
-from detlab.report.tables import SPEED, Row, axis_label, scale, valid_range
+from detlab.report.tables import SPEED, Row, axis_label, interval_name, scale, valid_range
 
 
 DPI = 200
@@ -115,9 +115,10 @@ def plot_metrics(rows: Sequence[Row], metrics: Sequence[str], path: Path, title:
     return fig
 
 
-def plot_differences(rows: Sequence[Row], items: Sequence[str], path: Path, prefix: str, title: str) -> Figure:
+def plot_differences(rows: Sequence[Row], items: Sequence[str], path: Path, prefix: str, title: str,
+                     paired: bool = False) -> Figure:
     """Each configuration's difference from the baseline per item (class or error type): a point at the mean
-    difference with Welch's 95% interval, items down the side, a line at 0."""
+    difference with its 95% interval (Welch's, or paired), items down the side, a line at 0."""
     others = [r for r in rows if not r.is_baseline]
     baseline = next(r for r in rows if r.is_baseline)
     fig = Figure(figsize=(7.5, 1.2 + 0.32 * len(items) * max(1, len(others)) ** 0.5), layout="constrained")
@@ -140,7 +141,7 @@ def plot_differences(rows: Sequence[Row], items: Sequence[str], path: Path, pref
     ax.set_title(title)
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    _caption(fig, rows, "points: mean difference over {seeds}; bars: Welch's 95% interval")
+    _caption(fig, rows, "points: mean difference over {seeds}; bars: " + interval_name(paired))
     _save(fig, path)
     return fig
 

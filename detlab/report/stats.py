@@ -1,4 +1,5 @@
-"""The statistics of a report, on scipy.stats: a mean's t interval and Welch's interval of a difference."""
+"""The statistics of a report, on scipy.stats: a mean's t interval, and a difference's interval: Welch's, or a paired
+t interval over the seeds both configurations ran."""
 
 from __future__ import annotations
 
@@ -55,6 +56,25 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0
     test = _t_test("ttest_ind", a, b, equal_var=False)
     ci = test.confidence_interval(confidence)
     return Interval(diff, float(ci.low), float(ci.high), dof=float(test.df))
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Interval:
+    """mean(a - b) over pairs (a[i], b[i]) (the same seed in two configurations) with the t interval of the mean
+    difference (scipy.stats.ttest_rel: n - 1 dof). Where a seed's data order and initialisation move both runs
+    alike, the pairs' differences spread less than the runs and the interval is narrower than Welch's; it is
+    valid either way. NaN bounds with fewer than 2 pairs."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) != len(b):
+        raise ValueError(f"paired_interval: {len(a)} values against {len(b)}; pairs need one of each")
+    if len(a) == 0:
+        return Interval(math.nan, math.nan, math.nan)
+    diff = float((a - b).mean())
+    if len(a) < 2:
+        return Interval(diff, math.nan, math.nan)
+    if (a - b).std() == 0:  # every pair differs by the same amount: the interval is the point
+        return Interval(diff, diff, diff, dof=len(a) - 1)
+    ci = _t_test("ttest_rel", a, b).confidence_interval(confidence)
+    return Interval(diff, float(ci.low), float(ci.high), dof=len(a) - 1)
 
 
 def _t_test(name: str, *args: Any, **kwargs: Any) -> Any:

@@ -37,8 +37,10 @@ def write_report(
     ignore: Sequence[str] = IGNORED,
     title: str | None = None,
     left_out: Sequence[Path] = (),
+    paired: bool = False,
 ) -> Report:
-    """Group the runs, compute the statistics and write results.md, results.csv, runs.csv and the plots."""
+    """Group the runs, compute the statistics and write results.md, results.csv, runs.csv and the plots. With
+    `paired`, the differences from the baseline pair the runs of one seed (tables.compare)."""
     if not runs:
         raise ReportError("no finished runs (no results.json) to report")
     groups = group_runs(runs, ignore)
@@ -50,7 +52,7 @@ def write_report(
     else:  # the default columns that the runs recorded (ms_per_img only where speed was measured)
         metrics = [m for m in METRICS if m in known]
     base = find_baseline(groups, baseline) if baseline else None
-    rows = compare(groups, metrics, base)
+    rows = compare(groups, metrics, base, paired)
     output = Path(output)
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,7 @@ def write_report(
     notes = []
     if SPEED in known and "AP" in known:
         files["speed_accuracy"] = output / "speed_accuracy.png"
-        plotted = compare(groups, list(dict.fromkeys([*metrics, "AP", SPEED])), base)
+        plotted = compare(groups, list(dict.fromkeys([*metrics, "AP", SPEED])), base, paired)
         device = devices[0] if len(devices) == 1 else None
         plot_speed_accuracy(plotted, files["speed_accuracy"], title=name, device=device)
         files["speed_accuracy_pdf"] = files["speed_accuracy"].with_suffix(".pdf")
@@ -83,16 +85,16 @@ def write_report(
         for key, what, prefix in (("per_class", "Per-class AP", "AP/"), ("errors", "Error breakdown", "dAP_")):
             items = [m for m in dict.fromkeys(m for r in runs for m in r.values) if m.startswith(prefix)]
             if items:
-                item_rows = compare(groups, items, base)
-                notes.append(difference_table(item_rows, items, what, prefix))
+                item_rows = compare(groups, items, base, paired)
+                notes.append(difference_table(item_rows, items, what, prefix, paired))
                 files[key] = output / f"{key}.png"
-                plot_differences(item_rows, items, files[key], prefix, f"{name}: {what}")
+                plot_differences(item_rows, items, files[key], prefix, f"{name}: {what}", paired)
                 files[f"{key}_pdf"] = files[key].with_suffix(".pdf")
                 notes.append(f"![{what} against the baseline]({key}.png)\n")
     if left_out:
         names = ", ".join(map(str, left_out))
         notes.append(f"Runs without results.json (failed or unfinished) or pruned, left out: {names}\n")
-    text = markdown(rows, metrics, title, common_overrides(groups), notes)
+    text = markdown(rows, metrics, title, common_overrides(groups), notes, paired)
     files["markdown"].write_text(text)
     write_csv(rows, metrics, files["csv"])
     write_runs_csv(groups, files["runs"])

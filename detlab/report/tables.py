@@ -1,5 +1,5 @@
-"""The comparison table: per configuration and metric the mean interval and the difference from the baseline,
-as Markdown and CSV."""
+"""The comparison table: per configuration and metric the mean interval and the difference from the baseline
+(Welch's interval, or with `paired` the paired t interval over the seeds), as Markdown and CSV."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 
-from detlab.report.runs import Group, factors, label, short_key
-from detlab.report.stats import Interval, mean_interval, welch_interval
+from detlab.report.runs import Group, ReportError, factors, label, short_key
+from detlab.report.stats import Interval, mean_interval, paired_interval, welch_interval
 
 
 METRICS = ("AP", "AP50", "AP75", "ms_per_img")  # the Markdown table's columns unless --metrics says otherwise
@@ -34,15 +34,38 @@ class Row:
     is_baseline: bool
 
 
-def compare(groups: Sequence[Group], metrics: Sequence[str], baseline: Group | None) -> list[Row]:
+def interval_name(paired: bool) -> str:
+    """What a difference's interval is, for the tables and plots."""
+    return "paired 95% t-interval over the seeds" if paired else "Welch's 95% interval"
+
+
+def compare(groups: Sequence[Group], metrics: Sequence[str], baseline: Group | None, paired: bool = False) -> list[Row]:
+    """A Row per group. With `paired`, each difference pairs the runs of one seed (every group must have run the
+    baseline's seeds, else a ReportError); without, Welch's interval of two independent samples."""
     keys = factors(groups)
+    if paired and baseline:
+        want = sorted({baseline.seed(r) for r in baseline.runs})
+        for g in groups:
+            have = sorted({g.seed(r) for r in g.runs})
+            if have != want:
+                raise ReportError(f"--paired: {label(g, keys)} ran {', '.join(have)} and the baseline "
+                                  f"{', '.join(want)}: a paired difference needs the same seeds in both; report "
+                                  "those seeds only, or leave out --paired for Welch's interval")
     rows = []
     for g in groups:
         stats = {m: mean_interval(g.values(m)) for m in metrics}
-        diffs = {m: welch_interval(g.values(m), baseline.values(m)) for m in metrics} if baseline else {}
+        diffs = {m: _difference(g, baseline, m, paired) for m in metrics} if baseline else {}
         levels = {short_key(k): g.overrides.get(k, "default") for k in keys}
         rows.append(Row(g, label(g, keys), levels, stats, diffs, g is baseline))
     return rows
+
+
+def _difference(g: Group, baseline: Group, metric: str, paired: bool) -> Interval:
+    if not paired:
+        return welch_interval(g.values(metric), baseline.values(metric))
+    a, b = g.by_seed(metric), baseline.by_seed(metric)
+    seeds = [seed for seed in a if seed in b]  # a metric a run did not record (COCO's -1) leaves its pair out
+    return paired_interval([a[seed] for seed in seeds], [b[seed] for seed in seeds])
 
 
 def scale(metric: str) -> float:
@@ -66,7 +89,8 @@ def axis_label(metric: str) -> str:
 
 
 def markdown(
-    rows: Sequence[Row], metrics: Sequence[str], title: str, common: dict[str, str], notes: Sequence[str]
+    rows: Sequence[Row], metrics: Sequence[str], title: str, common: dict[str, str], notes: Sequence[str],
+    paired: bool = False,
 ) -> str:
     """The report as Markdown: the configurations' table, the differences from the baseline, the plots."""
     levels = list(rows[0].levels) if rows else []
@@ -95,7 +119,7 @@ def markdown(
     if baseline is not None:
         lines += [
             "", f"## Difference from the baseline ({baseline.label})", "",
-            "Each cell: mean difference [Welch's 95% interval]; an interval that excludes 0 is a difference the "
+            f"Each cell: mean difference [{interval_name(paired)}]; an interval that excludes 0 is a difference the "
             "seeds can tell apart.", "",
             "| " + " | ".join(levels or ["configuration"]) + " | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
             "|" + "---|" * (max(1, len(levels)) + len(metrics)),
@@ -129,9 +153,9 @@ def _signed(x: float) -> str:
     return f"{round(x, 1) + 0.0:+.1f}"  # + 0.0: a rounding residue of -1e-17 prints +0.0, not -0.0
 
 
-def difference_table(rows: Sequence[Row], items: Sequence[str], what: str, prefix: str) -> str:
+def difference_table(rows: Sequence[Row], items: Sequence[str], what: str, prefix: str, paired: bool = False) -> str:
     """Markdown: one line per item (a class's AP, an error type's dAP): the baseline's mean with its t-interval,
-    then each configuration's difference from it with Welch's interval. Items down, configurations across:
+    then each configuration's difference from it (Welch's interval, or paired). Items down, configurations across:
     a dataset has more classes than a study has configurations."""
     baseline = next(r for r in rows if r.is_baseline)
     others = [r for r in rows if not r.is_baseline]
@@ -142,7 +166,7 @@ def difference_table(rows: Sequence[Row], items: Sequence[str], what: str, prefi
     }[what]
     lines = [
         f"## {what}: difference from the baseline ({baseline.label})", "",
-        f"{intro} Baseline: mean ± std [95% t-interval]; others: difference [Welch's 95% interval].", "",
+        f"{intro} Baseline: mean ± std [95% t-interval]; others: difference [{interval_name(paired)}].", "",
         f"| {'class' if prefix == 'AP/' else 'error'} | {baseline.label} (baseline) | "
         + " | ".join(f"Δ {r.label}" for r in others) + " |",
         "|---|" + "---:|" * (1 + len(others)),

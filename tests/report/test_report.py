@@ -15,7 +15,7 @@ import yaml
 from detlab.cli.report import main
 from detlab.report.plots import _error_bar, pareto_front, plot_metrics, plot_speed_accuracy
 from detlab.report.runs import ReportError, find_runs, group_runs
-from detlab.report.stats import Interval, mean_interval, welch_interval
+from detlab.report.stats import Interval, mean_interval, paired_interval, welch_interval
 from detlab.report.study import write_report
 from detlab.report.tables import compare
 
@@ -98,6 +98,16 @@ def test_welch_difference_by_hand():
     assert (d.estimate, d.low, d.high) == (pytest.approx(0.10), pytest.approx(0.10 - half), pytest.approx(0.10 + half))
 
 
+def test_paired_difference_by_hand():
+    d = paired_interval([0.30, 0.32, 0.34], [0.20, 0.21, 0.25])
+    # per-seed differences 0.10, 0.11, 0.09: mean 0.10, std 0.01, half-width t(0.975, 2) 0.01 / sqrt(3)
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)
+    assert d.dof == 2
+    assert (d.estimate, d.low, d.high) == (pytest.approx(0.10), pytest.approx(0.10 - half), pytest.approx(0.10 + half))
+    assert (paired_interval([0.3, 0.4], [0.2, 0.3]).low, paired_interval([0.3], [0.2]).estimate) == (
+        pytest.approx(0.1), pytest.approx(0.1))  # the same gap at every seed: the point; one pair: no interval
+
+
 def test_one_seed_has_no_interval_and_no_spread_has_a_point_interval():
     assert math.isnan(mean_interval([0.3]).std) and math.isnan(mean_interval([0.3]).low)
     d = welch_interval([0.3, 0.3], [0.2, 0.2])
@@ -163,6 +173,26 @@ def test_report_table_and_baseline_difference(sweep, tmp_path):
     assert "Common overrides: `experiment=focal_gamma trainer.max_epochs=2`" in text
     runs = list(csv.DictReader((tmp_path / "out" / "runs.csv").open()))
     assert len(runs) == 9 and "APl" not in runs[0]  # COCO's -1 (undefined) is not a value
+
+
+def test_paired_report_pairs_each_seed_with_the_baselines(sweep, tmp_path, capsys):
+    """--paired: the interval of the per-seed differences (gamma2 - gamma0 at seeds 0, 1, 2: 0.10, 0.11, 0.09),
+    narrower here than Welch's (+-5.5 points) because the seeds move both configurations alike; the text says
+    which interval it is. A configuration without the baseline's seeds cannot be paired: refused."""
+    out = tmp_path / "out"
+    main([str(sweep), "--baseline", "focal_gamma=gamma0_alpha0.75", "--paired", "--output", str(out)])
+    g2 = read_csv(out / "results.csv")["gamma2_alpha0.25"]
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)
+    assert (float(g2["AP_diff"]), float(g2["AP_diff_low"]), float(g2["AP_diff_high"])) == (
+        pytest.approx(0.10), pytest.approx(0.10 - half), pytest.approx(0.10 + half))
+    text = (out / "results.md").read_text()
+    assert "paired 95% t-interval over the seeds" in text and "Welch" not in text
+    assert f"+10.0 [{100 * (0.10 - half):+.1f}, {100 * (0.10 + half):+.1f}]" in text
+    fake_run(sweep, "9", ["experiment/focal_gamma=gamma5_alpha0.25", "seed=3", *STUDY], 0.28)
+    with pytest.raises(SystemExit) as stop:
+        main([str(sweep), "--baseline", "focal_gamma=gamma0_alpha0.75", "--paired", "--output", str(out)])
+    assert stop.value.code == 2
+    assert "gamma5_alpha0.25 ran seed=0, seed=1, seed=2, seed=3 and the baseline seed=0, seed=1, seed=2" in capsys.readouterr().err
 
 
 def test_a_metric_fewer_runs_recorded_says_its_n(tmp_path):
