@@ -51,18 +51,23 @@ class Group:
 
     overrides: dict[str, str]
     runs: list[Run] = field(default_factory=list)
-    ignored: tuple[str, ...] = IGNORED  # the keys that tell its runs apart
 
     def values(self, metric: str) -> np.ndarray:
         return np.asarray([r.values[metric] for r in self.runs if metric in r.values], dtype=np.float64)
 
-    def seed(self, run: Run) -> str:
-        """What tells the run apart within the group: its ignored keys' values ("seed=2")."""
-        return " ".join(f"{k}={run.overrides.get(k, ABSENT)}" for k in self.ignored)
+    def seeds(self) -> list[str]:
+        """Its runs' seeds ("seed=2"; "seed=default" without the override), one each, or a ReportError: two runs
+        of one seed (told apart by another --ignore key) leave a seed's pair undefined."""
+        seeds = [f"seed={r.overrides.get('seed', ABSENT)}" for r in self.runs]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ReportError(f"{', '.join(repeated)}: more than one run of {self.overrides or 'the configuration'}, "
+                              "so a seed pairs with no one run; report one run per seed")
+        return seeds
 
     def by_seed(self, metric: str) -> dict[str, float]:
         """{seed: value} of the runs that recorded metric: what pairs a run with the same seed's in another group."""
-        return {self.seed(r): r.values[metric] for r in self.runs if metric in r.values}
+        return {seed: r.values[metric] for seed, r in zip(self.seeds(), self.runs) if metric in r.values}
 
 
 def read_run(run_dir: Path) -> Run:
@@ -153,7 +158,7 @@ def group_runs(runs: Sequence[Run], ignore: Sequence[str] = IGNORED) -> list[Gro
             raise ReportError(f"{other.name} and {run.name} are the same configuration with the same {same}: one "
                               "seed counted twice would narrow the interval; report one of them (move the other "
                               "aside, or give only one of their folders)")
-        groups.setdefault(key, Group(kept, ignored=tuple(ignore))).runs.append(run)
+        groups.setdefault(key, Group(kept)).runs.append(run)
     return list(groups.values())
 
 

@@ -44,9 +44,9 @@ def compare(groups: Sequence[Group], metrics: Sequence[str], baseline: Group | N
     baseline's seeds, else a ReportError); without, Welch's interval of two independent samples."""
     keys = factors(groups)
     if paired and baseline:
-        want = sorted({baseline.seed(r) for r in baseline.runs})
+        want = sorted(baseline.seeds())
         for g in groups:
-            have = sorted({g.seed(r) for r in g.runs})
+            have = sorted(g.seeds())
             if have != want:
                 raise ReportError(f"--paired: {label(g, keys)} ran {', '.join(have)} and the baseline "
                                   f"{', '.join(want)}: a paired difference needs the same seeds in both; report "
