@@ -61,8 +61,9 @@ class Group:
         seeds = [f"seed={r.overrides.get('seed', ABSENT)}" for r in self.runs]
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:
-            raise ReportError(f"{', '.join(repeated)}: more than one run of {self.overrides or 'the configuration'}, "
-                              "so a seed pairs with no one run; report one run per seed")
+            config = " ".join(f"{k}={v}" for k, v in self.overrides.items()) or "the configuration without overrides"
+            raise ReportError(f"{', '.join(repeated)}: more than one run of {config}, so a seed pairs with no one "
+                              "run; report one run per seed")
         return seeds
 
     def by_seed(self, metric: str) -> dict[str, float]:

@@ -193,6 +193,12 @@ def test_paired_report_pairs_each_seed_with_the_baselines(sweep, tmp_path, capsy
         main([str(sweep), "--baseline", "focal_gamma=gamma0_alpha0.75", "--paired", "--output", str(out)])
     assert stop.value.code == 2
     assert "gamma5_alpha0.25 ran seed=0, seed=1, seed=2, seed=3 and the baseline seed=0, seed=1, seed=2" in capsys.readouterr().err
+    # pairs are by the seed alone: other --ignore keys merge runs into a configuration, and two runs of one seed
+    # there have no one pair
+    fake_run(sweep, "10", ["experiment/focal_gamma=gamma5_alpha0.25", "seed=3", STUDY[0], "trainer.max_epochs=3"], 0.3)
+    with pytest.raises(ReportError, match="seed=3: more than one run"):
+        write_report(find_runs([sweep])[0], out, baseline="focal_gamma=gamma0_alpha0.75",
+                     ignore=["seed", "trainer.max_epochs"], paired=True)
 
 
 def test_a_metric_fewer_runs_recorded_says_its_n(tmp_path):
