@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from detlab.data.coco.checker import ID_MAX
 from detlab.errors import DataError
 from detlab.evaluation.backends import DEFAULT_BACKEND, BoxResults, categories, check_backend, load_ground_truth
 from detlab.evaluation.coco_table import score
@@ -72,7 +73,6 @@ def _read_results(results_file: str, image_ids: np.ndarray, category_ids: np.nda
 
 
 _FIELDS = ("image_id", "category_id", "bbox", "score")
-_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 def _record_problem(record: Any) -> str | None:
@@ -83,7 +83,7 @@ def _record_problem(record: Any) -> str | None:
     for field in ("image_id", "category_id"):
         if not _is_int(record[field]):
             return f"{field} {record[field]!r} is not an integer; write the annotation file's {field}"
-        if not _INT64_MIN <= record[field] <= _INT64_MAX:  # no annotation file's id: numpy cannot hold it
+        if not 0 <= record[field] <= ID_MAX:  # no annotation file's id (the checker's range), nor one numpy holds
             return f"{field} {record[field]} is not in the annotation file"
     bbox = record["bbox"]
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
