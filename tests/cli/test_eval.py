@@ -12,13 +12,7 @@ HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning", "lightning_fa
 
 
 def test_results_command_imports_no_torch_lightning_or_model_code(tmp_path):
-    box = [10.0, 20.0, 30.0, 40.0]
-    (tmp_path / "gt.json").write_text(json.dumps({
-        "images": [{"id": 1, "width": 100, "height": 100}],
-        "categories": [{"id": 3, "name": "cat"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": box, "area": 1200.0, "iscrowd": 0}],
-    }))
-    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": 3, "bbox": box, "score": 0.9}]))
+    write_perfect_case(tmp_path)
     modules = tmp_path / "modules.json"
     script = Path(sys.executable).parent / "detlab-eval"  # the installed console script, as a user runs it
     code = (
