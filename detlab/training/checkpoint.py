@@ -85,7 +85,7 @@ def check_resumable(path: str | Path, checkpoint: Mapping[str, Any], cfg: Mappin
             f"{'; '.join(changed)}. A resume keeps the checkpoint's model and optimizer state: resume with the run's "
             f"own overrides (its .hydra/overrides.yaml), or start a new run from its weights with model.weights={path}"
         )
-    if "current_model_state" in checkpoint and not _averaging(cfg):
+    if "current_model_state" in checkpoint and not _has_callback(cfg, WeightAveraging):
         # Lightning's WeightAveraging keeps the average as the checkpoint's state_dict (the trained weights beside it,
         # which only the callback restores): without it the run continued from the average, with the optimizer state
         # of the trained weights
@@ -101,7 +101,7 @@ def check_resumable(path: str | Path, checkpoint: Mapping[str, Any], cfg: Mappin
              if limit not in (None, -1) and reached[key] is not None and reached[key] >= limit]
     early = [state["stopped_epoch"] for key, state in checkpoint.get("callbacks", {}).items()
              if key.startswith("EarlyStopping") and isinstance(state, Mapping) and state.get("stopped_epoch")]
-    if early and _stops_early(cfg):
+    if early and _has_callback(cfg, EarlyStopping):
         # Lightning restores EarlyStopping's state (its patience too): the run trained one epoch more, stopped again
         # and wrote over the finished run's results.json
         raise CheckpointError(
@@ -116,18 +116,8 @@ def check_resumable(path: str | Path, checkpoint: Mapping[str, Any], cfg: Mappin
         )
 
 
-def _averaging(cfg: Mapping[str, Any]) -> bool:
-    """Whether the callbacks group of a (resolved, plain) config holds a weight average (detlab's EMA, or any
-    Lightning WeightAveraging)."""
-    return _has_callback(cfg, WeightAveraging)
-
-
-def _stops_early(cfg: Mapping[str, Any]) -> bool:
-    """Whether the callbacks group of a (resolved, plain) config holds Lightning's EarlyStopping."""
-    return _has_callback(cfg, EarlyStopping)
-
-
 def _has_callback(cfg: Mapping[str, Any], kind: type) -> bool:
+    """Whether the callbacks group of a (resolved, plain) config builds a `kind` (detlab's EMA is a WeightAveraging)."""
     from hydra.utils import get_object
 
     for node in (cfg.get("callbacks") or {}).values():

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import WandbLogger
 from detlab.errors import DivergenceError
 from detlab.evaluation.coco_evaluator import CocoEvaluator
 from detlab.training.optim import configure_optimizer
-from detlab.structures import Batch
+from detlab.structures import Batch, Detections
 
 
 class DetectionModule(pl.LightningModule):
@@ -67,12 +67,15 @@ class DetectionModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> list[Detections]:
+        """The batch's detections (original pixels), scored by the evaluator and returned for the callbacks."""
         outputs, priors = self.model(batch.images, targets=batch)
         losses = self._losses(batch, outputs, priors)
         self._stop_if_diverged("validation", losses, outputs)
         self.log("val/loss", sum(losses.values()), batch_size=len(batch), sync_dist=True)
-        self.evaluator.update(self.postprocess(outputs, priors, batch), batch.image_ids)
+        detections = self.postprocess(outputs, priors, batch)
+        self.evaluator.update(detections, batch.image_ids)
+        return detections
 
     def _stop_if_diverged(self, stage: str, losses: dict[str, torch.Tensor], outputs) -> None:
         """DivergenceError when a loss term or a head output is not finite: NaN class outputs score no

@@ -20,7 +20,6 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detlab.errors import ConfigError, check_count
-from detlab.inference import Predictor
 from detlab.structures import Batch, Detections
 
 
@@ -104,10 +103,10 @@ class EvaluationLogger(pl.Callback):
     """After each validation: the COCO table and per-class AP as W&B tables, and a few drawn images.
 
     The tables are logged in on_validation_end because Lightning calls callbacks' on_validation_epoch_end before
-    the module's, where the evaluation is computed. The images are drawn from the first validation batch while it is
-    validated, by the weights being scored: an EMA (callbacks.ema) swaps the trained weights back in at the epoch's
-    end, and images drawn after it showed another model than the AP table's. The class names are the module's (its
-    hyper-parameters).
+    the module's, where the evaluation is computed. The images are the first validation batch's with the detections
+    its validation_step scored: the model of the AP table (an EMA, callbacks.ema, swaps the trained weights back in
+    at the epoch's end; images predicted after it showed another model), and no second forward. The class names are
+    the module's (its hyper-parameters).
     """
 
     def __init__(self, num_images: int = 4) -> None:
@@ -115,12 +114,11 @@ class EvaluationLogger(pl.Callback):
         self.num_images = num_images
         self._images: list[Any] = []
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Batch,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: list[Detections],
+                                batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0 and self.num_images > 0 and _wandb_logger(trainer) and not trainer.sanity_checking \
                 and trainer.is_global_zero:
-            predictor = Predictor.from_module(module)
-            self._images = wandb_images(batch, predictor.predict_batch(batch), predictor.class_names, self.num_images)
+            self._images = wandb_images(batch, outputs, module.hparams["class_names"], self.num_images)
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         images, self._images = self._images, []

@@ -134,10 +134,11 @@ def test_a_logger_argument_its_class_refuses_names_the_key(tmp_path, logger, tar
         _logger(cfg, tmp_path, wandb_id=None)
 
 
-def test_logged_images_are_drawn_by_the_weights_that_validation_scores(tmp_path, monkeypatch):
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # validation_step outside a Trainer
+def test_logged_images_are_the_detections_that_validation_scores(tmp_path, monkeypatch):
     """An EMA (callbacks.ema) validates the averaged weights and swaps the trained ones back in at the epoch's end,
-    before on_validation_end: the images are drawn while the first batch is validated, so they show the model whose
-    AP the tables log (they showed the trained weights, another model)."""
+    before on_validation_end: the images carry the first batch's detections as validation_step scored them, the
+    model whose AP the tables log (they were predicted again after the swap: another model's boxes)."""
     from types import SimpleNamespace
 
     from pytorch_lightning.loggers import WandbLogger
@@ -147,7 +148,8 @@ def test_logged_images_are_drawn_by_the_weights_that_validation_scores(tmp_path,
     from tests.conftest import TINY, detection_module, make_batch
 
     module = detection_module(tmp_path, [*TINY, "model.postprocess.score_thresh=0.0"])  # a random model's boxes, all kept
-    batch = make_batch(size=64, num_images=2, seed=0)
+    batch = make_batch(torch.tensor([[[8.0, 8.0, 40.0, 40.0]], [[20.0, 10.0, 60.0, 50.0]]]), size=64, seed=0,
+                       image_ids=torch.tensor([1, 1]))  # the annotation file's one image
 
     logged: dict[str, list] = {}
     wb = WandbLogger.__new__(WandbLogger)  # no run: the three calls the callback makes are recorded
@@ -156,12 +158,12 @@ def test_logged_images_are_drawn_by_the_weights_that_validation_scores(tmp_path,
     wb.log_image = lambda key, images: logged.setdefault(key, images)
     monkeypatch.setattr(tracking, "wandb_analysis", lambda evaluation: {})
     trainer = SimpleNamespace(loggers=[wb], sanity_checking=False, is_global_zero=True, global_step=1,
-                              val_dataloaders=[batch])  # what the callback drew from before
+                              val_dataloaders=[batch])  # what the callback predicted from before
     callback = tracking.EvaluationLogger(num_images=2)
 
     with torch.no_grad():
-        callback.on_validation_batch_end(trainer, module, None, batch, 0)
-        validated = Predictor.from_module(module).predict_batch(batch)
+        scored = module.validation_step(batch, 0)  # what the evaluator is given
+        callback.on_validation_batch_end(trainer, module, scored, batch, 0)
         for p in module.parameters():  # the swap back to other weights at the epoch's end
             p.mul_(0.5)
         swapped = Predictor.from_module(module).predict_batch(batch)
@@ -172,7 +174,7 @@ def test_logged_images_are_drawn_by_the_weights_that_validation_scores(tmp_path,
         return [b["position"] for b in image._boxes["predictions"]._val]
 
     drawn = [boxes(image) for image in logged["val/predictions"]]
-    expected = [boxes(image) for image in tracking.wandb_images(batch, validated, ["c1", "c2", "c3"], 2)]
+    expected = [boxes(image) for image in tracking.wandb_images(batch, scored, ["c1", "c2", "c3"], 2)]
     other = [boxes(image) for image in tracking.wandb_images(batch, swapped, ["c1", "c2", "c3"], 2)]
     assert expected[0] and expected != other  # the two models draw different boxes
     assert drawn == expected
