@@ -128,6 +128,20 @@ def test_logger_options_instantiate(logger, tmp_path):
     assert (made is False) == (logger == "none")
 
 
+@pytest.mark.parametrize(("override", "key"), [
+    ("tracking.name=123", "tracking.name"), ("tracking.group=5", "tracking.group"),
+    ("tracking.project=7", "tracking.project"), ("tracking.tags=[a,2]", "tracking.tags"),
+    ("tracking.tags=a", "tracking.tags"), ("logger.name=2024", "logger.name"),
+])
+def test_a_run_name_that_is_not_text_is_refused_before_the_logger_takes_it(override, key):
+    """Hydra reads digits as a number; W&B (pydantic) and Lightning's CSVLogger (os.path.join) refused it deep
+    in their code once the data was built."""
+    overrides = ["logger=csv", override] if override.startswith("logger.") else [override]
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        validate(compose_train(overrides))
+    validate(compose_train(["logger=csv", "logger.name='2024'", "tracking.name='123'", "tracking.tags=[a,'2']"]))
+
+
 def test_misspelt_key_is_rejected_with_its_name():
     with pytest.raises(ConfigCompositionException, match="imag_size"):
         compose_train(["data.imag_size=320"])
