@@ -186,18 +186,19 @@ class CocoBuilder:
         return ConvertedDataset(coco=coco, problems=self.problems, img_dir=str(self.img_dir), notes=self.notes)
 
 
-def check_class_names(class_names: Sequence[str]) -> list[str]:
-    """The class names as a list of non-empty, distinct strings (a ValueError says which one is not); a number
-    is taken as its text (YAML's `names: [1, 2]`, as Ultralytics takes it), a null or a list is no name."""
+def check_class_names(class_names: Sequence[str], where: str = "class names") -> list[str]:
+    """The class names as a list of non-empty, distinct strings (a DataError, beginning with `where`, says which
+    one is not); a number is taken as its text (YAML's `names: [1, 2]`, as Ultralytics takes it), a null or a
+    list is no name."""
     for position, name in enumerate(class_names):
         if not isinstance(name, (str, int, float)):  # str() made a null "None": a class of that name
-            raise DataError(f"class names: entry #{position} is {name!r}, not a name (an empty YAML entry reads as null)")
+            raise DataError(f"{where}: entry #{position} is {name!r}, not a name (an empty YAML entry reads as null)")
     names = [str(name) for name in class_names]
     for position, name in enumerate(names):
         if not name.strip():
-            raise DataError(f"class names: entry #{position} is empty")
+            raise DataError(f"{where}: entry #{position} is empty")
         if name in names[:position]:
-            raise DataError(f"class names: {name!r} appears twice (entries #{names.index(name)} and #{position})")
+            raise DataError(f"{where}: {name!r} appears twice (entries #{names.index(name)} and #{position})")
     return names
 
 

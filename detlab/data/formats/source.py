@@ -35,7 +35,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detlab.data.coco.reader import CocoFiles, default_cache_dir, write_cache_folder
-from detlab.data.formats.common import ConvertedDataset, find_images
+from detlab.data.formats.common import ConvertedDataset, check_class_names, find_images
 from detlab.data.formats.mot import read_mot
 from detlab.data.formats.udacity import read_udacity
 from detlab.data.formats.voc import read_voc
@@ -93,6 +93,13 @@ class FormatSource:
             for split in SPLITS
             if given[split] is not None
         }
+        for split in self.parts:  # a class list written in the config is checked now, naming its key
+            for part in _as_list(given[split]):
+                for name in ("class_names", "names"):
+                    owner, listed = (f"data.source.{split}", part[name]) if name in part else \
+                        ("data.source.shared", shared.get(name))
+                    if isinstance(listed, list):
+                        check_class_names(listed, f"{owner}.{name}")
 
     @property
     def directory(self) -> Path:

@@ -198,6 +198,8 @@ def test_holdout_moves_the_images_whose_name_hash_sorts_first(tmp_path):
         ({"val": None, "holdout": 1.0}, r"data.source.holdout=1.0: a fraction"),
         ({"format": "coco"}, r"data.source.format='coco': use one of \['mot', 'udacity', 'voc', 'yolo'\]"),
         ({"train": {"folder": "x"}}, r"data.source.train: .*'folder'.*the read_voc arguments are \['root', 'split'"),
+        ({"shared": {"root": "r", "class_names": ["cat", None]}}, r"^data.source.shared.class_names: entry #1 is None"),
+        ({"train": {"class_names": ["a", "a"]}}, r"^data.source.train.class_names: 'a' appears twice"),
     ],
 )
 def test_wrong_source_settings_name_their_key(tmp_path, arguments, says):
