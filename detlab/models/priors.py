@@ -314,10 +314,14 @@ class YoloAnchorGenerator(PriorGenerator):
                 f"model.priors.image_size={image_size!r} (data.image_size) and model.priors.anchor_image_size="
                 f"{anchor_image_size!r} must be positive integers"
             )
-        shapes = [[tuple(float(v) for v in wh) for wh in level] for level in anchors]
+        try:
+            shapes = [[tuple(float(v) for v in wh) for wh in level] for level in anchors]
+        except (TypeError, ValueError):  # a number where a level or a pair belongs: [[10, 13], ...] (no level)
+            shapes = []
         if not shapes or any(not level or any(len(wh) != 2 or min(wh) <= 0 for wh in level) for level in shapes):
             raise ConfigError(
-                f"model.priors.anchors={anchors} must be, per level, a non-empty list of positive [w, h] pairs"
+                f"model.priors.anchors={_plain(anchors)} must be, per level, a non-empty list of positive [w, h] "
+                "pairs: [[[w, h], ...], [[w, h], ...], ...], lowest stride first"
             )
         scale = image_size / anchor_image_size
         self.anchors = tuple(tuple((w * scale, h * scale) for w, h in level) for level in shapes)

@@ -62,6 +62,12 @@ def test_default_anchors_are_the_papers_at_416_px():
 def test_bad_anchors_name_the_key():
     with pytest.raises(ValueError, match="model.priors.anchors"):
         YoloAnchorGenerator([[[10, 13], [16]]], image_size=64)
+    # Pairs without their level, or bare numbers: the same message, not Python's "'int' object is not iterable"
+    for anchors in ([[10, 13], [16, 30], [33, 23]], [10, 13], [["w", "h"]]):
+        with pytest.raises(ConfigError, match=r"model.priors.anchors=.* must be, per level, a non-empty list"):
+            YoloAnchorGenerator(anchors, image_size=64)
+    with pytest.raises(ConfigError, match=r"^model.priors.anchors=\[\[10, 13\], \[16, 30\]\] must be"):
+        validate(compose_yolo(["model.priors.anchors=[[10,13],[16,30]]"]))  # what detlab-train prints
     with pytest.raises(ValueError, match="model.priors.image_size"):
         YoloAnchorGenerator(ANCHORS, image_size=0)
     with pytest.raises(ValueError, match="model.priors.anchors has 3 levels"):
