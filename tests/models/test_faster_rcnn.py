@@ -19,6 +19,7 @@ from detlab.inference import Predictor
 from detlab.models.assigners import MaxIoUAssigner, RoISampler, SampledMaxIoUAssigner, balanced_sample
 from detlab.models.box_coder import DeltaXYWHBoxCoder
 from detlab.models.detector import Detector
+from detlab.models.heads.roi import RoIBoxHead
 from detlab.models.priors import AnchorGenerator
 from detlab.models.two_stage import ProposalGenerator, RoIPostProcess
 from detlab.structures import Batch, HeadOutput, Priors, TwoStageOutput
@@ -468,6 +469,12 @@ def test_impossible_two_stage_settings_name_the_key():
         validate(compose_train(["model=faster_rcnn", "model.roi.head.featmap_names=[p2,p7]"]))
     with pytest.raises(ConfigError, match="consecutive"):
         validate(compose_train(["model=faster_rcnn", "model.roi.head.featmap_names=[p2,p4]"]))
+    # A neck with one width per level: the RPN's conv and the box head serve every level, so they need one width
+    with pytest.raises(ConfigError, match=r"^model.rpn.head.in_channels=\[64, 128, 256, 512\] from model.neck.*"
+                                          r"model/neck=fpn or fpn_p2p6"):
+        validate(compose_train(["model=faster_rcnn", "model/neck=yolo", "model.priors.sizes=[16,32,64,128]"]))
+    with pytest.raises(ConfigError, match=r"model.roi.head.in_channels=\[16, 16, 16, 16\] from model.neck"):
+        RoIBoxHead(in_channels=[16] * 4, level_strides=[4, 8, 16, 32], num_outputs=4, num_classes=3)
     with pytest.raises(ConfigError, match="model.backbone.out_indices"):  # VGG16 has no C2..C5
         validate(compose_train(["model=faster_rcnn", "model/backbone=vgg16"]))
     validate(compose_train(["model=faster_rcnn", "model.roi.head.featmap_names=[p3,p4,p5,p6]"]))

@@ -73,3 +73,6 @@ def test_bad_values_name_the_key():
         RetinaNetHead(in_channels=8, num_anchors=9, num_classes=3, prior_prob=1.0)
     with pytest.raises(ValueError, match="model.head.num_classes"):
         RetinaNetHead(in_channels=8, num_anchors=9, num_classes=0)
+    # A neck with one width per level (YOLO's): the towers are shared by the levels, so the neck is what to change
+    with pytest.raises(ValueError, match=r"model.head.in_channels=\[8, 16\] from model.neck.*model/neck=fpn"):
+        RetinaNetHead(in_channels=[8, 16], num_anchors=9, num_classes=3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -37,3 +38,15 @@ def prior_bias(num_outputs: int, prior_prob: float, background_first: bool) -> T
     bias = torch.zeros(num_outputs)
     bias[0] = math.log((num_outputs - 1) * (1 - prior_prob) / prior_prob)
     return bias
+
+
+def check_shared_channels(key: str, in_channels: int | Sequence[int]) -> None:
+    """A head whose layers serve every level (RetinaNet's towers, the RPN's conv, the RoI head's box head over
+    features pooled from several levels) is built for one channel count: a neck that gives one per level (YOLO's,
+    SSD's) cannot feed it, and torch would say so only as a TypeError about the list."""
+    if not isinstance(in_channels, int):
+        raise ConfigError(
+            f"{key}.in_channels={list(in_channels)} from model.neck, one per level, but {key} shares its layers "
+            "across the levels and needs one channel count for all of them: use a neck with one out_channels "
+            "(model/neck=fpn or fpn_p2p6)"
+        )

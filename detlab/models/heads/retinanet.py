@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from detlab.errors import ConfigError, check_non_negative, check_positive
-from detlab.models.heads.common import flatten_levels, prior_bias
+from detlab.models.heads.common import check_shared_channels, flatten_levels, prior_bias
 from detlab.structures import HeadOutput
 
 NORMS = (None, "gn")
@@ -51,6 +51,7 @@ class RetinaNetHead(nn.Module):
         super().__init__()
         if norm not in NORMS:
             raise ConfigError(f"model.head.norm={norm!r}; use null or gn")
+        check_shared_channels("model.head", in_channels)
         check_positive("model.head", num_anchors=num_anchors, num_classes=num_classes, width=width)
         check_non_negative("model.head", depth=depth)
         self.num_anchors = num_anchors

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 
 from detlab.errors import ConfigError, check_positive
-from detlab.models.heads.common import prior_bias
+from detlab.models.heads.common import check_shared_channels, prior_bias
 
 
 def level_names(strides: Sequence[int]) -> list[str]:
@@ -53,6 +53,7 @@ class RoIBoxHead(nn.Module):
         background_first: bool = False,
     ) -> None:
         super().__init__()
+        check_shared_channels("model.roi.head", in_channels)
         self.level_names = level_names(level_strides)
         check_featmap_names(list(featmap_names), self.level_names)
         check_positive("model.roi.head", num_outputs=num_outputs, num_classes=num_classes, output_size=output_size,

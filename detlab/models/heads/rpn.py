@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detlab.errors import check_positive
-from detlab.models.heads.common import flatten_levels
+from detlab.models.heads.common import check_shared_channels, flatten_levels
 from detlab.structures import HeadOutput
 
 
@@ -23,6 +23,7 @@ class RPNHead(nn.Module):
 
     def __init__(self, in_channels: int, num_anchors: int) -> None:
         super().__init__()
+        check_shared_channels("model.rpn.head", in_channels)
         check_positive("model.rpn.head", in_channels=in_channels, num_anchors=num_anchors)
         self.num_anchors = num_anchors
         self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
