@@ -141,7 +141,13 @@ def _trace_levels(model, side: int) -> None:
     import torch
 
     images = torch.empty(1, 3, side, side, device="meta")
-    levels = model.neck(model.backbone(images))
+    try:
+        levels = model.neck(model.backbone(images))
+    except ValueError as error:  # BatchNorm on a 1 x 1 map of one image: a batch of one would stop the same way
+        if "more than 1 value per channel" not in str(error):
+            raise
+        raise ConfigError(f"data.image_size is too small for model.backbone and model.neck: at a {side} x {side} "
+                          f"input a level's map is 1 x 1, where BatchNorm cannot train on one image ({error}); raise data.image_size") from None
     model.priors([tuple(x.shape[-2:]) for x in levels], model.neck.strides, images.device, images.shape[-2:])
 
 

@@ -204,6 +204,28 @@ def test_validate_refuses_the_ssd_input_sizes_the_network_cannot_take(size):
     assert refused == (not runs) and runs == (size >= 268)
 
 
+@pytest.mark.parametrize(("overrides", "size"), [
+    (["model=yolov3", "model/backbone=darknet_tiny"], 24), (["model=faster_rcnn"], 24), ([], 16), ([], 64),
+])
+def test_an_input_whose_deepest_map_is_one_pixel_is_refused_with_the_key(overrides, size):
+    """torch's BatchNorm message (1 value per channel) used to be validate's whole error; the verdict is the real
+    network's, in training mode on one image, on the CPU."""
+    cfg = compose_train([*overrides, f"data.image_size={size}"])
+    model = instantiate(cfg.model, cls_loss=cfg.loss, num_classes=3).model.train()
+    side = -(-size // 32) * 32  # the input, padded to the size divisor
+    try:
+        model.neck(model.backbone(torch.zeros(1, 3, side, side)))
+        trains = True
+    except ValueError:
+        trains = False
+    if trains:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match=r"^data\.image_size is too small .* 1 x 1.*raise data\.image_size$"):
+            validate(cfg)
+    assert trains == (size == 64)
+
+
 # A key the chosen component does not take (a preset's key after its backbone or neck is swapped, a key added with
 # +): refused with its dotted key and the fix; before, only Python's "VGG16.__init__() got an unexpected keyword
 # argument 'norm'", which names neither the config node nor what to do.
