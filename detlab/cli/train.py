@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, read_write
 
 from detlab.config import CONF_DIR
-from detlab.errors import check_writable, user_errors, writing
+from detlab.errors import ConfigError, check_writable, user_errors, writing
 
 
 def main() -> None:
@@ -68,24 +68,36 @@ class WritableRunDir(Callback):
     config and log there, which would otherwise stop with Hydra's traceback. A run folder not given on the
     command line (the default runs/<date>/<time>) is one of its own: a run started in the same second as
     another gets <time>-1 (the two shared one folder, each overwriting the other's config, checkpoints and
-    results.json); hydra.run.dir=<folder> given again (a resume) is that folder."""
+    results.json); hydra.run.dir=<folder> given again (a resume) is that folder. A folder given again that holds a
+    finished run (results.json) is refused unless the run resumes it (ckpt_path, checked against its checkpoint):
+    Hydra writes the new config and overrides there before the run starts, and the run wrote over the rest."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not _given(config, "hydra.run.dir"):
             with user_errors("detlab-train"), read_write(config.hydra.run):
                 config.hydra.run.dir = _new_folder(config.hydra.run.dir, "hydra.run.dir")
+        elif not config.get("ckpt_path"):
+            _refuse_finished("hydra.run.dir", config.hydra.run.dir, [Path(config.hydra.run.dir)],
+                             f"to train it further, resume it: ckpt_path={Path(config.hydra.run.dir) / 'checkpoints'}"
+                             f"/last.ckpt with a higher trainer.max_epochs")
         self._check(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """The same for a sweep's folder (multirun/<date>/<time>, a study's multirun/<study>/<time>): two sweeps
         started in one second wrote their jobs 0, 1, ... into one folder. The launcher composes each job's config
-        again from the hydra overrides, so a new folder is passed on as one."""
+        again from the hydra overrides, so a new folder is passed on as one. A folder given again that holds
+        finished jobs is refused: the jobs are numbered from 0 again, and each would write over the finished one of
+        its number (its config, overrides, checkpoints and results.json), whatever its own overrides."""
         if not _given(config, "hydra.sweep.dir"):
             with user_errors("detlab-train"), read_write(config.hydra):
                 claimed = _new_folder(config.hydra.sweep.dir, "hydra.sweep.dir")
                 if claimed != config.hydra.sweep.dir:
                     config.hydra.sweep.dir = claimed
                     config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(claimed)}")
+        else:
+            _refuse_finished("hydra.sweep.dir", config.hydra.sweep.dir, sorted(Path(config.hydra.sweep.dir).glob("*")),
+                             "run a failed job again alone with its overrides and hydra.run.dir=<its folder>; "
+                             "detlab-report reads several sweep folders together")
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
 
     @staticmethod
@@ -118,6 +130,17 @@ class FailedJobs(Callback):
 def _given(config: DictConfig, key: str) -> bool:
     """Whether the command line set `key` (a folder given again is a resume, or the user's choice: kept)."""
     return any(str(o).startswith(f"{key}=") for o in config.hydra.overrides.hydra)
+
+
+def _refuse_finished(key: str, folder: str, runs: list[Path], fix: str) -> None:
+    """Stop (one message, status 2) when one of the run folders `runs`, inside the `folder` given as `key`, holds a
+    finished run's results.json, which a new run there would write over."""
+    finished = [str(run) for run in runs if (run / "results.json").is_file()]
+    if finished:
+        with user_errors("detlab-train"):
+            raise ConfigError(f"{key}={folder} holds the results.json of {len(finished)} finished run(s) "
+                              f"({', '.join(finished)}), which a new run there would write over: leave {key} out for "
+                              f"a new folder; {fix}")
 
 
 def _quoted(value: str) -> str:

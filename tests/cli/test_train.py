@@ -297,6 +297,34 @@ def test_sweeps_started_in_the_same_second_get_a_folder_each(tmp_path):
     assert (tmp_path / "multirun" / "10-00-00-1" / "multirun.yaml").is_file()
 
 
+def test_a_sweep_or_run_given_a_finished_folder_again_stops_before_writing(tmp_path):
+    """detlab-train -m ... hydra.sweep.dir=<a finished sweep> numbered its jobs from 0 again and wrote over the
+    finished jobs' .hydra, checkpoints and results.json (a sweep with other values: overrides.yaml said one value,
+    results.json was another's); hydra.run.dir=<a finished run> without ckpt_path did the same to that run."""
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):  # a finished sweep of loss.gamma=0,1 (its records; training is not the point here)
+        (sweep / job / ".hydra").mkdir(parents=True)
+        (sweep / job / ".hydra" / "overrides.yaml").write_text(f"- loss.gamma={job}\n")
+        (sweep / job / "results.json").write_text(json.dumps({"metrics": {"AP": 0.5 + int(job) / 10}}))
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    proc = run("detlab-train", "-m", "loss.gamma=2,5", *TINY, "logger=none", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+               check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"hydra.sweep.dir={sweep} holds the results.json of 2 finished run(s) ({sweep / '0'}, {sweep / '1'})" \
+        in proc.stderr and "Traceback" not in proc.stderr
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
+    proc = run("detlab-train", *TINY, "logger=none", f"hydra.run.dir={sweep / '1'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"hydra.run.dir={sweep / '1'} holds the results.json of 1 finished run(s)" in proc.stderr
+    assert f"ckpt_path={sweep / '1' / 'checkpoints' / 'last.ckpt'}" in proc.stderr
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
+    # a folder without results.json (a failed or killed job) is still the user's to run again
+    (sweep / "1" / "results.json").unlink()
+    start = OmegaConf.create({"ckpt_path": None, "hydra": {"run": {"dir": str(sweep / "1")},
+                                                           "overrides": {"hydra": [f"hydra.run.dir={sweep / '1'}"]}}})
+    WritableRunDir().on_run_start(start)
+
+
 def test_bad_override_stops_before_work_with_the_key(tmp_path):
     # Hydra's own errors (a key the config lacks, a config option that does not exist, an override it cannot
     # parse): its one message, and status 2 as for every user error (Hydra exits 1)
