@@ -1,10 +1,12 @@
 """Suite-wide settings: W&B never reaches the network, caches live in the test's temp space, few threads; the
 real-data tier's one way to find its data: $DETLAB_REAL_DATA, with a clear failure when it is not there; and the
 one factory of hand-made batches (`from tests.conftest import make_batch`); the tiny run's overrides and the
-runner of the real entry points (`from tests.conftest import TINY, run`); tiny image files (make_image);
+runner of the real entry points (`from tests.conftest import TINY, run`); an offline W&B run file's records
+(wandb_records); tiny image files (make_image);
 a run's LightningModule on a tiny annotation file (detection_module)."""
 
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -50,6 +52,30 @@ def run(entry: str, *args: str, cwd: Path, check: bool = True, env: dict[str, st
     if check and proc.returncode != 0:
         raise AssertionError(f"{entry} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def wandb_records(run_file: Path) -> list:
+    """The records (wandb_internal_pb2.Record: the run's name and group, its config, history rows) of an offline W&B
+    run file, in order.
+
+    The file is a LevelDB-style log (W&B's own reader ships in its Go core, not in Python): a 7-byte header,
+    then 32 KiB blocks of records [crc32 (4), length (2), type (1), data], type 1 whole, 2..4 first/middle/last.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    raw, records, pos, pending = run_file.read_bytes(), [], 7, b""
+    while pos + 7 <= len(raw):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = data if kind in (1, 2) else pending + data
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ message and exit status 2, and a run survives kill -9 and a full disk. The real 
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 
 from detlab.training.checkpoint import read_checkpoint
-from tests.conftest import TINY, run
+from tests.conftest import TINY, run, wandb_records
 
 pytestmark = pytest.mark.faults
 
@@ -94,27 +93,9 @@ def test_kill_and_resume_reaches_the_same_step_and_weights_bit_for_bit(killed_an
 
 
 def wandb_history(run_file: Path) -> tuple[str, list[int]]:
-    """(run id, trainer/global_step of each history row) of an offline W&B run file.
-
-    The file is a LevelDB-style log (W&B's own reader ships in its Go core, not in Python): a 7-byte header,
-    then 32 KiB blocks of records [crc32 (4), length (2), type (1), data], type 1 whole, 2..4 first/middle/last.
-    """
-    from wandb.proto import wandb_internal_pb2
-
-    raw, records, pos, pending = run_file.read_bytes(), [], 7, b""
-    while pos + 7 <= len(raw):
-        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
-            pos += 32768 - pos % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
-        data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
-        pending = data if kind in (1, 2) else pending + data
-        if kind in (1, 4):
-            records.append(pending)
+    """(run id, trainer/global_step of each history row) of an offline W&B run file."""
     run_id, steps = None, []
-    for data in records:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
+    for record in wandb_records(run_file):
         if record.WhichOneof("record_type") == "run":
             run_id = record.run.run_id
         elif record.WhichOneof("record_type") == "history":

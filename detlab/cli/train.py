@@ -50,7 +50,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun and _launches_processes(cfg.trainer):
-        return _single_run(hydra_cfg.overrides.task, run_dir)
+        return _single_run(hydra_cfg.overrides.task, run_dir, hydra_cfg.job.num, hydra_cfg.sweep.dir)
     try:
         with user_errors("detlab-train"):
             from detlab.training.run import train  # torch and Lightning load here, after Hydra's --help and completion
@@ -170,13 +170,15 @@ def _launches_processes(trainer: DictConfig) -> bool:
     return many and str(trainer.get("strategy", "auto")).startswith("ddp") and "spawn" not in str(trainer.strategy)
 
 
-def _single_run(task_overrides: list[str], run_dir: Path) -> float | None:
+def _single_run(task_overrides: list[str], run_dir: Path, job_num: int, sweep_dir: str) -> float | None:
     """One trial of a multirun, trained as a single run of its own in a child process.
 
     Lightning's DDP launcher starts the other ranks by running sys.argv again, which in a multirun is the
-    whole sweep (-m and every value): each rank would start a sweep of its own. A single run relaunches cleanly.
+    whole sweep (-m and every value): each rank would start a sweep of its own. A single run relaunches cleanly;
+    it keeps its job number and sweep folder (Hydra's own keys, not the run's overrides), which name its W&B run.
     """
-    command = [sys.executable, "-m", "detlab.cli.train", *task_overrides, f"hydra.run.dir={run_dir}"]
+    command = [sys.executable, "-m", "detlab.cli.train", *task_overrides, f"hydra.run.dir={run_dir}",
+               f"hydra.job.num={job_num}", f"hydra.sweep.dir={_quoted(sweep_dir)}"]
     proc = subprocess.run(command, check=False)
     if proc.returncode == 2:  # the job's problem, its message printed: the sweep goes on, as in main
         return None

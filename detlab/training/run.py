@@ -231,8 +231,20 @@ def _logger(cfg: DictConfig, run_dir: Path, wandb_id: str | None):
     if cfg.logger.get("_target_") is None:
         return False
     if get_object(cfg.logger._target_) is wandb_logger:  # the object, not its name: any path to it counts
-        return _build("logger", cfg.logger, save_dir=str(run_dir), run_id=wandb_id, **cfg.tracking)
+        return _build("logger", cfg.logger, save_dir=str(run_dir), run_id=wandb_id, **_tracking(cfg.tracking))
     return _build("logger", cfg.logger, save_dir=str(run_dir))
+
+
+def _tracking(tracking: DictConfig) -> dict[str, Any]:
+    """The W&B run's name and group (cfg.tracking). A job of a multirun (hydra.job.num set) is one of several runs of
+    one name (retinanet-focal for each job of `-m loss.gamma=0,1,2`): its name gets the job's number, its folder in
+    the sweep, and without a tracking.group its sweep folder is its group, which holds the sweep's jobs together."""
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra_cfg is None or OmegaConf.is_missing(hydra_cfg.job, "num"):  # a single run
+        return dict(tracking)
+    num = hydra_cfg.job.num
+    return {**tracking, "name": f"{tracking.name}-{num}" if tracking.name else None,
+            "group": tracking.group or str(hydra_cfg.sweep.dir)}
 
 
 def _finish(logger, results: dict[str, Any]) -> None:

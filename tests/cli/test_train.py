@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from PIL import Image
 
 from detlab.cli.train import WritableRunDir
-from tests.conftest import TINY, run
+from detlab.config import compose_train
+from tests.conftest import TINY, run, wandb_records
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +297,34 @@ def test_sweeps_started_in_the_same_second_get_a_folder_each(tmp_path):
     assert list((taken / "0").iterdir()) == []
     assert (tmp_path / "multirun" / "10-00-00-1" / "0" / "results.json").is_file()
     assert (tmp_path / "multirun" / "10-00-00-1" / "multirun.yaml").is_file()
+
+
+def test_each_job_of_a_sweep_is_a_wandb_run_of_its_own_name_in_the_sweeps_group(tmp_path):
+    """`detlab-train -m loss.gamma=0,1`: each job's W&B run was named retinanet-focal, in no group, so that W&B
+    showed the sweep as runs of one name among the project's others (and --group could not select it)."""
+    sweep = tmp_path / "sweep"
+    run("detlab-train", "-m", "loss.gamma=0,1", *TINY, "speed.enabled=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    runs = {}
+    for job in ("0", "1"):
+        run_file = next((sweep / job / "wandb").glob("offline-run-*/run-*.wandb"))
+        record = next(r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run")
+        assert record.run_id == (sweep / job / "wandb_run_id").read_text().strip()
+        runs[job] = (record.display_name, record.run_group)
+    assert runs == {"0": ("retinanet-focal-0", str(sweep)), "1": ("retinanet-focal-1", str(sweep))}
+
+
+def test_a_ddp_trial_of_a_sweep_keeps_its_job_number_and_sweep_folder(tmp_path, monkeypatch):
+    """The trial that runs as a single run of its own (_single_run) is still its sweep's job, for its W&B name."""
+    from detlab.cli import train as cli
+
+    commands = []
+    monkeypatch.setattr(cli.subprocess, "run", lambda command, check: commands.append(command) or
+                        subprocess.CompletedProcess(command, 2))
+    assert cli._single_run(["loss.gamma=1"], tmp_path / "sweep, 2" / "3", 3, str(tmp_path / "sweep, 2")) is None
+    overrides = commands[0][3:]
+    assert overrides[0] == "loss.gamma=1" and "hydra.job.num=3" in overrides
+    cfg = compose_train([o for o in overrides if not o.startswith("hydra.run.dir")])  # Hydra reads them back
+    assert (cfg.loss.gamma, HydraConfig.get().job.num, HydraConfig.get().sweep.dir) == (1, 3, str(tmp_path / "sweep, 2"))
 
 
 def test_a_sweep_or_run_given_a_finished_folder_again_stops_before_writing(tmp_path):
