@@ -14,9 +14,10 @@ from detlab.report.study import Report
 def wandb_runs(project: str, group: str | None = None) -> list[Run]:
     """The finished runs of a W&B project (optionally one group), through the public API (needs the network).
 
-    Overrides come from the run's config key "overrides" when the run logged it; otherwise every key of its
-    config ("cfg." when Lightning logged the hyper-parameters) stands in, and grouping ignores
-    tracking.name too (it names the seed).
+    Overrides come from the run's config key "overrides", which detlab-train logs; for a run without it (logged
+    before it did) every key of its config ("cfg." when Lightning logged the hyper-parameters) stands in, and
+    grouping ignores tracking.name too (it names the seed), but not a key resolved from the seed (tv_parity's
+    model.weights.seed), which makes each seed a configuration of its own.
     """
     import wandb  # only here: reading local runs needs neither wandb's import time nor the network
 

@@ -77,8 +77,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data_files = {split: (ds.ann_file, str(ds.img_dir)) for split, ds in datamodule.datasets.items()}
     origin = provenance(OmegaConf.to_container(cfg, resolve=True), data_files, trainer.strategy.root_device)
-    if logger:  # in the W&B config, where runs are filtered and grouped
-        logger.log_hyperparams({"provenance": origin})
+    if logger:  # in the W&B config, where runs are filtered and grouped (detlab-report --wandb-project: by overrides)
+        logger.log_hyperparams({"provenance": origin, "overrides": list(HydraConfig.get().overrides.task)})
     cost = complexity(module.model, cfg.data.image_size)
     logged = logger_summary(logger) if trainer.is_global_zero else ("", None)
     if trainer.is_global_zero:

@@ -107,6 +107,12 @@ def test_offline_wandb_run_holds_the_ap_table(trained_run):
     # The W&B config holds the provenance (an offline run keeps its config in the run's .wandb record).
     fingerprint = results["provenance"]["data_fingerprint"]
     assert f'"data_fingerprint":"{fingerprint}"'.encode() in next(runs[0].glob("run-*.wandb")).read_bytes()
+    # and the run's overrides, by which detlab-report --wandb-project groups runs as it groups run folders: without
+    # them it grouped by every config key, and a key resolved from the seed (tv_parity's model.weights.seed) made
+    # each seed a configuration of its own
+    config = {item.key: json.loads(item.value_json) for record in wandb_records(next(runs[0].glob("run-*.wandb")))
+              if record.WhichOneof("record_type") == "config" for item in record.config.update}
+    assert config["overrides"] == OmegaConf.load(trained_run / ".hydra" / "overrides.yaml")
     confusion = json.loads(next((files / "media" / "table" / "val").glob("confusion_matrix_*.table.json")).read_text())
     assert [row[1:] for row in confusion["data"]] == results["confusion_matrix"]["matrix"]
     pngs = list((files / "media" / "images" / "val").glob("predictions_*.png"))
