@@ -34,6 +34,11 @@ def main() -> None:
         if stop.code == 1 and not _started:
             sys.exit(2)
         raise
+    except ValueError as err:  # the one command-line error Hydra raises rather than prints (-m with --cfg job)
+        if _started or not str(err).startswith("Only one of --run, --multirun"):
+            raise
+        print(f"detlab-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 _started = False  # whether Hydra reached hydra_main's body (a run, or a multirun's first job)
@@ -177,7 +182,7 @@ def _single_run(task_overrides: list[str], run_dir: Path, job_num: int, sweep_di
     whole sweep (-m and every value): each rank would start a sweep of its own. A single run relaunches cleanly;
     it keeps its job number and sweep folder (Hydra's own keys, not the run's overrides), which name its W&B run.
     """
-    command = [sys.executable, "-m", "detlab.cli.train", *task_overrides, f"hydra.run.dir={run_dir}",
+    command = [sys.executable, "-m", "detlab.cli.train", *task_overrides, f"hydra.run.dir={_quoted(str(run_dir))}",
                f"hydra.job.num={job_num}", f"hydra.sweep.dir={_quoted(sweep_dir)}"]
     proc = subprocess.run(command, check=False)
     if proc.returncode == 2:  # the job's problem, its message printed: the sweep goes on, as in main

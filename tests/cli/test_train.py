@@ -329,8 +329,9 @@ def test_a_ddp_trial_of_a_sweep_keeps_its_job_number_and_sweep_folder(tmp_path, 
     assert cli._single_run(["loss.gamma=1"], tmp_path / "sweep, 2" / "3", 3, str(tmp_path / "sweep, 2")) is None
     overrides = commands[0][3:]
     assert overrides[0] == "loss.gamma=1" and "hydra.job.num=3" in overrides
-    cfg = compose_train([o for o in overrides if not o.startswith("hydra.run.dir")])  # Hydra reads them back
-    assert (cfg.loss.gamma, HydraConfig.get().job.num, HydraConfig.get().sweep.dir) == (1, 3, str(tmp_path / "sweep, 2"))
+    cfg = compose_train(overrides)  # Hydra reads them back, folders with a comma too (quoted)
+    assert (cfg.loss.gamma, HydraConfig.get().job.num, HydraConfig.get().sweep.dir, HydraConfig.get().run.dir) == \
+        (1, 3, str(tmp_path / "sweep, 2"), str(tmp_path / "sweep, 2" / "3"))
 
 
 def test_a_sweep_or_run_given_a_finished_folder_again_stops_before_writing(tmp_path):
@@ -369,6 +370,8 @@ def test_bad_override_stops_before_work_with_the_key(tmp_path):
         proc = run("detlab-train", override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
         assert proc.returncode == 2, proc.stderr
         assert says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = run("detlab-train", "-m", "--cfg", "job", cwd=tmp_path, check=False)  # the one Hydra raised, not printed
+    assert proc.returncode == 2 and "Only one of --run, --multirun" in proc.stderr and "Traceback" not in proc.stderr
     proc = run(
         "detlab-train", "model.neck.num_extra_levels=1", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False
     )
