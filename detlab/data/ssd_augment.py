@@ -8,7 +8,7 @@ each place says which it follows (the distortion: caffe's; the crop: torchvision
 Every draw comes from albumentations' generators (`self.py_random`, `self.random_generator`), so the
 pipeline's seed repeats it. Boxes reach `apply_to_bboxes` in albumentations' internal format, xyxy divided by
 the input's width and height; after each step the pipeline's BboxParams clip them to the new image and drop
-those cut below `min_visibility` or smaller than `min_width`/`min_height` pixels.
+those cut below `min_visibility`; DetectionTransform drops those under `min_box_size` input pixels at the end.
 """
 
 from __future__ import annotations

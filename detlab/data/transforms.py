@@ -17,8 +17,9 @@ detlab.data.ssd_augment) -> horizontal flip -> resize the longest side to image_
 scale_range) -> colour jitter -> pad bottom/right to image_size x image_size -> random image_size crop when
 r > 1 -> normalise. Eval is the same transform with every augmentation off: resize the longest side to
 image_size, pad bottom/right, normalise. Boxes follow the pixels (pascal_voc xyxy); after every step, boxes cut
-below `min_visibility` of their area or narrower/shorter than `min_box_size` pixels are dropped, so no
-degenerate box comes out.
+below `min_visibility` of their area are dropped; at the end, under every resize policy, boxes narrower or
+shorter than `min_box_size` input pixels are dropped (once, in the input's pixels: a step before the resize
+measures the original's, which an upscale would enlarge), so no degenerate box comes out.
 
 The letterbox pads with the ImageNet mean colour, which normalises to ~0 like the collate's zero padding.
 
@@ -147,9 +148,9 @@ class DetectionTransform:
             format="pascal_voc",
             label_fields=["labels"],
             min_visibility=min_visibility,
-            # keep_ratio and stretch drop small boxes after their resize, in input pixels, in __call__
-            min_width=min_box_size if letterbox else 0.0,
-            min_height=min_box_size if letterbox else 0.0,
+            # min_box_size is in input pixels: `_large` applies it after the resize, not here after every step
+            min_width=0.0,
+            min_height=0.0,
             clip=True,
             filter_invalid_bboxes=True,
         )
@@ -178,10 +179,13 @@ class DetectionTransform:
         patch_x, patch_y = applied.get("MinIoURandomCrop", {"crop_coords": (0, 0)})["crop_coords"][:2]
         crop_x, crop_y = applied.get("RandomCrop", {"crop_coords": (0, 0)})["crop_coords"][:2]
         size = self.image_size
+        boxes = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4))
+        labels = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
+        large = self._large(boxes)
         return Sample(
             image=out["image"],
-            boxes=torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
-            labels=torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1)),
+            boxes=boxes[large],
+            labels=labels[large],
             image_id=int(image_id),
             size=(min(resized_h - crop_y, size), min(resized_w - crop_x, size)),
             orig_size=(h, w),
@@ -189,6 +193,9 @@ class DetectionTransform:
             offset=(sx * (expand["pad_left"] - patch_x) - crop_x, sy * (expand["pad_top"] - patch_y) - crop_y),
         )
 
+    def _large(self, boxes_xyxy: Tensor) -> Tensor:
+        """[N] bool: each of `boxes_xyxy [N, 4]` (input pixels) is at least min_box_size wide and high."""
+        return ((boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]) >= self.min_box_size).all(dim=1)
 
     def _torchvision_resize(self, out: dict, applied: dict, image_id: int, orig_size: tuple[int, int]) -> Sample:
         """keep_ratio / stretch on the augmented uint8 image, with torchvision's arithmetic (see the module)."""
@@ -212,7 +219,7 @@ class DetectionTransform:
         )
         boxes = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)) * ratio.repeat(2)
         labels = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
-        large = ((boxes[:, 2:] - boxes[:, :2]) >= self.min_box_size).all(dim=1)
+        large = self._large(boxes)
         sx, sy = resized_w / before_w, resized_h / before_h
         expand = applied.get("Expand", {"pad_left": 0, "pad_top": 0})
         patch_x, patch_y = applied.get("MinIoURandomCrop", {"crop_coords": (0, 0)})["crop_coords"][:2]

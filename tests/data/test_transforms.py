@@ -74,6 +74,30 @@ def test_flip_mirrors_the_box_in_closed_form():
     torch.testing.assert_close(sample.boxes, torch.tensor([[70.0, 5.0, 90.0, 25.0]]))
 
 
+
+@pytest.mark.parametrize("resize", ["letterbox", "stretch"])
+@pytest.mark.parametrize("augment", [{}, {"hflip": 1.0}, {"photometric": True}, {"expand_ratio": 1.001}],
+                         ids=["eval", "flip", "photometric", "expand"])
+def test_min_box_size_is_measured_in_input_pixels_whatever_steps_run_before_the_resize(resize, augment):
+    """A 1.5 x 20 px box of a 50 x 50 image upscaled 10x is 15 x 200 input pixels: kept at min_box_size 2 (it was
+    dropped, measured in the original's pixels, whenever a step ran before the resize). The same box of a 250 x 250
+    image downscaled 5x is 0.3 input pixels wide: dropped."""
+    for side, size, kept in ((50, 500, True), (250, 50, False)):
+        transform = DetectionTransform(size, min_box_size=2, resize=resize, seed=0, **augment)
+        box = np.array([[10, 10, 11.5, 30]], np.float32)
+        sample = transform(np.zeros((side, side, 3), np.uint8), box, np.array([4]), 0)
+        if not kept:
+            assert len(sample.boxes) == 0 and len(sample.labels) == 0
+            continue
+        scale = size / side  # closed form: x' = side - x under the flip, then input = original * scale
+        x1, x2 = (side - 11.5, side - 10) if augment.get("hflip") else (10, 11.5)
+        expected = torch.tensor([[x1, 10, x2, 30]]) * scale
+        if "expand_ratio" in augment:  # the canvas (at most 1.001 x) moves the box by under a pixel
+            torch.testing.assert_close(sample.boxes, expected, atol=scale, rtol=0)
+        else:
+            torch.testing.assert_close(sample.boxes, expected, atol=1e-3, rtol=1e-5)
+        assert sample.labels.tolist() == [4]
+
 def test_augmentation_never_returns_a_degenerate_box():
     transform = DetectionTransform(64, seed=3, **{**AUGMENT, "scale_range": (0.3, 1.6)})
     rng = np.random.default_rng(0)
