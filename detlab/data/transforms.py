@@ -44,7 +44,7 @@ from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
 from detlab.data.ssd_augment import Expand, MinIoURandomCrop, PhotometricDistort
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -209,6 +209,13 @@ class DetectionTransform:
             resized = F.interpolate(pixels[None], size=[self.image_size] * 2, mode="bilinear", align_corners=False)
         else:
             factor = min(self.image_size / min(before_h, before_w), self.max_size / max(before_h, before_w))
+            if min(math.floor(before_h * factor), math.floor(before_w * factor)) < 1:  # torch's output size
+                raise DataError(
+                    f"image id {image_id} is {before_w}x{before_h} (w x h): data.resize=keep_ratio with "
+                    f"data.max_size={self.max_size} bounds its longer side at {self.max_size} px, which leaves its "
+                    f"shorter side {min(before_h, before_w) * factor:.2g} px, no pixel at all; raise data.max_size, "
+                    "use data.resize=letterbox or stretch, or leave the image out"
+                )
             resized = F.interpolate(
                 pixels[None], scale_factor=factor, mode="bilinear", recompute_scale_factor=True, align_corners=False
             )

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
+from detlab.errors import DataError
 from detlab.structures import boxes_to_original
 
 AUGMENT = {"hflip": 0.5, "scale_range": (0.6, 1.4), "color_jitter": 0.2, "min_visibility": 0.3, "min_box_size": 2}
@@ -159,6 +160,28 @@ def test_torchvision_resize_policies_give_torchvisions_pixels_and_boxes(resize, 
     back = boxes_to_original(sample.boxes[None], torch.tensor([sample.scale]), torch.tensor([sample.offset]))[0]
     torch.testing.assert_close(back, torch.from_numpy(boxes), atol=1e-3, rtol=1e-5)
 
+
+
+@pytest.mark.parametrize(("h", "w"), [(3, 2000), (2000, 3), (1, 500)])
+def test_keep_ratio_refuses_an_image_it_would_resize_to_no_pixel_naming_it(h, w):
+    """keep_ratio bounds the longer side at max_size: a 2000 x 3 image at max_size 100 would be 100 x 0.15 px,
+    which torch's interpolate refused with a bare RuntimeError; the message names the image and the keys."""
+    transform = DetectionTransform(64, resize="keep_ratio", max_size=100)
+    with pytest.raises(DataError, match=rf"image id 7 is {w}x{h} .*data.max_size=100"):
+        transform(np.zeros((h, w, 3), np.uint8), np.zeros((0, 4)), np.zeros(0, np.int64), 7)
+
+
+def test_keep_ratio_resizes_a_thin_image_to_one_pixel_as_torchvision_does():
+    """The boundary: a 2000 x 20 image at max_size 100 is 100 x 1 px, torchvision's shape and pixels."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    image = np.random.default_rng(0).integers(0, 256, (20, 2000, 3), dtype=np.uint8)
+    reference = GeneralizedRCNNTransform(64, 100, list(IMAGENET_MEAN), list(IMAGENET_STD), size_divisible=1).eval()
+    images, _ = reference([torch.from_numpy(image).permute(2, 0, 1).float().div(255)])
+    transform = DetectionTransform(64, resize="keep_ratio", max_size=100)
+    sample = transform(image, np.zeros((0, 4)), np.zeros(0, np.int64), 7)
+    assert sample.size == tuple(images.image_sizes[0]) == (1, 100)
+    assert torch.equal(sample.image, images.tensors[0])
 
 @pytest.mark.parametrize(
     ("args", "key"),
