@@ -92,7 +92,7 @@ class DetectionDataModule(pl.LightningDataModule):
             _stop_on_source_problems(files)
         self.files = files
         augment = dict(augment or {})
-        geometry = {"resize": resize, "max_size": max_size, "mean": tuple(mean), "std": tuple(std)}
+        geometry = {"resize": resize, "max_size": max_size, "mean": mean, "std": std}  # checked by the transform
         # Seeded from torch so that seed_everything makes single-process (num_workers=0) runs repeatable.
         self.seed = torch.initial_seed() % 2**32
         transforms = {
@@ -239,17 +239,18 @@ def eval_transform(data: Mapping[str, Any]) -> DetectionTransform:
     """The val split's transform of a data config (data.image_size, resize, max_size, mean, std): what
     evaluation, prediction and the speed protocol pre-process an image with."""
     keys = ("resize", "max_size", "mean", "std")
-    geometry = {k: (tuple(data[k]) if k in ("mean", "std") else data[k]) for k in keys if data.get(k) is not None}
+    geometry = {k: data[k] for k in keys if data.get(k) is not None}
     min_box = {"min_box_size": data["augment"]["min_box_size"]} if "min_box_size" in data.get("augment", {}) else {}
     return _transform(data["image_size"], {**min_box, **geometry})
 
 
 def _transform(image_size: int, augment: dict[str, Any], seed: int | None = None) -> DetectionTransform:
-    try:
-        return DetectionTransform(image_size, **augment, seed=seed)
-    except TypeError as err:
-        known = [name for name in inspect.signature(DetectionTransform).parameters if name not in ("image_size", "seed")]
-        raise ConfigError(f"data.augment has an unknown key ({err}); known: {', '.join(known)}") from None
+    # Unknown keys by name: a TypeError from inside the transform is a wrong value (its checks name the key) or a bug
+    known = [name for name in inspect.signature(DetectionTransform).parameters if name not in ("image_size", "seed")]
+    unknown = sorted(set(augment) - set(known))
+    if unknown:
+        raise ConfigError(f"data.augment has an unknown key ({', '.join(unknown)}); known: {', '.join(known)}")
+    return DetectionTransform(image_size, **augment, seed=seed)
 
 
 def _check_loader_args(batch_size: int, num_workers: int, size_divisor: int) -> None:

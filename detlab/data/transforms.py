@@ -33,6 +33,7 @@ in training it maps the original to the input up to that mirror; nothing uses tr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import albumentations as A
@@ -113,7 +114,7 @@ class DetectionTransform:
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
-        low, high = (float(v) for v in scale_range)
+        low, high = _scale_range(scale_range)
         _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_size,
                photometric, expand_ratio, min_iou_crop)
         _check_resize(resize, max_size, low, high, mean, std)
@@ -255,8 +256,8 @@ def _check_resize(resize, max_size, low, high, mean, std) -> None:
         raise ConfigError(f"data.augment.scale_range=[{low}, {high}] works with data.resize=letterbox only; "
                          f"set it to [1, 1] with data.resize={resize}")
     for key, values in (("mean", mean), ("std", std)):
-        if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            raise ConfigError(f"data.{key}={list(values)} must be 3 finite numbers (R, G, B, for pixels in [0, 1])")
+        if not _is_sequence(values) or len(values) != 3 or not all(_is_number(v) for v in values):
+            raise ConfigError(f"data.{key}={values!r} must be 3 finite numbers (R, G, B, for pixels in [0, 1])")
     if min(std) <= 0:
         raise ConfigError(f"data.std={list(std)} must be positive")
 
@@ -265,6 +266,10 @@ def _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_s
            photometric, expand_ratio, min_iou_crop) -> None:
     if not isinstance(image_size, int) or image_size < 1:
         raise ConfigError(f"data.image_size={image_size!r} must be a positive integer")
+    for key, value in (("hflip", hflip), ("color_jitter", color_jitter), ("min_visibility", min_visibility),
+                       ("min_box_size", min_box_size)):
+        if not _is_number(value):  # before the comparisons below, which a string or null would fail with a TypeError
+            raise ConfigError(f"data.augment.{key}={value!r} must be a number")
     if not 0 <= hflip <= 1:
         raise ConfigError(f"data.augment.hflip={hflip} is a probability: use a value in [0, 1]")
     if not 0 < low <= high:
@@ -276,8 +281,27 @@ def _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_s
     if min_box_size <= 0:
         raise ConfigError(f"data.augment.min_box_size={min_box_size} must be > 0 pixels")
     for key, value in (("photometric", photometric), ("min_iou_crop", min_iou_crop)):
-        if not isinstance(value, bool):  # ValueError: the data module reads a TypeError as an unknown key
+        if not isinstance(value, bool):
             raise ConfigError(f"data.augment.{key}={value!r} must be true or false")
-    if isinstance(expand_ratio, bool) or not isinstance(expand_ratio, (int, float)) or not expand_ratio >= 1:
+    if not _is_number(expand_ratio) or not expand_ratio >= 1:
         raise ConfigError(f"data.augment.expand_ratio={expand_ratio!r} is the largest canvas / image side ratio: use a "
                          "number >= 1 (1 disables, SSD uses 4)")
+
+
+def _scale_range(scale_range) -> tuple[float, float]:
+    """data.augment.scale_range as (low, high), or a ConfigError naming it."""
+    if not _is_sequence(scale_range) or len(scale_range) != 2 or not all(_is_number(v) for v in scale_range):
+        raise ConfigError(f"data.augment.scale_range={scale_range!r} must be [low, high], two numbers (factors of "
+                          "data.image_size; [1, 1] disables)")
+    low, high = scale_range
+    return float(low), float(high)
+
+
+def _is_number(value) -> bool:
+    """A finite int or float from a config (a bool is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_sequence(value) -> bool:
+    """A list or tuple from a config (Hydra's ListConfig is one), not a string."""
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))

@@ -100,6 +100,22 @@ def test_coco_config_with_a_wrong_path_names_the_key(data_shapes, tmp_path):
     assert str(err.value.__cause__) == f"data.val.ann_file={tmp_path / 'missing.json'}: no such file"
 
 
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"augment": {"hflip": "yes"}}, "data.augment.hflip='yes' must be a number"),
+    ({"augment": {"min_visibility": None}}, "data.augment.min_visibility=None must be a number"),
+    ({"augment": {"scale_range": 1.2}}, r"data.augment.scale_range=1.2 must be \[low, high\]"),
+    ({"augment": {"scale_range": [1]}}, r"data.augment.scale_range=\[1\] must be \[low, high\]"),
+    ({"mean": 0.5}, "data.mean=0.5 must be 3 finite numbers"),
+])
+def test_a_known_key_with_a_wrong_value_is_named_as_such(tmp_path, data, message):
+    """Values of the wrong type were reported as 'an unknown key' (a TypeError read as one), or escaped as a bare
+    ValueError (scale_range=[1]) or TypeError (mean=0.5) that the CLI shows as a traceback."""
+    source = ShapesSource(num_train_images=2, num_val_images=1, image_size=32, cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=message) as err:
+        DetectionDataModule(source=source, image_size=32, **data)
+    assert "unknown key" not in str(err.value)
+
 def test_unknown_augment_key_and_bad_loader_settings_are_named(tmp_path):
     source = ShapesSource(num_train_images=2, num_val_images=1, image_size=32, cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="data.augment has an unknown key.*mosaic"):
