@@ -8,13 +8,17 @@ batches and 2 val batches of 2 images, and must end in a results.json with the f
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from detlab.cli.data import main
+from detlab.data.coco.reader import CocoDetection
+from detlab.data.transforms import DetectionTransform
 
 pytestmark = pytest.mark.realdata
 
@@ -98,3 +102,31 @@ def test_a_short_training_run_ends_in_the_coco_table(runs, real_data, name):
         coco = json.loads((real_data / "coco128" / "annotations" / "instances_train2017.json").read_text())
         assert results["per_class_AP"] and set(results["per_class_AP"]) <= {c["name"] for c in coco["categories"]}
     assert "COCO box evaluation" in output and "AP50" in output
+
+
+def test_the_size_rule_drops_the_count_of_coco128_objects_that_readme_gives(real_data):
+    """README's differences table says how many of coco128's objects min_box_size=2 drops at 160 px (and 300 px):
+    the transform's count and the closed form must both be it (it said 84 of 939: the 939 annotations hold 10
+    crowd regions, never targets, and 84 was counted with the unrounded scale). The closed form: a box is dropped
+    when its clipped width or height times resized side / original side (whole pixels, longest = size) is < 2."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    counts = {size: re.search(pattern, readme) for size, pattern in (
+        (160, r"the size rule alone drops (\d+) of coco128's (\d+) objects"), (300, r"0\.9%, (\d+) objects, at 300 px"))}
+    assert all(counts.values()), "README's sentence on the size rule's coco128 count has changed: update this test"
+    (at_160, objects), (at_300,) = (tuple(int(v) for v in counts[size].groups()) for size in (160, 300))
+    folder = real_data / "coco128"
+    ann_file = folder / "annotations" / "instances_train2017.json"
+    coco = json.loads(ann_file.read_text())
+    images = {image["id"]: image for image in coco["images"]}
+    for size, dropped in ((160, at_160), (300, at_300)):
+        closed_form = 0
+        for ann in (a for a in coco["annotations"] if not a["iscrowd"]):
+            w, h = images[ann["image_id"]]["width"], images[ann["image_id"]]["height"]
+            scale = size / max(w, h)
+            x, y, bw, bh = ann["bbox"]
+            clipped = np.array([min(x + bw, w) - max(x, 0), min(y + bh, h) - max(y, 0)])
+            closed_form += bool((clipped * [round(w * scale) / w, round(h * scale) / h] < 2).any())
+        dataset = CocoDetection(ann_file, folder / "train2017", DetectionTransform(size, min_box_size=2))
+        for index in range(len(dataset)):
+            dataset[index]
+        assert dataset.transform_counts() == {"boxes": objects, "dropped": dropped} and closed_form == dropped
