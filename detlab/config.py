@@ -210,6 +210,23 @@ def _check_speed(speed: DictConfig, trainer: DictConfig) -> None:
     _check_cpu_precision(key, precision, trainer)
 
 
+def _check_launcher(strategy: object) -> None:
+    """DDP runs as Lightning's script launcher starts it (strategy=ddp: each rank runs detlab-train again). A strategy
+    that spawns or forks its ranks trained to the end, then stopped without results.json: its launcher hands the
+    weights back to the first process through a bare state_dict file, which is no detlab checkpoint, and the
+    evaluation, curve and random state stay in the ranks that made them."""
+    if not isinstance(strategy, str):
+        return
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    start_method = StrategyRegistry[strategy]["init_params"].get("start_method") if strategy in StrategyRegistry else None
+    if start_method in ("spawn", "fork", "forkserver"):
+        plain = re.sub(r"^ddp_(spawn|fork|notebook)", "ddp", strategy)
+        raise ConfigError(f"trainer.strategy={strategy} starts its processes by {start_method}, which detlab-train does "
+                          f"not support (the run's results would stay in the processes); use trainer.strategy={plain} "
+                          "(trainer=ddp)")
+
+
 def _check_trainer(trainer: DictConfig) -> None:
     import torch
 
@@ -220,6 +237,7 @@ def _check_trainer(trainer: DictConfig) -> None:
         )
     if _on_cpu(trainer) and trainer.get("sync_batchnorm"):
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm); set it to false on CPU")
+    _check_launcher(trainer.get("strategy"))
     _check_cpu_precision("trainer.precision", trainer.precision, trainer)
     if trainer.get("gradient_clip_val") is not None:  # a negative one scales every gradient by a negative number
         check_non_negative("trainer", gradient_clip_val=trainer.gradient_clip_val)

@@ -165,6 +165,14 @@ def test_impossible_combinations_name_the_key():
     cfg = compose_train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.sync_batchnorm=true"])
     with pytest.raises(ConfigError, match="trainer.sync_batchnorm"):
         validate(cfg)
+    # A spawned or forked DDP run trained to the end, then stopped without results.json on a CheckpointError about
+    # Lightning's temporary weights file (.temp.ckpt)
+    for strategy, plain in (("ddp_spawn", "ddp"), ("ddp_fork", "ddp"),
+                            ("ddp_notebook_find_unused_parameters_true", "ddp_find_unused_parameters_true")):
+        cfg = compose_train(["trainer=ddp", "trainer.accelerator=cpu", f"trainer.strategy={strategy}"])
+        with pytest.raises(ConfigError, match=f"trainer.strategy={strategy} .* use trainer.strategy={plain} "):
+            validate(cfg)
+    validate(compose_train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.strategy=ddp_find_unused_parameters_true"]))
     cfg = compose_train(["trainer.precision=16-mixed", "trainer.accelerator=cpu"])
     with pytest.raises(ConfigError, match="trainer.precision"):
         validate(cfg)
