@@ -49,7 +49,8 @@ class MedianStopping(pl.Callback):
     """Stops a trial of a multirun whose val AP falls below its siblings' median (see the module docstring).
 
     After training, `pruned` is None or {"epoch", "AP", "median", "trials"}: what results.json records.
-    Every DDP rank reads the same files and the same AP, so all ranks stop together.
+    Under DDP every rank follows rank 0's judgement: a sibling that finished between two ranks' reads of the folder
+    stopped one rank alone, and the others waited for it in their next collective until they were killed.
     """
 
     def __init__(self, run_dir: Path, warmup_epochs: int = 1, min_trials: int = 3) -> None:
@@ -65,7 +66,8 @@ class MedianStopping(pl.Callback):
             return
         epoch = module.curve[-1]["epoch"]
         best = max(point["AP"] for point in module.curve)
-        stop, median, n = should_stop(best, epoch, sibling_curves(self.run_dir), self.warmup_epochs, self.min_trials)
+        judged = should_stop(best, epoch, sibling_curves(self.run_dir), self.warmup_epochs, self.min_trials)
+        stop, median, n = trainer.strategy.broadcast(judged, src=0)
         if stop:
             self.pruned = {"epoch": epoch, "AP": best, "median": median, "trials": n}
             trainer.should_stop = True

@@ -2,10 +2,15 @@
 minimum number of finished trials, judged against the finished, unpruned runs beside a trial."""
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from pytorch_lightning.strategies import DDPStrategy
 
-from detlab.training.pruning import should_stop, sibling_curves
+from detlab.training.pruning import MedianStopping, should_stop, sibling_curves
 
 SIBLINGS = [{0: 0.1, 1: 0.3}, {0: 0.2, 1: 0.5}, {0: 0.3, 1: 0.4}, {0: 0.9}]  # the last one has no epoch 1 yet
 
@@ -34,3 +39,34 @@ def test_siblings_are_the_finished_unpruned_runs_beside(tmp_path):
     write("3", '{"curve": [')  # being written right now
     (tmp_path / "4").mkdir()  # running, nothing written yet
     assert sibling_curves(tmp_path / "2") == [{0: 0.25, 1: 0.5}]
+
+
+def _write_finished(folder: Path, job: str, ap: float) -> None:
+    (folder / job).mkdir(parents=True)
+    (folder / job / "results.json").write_text(json.dumps({"curve": [{"epoch": 0, "step": 1, "AP": ap}], "pruned": None}))
+
+
+def _judge_on_rank(rank: int, init_file: str, root: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        sweep = Path(root, f"view_of_rank{rank}")  # what each rank's read of the sweep folder found
+        callback = MedianStopping(sweep / "trial", warmup_epochs=0, min_trials=3)
+        trainer = SimpleNamespace(sanity_checking=False, should_stop=False, is_global_zero=rank == 0, strategy=DDPStrategy())
+        callback.on_validation_end(trainer, SimpleNamespace(curve=[{"epoch": 0, "step": 1, "AP": 0.1}]))
+        Path(root, f"rank{rank}.json").write_text(json.dumps([trainer.should_stop, callback.pruned]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_ddp_ranks_stop_together_on_rank_zeros_reading(tmp_path):
+    """A third sibling finished between the two ranks' reads: rank 1 saw 3 finished trials (enough to judge, and the
+    trial is below their median), rank 0 saw 2 (too few). Rank 1 stopped alone, and rank 0 waited for it forever."""
+    for job, ap in (("0", 0.5), ("1", 0.6)):
+        _write_finished(tmp_path / "view_of_rank0", job, ap)
+        _write_finished(tmp_path / "view_of_rank1", job, ap)
+    _write_finished(tmp_path / "view_of_rank1", "2", 0.7)
+    assert should_stop(0.1, 0, sibling_curves(tmp_path / "view_of_rank1" / "trial"), 0, 3)[0] is True
+    mp.spawn(_judge_on_rank, args=(str(tmp_path / "dist_init"), str(tmp_path)), nprocs=2, join=True)
+    decisions = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert decisions == [[False, None], [False, None]]  # rank 0's: too few trials to judge
