@@ -8,7 +8,7 @@
   covers); FP and FN fix every false positive / negative at once. With their counts;
 - ``confusion_matrix``: hotcoco's, at IoU 0.5: rows the ground-truth class, columns the predicted class, the last
   row and column "background" (a false positive counts in the background row, a missed object in the
-  background column);
+  background column); of the detections COCO scores, the 100 best per image and class;
 - ``calibration``: hotcoco's reliability of the scores at IoU 0.5: ECE, MCE, 10 score bins with their mean
   confidence, precision (the fraction matched) and count, and ECE per class. Only when every score lies in
   [0, 1]: a reliability of logits or percentages means nothing (hotcoco refuses them), while AP, which ranks the
@@ -38,7 +38,10 @@ def error_analysis(evaluator: Any, names: dict[int, str], backend: str, scores: 
         file_names = {str(c["name"]): int(c["id"]) for c in evaluator.cocoGt.loadCats(list(names))}
         ours = {file_name: names[cat] for file_name, cat in file_names.items()}  # the file's name -> ours
         analysis["errors"] = _errors(evaluator.tide_errors())
-        analysis["confusion_matrix"] = _confusion(evaluator.confusion_matrix(), names)
+        # No cap of its own (its default is 100 per image over all classes): coco_eval indexed COCO's 100 per image
+        # and class, the detections every other number counts.
+        confusion = evaluator.confusion_matrix(iou_thr=0.5, max_det=max(len(scores), 1))
+        analysis["confusion_matrix"] = _confusion(confusion, names)
         if np.all((scores >= 0) & (scores <= 1)):
             analysis["calibration"] = _calibration(evaluator.calibration(), ours)
     return analysis

@@ -31,6 +31,7 @@ from detlab.errors import ConfigError, DataError
 
 BACKENDS = ("hotcoco", "faster_coco_eval", "pycocotools")
 DEFAULT_BACKEND = "hotcoco"
+MAX_DETS = 100  # COCOeval's params.maxDets[-1]: the detections per image and category that any number counts
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,17 @@ class BoxResults:
     def select(self, keep: np.ndarray) -> BoxResults:
         """The results where the mask keep [N] is True (or at the indices keep)."""
         return BoxResults(self.image_ids[keep], self.category_ids[keep], self.bbox_xywh[keep], self.scores[keep])
+
+    def top_per_image_and_category(self, k: int) -> BoxResults:
+        """The k highest-scoring results of each (image, category), in their order here: the ones COCOeval's
+        evaluateImg keeps (a stable sort by score, so a tie goes to the earlier result)."""
+        order = np.lexsort((np.arange(len(self)), -self.scores, self.category_ids, self.image_ids))
+        image, category = self.image_ids[order], self.category_ids[order]
+        starts = np.flatnonzero(np.r_[True, (image[1:] != image[:-1]) | (category[1:] != category[:-1])])
+        rank = np.arange(len(self)) - np.repeat(starts, np.diff(np.r_[starts, len(self)]))
+        keep = np.zeros(len(self), dtype=bool)
+        keep[order[rank < k]] = True
+        return self.select(keep)
 
 
 def check_backend(backend: str) -> None:
@@ -131,8 +143,12 @@ def coco_eval(
     AR100, ARs, ARm, ARl; -1 where nothing is defined) and ``eval["precision"]`` the precision array
     [T, R, K, A, M] (IoU thresholds, recall thresholds, categories in sorted id order, area ranges, max
     detections); hotcoco's also has the error analysis (detlab.evaluation.analysis).
+
+    Only the MAX_DETS best results of each image and category are indexed: COCOeval never counts the others in
+    any number, and hotcoco's confusion matrix, which caps detections per image over all categories, then sees
+    what COCOeval counts.
     """
-    coco_dt = _results_index(coco_gt, results, backend)
+    coco_dt = _results_index(coco_gt, results.top_per_image_and_category(MAX_DETS), backend)
     with quiet():
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCOeval_faster

@@ -123,3 +123,50 @@ def test_scores_outside_zero_one_are_scored_without_a_calibration(tmp_path, back
     assert list(result["metrics"].values()) == pytest.approx(reference.stats.tolist(), abs=1e-12)
     assert "calibration" not in result
     assert ("errors" in result and "confusion_matrix" in result) == (backend == "hotcoco")
+
+
+def _counted_by_pycocotools(ann_file, results_file):
+    """Per category id, the detections pycocotools' COCOeval counts at IoU 0.5, area all, maxDets 100 (its
+    evalImgs: at most 100 per image and category, none matched to a crowd region), and the objects it counts."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann_file)
+        reference = COCOeval(gt, gt.loadRes(results_file), "bbox")
+        reference.evaluate()
+    detections, objects = {}, {}
+    for e in reference.evalImgs:
+        if e is None or e["aRng"] != reference.params.areaRng[0]:
+            continue
+        c = e["category_id"]
+        detections[c] = detections.get(c, 0) + int((~e["dtIgnore"][0]).sum())
+        objects[c] = objects.get(c, 0) + int((~e["gtIgnore"].astype(bool)).sum())
+    return detections, objects
+
+
+def test_confusion_matrix_counts_the_detections_coco_counts(tmp_path):
+    """COCO scores at most 100 detections per image and class; hotcoco's confusion matrix capped them at 100 per
+    image over all classes. Here class a has its object and 120 detections of nothing, scored above the one
+    detection of b (exactly b's object): COCO's AP of b is 1, while the matrix said b's object was missed and
+    counted none of b's detections."""
+    ann = {
+        "images": [{"id": 1, "width": 1000, "height": 1000}],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 0},
+                        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [500, 500, 20, 20], "area": 400,
+                         "iscrowd": 0}],
+    }
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20], "score": 0.99}]
+    dets += [{"image_id": 1, "category_id": 1, "bbox": [100 + 3 * i, 800, 2, 2], "score": 0.9 - i / 1000}
+             for i in range(120)]
+    dets += [{"image_id": 1, "category_id": 2, "bbox": [500, 500, 20, 20], "score": 0.1}]
+    (tmp_path / "gt.json").write_text(json.dumps(ann))
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    ann_file, results_file = str(tmp_path / "gt.json"), str(tmp_path / "dets.json")
+
+    result = evaluate_results_file(ann_file, results_file)
+    assert result["per_class_AP"] == pytest.approx({"a": 1.0, "b": 1.0})
+    # a: its object found, 99 of its 120 background boxes inside COCO's 100; b: its object found
+    assert result["confusion_matrix"]["matrix"] == [[1, 0, 0], [0, 1, 0], [99, 0, 0]]
+    detections, objects = _counted_by_pycocotools(ann_file, results_file)
+    matrix = result["confusion_matrix"]["matrix"]
+    assert [sum(row[k] for row in matrix) for k in range(2)] == [detections[1], detections[2]]  # columns
+    assert [sum(row) for row in matrix[:2]] == [objects[1], objects[2]]  # rows
