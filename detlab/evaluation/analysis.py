@@ -12,7 +12,8 @@
 - ``calibration``: hotcoco's reliability of the scores at IoU 0.5: ECE, MCE, 10 score bins with their mean
   confidence, precision (the fraction matched) and count, and ECE per class. Only when every score lies in
   [0, 1]: a reliability of logits or percentages means nothing (hotcoco refuses them), while AP, which ranks the
-  scores, is defined for any (pycocotools scores them); the analysis then has no ``calibration``.
+  scores, is defined for any (pycocotools scores them); the analysis then has no ``calibration``. Nor when COCO
+  counts no detection at all: the reliability of nothing is undefined, not an ECE of 0.
 
 TIDE, the confusion matrix and calibration need hotcoco (the default engine): with faster_coco_eval or
 pycocotools only ``pr_curves`` is computed.
@@ -43,7 +44,9 @@ def error_analysis(evaluator: Any, names: dict[int, str], backend: str, scores: 
         confusion = evaluator.confusion_matrix(iou_thr=0.5, max_det=max(len(scores), 1))
         analysis["confusion_matrix"] = _confusion(confusion, names)
         if np.all((scores >= 0) & (scores <= 1)):
-            analysis["calibration"] = _calibration(evaluator.calibration(), ours)
+            calibration = evaluator.calibration()
+            if calibration["num_detections"]:  # of none (none kept, or all on crowd regions) hotcoco says ECE 0
+                analysis["calibration"] = _calibration(calibration, ours)
     return analysis
 
 

@@ -170,3 +170,26 @@ def test_confusion_matrix_counts_the_detections_coco_counts(tmp_path):
     matrix = result["confusion_matrix"]["matrix"]
     assert [sum(row[k] for row in matrix) for k in range(2)] == [detections[1], detections[2]]  # columns
     assert [sum(row) for row in matrix[:2]] == [objects[1], objects[2]]  # rows
+
+
+@pytest.mark.parametrize("results", [[], [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 30, 30], "score": 0.9}]])
+def test_no_calibration_of_no_detections(tmp_path, results):
+    """A reliability of no detections is undefined (no bin has a detection): hotcoco reports ECE 0.0, which read
+    as a perfectly calibrated detector in results.json and W&B's val/ECE (a first validation that keeps nothing).
+    The second case's one detection lies on a crowd region, which COCOeval ignores: nothing is left to calibrate."""
+    ann = {
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [50, 50, 20, 20], "area": 400,
+                         "iscrowd": 0},
+                        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 40, 40], "area": 1600,
+                         "iscrowd": 1}],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(ann))
+    (tmp_path / "dets.json").write_text(json.dumps(results))
+    if results:  # pycocotools' loadRes cannot read an empty list
+        detections, _ = _counted_by_pycocotools(str(tmp_path / "gt.json"), str(tmp_path / "dets.json"))
+        assert sum(detections.values()) == 0
+    result = evaluate_results_file(str(tmp_path / "gt.json"), str(tmp_path / "dets.json"))
+    assert result["metrics"]["AP"] == 0.0
+    assert "calibration" not in result
