@@ -5,7 +5,8 @@
 - ``errors``: the TIDE breakdown at IoU 0.5 (hotcoco's ``tide_errors``): how much AP50 each error type costs,
   as dAP = AP50 with that type fixed - AP50, for Cls (right box, wrong class), Loc (right class, IoU 0.1-0.5),
   Both, Dupe (a second detection of a matched object), Bkg (no object near) and Miss (an object no detection
-  covers); FP and FN fix every false positive / negative at once. With their counts;
+  covers); FP and FN fix every false positive / negative at once. With their counts. Only when there is ground
+  truth (COCO's AP50 is not -1);
 - ``confusion_matrix``: hotcoco's, at IoU 0.5: rows the ground-truth class, columns the predicted class, the last
   row and column "background" (a false positive counts in the background row, a missed object in the
   background column); of the detections COCO scores, the 100 best per image and class;
@@ -38,7 +39,8 @@ def error_analysis(evaluator: Any, names: dict[int, str], backend: str, scores: 
     if backend == "hotcoco":
         file_names = {str(c["name"]): int(c["id"]) for c in evaluator.cocoGt.loadCats(list(names))}
         ours = {file_name: names[cat] for file_name, cat in file_names.items()}  # the file's name -> ours
-        analysis["errors"] = _errors(evaluator.tide_errors())
+        if evaluator.stats[1] >= 0:  # AP50 -1: no object to score; TIDE's AP50 and dAP would read 0, not absent
+            analysis["errors"] = _errors(evaluator.tide_errors())
         # No cap of its own (its default is 100 per image over all classes): coco_eval indexed COCO's 100 per image
         # and class, the detections every other number counts.
         confusion = evaluator.confusion_matrix(iou_thr=0.5, max_det=max(len(scores), 1))

@@ -193,3 +193,23 @@ def test_no_calibration_of_no_detections(tmp_path, results):
     result = evaluate_results_file(str(tmp_path / "gt.json"), str(tmp_path / "dets.json"))
     assert result["metrics"]["AP"] == 0.0
     assert "calibration" not in result
+
+
+def test_no_error_breakdown_without_ground_truth(tmp_path):
+    """With no object in the scored images COCO's AP50 is undefined (pycocotools: -1); hotcoco's TIDE said AP50 0.0
+    and a dAP of 0.0 for every error type, numbers that detlab-report compared as measured."""
+    ann = {"images": [{"id": 1, "width": 100, "height": 100}], "categories": [{"id": 1, "name": "a"}],
+           "annotations": []}
+    (tmp_path / "gt.json").write_text(json.dumps(ann))
+    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 9, 9],
+                                                     "score": 0.5}]))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(tmp_path / "gt.json"))
+        reference = COCOeval(gt, gt.loadRes(str(tmp_path / "dets.json")), "bbox")
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    result = evaluate_results_file(str(tmp_path / "gt.json"), str(tmp_path / "dets.json"))
+    assert reference.stats[1] == -1 and result["metrics"]["AP50"] == -1
+    assert "errors" not in result
+    assert result["confusion_matrix"]["matrix"] == [[0, 0], [1, 0]]  # the detection: a false positive
