@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from detlab.errors import ConfigError, check_count, check_non_negative, check_positive
 from detlab.evaluation.backends import BACKENDS
@@ -70,15 +70,16 @@ def validate(cfg: DictConfig) -> None:
 def _check_names(cfg: DictConfig) -> None:
     """The run's names for the logger are text: a number (`tracking.name=123`, which Hydra reads as an int) stopped
     the run in W&B's or Lightning's code, after the data was built."""
-    given = {f"tracking.{key}": cfg.tracking.get(key) for key in ("project", "group", "name")}
-    given["logger.name"] = cfg.logger.get("name")
+    # As written (an interpolation such as the default name's ${hydra:...} is text, and resolves to text)
+    tracking, logger = (OmegaConf.to_container(node, resolve=False) for node in (cfg.tracking, cfg.logger))
+    given = {f"tracking.{key}": tracking.get(key) for key in ("project", "group", "name")}
+    given["logger.name"] = logger.get("name")
     for key, value in given.items():
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} is not text; quote a name made of digits: \"{key}='{value}'\"")
-    tags = cfg.tracking.get("tags")
-    if tags is not None and not (isinstance(tags, ListConfig) and all(isinstance(tag, str) for tag in tags)):
-        shown = OmegaConf.to_container(tags) if isinstance(tags, ListConfig) else tags
-        raise ConfigError(f"tracking.tags={shown!r}: give a list of text, quoting a tag made of digits: "
+    tags = tracking.get("tags")
+    if tags is not None and not (isinstance(tags, list) and all(isinstance(tag, str) for tag in tags)):
+        raise ConfigError(f"tracking.tags={tags!r}: give a list of text, quoting a tag made of digits: "
                           "\"tracking.tags=[baseline,'2024']\"")
 
 
