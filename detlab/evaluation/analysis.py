@@ -9,7 +9,8 @@
   truth (COCO's AP50 is not -1);
 - ``confusion_matrix``: hotcoco's, at IoU 0.5: rows the ground-truth class, columns the predicted class, the last
   row and column "background" (a false positive counts in the background row, a missed object in the
-  background column); of the detections COCO scores, the 100 best per image and class;
+  background column); of the detections COCO scores, the 100 best per image and class. It knows no crowd
+  regions: a detection on one, which COCO ignores, is a false positive here;
 - ``calibration``: hotcoco's reliability of the scores at IoU 0.5: ECE, MCE, 10 score bins with their mean
   confidence, precision (the fraction matched) and count, and ECE per class. Only when every score lies in
   [0, 1]: a reliability of logits or percentages means nothing (hotcoco refuses them), while AP, which ranks the
