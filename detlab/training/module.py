@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.plugins.precision import MixedPrecision
 
 from detlab.errors import DivergenceError
 from detlab.evaluation.coco_evaluator import CocoEvaluator
@@ -109,4 +110,6 @@ class DetectionModule(pl.LightningModule):
         self.curve = checkpoint.get("curve", [])
 
     def configure_optimizers(self):
-        return configure_optimizer(self.optim_cfg, self, int(self.trainer.estimated_stepping_batches))
+        trainer = self.trainer
+        clips_mixed_precision = bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin, MixedPrecision)
+        return configure_optimizer(self.optim_cfg, self, int(trainer.estimated_stepping_batches), clips_mixed_precision)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -29,9 +30,20 @@ def param_groups(module: nn.Module) -> list[dict[str, Any]]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def configure_optimizer(optim_cfg: DictConfig, module: nn.Module, total_steps: int) -> dict[str, Any]:
-    """Lightning's optimizer dict: the optimizer over param_groups(module), its schedule stepped every step."""
-    optimizer = instantiate(optim_cfg.optimizer)(param_groups(module))
+def configure_optimizer(
+    optim_cfg: DictConfig, module: nn.Module, total_steps: int, clips_mixed_precision: bool = False
+) -> dict[str, Any]:
+    """Lightning's optimizer dict: the optimizer over param_groups(module), its schedule stepped every step.
+
+    clips_mixed_precision: the trainer clips gradients (trainer.gradient_clip_val) under mixed precision (16-mixed,
+    bf16-mixed). Lightning refuses to clip a fused optimizer's gradients there (a fused step unscales them itself,
+    after any clipping), at the first step; `optim.optimizer.fused` is then set aside: the same update with
+    torch's default kernels (foreach on CUDA), only slower.
+    """
+    optimizer_class = instantiate(optim_cfg.optimizer)
+    if clips_mixed_precision and optim_cfg.optimizer.get("fused"):
+        optimizer_class = partial(optimizer_class, fused=False)
+    optimizer = optimizer_class(param_groups(module))
     scheduler = instantiate(optim_cfg.scheduler)(optimizer, total_steps=max(1, total_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
