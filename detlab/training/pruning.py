@@ -5,7 +5,8 @@ get no intermediate values to judge (facebookresearch/hydra#1954). A trial can j
 of a multirun writes its validation curve into its results.json, and the siblings of a trial are the other run
 directories of the same sweep directory. After each validation a trial stops when the best val AP it has
 reached is below the median of the completed, unpruned siblings' val AP at the same epoch (MedianPruner:
-n_warmup_steps = warmup_epochs, n_startup_trials = min_trials). It works with any sweeper and any launcher whose
+n_warmup_steps = warmup_epochs, n_startup_trials = min_trials: at least that many completed siblings, whether or
+not they reached the epoch, and the median of those that did). It works with any sweeper and any launcher whose
 jobs share a file system (basic, submitit local, SLURM).
 """
 
@@ -22,7 +23,8 @@ from detlab.errors import check_count, check_positive
 
 
 def sibling_curves(run_dir: Path) -> list[dict[int, float]]:
-    """The val AP per epoch of every completed, unpruned run beside run_dir (its multirun's other jobs)."""
+    """The val AP per epoch of every completed, unpruned run beside run_dir (its multirun's other jobs); {} for one
+    that never validated, a completed trial all the same."""
     curves = []
     for results in sorted(run_dir.parent.glob("*/results.json")):
         if results.parent == run_dir:
@@ -31,15 +33,18 @@ def sibling_curves(run_dir: Path) -> list[dict[int, float]]:
             done = json.loads(results.read_text())
         except (OSError, json.JSONDecodeError):  # a sibling writing its file right now
             continue
-        if done.get("pruned") is None and done.get("curve"):
-            curves.append({int(point["epoch"]): float(point["AP"]) for point in done["curve"]})
+        if done.get("pruned") is None:
+            curves.append({int(point["epoch"]): float(point["AP"]) for point in done.get("curve") or []})
     return curves
 
 
 def should_stop(best: float, epoch: int, siblings: list[dict[int, float]], warmup_epochs: int, min_trials: int):
-    """(stop, median, n): whether a trial whose best val AP after `epoch` (0-based) is `best` stops."""
+    """(stop, median, n): whether a trial whose best val AP after `epoch` (0-based) is `best` stops, judged against
+    the median of the n siblings that reached that epoch once min_trials siblings have completed (Optuna's
+    n_startup_trials counts every completed trial; a sibling that stopped earlier, by early stopping or a shorter
+    trainer.max_epochs, counts towards it but gives no value at the epoch)."""
     values = [curve[epoch] for curve in siblings if epoch in curve]
-    if epoch + 1 <= warmup_epochs or len(values) < min_trials:
+    if epoch + 1 <= warmup_epochs or len(siblings) < min_trials or not values:
         return False, None, len(values)
     median = statistics.median(values)
     return best < median, median, len(values)

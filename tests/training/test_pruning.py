@@ -2,6 +2,8 @@
 minimum number of finished trials, judged against the finished, unpruned runs beside a trial."""
 
 import json
+import random
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,8 +25,40 @@ def test_stops_below_the_median_at_the_same_epoch():
 
 def test_never_during_warm_up_or_with_too_few_trials():
     assert should_stop(0.0, 0, SIBLINGS, warmup_epochs=1, min_trials=1)[0] is False  # epoch 0 is the warm-up
-    assert should_stop(0.0, 1, SIBLINGS, warmup_epochs=1, min_trials=4) == (False, None, 3)
+    assert should_stop(0.0, 1, SIBLINGS, warmup_epochs=1, min_trials=5) == (False, None, 3)  # 4 have finished
     assert should_stop(0.0, 5, SIBLINGS, warmup_epochs=1, min_trials=1) == (False, None, 0)  # nobody got there
+
+
+def test_min_trials_counts_the_finished_siblings_that_stopped_before_the_epoch_too():
+    """Optuna's n_startup_trials: four finished trials, of which three reached epoch 1 (the last stopped after epoch
+    0). It used to wait for four values at epoch 1, which a sweep with early stopping may never give."""
+    assert should_stop(0.39, 1, SIBLINGS, warmup_epochs=1, min_trials=4) == (True, 0.4, 3)
+
+
+def test_the_rule_is_optunas_median_pruner_on_the_same_curves():
+    """Against optuna.pruners.MedianPruner itself: finished trials holding the siblings' curves, and a running one
+    reporting the trial's; random curves of 0 to 4 epochs (a sibling may stop early or never validate)."""
+    optuna = pytest.importorskip("optuna")
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    rng = random.Random(0)
+    for _ in range(300):
+        siblings = [{e: round(rng.random(), 2) for e in range(rng.randint(0, 4))} for _ in range(rng.randint(0, 5))]
+        epoch = rng.randint(0, 3)
+        curve = {e: round(rng.random(), 2) for e in range(epoch + 1)}
+        warmup_epochs, min_trials = rng.randint(0, 2), rng.randint(1, 3)
+        study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=min_trials, n_warmup_steps=warmup_epochs))
+        with warnings.catch_warnings():  # add_trial is experimental in optuna 2
+            warnings.simplefilter("ignore")
+            for sibling in siblings:
+                study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.0, intermediate_values=sibling))
+        trial = study.ask()
+        for e, ap in curve.items():
+            trial.report(ap, e)
+        ours = should_stop(max(curve.values()), epoch, siblings, warmup_epochs, min_trials)[0]
+        assert ours == bool(trial.should_prune()), (curve, siblings, warmup_epochs, min_trials)
 
 
 def test_siblings_are_the_finished_unpruned_runs_beside(tmp_path):
@@ -38,7 +72,8 @@ def test_siblings_are_the_finished_unpruned_runs_beside(tmp_path):
     write("2", json.dumps({"curve": curve, "pruned": None}))  # the trial itself
     write("3", '{"curve": [')  # being written right now
     (tmp_path / "4").mkdir()  # running, nothing written yet
-    assert sibling_curves(tmp_path / "2") == [{0: 0.25, 1: 0.5}]
+    write("5", json.dumps({"curve": [], "pruned": None}))  # finished without a validation: counts, with no value
+    assert sibling_curves(tmp_path / "2") == [{0: 0.25, 1: 0.5}, {}]
 
 
 def _write_finished(folder: Path, job: str, ap: float) -> None:
