@@ -52,7 +52,21 @@ def warmup_schedule(
     optimizer: torch.optim.Optimizer, total_steps: int, **schedule: Any
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The base lr times lr_factor(total_steps, **schedule) at each step (conf/optim's `scheduler` keys)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total_steps, **schedule))
+    return RunLengthSchedule(optimizer, lr_factor(total_steps, **schedule))
+
+
+class RunLengthSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR whose restored state (a resume) puts the lr of the restored step under this run's schedule into
+    the optimizer. Lightning restores the optimizer first, with the lr the checkpoint's run set for that step: a
+    resume with more epochs (another total_steps) took its first step at the old schedule's lr (0 at a cosine's
+    end) and only the next at the new one's."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        lrs = [base_lr * factor(self.last_epoch) for base_lr, factor in zip(self.base_lrs, self.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = lrs
 
 
 def lr_factor(

@@ -104,3 +104,43 @@ def test_a_fused_optimizer_clips_under_mixed_precision(tmp_path, optim):
         change = torch.cat([(p.detach() - b).flatten() for p, b in zip(module.parameters(), before)])
         # rel 1e-2: float32 norms of the 11 M gradients differ by 0.2% with the order of summation
         assert float(change.norm()) == pytest.approx(clip, rel=1e-2)
+
+
+def test_a_resume_with_more_epochs_takes_the_new_schedule_from_its_first_step(tmp_path):
+    """2 epochs of 10 steps, cosine without warm-up, resumed to 4 epochs: every step's lr is the closed form over the
+    new 40 steps, 0.5 lr (1 + cos(pi k / 40)). The first resumed step took the checkpoint's lr, the old
+    schedule's 0 at its end (cos(pi 20 / 20) = -1)."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    cfg = compose_train(["optim.optimizer.fused=false", "optim.scheduler.warmup_steps=0"])
+    lr = cfg.optim.optimizer.lr
+
+    class Line(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 1)
+            self.lrs: list[float] = []
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self.fc(batch[0]), batch[1])
+
+        def on_before_optimizer_step(self, optimizer):
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+
+        def configure_optimizers(self):
+            return configure_optimizer(cfg.optim, self, int(self.trainer.estimated_stepping_batches))
+
+    def fit(epochs: int, ckpt: str | None = None) -> Line:
+        torch.manual_seed(0)
+        module = Line()
+        data = DataLoader(TensorDataset(torch.randn(20, 2), torch.randn(20, 1)), batch_size=2)
+        last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last", save_on_train_epoch_end=True)
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[last])
+        trainer.fit(module, data, ckpt_path=ckpt)
+        return module
+
+    assert fit(2).lrs == pytest.approx([0.5 * lr * (1 + math.cos(math.pi * k / 20)) for k in range(20)])
+    resumed = fit(4, str(tmp_path / "last.ckpt"))
+    assert resumed.lrs == pytest.approx([0.5 * lr * (1 + math.cos(math.pi * k / 40)) for k in range(20, 40)])
