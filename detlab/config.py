@@ -171,6 +171,8 @@ def _check_optim(optim: DictConfig) -> None:
     import torch
     from hydra.utils import instantiate
 
+    if not isinstance(optim.get("decay_norms_and_biases", False), bool):
+        raise ConfigError(f"optim.decay_norms_and_biases={optim.decay_norms_and_biases!r} must be true or false")
     for key, value in optim.optimizer.items():
         if isinstance(value, str) and not key.startswith("_"):  # no torch.optim argument is a string
             raise ConfigError(f"optim.optimizer.{key}={value!r} is a string; give a number, e.g. optim.optimizer.lr=1e-3")

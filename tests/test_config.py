@@ -176,6 +176,9 @@ def test_impossible_combinations_name_the_key():
     cfg = compose_train(["trainer.precision=16-mixed", "trainer.accelerator=cpu"])
     with pytest.raises(ConfigError, match="trainer.precision"):
         validate(cfg)
+    cfg = compose_train(["optim.decay_norms_and_biases=yes"])
+    with pytest.raises(ConfigError, match="optim.decay_norms_and_biases='yes' must be true or false"):
+        validate(cfg)
     for no_batches in ("0", "0.0"):
         cfg = compose_train([f"trainer.limit_val_batches={no_batches}"])
         with pytest.raises(ConfigError, match="trainer.limit_val_batches"):

@@ -20,14 +20,16 @@ from torch import nn
 from detlab.errors import ConfigError, check_count
 
 
-def param_groups(module: nn.Module) -> list[dict[str, Any]]:
+def param_groups(module: nn.Module, decay_norms_and_biases: bool = False) -> list[dict[str, Any]]:
     """The trainable parameters in two groups: weights (conv and linear kernels, ndim > 1) with the optimizer's
-    weight decay, and norms and biases (ndim <= 1) without: decaying them only hurts (as in timm and detectron2)."""
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    weight decay, and norms and biases (ndim <= 1) without: decaying them only hurts (as in timm and detectron2).
+    decay_norms_and_biases (optim.decay_norms_and_biases): one group, every parameter decayed, as torchvision's
+    detection references train (their norm_weight_decay is None)."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    if decay_norms_and_biases:
+        return [{"params": trainable}]
+    return [{"params": [p for p in trainable if p.ndim > 1]},
+            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
 
 
 def configure_optimizer(
@@ -43,7 +45,7 @@ def configure_optimizer(
     optimizer_class = instantiate(optim_cfg.optimizer)
     if clips_mixed_precision and optim_cfg.optimizer.get("fused"):
         optimizer_class = partial(optimizer_class, fused=False)
-    optimizer = optimizer_class(param_groups(module))
+    optimizer = optimizer_class(param_groups(module, optim_cfg.get("decay_norms_and_biases", False)))
     scheduler = instantiate(optim_cfg.scheduler)(optimizer, total_steps=max(1, total_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -93,7 +95,7 @@ def lr_factor(
     if list(milestones) != sorted(milestones) or not all(0 < m <= 1 for m in milestones):
         raise ConfigError(f"optim.scheduler.milestones={list(milestones)} must be increasing fractions of the run, "
                           "each in (0, 1]")
-    warmup_steps = min(warmup_steps, total_steps // 2)
+    warmup_steps = min(warmup_steps, total_steps // 2)  # a run shorter than twice the warm-up warms up for half
     steps_at = [int(m * total_steps) for m in milestones]
 
     def factor(step: int) -> float:

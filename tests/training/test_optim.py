@@ -52,25 +52,28 @@ def test_weight_decay_on_kernels_only():
     assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in decay
 
 
+@pytest.mark.parametrize("decay_all", [False, True])
 @pytest.mark.parametrize("optim", ["adamw", "sgd"])
-def test_configured_step_decays_kernels_and_not_norms_or_biases(optim):
+def test_configured_step_decays_kernels_and_not_norms_or_biases(optim, decay_all):
     """One step with zero gradients: only weight decay moves a parameter. AdamW (decoupled) multiplies a kernel by
     1 - lr * wd; SGD's decay is a gradient wd * p, so the kernel moves by -lr * wd * p (momentum's first step adds
-    nothing). Norms and biases stay as they are. Large lr and decay, no warm-up: a 1% change, far above rounding."""
+    nothing). Norms and biases stay as they are, unless optim.decay_norms_and_biases (torchvision's references:
+    every parameter). Large lr and decay, no warm-up: a 1% change, far above rounding."""
     cfg = compose_train([f"optim={optim}", "optim.optimizer.fused=false", "optim.optimizer.lr=0.1",
-                         "optim.optimizer.weight_decay=0.1", "optim.scheduler.warmup_steps=0"])
+                         "optim.optimizer.weight_decay=0.1", "optim.scheduler.warmup_steps=0",
+                         f"optim.decay_norms_and_biases={decay_all}"])
     net = tiny_net()
     net(torch.zeros(1, 3, 5, 5))
     before = {name: p.detach().clone() for name, p in net.named_parameters()}
     configured = configure_optimizer(cfg.optim, net, total_steps=1000)
     optimizer = configured["optimizer"]
     lr, wd = 0.1, 0.1
-    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([lr, lr])  # cosine at step 0
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([lr] * (1 if decay_all else 2))
     for p in net.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
     for name, p in net.named_parameters():
-        expected = before[name] * (1 - lr * wd) if p.ndim > 1 else before[name]
+        expected = before[name] * (1 - lr * wd) if p.ndim > 1 or decay_all else before[name]
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-9, msg=name)
     assert configured["lr_scheduler"]["interval"] == "step"
 
