@@ -212,10 +212,16 @@ def test_ssd_pipeline_never_returns_a_degenerate_or_outside_box():
     assert kept > 300 and moved > 100  # boxes survive, and expand or crop moved most images
 
 
-def test_ssd_train_meta_maps_the_boxes_back_into_their_originals():
-    """Without the flip, (box - offset) / scale lies inside the original box, and equals it when uncut."""
+@pytest.mark.parametrize("pipeline", [
+    {},
+    {"resize": "stretch"},  # torchvision's SSD300: the expand and the crop before torch's resize
+    {"expand_ratio": 1.0, "min_iou_crop": False, "scale_range": (1.2, 1.6)},  # the random crop of an upscale
+], ids=["letterbox", "stretch", "upscale-crop"])
+def test_ssd_train_meta_maps_the_boxes_back_into_their_originals(pipeline):
+    """Without the flip, (box - offset) / scale lies inside the original box, and equals it when uncut: under each
+    resize, and with letterbox's random crop (data.augment.scale_range above 1) moving the image by its corner."""
     rng = np.random.default_rng(2)
-    transform = DetectionTransform(128, seed=1, **{**SSD, "hflip": 0.0, "min_visibility": 0.0})
+    transform = DetectionTransform(128, seed=1, **{**SSD, "hflip": 0.0, "min_visibility": 0.0, **pipeline})
     exact = total = 0
     for _ in range(100):
         h, w = (int(v) for v in rng.integers(40, 300, 2))
