@@ -57,6 +57,10 @@ def test_error_breakdown_confusion_and_calibration_by_hand(tmp_path):
       recall 0.26 to 0.75 (50 points): 26 + 50 * 3/7; dAP = 14.285714/202.
     - Miss: G5 removed, 3 objects of a: precision 1 to recall 1/3 (34 points), 2/7 to 2/3 (33 points):
       34 + 33 * 2/7; dAP = 10.285714/202.
+    - FP: every false positive (D2 to D6) removed: a's true positives at ranks 1 and 2, precision 1 to recall 0.5
+      (51 points): 51; dAP = 17.857143/202.
+    - FN: a's missed objects (G2, G5) removed, 2 objects of a: precision 1 to recall 0.5 (51 points), 2/7 from
+      0.51 to 1 (50 points): 51 + 50 * 2/7; b keeps its AP of 0; dAP = 32.142857/202.
     """
     result = evaluate_results_file(*write_case(tmp_path))
     base = (26 + 25 * 2 / 7) / 202
@@ -64,9 +68,8 @@ def test_error_breakdown_confusion_and_calibration_by_hand(tmp_path):
     errors = result["errors"]
     assert errors["AP50"] == pytest.approx(base, abs=1e-12)
     expected = {"Dupe": 26 + 25 / 3, "Bkg": 26 + 25 / 3, "Both": 26 + 25 / 3, "Cls": 26 + 25 / 3 + 101,
-                "Loc": 26 + 50 * 3 / 7, "Miss": 34 + 33 * 2 / 7}
-    assert errors["dAP"] == pytest.approx({**{k: v / 202 - base for k, v in expected.items()},
-                                           "FP": errors["dAP"]["FP"], "FN": errors["dAP"]["FN"]}, abs=1e-9)
+                "Loc": 26 + 50 * 3 / 7, "Miss": 34 + 33 * 2 / 7, "FP": 51, "FN": 51 + 50 * 2 / 7}
+    assert errors["dAP"] == pytest.approx({k: v / 202 - base for k, v in expected.items()}, abs=1e-9)
     assert errors["counts"] == {"Cls": 1, "Loc": 1, "Both": 1, "Dupe": 1, "Bkg": 1, "Miss": 1}
 
     # At IoU 0.5, rows the ground truth, columns the prediction, background last. a->a: D1, D7; a missed: G2, G5;
