@@ -57,6 +57,14 @@ def test_softmax_focal_reduces_to_ce_and_matches_closed_form():
     p = torch.tensor([[[math.log(0.1), math.log(0.9)]]])
     got = SoftmaxFocalLoss(alpha=0.25, gamma=2)(p, torch.tensor([[0]]))
     assert float(got) == pytest.approx(0.25 * 0.01 * -math.log(0.9), rel=1e-5)
+    # Every kept prior of a random case, in float64: alpha on the objects, 1 - alpha on the background ones.
+    keep = labels != -2
+    target = (labels[keep] + 1).clamp(min=0)
+    p_t = logits[keep].double().softmax(-1).gather(-1, target[:, None])[:, 0]
+    weight = torch.where(labels[keep] >= 0, 0.25, 0.75).double()
+    expected = (-weight * (1 - p_t) ** 2 * p_t.log()).sum()
+    assert (labels == -1).sum() > 10 and (labels >= 0).sum() > 10  # both weights count
+    assert float(SoftmaxFocalLoss(alpha=0.25, gamma=2)(logits, labels)) == pytest.approx(float(expected), rel=1e-5)
 
 
 @pytest.mark.parametrize("gamma", [0.5, 0.0, 2.0])
