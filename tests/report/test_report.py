@@ -114,6 +114,14 @@ def test_one_seed_has_no_interval_and_no_spread_has_a_point_interval():
     assert (d.estimate, d.low, d.high) == (pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.1))
 
 
+def test_one_seed_each_reports_the_means_and_the_difference_without_intervals(tmp_path):
+    for loss, ap in (("ce", 0.20), ("focal", 0.25)):
+        fake_run(tmp_path / "runs", loss, [f"loss={loss}", "seed=0"], ap)
+    text = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out", baseline="loss=ce").markdown
+    assert "| ce (baseline) | 1 | 20.0 | 40.0 | 15.0 |" in text  # AP, AP50 = AP + 0.2, AP75 = AP - 0.05 (fake_run)
+    assert "| focal | +5.0 | +5.0 | +5.0 |" in text
+
+
 def test_runs_group_by_every_override_but_the_seed(sweep, tmp_path):
     fake_run(sweep, "9", ["experiment/focal_gamma=gamma2_alpha0.25", "seed=0", STUDY[0], "trainer.max_epochs=3"], 0.5)
     runs, left_out = find_runs([sweep])
@@ -170,6 +178,11 @@ def test_report_table_and_baseline_difference(sweep, tmp_path):
     assert "| gamma0_alpha0.75 (baseline) | 3 |" in text
     assert f"32.0 ± 2.0 [{100 * (0.32 - half):.1f}, {100 * (0.32 + half):.1f}]" in text
     assert f"+10.0 [{100 * (0.10 - welch_half):+.1f}, {100 * (0.10 + welch_half):+.1f}]" in text
+    # the whole difference row, its configuration named by its level: AP, AP50 and AP75 all +10 by Welch; ms per
+    # image 21.5 - 21.0 with std 1 and 1: se sqrt(2/3), dof 4, t(0.975, 4) = 2.776445 -> +0.5 [-1.8, +2.8]
+    ap_diff = f"+10.0 [{100 * (0.10 - welch_half):+.1f}, {100 * (0.10 + welch_half):+.1f}]"
+    ms_half = 2.776445 * math.sqrt(2 / 3)
+    assert f"| gamma2_alpha0.25 | {ap_diff} | {ap_diff} | {ap_diff} | +0.5 [{0.5 - ms_half:+.1f}, {0.5 + ms_half:+.1f}] |" in text
     assert "Common overrides: `experiment=focal_gamma trainer.max_epochs=2`" in text
     runs = list(csv.DictReader((tmp_path / "out" / "runs.csv").open()))
     assert len(runs) == 9 and "APl" not in runs[0]  # COCO's -1 (undefined) is not a value
