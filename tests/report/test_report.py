@@ -249,6 +249,10 @@ def test_figures_for_a_paper(sweep, tmp_path):
     assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["AP (points, x100)", "ms per image (batch 1, median)"]
     fig = plot_speed_accuracy(rows, tmp_path / "s.png", title="focal_gamma")
     assert fig.axes[0].get_xlabel() == "ms per image (batch 1, median)" and fig.axes[0].get_title() == "focal_gamma"
+    # the Pareto front joins gamma0 (21.0 ms, AP 22.0 points) and gamma2 (21.5 ms, 32.0); gamma5 (31.0, 28.0) is off it
+    front = [line for line in fig.axes[0].lines if line.get_label().startswith("Pareto front")]
+    assert [list(front[0].get_xdata()), list(front[0].get_ydata())] == [
+        [pytest.approx(21.0), pytest.approx(21.5)], [pytest.approx(22.0), pytest.approx(32.0)]]
     assert fig.get_supxlabel().startswith("points: mean of 3 seeds; bars: 95% t-intervals on both axes")
     wide = mean_interval([0.0, 0.0, 0.3])
     assert wide.low == pytest.approx(0.1 - 4.302653 * math.sqrt(0.03) / math.sqrt(3), abs=1e-6) and wide.low < -0.3
