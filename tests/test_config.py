@@ -279,6 +279,8 @@ BAD_VALUES = [
     ("faster_rcnn", "model.rpn.proposals.post_nms_top_n=0", r"model\.rpn\.proposals\.post_nms_top_n=0 must be a posit"),
     # the samplers' own check: -1 is refused by the sweep below before it, 0 and 1.5 were never tried
     ("faster_rcnn", "model.roi.sampler.num_samples=0", r"model\.roi\.sampler: num_samples=0 must be >= 1"),
+    # before: "model.assigner: ...", a key no config has (Faster R-CNN's sampled assigner is the RPN's)
+    ("faster_rcnn", "model.rpn.assigner.positive_fraction=1.5", r"^model\.rpn\.assigner: .*positive_fraction=1\.5 in"),
     ("retinanet", "data.batch_size=2.5", r"data\.batch_size=2\.5 must be a positive integer"),
     ("retinanet", "seed=-1", r"seed=-1 must be an integer in \[0, 2\^32 - 1\]"),  # before, Lightning's traceback
     # Lightning took a negative clip (and scaled every gradient by a negative number), divided by zero for 0 epochs

@@ -164,7 +164,7 @@ class SampledMaxIoUAssigner(MaxIoUAssigner):
         positive_fraction: float = 0.5,
     ):
         super().__init__(pos_iou, neg_iou, low_quality_matches)
-        _check_sampling("assigner", num_samples, positive_fraction)
+        _check_sampling("rpn.assigner", num_samples, positive_fraction)
         self.num_samples = num_samples
         self.positive_fraction = positive_fraction
 
