@@ -491,6 +491,12 @@ def test_format_table_is_aligned(ann_file):
     assert "n/a" in metric_lines[3] and "maxDets=  1" in metric_lines[6]
     for name, ap in result["per_class_AP"].items():
         assert any(line.split() == [name, f"{ap:.3f}"] for line in lines)
+    # per-class values in one column too, two spaces after the longest name (names of 3 and 4 letters here)
+    names = {name: f"{ap:.3f}" for name, ap in result["per_class_AP"].items()}
+    class_lines = [line for line in lines if line.split() and line.split()[0] in names]
+    longest = max(len(name) for name in names)
+    assert len({len(name) for name in names}) > 1 and len(class_lines) == len(names)
+    assert all(line.index(line.split()[1]) == 2 + longest + 2 for line in class_lines), class_lines
 
 
 # ---- DDP: a real two-process gloo group ----------------------------------------------------------------
