@@ -363,6 +363,24 @@ def test_bad_results_file_names_the_file_detection_and_field(ann_file, tmp_path,
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_results_box_of_width_zero_is_scored_as_pycocotools_scores_it(ann_file, tmp_path, backend):
+    """Width 0 is allowed (a negative one is refused above): an empty box matches nothing, a false positive that,
+    scored above every true one, lowers AP as in pycocotools itself."""
+    detections = [{"image_id": img, "category_id": cat, "bbox": box, "score": 0.5}
+                  for img, cat, box, crowd in OBJECTS if not crowd]
+    detections.append({"image_id": 3, "category_id": 1, "bbox": [40.0, 50.0, 0.0, 150.0], "score": 0.9})
+    results_file = tmp_path / "results.json"
+    results_file.write_text(json.dumps(detections))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann_file)
+        reference = COCOeval(gt, gt.loadRes(str(results_file)), "bbox")
+        reference.evaluate(), reference.accumulate(), reference.summarize()
+    metrics = evaluate_results_file(ann_file, str(results_file), backend)["metrics"]
+    assert metrics["AP50"] < 1.0
+    assert metrics == pytest.approx(metric_dict(reference.stats), abs=TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_image_ids_beyond_float64_precision_keep_their_image(tmp_path, backend):
     """hotcoco's array form of results is float64: image id 2**53 + 1 read as 2**53, an image the file lacks, and a
     perfect detection scored AP 0 where pycocotools gives 1."""

@@ -106,6 +106,7 @@ def test_paired_difference_by_hand():
     assert (d.estimate, d.low, d.high) == (pytest.approx(0.10), pytest.approx(0.10 - half), pytest.approx(0.10 + half))
     assert (paired_interval([0.3, 0.4], [0.2, 0.3]).low, paired_interval([0.3], [0.2]).estimate) == (
         pytest.approx(0.1), pytest.approx(0.1))  # the same gap at every seed: the point; one pair: no interval
+    assert paired_interval([0.3, 0.4, 0.5], [0.2, 0.3, 0.4]).dof == 2  # n - 1 pairs' dof, as ttest_rel
 
 
 def test_one_seed_has_no_interval_and_no_spread_has_a_point_interval():

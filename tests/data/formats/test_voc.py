@@ -151,6 +151,16 @@ def test_a_size_that_is_not_the_images_leaves_the_image_out_naming_the_xml(tmp_p
     assert "says 30x40 (w x h)" in second and "the size shown after EXIF Orientation=6" in second
 
 
+@pytest.mark.parametrize("size", [(0, 30), (40, 0), (0, 0)])
+def test_a_size_with_a_zero_side_is_no_size_and_the_image_gives_it(tmp_path, size):
+    """Labelling tools write <size> 0 0 (or one side 0) when they never read the image: such a size says nothing,
+    and the image's own 40x30 is the record's (not a 'size disagrees with the image' problem)."""
+    _write(tmp_path, "a", _annotation_xml("a.jpg", size, [_object_xml("cat", (1, 1, 30, 20))]), (40, 30))
+    dataset = read_voc(tmp_path)
+    assert dataset.problems == [] and len(dataset.coco["annotations"]) == 1
+    assert [(img["width"], img["height"]) for img in dataset.coco["images"]] == [(40, 30)]
+
+
 @pytest.mark.parametrize(
     "text, says",
     [
