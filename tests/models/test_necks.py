@@ -75,3 +75,23 @@ def test_bad_arguments_name_the_key():
         FPN([16, 32], [8])
     with pytest.raises(ValueError, match="3 backbone feature maps but got 2"):
         FPN(CHANNELS, STRIDES)(features()[:2])
+
+
+def test_extra_levels_on_a_one_pixel_map_have_bf16_gradients_equal_to_float32():
+    """RetinaNet's inputs up to 64 px wide give P6 one pixel wide, and the P7 conv (3x3, stride 2) reads it under
+    trainer.precision=bf16-mixed: torch's CPU bf16 convolution left the weight gradient of the taps that see only
+    padding unwritten (whatever the allocator held: NaN or 1e28 from run to run). Its reference: the float32
+    gradient, whose taps off the centre are exactly 0 (they multiply the zero padding)."""
+    ours = FPN(CHANNELS, STRIDES, out_channels=16, num_extra_levels=2, extra_source="c5")
+    feats = features(64, 64)  # C5 2 x 2, P6 1 x 1
+    ours(feats)[-1].sum().backward()
+    expected = ours.extra[1].weight.grad.clone()
+    assert ours(feats)[-2].shape[-2:] == (1, 1) and expected[..., 1, 1].abs().sum() > 0
+    assert torch.equal(expected[..., [0, 2], :], torch.zeros_like(expected[..., [0, 2], :]))
+    for _ in range(5):
+        ours.zero_grad()  # the gradients are allocated afresh, where this freed NaN tensor was: what showed the bug
+        torch.full((1 << 16,), float("nan"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            level = ours(feats)[-1]
+        level.float().sum().backward()
+        torch.testing.assert_close(ours.extra[1].weight.grad, expected, atol=0.05 * expected.abs().max().item(), rtol=0)

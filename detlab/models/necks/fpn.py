@@ -70,6 +70,15 @@ class FPN(nn.Module):
             return levels
         x = features[-1] if self.extra_source == "c5" else levels[-1]
         for i, conv in enumerate(self.extra):
-            x = conv(x if i == 0 else F.relu(x))
+            x = conv(_wide(x if i == 0 else F.relu(x)))
             levels.append(x)
         return levels
+
+
+def _wide(x: Tensor) -> Tensor:
+    """x [B, C, H, W], a map one pixel wide given the zero column that an extra level's 3x3 stride-2 conv (padding
+    1) reads on its right anyway: the same output and gradients. Under bfloat16 (trainer.precision=bf16-mixed) on the
+    CPU, torch 2.14's oneDNN convolution leaves the weight gradient of the taps that see only that padding unwritten
+    for an input of width 1, whatever the allocator last held there (1e28 or NaN, from run to run): the P7 conv's of
+    every RetinaNet input up to 64 px wide. Width 2 takes the kernel that writes them (0)."""
+    return F.pad(x, (0, 1)) if x.shape[-1] == 1 else x
