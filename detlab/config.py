@@ -197,6 +197,19 @@ def _on_cpu(trainer: DictConfig) -> bool:
     return trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
 
 
+def _check_mixed_precision(precision: str | int) -> None:
+    """trainer.precision among the ones detlab runs (speed.PRECISIONS: float32, or float32 weights under autocast).
+    Lightning's 16-true and bf16-true cast the model and every float tensor of the batch to 16 bits: the targets in
+    input pixels (bfloat16 keeps 8 significant bits: x2 = 101.7 trained as 101.5) and the scale to original pixels
+    (0.8 as 0.8008) before any of detlab's float32 box coding, IoU and losses could keep them exact."""
+    from detlab.profile.speed import PRECISIONS
+
+    if str(precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not one detlab trains with; use 32-true, bf16-mixed or "
+                          "(on a GPU) 16-mixed: mixed precision keeps the weights, the targets and the box arithmetic in "
+                          "float32, where 16-true / bf16-true would round the boxes to 16 bits")
+
+
 def _check_cpu_precision(key: str, precision: str | int, trainer: DictConfig) -> None:
     if _on_cpu(trainer) and str(precision).startswith("16"):
         raise ConfigError(f"{key}={precision} needs a GPU; on CPU use 32-true or bf16-mixed")
@@ -241,6 +254,7 @@ def _check_trainer(trainer: DictConfig) -> None:
     if _on_cpu(trainer) and trainer.get("sync_batchnorm"):
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm); set it to false on CPU")
     _check_launcher(trainer.get("strategy"))
+    _check_mixed_precision(trainer.precision)
     _check_cpu_precision("trainer.precision", trainer.precision, trainer)
     if trainer.get("gradient_clip_val") is not None:  # a negative one scales every gradient by a negative number
         check_non_negative("trainer", gradient_clip_val=trainer.gradient_clip_val)

@@ -186,6 +186,21 @@ def test_impossible_combinations_name_the_key():
     validate(compose_train(["trainer.limit_val_batches=0.5"]))
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_true_half_precision_is_refused_it_rounds_the_targets(precision):
+    """Lightning's 16-true and bf16-true plugins cast every float tensor of the batch to 16 bits before the training
+    step (the targets, the scale to original pixels), so detlab's float32 box coding, IoU and losses worked on rounded
+    boxes; validate passed them whenever the speed protocol had a precision of its own (or was off)."""
+    from pytorch_lightning.plugins.precision import HalfPrecision
+
+    batch = make_batch(torch.tensor([[[8.3, 8.0, 101.7, 50.0]]]), scales=torch.tensor([[0.8, 0.8]]))
+    cast = HalfPrecision(precision).convert_input(batch)
+    assert cast.gt_boxes.dtype != torch.float32 and float(cast.gt_boxes[0, 0, 2]) != pytest.approx(101.7, abs=0.01)
+    for speed in ("speed.precision=32-true", "speed.enabled=false"):
+        with pytest.raises(ConfigError, match=f"trainer.precision='{precision}' is not one detlab trains with"):
+            validate(compose_train([f"trainer.precision={precision}", speed]))
+
+
 # An input too small for SSD's extra layers (unpadded 3 x 3 convs at the end): validate refuses it, before the data
 # is read, where the model's own forward on the CPU fails; before, validate passed it and the first forward (the
 # FLOPs count, after the logger, the data and the module were set up) stopped the run.
@@ -291,7 +306,7 @@ BAD_VALUES = [
     ("retinanet", "trainer.limit_train_batches=1.5", r"trainer\.limit_train_batches=1\.5: use a number of batches"),
     # the speed protocol's settings: each used to stop the run after its last epoch, before results.json
     ("retinanet", "speed.repeats=0", r"speed\.repeats=0 must be an integer >= 1"),
-    ("retinanet", "trainer.precision=64-true", r"trainer\.precision='64-true' is not one the speed protocol measures"),
+    ("retinanet", "trainer.precision=64-true", r"trainer\.precision='64-true' is not one detlab trains with"),
     ("retinanet", "speed.precision=16-mixed", r"speed\.precision=16-mixed needs a GPU"),  # before: timed fp16 on CPU
 ]
 
