@@ -216,10 +216,9 @@ def check_protocol(batch_size: int, warmup: int, repeats: int, precision: str | 
     for key, value, least in (("batch_size", batch_size, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
         if not isinstance(value, int) or value < least:
             raise ConfigError(f"speed.{key}={value!r} must be an integer >= {least}")
-    if str(precision) not in PRECISIONS:
-        where = "" if precision_key == "speed.precision" else " as speed.precision"
+    if str(precision) not in PRECISIONS:  # (validate refuses such a trainer.precision before, for training too)
         raise ConfigError(f"{precision_key}={precision!r} is not one the speed protocol measures; use 32-true, "
-                          f"16-mixed or bf16-mixed{where}")
+                          "16-mixed or bf16-mixed")
 
 
 def cpu_name() -> str:
