@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
@@ -149,11 +150,11 @@ class DetectionDataModule(pl.LightningDataModule):
         return counts
 
     def setup(self, stage: str) -> None:
-        """Under DDP without loader workers, each rank augments with a stream of its own (seed + global rank): every
-        rank starts from the same seed, so each would draw the same flips and scales as the others, step for step.
+        """Under DDP without loader workers, each rank augments with a stream of its own (rank_seed): every rank
+        starts from the same seed, so each would draw the same flips and scales as the others, step for step.
         Loader workers are seeded per rank and per worker by _reseed_worker."""
         if stage == "fit" and self.num_workers == 0 and self.trainer is not None and self.trainer.world_size > 1:
-            self.datasets["train"].transform.reseed((self.seed + self.trainer.global_rank) % 2**32)
+            self.datasets["train"].transform.reseed(rank_seed(self.seed, self.trainer.global_rank))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["train"], shuffle=True)
@@ -210,6 +211,13 @@ def _summed_over_ranks(counts: dict[str, dict[str, int]]) -> dict[str, dict[str,
     """Each rank's {split: {name: count}}, summed over the DDP ranks (as is when there is one process)."""
     ranks = from_every_rank(counts)
     return {split: {name: sum(rank[split][name] for rank in ranks) for name in named} for split, named in counts.items()}
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The augmentation seed of one DDP rank of the run seeded `seed`: rank 0's is the seed (a single process's
+    stream), the others' are drawn from numpy's SeedSequence of both (as Lightning seeds loader workers). seed + rank
+    gave rank 1 of seed 0 the stream of rank 0 of seed 1: the runs of a multi-seed study shared augmentations."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def _reseed_worker(worker_id: int) -> None:

@@ -186,10 +186,10 @@ def test_counts_for_the_logger(tmp_path):
     assert "annotation id=3" in datamodule.problems["train"][0] and "annotation id=2" in datamodule.notes["train"][0]
 
 
-def _rank_scales(tmp_path, rank: int, world_size: int) -> list[float]:
+def _rank_scales(tmp_path, rank: int, world_size: int, seed: int = 0) -> list[float]:
     """The scale jitter one rank of a DDP run without loader workers draws for the 8 train images (its setup as
     Lightning calls it once the process group is up; every rank starts from the same seed)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     source = ShapesSource(num_train_images=8, num_val_images=1, image_size=80, size_jitter=0, cache_dir=str(tmp_path))
     datamodule = DetectionDataModule(source=source, image_size=64, num_workers=0, augment={"scale_range": [0.5, 1.5]})
     datamodule.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
@@ -203,6 +203,8 @@ def test_each_ddp_rank_draws_its_own_augmentation_without_workers(tmp_path):
     rank0, rank1 = (_rank_scales(tmp_path, rank, 2) for rank in (0, 1))
     assert rank0 != rank1
     assert rank0 == _rank_scales(tmp_path, 0, 1)  # rank 0 keeps the single-process stream
+    # and the runs of two seeds share no stream (seed + rank gave rank 1 of seed 0 rank 0's of seed 1)
+    assert rank1 != _rank_scales(tmp_path, 0, 2, seed=1)
 
 
 def test_transform_counts_are_summed_over_ddp_ranks(data_shapes, monkeypatch):
