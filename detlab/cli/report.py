@@ -5,9 +5,10 @@
     detlab-report --wandb-project me/detlab --group focal_gamma --wandb  # runs from W&B, a chart back there
 
 A run is a directory with results.json and .hydra/overrides.yaml (what `detlab-train` writes). Runs are
-grouped by configuration: every command-line override except the seed (and any --ignore key) and ckpt_path; two
-runs of one configuration with the same seed are refused (one seed counted twice). For each
-configuration and metric: mean, sample standard deviation and a 95% confidence interval of the mean
+grouped by configuration: every command-line override except the --ignore keys (the seed by default; a list given
+replaces it, so name the seed too: --ignore seed data.num_workers) and ckpt_path; two runs of one configuration
+with the same seed are refused (one seed counted twice). For each configuration and metric: mean, sample
+standard deviation and a 95% confidence interval of the mean
 (Student's t with n - 1 degrees of freedom); the difference from the baseline configuration with Welch's 95%
 interval (no equal-variance assumption), or with --paired the 95% t interval of the per-seed differences. Written to the output folder: results.md, results.csv (one row per
 configuration), runs.csv (one row per run), speed_accuracy.png (AP against ms per image, the Pareto front
@@ -47,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "interval of the per-seed differences (every configuration must have run the baseline's "
                              "seeds); default: Welch's interval of two independent samples")
     parser.add_argument("--ignore", nargs="+", default=list(IGNORED),
-                        help="overrides that do not make a configuration (default: seed)")
+                        help="overrides that do not make a configuration (default: seed; a list given replaces it: "
+                             "--ignore seed data.num_workers)")
     parser.add_argument("--output", type=Path, help="output folder (default: experiments/<study>)")
     parser.add_argument("--study", help="the study's name (default: the runs' tracking.group)")
     parser.add_argument("--wandb", action="store_true", help="also log the table and the chart to a W&B summary run")
