@@ -44,7 +44,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m detlab.cli.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m detlab.cli.bench", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1")
     parser.add_argument("--quick", action="store_true", help=f"fewer batches and repeats: {bench.QUICK}")
     parser.add_argument("--batch-sizes", type=at_least(1), nargs="+", default=[2, 8],

@@ -92,6 +92,15 @@ def test_bad_arguments_stop_with_one_message(argv, message, tmp_path, capsys):
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_help_says_the_whole_first_sentence(capsys):
+    """--help's description is the module's first sentence whole: its first line alone ended mid-parenthesis,
+    "timed in one run (the rows"."""
+    with pytest.raises(SystemExit):
+        bench_cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "timed in one run (the rows and what each measures: detlab.profile.bench)." in out
+
+
 def test_table_names_each_device_with_its_rows():
     """With --device cuda the COCO engines still run on the CPU: the line under the table named only the first
     row's device (the GPU) for every row."""
