@@ -3,6 +3,7 @@ configuration (every override but the seed), the study's factors, the baseline c
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -151,8 +152,8 @@ def group_runs(runs: Sequence[Run], ignore: Sequence[str] = IGNORED) -> list[Gro
     first_of: dict[tuple, Run] = {}
     for run in runs:
         kept = {k: v for k, v in run.overrides.items() if k not in ignore}
-        key = tuple(sorted(kept.items()))
-        ignored = tuple(run.overrides.get(k, ABSENT) for k in ignore)
+        key = tuple(sorted((k, override_value(v)) for k, v in kept.items()))  # `false` and a sweep's `False` alike
+        ignored = tuple(override_value(run.overrides[k]) if k in run.overrides else ABSENT for k in ignore)
         other = first_of.setdefault((key, ignored), run)
         if other is not run:
             same = " ".join(f"{k}={v}" for k, v in zip(ignore, ignored)) or "no ignored key"
@@ -208,18 +209,37 @@ def find_baseline(groups: Sequence[Group], spec: str) -> Group:
 
 
 def same_value(a: str, b: str) -> bool:
-    """Two override values that the command line reads as one: Hydra's sweeper writes a bool level as `False`
-    where the user types `false`, a float as `0.5` where the user types `.5`."""
-    if a == b:
-        return True
-    from hydra.core.override_parser.overrides_parser import OverridesParser  # 0.15 s: only when a baseline is given
+    """Two override values that the command line reads as one (see override_value)."""
+    return a == b or override_value(a) == override_value(b)
+
+
+def override_value(text: str) -> Any:
+    """An override's value as the command line reads it, hashable: Hydra's sweeper writes a bool level as `False`
+    where the user types `false` (a run and a multirun of one configuration), a float as `0.5` where the user
+    types `.5`; a list is a tuple, a dict its sorted items. Text that is no value of the grammar stays text."""
     from hydra.errors import HydraException
 
-    parser = OverridesParser.create()
     try:
-        return parser.parse_override(f"k={a}").value() == parser.parse_override(f"k={b}").value()
-    except HydraException:  # not a value of the grammar: equal only as text
-        return False
+        value = _hashable(_override_parser().parse_override(f"k={text}").value())
+        hash(value)
+    except (HydraException, TypeError):  # no value of the grammar, or a sweep (a run's overrides hold none)
+        return text
+    return value
+
+
+@functools.cache
+def _override_parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # 0.15 s: once, when runs are grouped
+
+    return OverridesParser.create()
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value
 
 
 def _natural(path: Path) -> list:

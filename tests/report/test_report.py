@@ -143,6 +143,16 @@ def test_a_resumed_run_stays_in_its_configuration(sweep):
     assert [len(g.runs) for g in group_runs(find_runs([sweep])[0])] == [3, 3, 3]
 
 
+def test_a_run_and_a_multirun_job_of_one_configuration_group_together(tmp_path):
+    """A multirun writes a fixed override back as Hydra's value (`False`, `0.5`) where the single run kept what the
+    user typed (`false`, `.5`): grouped by their text they were two configurations of n = 1."""
+    fake_run(tmp_path / "run", "0", ["trainer.enable_progress_bar=false", "loss.alpha=.5", "seed=0"], 0.4)
+    fake_run(tmp_path / "sweep", "0", ["trainer.enable_progress_bar=False", "loss.alpha=0.5", "seed=1"], 0.5)
+    fake_run(tmp_path / "sweep", "1", ["trainer.enable_progress_bar=False", "loss.alpha=0.25", "seed=1"], 0.5)
+    groups = group_runs(find_runs([tmp_path / "run", tmp_path / "sweep"])[0])
+    assert [len(g.runs) for g in groups] == [2, 1]
+
+
 def test_a_seed_is_counted_once(sweep, tmp_path):
     """The same folder given twice (or a run and its multirun) is read once; a second run of a configuration with
     a seed it already has (a multirun repeated) stops the report: n = 4 from 3 seeds would narrow the interval."""
