@@ -8,6 +8,7 @@ Only Hydra is imported before the run starts: --help and TAB completion (Hydra's
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
 from detlab.config import CONF_DIR
 from detlab.errors import ConfigError, check_writable, user_errors, writing
@@ -86,6 +87,8 @@ class WritableRunDir(Callback):
                              f"to train it further, resume it: ckpt_path={Path(config.hydra.run.dir) / 'checkpoints'}"
                              f"/last.ckpt with a higher trainer.max_epochs")
         self._check(config.hydra.run.dir, "hydra.run.dir")
+        if config.get("ckpt_path"):
+            _check_resume(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """The same for a sweep's folder (multirun/<date>/<time>, a study's multirun/<study>/<time>): two sweeps
@@ -135,6 +138,20 @@ class FailedJobs(Callback):
 def _given(config: DictConfig, key: str) -> bool:
     """Whether the command line set `key` (a folder given again is a resume, or the user's choice: kept)."""
     return any(str(o).startswith(f"{key}=") for o in config.hydra.overrides.hydra)
+
+
+def _check_resume(config: DictConfig) -> None:
+    """A resume's checks (detlab.training.run.check_start) before Hydra writes this run's config and overrides into
+    the folder: a resume refused there (another loss than the checkpoint's, a finished run, a value refused) left
+    the folder's .hydra saying the run had been trained with the refused overrides, which detlab-report groups by."""
+    with user_errors("detlab-train"):
+        from detlab.training.run import check_start  # torch and Lightning: the resume loads them next anyway
+
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the run's keys (Hydra sets it again)
+        task = copy.deepcopy(config)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        check_start(task)
 
 
 def _refuse_finished(key: str, folder: str, runs: list[Path], fix: str) -> None:

@@ -42,10 +42,7 @@ from detlab.training.tracking import logger_summary, wandb_logger
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured detector; return (and write to run_dir/results.json) its final evaluation."""
-    validate(cfg)
-    saved = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # a bad file stops before any work
-    if saved:
-        check_resumable(cfg.ckpt_path, saved, OmegaConf.to_container(cfg, resolve=True))
+    saved = check_start(cfg)
     logger = _logger(cfg, run_dir, wandb_id=saved.get("wandb_id") if saved else None)
     # a callback or trainer setting that Lightning refuses stops before any work too
     callbacks = _callbacks(cfg, run_dir, logger)
@@ -117,6 +114,17 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         print(end_block(results, run_dir, *logged), flush=True)
     _finish(logger, results)
     return results
+
+
+def check_start(cfg: DictConfig) -> dict[str, Any] | None:
+    """What stops a run before any work: validate(cfg) and, for a resume, the checkpoint (cfg.ckpt_path) read and
+    checked against cfg; returns it. detlab-train asks before Hydra writes the run's config into its folder (a
+    refused resume wrote its overrides over those of the run it names), and train asks again."""
+    validate(cfg)
+    saved = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # a bad file stops before any work
+    if saved:
+        check_resumable(cfg.ckpt_path, saved, OmegaConf.to_container(cfg, resolve=True))
+    return saved
 
 
 # What torch's gloo raises in a rank whose peer process has gone (NCCL's watchdog ends such a rank itself).

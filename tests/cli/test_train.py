@@ -239,15 +239,21 @@ def test_resume_on_other_classes_stops_naming_the_checkpoint_and_both_class_list
 
 def test_resuming_a_finished_run_stops_and_keeps_its_results(trained_run):
     """Lightning would stop at once, and the run would validate again and overwrite results.json (a curve point for
-    an epoch never trained, a second W&B run folder): the resume is refused, naming the checkpoint and the limit."""
+    an epoch never trained, a second W&B run folder): the resume is refused, naming the checkpoint and the limit.
+    The run's recorded config stays its own: Hydra wrote the refused run's over it (.hydra/overrides.yaml said the
+    run was trained with loss.gamma=0), which detlab-report groups by."""
     ckpt = trained_run / "checkpoints" / "last.ckpt"
-    before = {p: p.stat().st_mtime_ns for p in (trained_run / "results.json", ckpt)}
+    kept = [trained_run / "results.json", ckpt, *sorted((trained_run / ".hydra").iterdir())]
+    before = {p: p.read_bytes() for p in kept}
     proc = run("detlab.cli.train", *TINY, f"ckpt_path={ckpt}", f"hydra.run.dir={trained_run}", cwd=trained_run.parent,
                check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{ckpt} has finished: it trained 1 epoch(s), 3 steps" in proc.stderr
     assert "trainer.max_epochs=1" in proc.stderr and "Traceback" not in proc.stderr
-    assert {p: p.stat().st_mtime_ns for p in before} == before
+    proc = run("detlab.cli.train", *TINY, "loss.gamma=0", "trainer.max_epochs=2", f"ckpt_path={ckpt}",
+               f"hydra.run.dir={trained_run}", cwd=trained_run.parent, check=False)
+    assert proc.returncode == 2 and "loss.gamma=0" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert {p: p.read_bytes() for p in kept} == before
 
 
 def test_a_failed_job_does_not_end_the_sweep(tmp_path):
