@@ -165,9 +165,12 @@ def group_runs(runs: Sequence[Run], ignore: Sequence[str] = IGNORED) -> list[Gro
 
 
 def factors(groups: Sequence[Group]) -> list[str]:
-    """The override keys whose value differs between configurations (the study's factors), in command order."""
+    """The override keys whose value differs between configurations (the study's factors), in command order: by
+    value, as the runs are grouped (a run's `false` and a multirun job's `False` are one level, not a factor)."""
     keys = list(dict.fromkeys(k for g in groups for k in g.overrides))
-    return [k for k in keys if len({g.overrides.get(k) for g in groups}) > 1]
+    absent = object()  # not overridden: no value of the grammar equals it (`null` and `default` are values)
+    levels = {k: {override_value(g.overrides[k]) if k in g.overrides else absent for g in groups} for k in keys}
+    return [k for k in keys if len(levels[k]) > 1]
 
 
 def common_overrides(groups: Sequence[Group]) -> dict[str, str]:

@@ -414,3 +414,25 @@ def test_wandb_summary_run_offline(sweep, tmp_path, monkeypatch):
     table = json.loads(tables[0].read_text())
     assert [row[0] for row in table["data"]] == ["gamma0_alpha0.75", "gamma2_alpha0.25", "gamma5_alpha0.25"]
     assert table["data"][1][table["columns"].index("AP")] == pytest.approx(0.32)
+
+
+def test_a_value_written_two_ways_is_no_factor(tmp_path):
+    """The runs of a configuration are grouped by value, and so are its factors: a run's `false` and `.5` and a
+    multirun job's `False` and `0.5` (Hydra's parser reads each pair as one value) made a column of their own, each
+    row labelled with its spelling, and the setting was missing from the overrides shared by every run."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from detlab.report.runs import common_overrides, factors
+
+    parser = OverridesParser.create()
+    for typed, written in (("false", "False"), (".5", "0.5")):
+        assert parser.parse_override(f"k={typed}").value() == parser.parse_override(f"k={written}").value()
+    fake_run(tmp_path / "run", "0", ["model=ssd300", "trainer.enable_progress_bar=false", "loss.alpha=.5"], 0.4)
+    for job, model in enumerate(("retinanet", "yolov3")):
+        fake_run(tmp_path / "sweep", str(job), [f"model={model}", "trainer.enable_progress_bar=False", "loss.alpha=0.5"], 0.5)
+    groups = group_runs(find_runs([tmp_path / "run", tmp_path / "sweep"])[0])
+    assert len(groups) == 3 and factors(groups) == ["model"]
+    assert common_overrides(groups) == {"trainer.enable_progress_bar": "false", "loss.alpha": ".5"}
+    text = write_report(find_runs([tmp_path / "run", tmp_path / "sweep"])[0], tmp_path / "out").markdown
+    assert "Common overrides: `trainer.enable_progress_bar=false loss.alpha=.5`" in text
+    assert "| model | n | AP | AP50 | AP75 |" in text and "| retinanet | 1 |" in text
