@@ -15,10 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from detlab.errors import ConfigError, check_count, check_non_negative, check_positive
 from detlab.evaluation.backends import BACKENDS
@@ -68,19 +70,31 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_names(cfg: DictConfig) -> None:
-    """The run's names for the logger are text: a number (`tracking.name=123`, which Hydra reads as an int) stopped
-    the run in W&B's or Lightning's code, after the data was built."""
-    # As written (an interpolation such as the default name's ${hydra:...} is text, and resolves to text)
-    tracking, logger = (OmegaConf.to_container(node, resolve=False) for node in (cfg.tracking, cfg.logger))
-    given = {f"tracking.{key}": tracking.get(key) for key in ("project", "group", "name")}
-    given["logger.name"] = logger.get("name")
-    for key, value in given.items():
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r} is not text; quote a name made of digits: \"{key}='{value}'\"")
-    tags = tracking.get("tags")
+    """The run's names for the logger are text: a number (`tracking.name=123`, which Hydra reads as an int, or
+    `tracking.name=${seed}`, an interpolation of a number) stopped the run in W&B's or Lightning's code."""
+    for node, prefix, keys in ((cfg.tracking, "tracking", ("project", "group", "name")), (cfg.logger, "logger", ("name",))):
+        for key in keys:
+            value, written = _as_logged(node, key)
+            if value is not None and not isinstance(value, str):
+                fix = (f"quote a name made of digits: \"{prefix}.{key}='{value}'\"" if value == written else
+                       f"{written} is {value!r}: write it inside text, e.g. {prefix}.{key}=run-{written}")
+                raise ConfigError(f"{prefix}.{key}={written!r} is not text; {fix}")
+    tags, written = _as_logged(cfg.tracking, "tags")
     if tags is not None and not (isinstance(tags, list) and all(isinstance(tag, str) for tag in tags)):
-        raise ConfigError(f"tracking.tags={tags!r}: give a list of text, quoting a tag made of digits: "
+        shown = repr(tags) if tags == written else f"{written!r} (resolved: {tags!r})"
+        raise ConfigError(f"tracking.tags={shown}: give a list of text, quoting a tag made of digits: "
                           "\"tracking.tags=[baseline,'2024']\"")
+
+
+def _as_logged(node: DictConfig, key: str) -> tuple[Any, Any]:
+    """(value, as written) of node.key: the value the logger gets (resolved, a list plain), or the written one where it
+    cannot resolve here (${hydra:...} in a config composed without Hydra's config: text, which resolves to text)."""
+    written = OmegaConf.to_container(node, resolve=False).get(key)
+    try:
+        value = node.get(key)
+        return (OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value), written
+    except InterpolationResolutionError:
+        return written, written
 
 
 def _check_model(cfg: DictConfig) -> None:

@@ -10,9 +10,11 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
-from detlab.config import ConfigError, compose_train, validate
+from detlab.config import CONF_DIR, ConfigError, compose_train, validate
 from tests.conftest import make_batch
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -140,6 +142,34 @@ def test_a_run_name_that_is_not_text_is_refused_before_the_logger_takes_it(overr
     with pytest.raises(ConfigError, match=re.escape(key)):
         validate(compose_train(overrides))
     validate(compose_train(["logger=csv", "logger.name='2024'", "tracking.name='123'", "tracking.tags=[a,'2']"]))
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("tracking.name=${seed}", "tracking.name='${seed}' is not text; ${seed} is 0: write it inside text"),
+    ("tracking.group=${data.image_size}", "tracking.group='${data.image_size}' is not text"),
+    ("logger.name=${seed}", "logger.name='${seed}' is not text"),
+    ("tracking.tags=[a,${seed}]", "tracking.tags=['a', '${seed}'] (resolved: ['a', 0])"),
+])
+def test_a_run_name_interpolated_from_a_number_is_refused_as_the_logger_would(override, says, monkeypatch):
+    """An interpolation is text as written, but `${seed}` alone resolves to the number 0 (OmegaConf keeps the type of
+    the node it names), which W&B refused with pydantic's traceback once the run had started. Text around it, or
+    Hydra's ${hydra:...} in a config composed without Hydra's own config, is still taken."""
+    import wandb
+    from hydra import compose, initialize_config_dir
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="run_name"):  # the reference: what W&B does with the resolved name
+        wandb.Settings(run_name=0)
+    overrides = ["logger=csv", override] if override.startswith("logger.") else [override]
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        validate(compose_train(overrides))
+    validate(compose_train(["tracking.name=run-${seed}", "tracking.tags=[seed${seed}]"]))
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # a config composed without Hydra's: its ${hydra:...} names stay as written
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["model/backbone=darknet_tiny", "data.image_size=64"])
+    with pytest.raises(InterpolationResolutionError):
+        cfg.tracking.name
+    validate(cfg)
 
 
 def test_misspelt_key_is_rejected_with_its_name():
