@@ -219,9 +219,11 @@ def _check_mixed_precision(precision: str | int) -> None:
     from detlab.profile.speed import PRECISIONS
 
     if str(precision) not in PRECISIONS:
+        why = ("16-true / bf16-true would round the boxes to 16 bits" if str(precision).startswith(("16", "bf16")) else
+               "the speed protocol and the float32 inputs take no other")
         raise ConfigError(f"trainer.precision={precision!r} is not one detlab trains with; use 32-true, bf16-mixed or "
                           "(on a GPU) 16-mixed: mixed precision keeps the weights, the targets and the box arithmetic in "
-                          "float32, where 16-true / bf16-true would round the boxes to 16 bits")
+                          f"float32 ({why})")
 
 
 def _check_cpu_precision(key: str, precision: str | int, trainer: DictConfig) -> None:
