@@ -3,7 +3,8 @@ real-data tier's one way to find its data: $DETLAB_REAL_DATA, with a clear failu
 one factory of hand-made batches (`from tests.conftest import make_batch`); the tiny run's overrides and the
 runner of the real entry points (`from tests.conftest import TINY, run`); an offline W&B run file's records
 (wandb_records); tiny image files (make_image);
-a run's LightningModule on a tiny annotation file (detection_module)."""
+a run's LightningModule on a tiny annotation file (detection_module); pycocotools' evaluation of a results file,
+the evaluation tests' reference (pycocotools_eval)."""
 
 import os
 import struct
@@ -246,3 +247,22 @@ def canonical():
         return boxes[order], scores[order], labels[order]
 
     return in_canonical_order
+
+
+def pycocotools_eval(ann_file: str | Path, results_file: str | Path):
+    """pycocotools' COCOeval of a COCO results file against an annotation file, evaluated, accumulated and
+    summarised (its stats, eval["precision"], evalImgs), its printing silenced: the reference every evaluation
+    test compares detlab's engines with."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_file))
+        reference = COCOeval(gt, gt.loadRes(str(results_file)), "bbox")
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    return reference

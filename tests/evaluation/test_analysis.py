@@ -1,16 +1,13 @@
 """The error analysis (hotcoco's TIDE breakdown, confusion matrix, calibration; PR curves) on a case worked out by
 hand, and PR curves against pycocotools' precision array."""
 
-import contextlib
-import io
 import json
 
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from detlab.evaluation.backends import BACKENDS
 from detlab.evaluation.results_file import evaluate_results_file
+from tests.conftest import pycocotools_eval
 
 # One 100x100 image, classes a (id 1) and b (id 2). Ground truth (id, class, xywh):
 GROUND_TRUTH = [
@@ -96,11 +93,7 @@ def test_error_breakdown_confusion_and_calibration_by_hand(tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pr_curves_are_pycocotools_precision(tmp_path, backend):
     ann_file, results_file = write_case(tmp_path)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(ann_file)
-        reference = COCOeval(gt, gt.loadRes(results_file), "bbox")
-        reference.evaluate()
-        reference.accumulate()
+    reference = pycocotools_eval(ann_file, results_file)
     result = evaluate_results_file(ann_file, results_file, backend)
     precision = reference.eval["precision"]  # [T, R, K, A, M]
     for key, t in (("AP50", 0), ("AP75", 5)):
@@ -116,12 +109,7 @@ def test_scores_outside_zero_one_are_scored_without_a_calibration(tmp_path, back
     ann_file, results_file = write_case(tmp_path)
     logits = [{**d, "score": (d["score"] - 0.7) * 30} for d in json.loads(open(results_file).read())]  # -3 .. 6
     (tmp_path / "logits.json").write_text(json.dumps(logits))
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(ann_file)
-        reference = COCOeval(gt, gt.loadRes(str(tmp_path / "logits.json")), "bbox")
-        reference.evaluate()
-        reference.accumulate()
-        reference.summarize()
+    reference = pycocotools_eval(ann_file, tmp_path / "logits.json")
     result = evaluate_results_file(ann_file, str(tmp_path / "logits.json"), backend)
     assert list(result["metrics"].values()) == pytest.approx(reference.stats.tolist(), abs=1e-12)
     assert "calibration" not in result
@@ -131,10 +119,7 @@ def test_scores_outside_zero_one_are_scored_without_a_calibration(tmp_path, back
 def _counted_by_pycocotools(ann_file, results_file):
     """Per category id, the detections pycocotools' COCOeval counts at IoU 0.5, area all, maxDets 100 (its
     evalImgs: at most 100 per image and category, none matched to a crowd region), and the objects it counts."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(ann_file)
-        reference = COCOeval(gt, gt.loadRes(results_file), "bbox")
-        reference.evaluate()
+    reference = pycocotools_eval(ann_file, results_file)
     detections, objects = {}, {}
     for e in reference.evalImgs:
         if e is None or e["aRng"] != reference.params.areaRng[0]:
@@ -206,12 +191,7 @@ def test_no_error_breakdown_without_ground_truth(tmp_path):
     (tmp_path / "gt.json").write_text(json.dumps(ann))
     (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 9, 9],
                                                      "score": 0.5}]))
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(tmp_path / "gt.json"))
-        reference = COCOeval(gt, gt.loadRes(str(tmp_path / "dets.json")), "bbox")
-        reference.evaluate()
-        reference.accumulate()
-        reference.summarize()
+    reference = pycocotools_eval(tmp_path / "gt.json", tmp_path / "dets.json")
     result = evaluate_results_file(str(tmp_path / "gt.json"), str(tmp_path / "dets.json"))
     assert reference.stats[1] == -1 and result["metrics"]["AP50"] == -1
     assert "errors" not in result

@@ -22,6 +22,7 @@ from detlab.evaluation.coco_evaluator import CocoEvaluator
 from detlab.evaluation.coco_table import METRIC_NAMES, format_table
 from detlab.evaluation.results_file import ResultsFileError, evaluate_results_file
 from detlab.structures import Detections, boxes_to_original
+from tests.conftest import pycocotools_eval
 
 # Non-contiguous category ids; "fish" has no ground truth anywhere.
 CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 9, "name": "bird"}, {"id": 12, "name": "fish"}]
@@ -371,10 +372,7 @@ def test_a_results_box_of_width_zero_is_scored_as_pycocotools_scores_it(ann_file
     detections.append({"image_id": 3, "category_id": 1, "bbox": [40.0, 50.0, 0.0, 150.0], "score": 0.9})
     results_file = tmp_path / "results.json"
     results_file.write_text(json.dumps(detections))
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(ann_file)
-        reference = COCOeval(gt, gt.loadRes(str(results_file)), "bbox")
-        reference.evaluate(), reference.accumulate(), reference.summarize()
+    reference = pycocotools_eval(ann_file, results_file)
     metrics = evaluate_results_file(ann_file, str(results_file), backend)["metrics"]
     assert metrics["AP50"] < 1.0
     assert metrics == pytest.approx(metric_dict(reference.stats), abs=TOL)
@@ -392,12 +390,7 @@ def test_image_ids_beyond_float64_precision_keep_their_image(tmp_path, backend):
         "annotations": [{"id": 1, "image_id": big, "category_id": 1, "bbox": box, "area": 2500, "iscrowd": 0}],
     }))
     (tmp_path / "dets.json").write_text(json.dumps([{"image_id": big, "category_id": 1, "bbox": box, "score": 0.5}]))
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(tmp_path / "gt.json"))
-        reference = COCOeval(gt, gt.loadRes(str(tmp_path / "dets.json")), "bbox")
-        reference.evaluate()
-        reference.accumulate()
-        reference.summarize()
+    reference = pycocotools_eval(tmp_path / "gt.json", tmp_path / "dets.json")
     result = evaluate_results_file(str(tmp_path / "gt.json"), str(tmp_path / "dets.json"), backend)
     assert result["metrics"] == pytest.approx(metric_dict(reference.stats), abs=TOL)
     assert reference.stats[0] == pytest.approx(1.0, abs=TOL)
