@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -64,9 +65,14 @@ def check_count(prefix: str, **values: int | Sequence[int]) -> None:
 
 
 def check_non_negative(prefix: str, **values: float | Sequence[float]) -> None:
-    """Weights, paddings, minimum sizes, counts that may be 0: each a number >= 0, or a list of them; a negative
-    one would train against a term or pad nothing it can, and is refused naming `<prefix>.<key>`."""
-    _check_each(prefix, values, lambda n: isinstance(n, (int, float)) and n >= 0, "a number >= 0", "numbers >= 0")
+    """Weights, paddings, minimum sizes, probabilities, counts that may be 0: each a finite number >= 0, or a list of
+    them; a negative one would train against a term or pad nothing it can, and is refused naming `<prefix>.<key>`."""
+    _check_each(prefix, values, lambda n: is_number(n) and n >= 0, "a number >= 0", "numbers >= 0")
+
+
+def is_number(value: object) -> bool:
+    """A config value that is a finite int or float (a bool is not a number here: YAML's true would pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_each(prefix: str, values: dict, ok, one_is: str, many_are: str) -> None:

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from torch.utils.data import DataLoader, Dataset
 
-from detlab.errors import ConfigError, DataError, StorageError, check_writable, user_errors, user_message
+from detlab.errors import (
+    ConfigError, DataError, StorageError, check_non_negative, check_writable, user_errors, user_message,
+)
 
 
 class BadImage(Dataset):
@@ -63,3 +65,12 @@ def test_check_writable_names_the_key(tmp_path, monkeypatch):
     monkeypatch.setattr("pathlib.Path.mkdir", refuse)
     with pytest.raises(StorageError, match=r"cannot write .*/other \(hydra.run.dir\): permission denied; set hydra"):
         check_writable(tmp_path / "other", "hydra.run.dir", "set hydra.run.dir")
+
+
+@pytest.mark.parametrize("value", [-1, float("inf"), float("nan"), True, "2", None])
+def test_check_non_negative_takes_finite_numbers_only(value):
+    """One rule for the config's weights, sizes and probabilities (data.augment's too): an infinite min_box_size or
+    colour jitter, a bool (YAML's true) or a string is refused naming the key."""
+    with pytest.raises(ConfigError, match=r"^data\.augment\.min_box_size=.* must be a number >= 0$"):
+        check_non_negative("data.augment", min_box_size=value)
+    check_non_negative("data.augment", min_box_size=0, color_jitter=0.4)

@@ -45,7 +45,7 @@ from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
 from detlab.data.ssd_augment import Expand, MinIoURandomCrop, PhotometricDistort
-from detlab.errors import ConfigError, DataError
+from detlab.errors import ConfigError, DataError, check_non_negative, is_number
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -256,7 +256,7 @@ def _check_resize(resize, max_size, low, high, mean, std) -> None:
         raise ConfigError(f"data.augment.scale_range=[{low}, {high}] works with data.resize=letterbox only; "
                          f"set it to [1, 1] with data.resize={resize}")
     for key, values in (("mean", mean), ("std", std)):
-        if not _is_sequence(values) or len(values) != 3 or not all(_is_number(v) for v in values):
+        if not _is_sequence(values) or len(values) != 3 or not all(is_number(v) for v in values):
             raise ConfigError(f"data.{key}={values!r} must be 3 finite numbers (R, G, B, for pixels in [0, 1])")
     if min(std) <= 0:
         raise ConfigError(f"data.std={list(std)} must be positive")
@@ -266,16 +266,13 @@ def _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_s
            photometric, expand_ratio, min_iou_crop) -> None:
     if not isinstance(image_size, int) or image_size < 1:
         raise ConfigError(f"data.image_size={image_size!r} must be a positive integer")
-    for key, value in (("hflip", hflip), ("color_jitter", color_jitter), ("min_visibility", min_visibility),
-                       ("min_box_size", min_box_size)):
-        if not _is_number(value):  # before the comparisons below, which a string or null would fail with a TypeError
-            raise ConfigError(f"data.augment.{key}={value!r} must be a number")
+    # numbers first: the comparisons below would fail on a string or a null with a TypeError
+    check_non_negative("data.augment", hflip=hflip, color_jitter=color_jitter, min_visibility=min_visibility,
+                       min_box_size=min_box_size)
     if not 0 <= hflip <= 1:
         raise ConfigError(f"data.augment.hflip={hflip} is a probability: use a value in [0, 1]")
     if not 0 < low <= high:
         raise ConfigError(f"data.augment.scale_range=[{low}, {high}] must satisfy 0 < low <= high")
-    if color_jitter < 0:
-        raise ConfigError(f"data.augment.color_jitter={color_jitter} must be >= 0 (0 disables it)")
     if not 0 <= min_visibility <= 1:
         raise ConfigError(f"data.augment.min_visibility={min_visibility} must be in [0, 1]")
     if min_box_size <= 0:
@@ -283,23 +280,18 @@ def _check(image_size, hflip, low, high, color_jitter, min_visibility, min_box_s
     for key, value in (("photometric", photometric), ("min_iou_crop", min_iou_crop)):
         if not isinstance(value, bool):
             raise ConfigError(f"data.augment.{key}={value!r} must be true or false")
-    if not _is_number(expand_ratio) or not expand_ratio >= 1:
+    if not is_number(expand_ratio) or not expand_ratio >= 1:
         raise ConfigError(f"data.augment.expand_ratio={expand_ratio!r} is the largest canvas / image side ratio: use a "
                          "number >= 1 (1 disables, SSD uses 4)")
 
 
 def _scale_range(scale_range) -> tuple[float, float]:
     """data.augment.scale_range as (low, high), or a ConfigError naming it."""
-    if not _is_sequence(scale_range) or len(scale_range) != 2 or not all(_is_number(v) for v in scale_range):
+    if not _is_sequence(scale_range) or len(scale_range) != 2 or not all(is_number(v) for v in scale_range):
         raise ConfigError(f"data.augment.scale_range={scale_range!r} must be [low, high], two numbers (factors of "
                           "data.image_size; [1, 1] disables)")
     low, high = scale_range
     return float(low), float(high)
-
-
-def _is_number(value) -> bool:
-    """A finite int or float from a config (a bool is not a number here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_sequence(value) -> bool:

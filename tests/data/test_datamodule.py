@@ -102,8 +102,8 @@ def test_coco_config_with_a_wrong_path_names_the_key(data_shapes, tmp_path):
 
 
 @pytest.mark.parametrize(("data", "message"), [
-    ({"augment": {"hflip": "yes"}}, "data.augment.hflip='yes' must be a number"),
-    ({"augment": {"min_visibility": None}}, "data.augment.min_visibility=None must be a number"),
+    ({"augment": {"hflip": "yes"}}, "data.augment.hflip='yes' must be a number >= 0"),
+    ({"augment": {"min_visibility": None}}, "data.augment.min_visibility=None must be a number >= 0"),
     ({"augment": {"scale_range": 1.2}}, r"data.augment.scale_range=1.2 must be \[low, high\]"),
     ({"augment": {"scale_range": [1]}}, r"data.augment.scale_range=\[1\] must be \[low, high\]"),
     ({"mean": 0.5}, "data.mean=0.5 must be 3 finite numbers"),
