@@ -6,7 +6,8 @@
   file in the system's temp folder and moves it: across file systems that move is a copy, which a kill or a
   full disk cuts short.)
 - `read_checkpoint` is how detlab opens a checkpoint (resume, evaluation, speed): a truncated, corrupt or
-  foreign file is a CheckpointError naming it; `check_resumable` what a resume (ckpt_path) can continue.
+  foreign file is a CheckpointError naming it; `check_resumable` what a resume (ckpt_path) can continue, and
+  `check_state_fits` that its weights and optimizer state fit the model and optimizer the run built.
 - `checkpoint_callbacks` writes what the `checkpoint` config asks for: last.ckpt after every epoch (save_last)
   and the save_top_k best by val AP, both full checkpoints (optimizer and schedule state included, for a
   resume); `save_weights` the small weights file at the end (weights and hyper-parameters only), which
@@ -114,6 +115,45 @@ def check_resumable(path: str | Path, checkpoint: Mapping[str, Any], cfg: Mappin
             f"{path} has finished: it trained {epochs} epoch(s), {checkpoint['global_step']} steps, and this run stops "
             f"at {' and '.join(stops)}. Raise it to train on, or score the run again with detlab-eval run"
         )
+
+
+def check_state_fits(
+    path: str | Path, checkpoint: Mapping[str, Any], cfg: Mapping[str, Any], module: torch.nn.Module,
+    groups: Sequence[Mapping[str, Any]],
+) -> None:
+    """CheckpointError unless the checkpoint's weights have this run's module's names and shapes, and its optimizer
+    state the sizes of `groups` (the parameter groups this run's optimizer is built over), checked before anything
+    is logged or trained. check_resumable compares the keys both configs hold; a key the checkpoint's config lacks
+    (one detlab added after the checkpoint was written) is met here, where it changed the model or the optimizer,
+    instead of in torch's load (a ValueError about parameter groups, or a RuntimeError listing missing weights)."""
+    shapes = {name: tuple(value.shape) for name, value in module.state_dict().items()}
+    saved = {name: tuple(value.shape) for name, value in checkpoint["state_dict"].items()}
+    weights = sorted(name for name in shapes.keys() | saved.keys() if shapes.get(name) != saved.get(name))
+    sizes = [len(group["params"]) for group in groups]
+    saved_sizes = [len(group["params"]) for group in checkpoint["optimizer_states"][0]["param_groups"]]
+    if not weights and sizes == saved_sizes:
+        return
+    what = (f"{len(weights)} weight(s) differ in name or shape (first: {weights[0]}: this run's "
+            f"{shapes.get(weights[0])}, the checkpoint's {saved.get(weights[0])})" if weights else
+            f"the optimizer's parameter groups hold {sizes} parameters, the checkpoint's {saved_sizes}")
+    lacks = [f"{key}={value!r}" for key, value in _absent(checkpoint["hyper_parameters"]["cfg"], cfg, RESUMED_KEYS)]
+    because = f" This run sets keys the checkpoint's config lacks: {', '.join(lacks)}." if lacks else ""
+    raise CheckpointError(
+        f"ckpt_path={path} does not fit this run's model and optimizer: {what}.{because} A resume continues the "
+        f"checkpoint's own run: resume with the settings it was trained with, or start a new run from its weights "
+        f"with model.weights={path}"
+    )
+
+
+def _absent(old: Mapping[str, Any], new: Mapping[str, Any], keys: Sequence[str], prefix: str = ""):
+    """(dotted key, new value) for each leaf under `keys` that `new` holds and `old` lacks."""
+    for key in keys:
+        if key not in new:
+            continue
+        if key not in old:
+            yield f"{prefix}{key}", new[key]
+        elif isinstance(old[key], Mapping) and isinstance(new[key], Mapping):
+            yield from _absent(old[key], new[key], list(new[key]), f"{prefix}{key}.")
 
 
 def _has_callback(cfg: Mapping[str, Any], kind: type) -> bool:

@@ -1,14 +1,14 @@
 """The optimizer and its schedule (conf/optim): parameter groups, and warm-up then cosine or step decay.
 
 `configure_optimizer(optim_cfg, module, total_steps)` is what DetectionModule.configure_optimizers returns:
-`optim.optimizer` (a partial torch.optim class) over `param_groups(module)`, and `optim.scheduler` (a partial
+`optim.optimizer` (a partial torch.optim class) over `param_groups(module, optim_cfg)`, and `optim.scheduler` (a partial
 of `warmup_schedule`, or any callable `(optimizer, total_steps) -> LRScheduler`) stepped every step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -20,13 +20,13 @@ from torch import nn
 from detlab.errors import ConfigError, check_count
 
 
-def param_groups(module: nn.Module, decay_norms_and_biases: bool = False) -> list[dict[str, Any]]:
+def param_groups(module: nn.Module, optim_cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The trainable parameters in two groups: weights (conv and linear kernels, ndim > 1) with the optimizer's
     weight decay, and norms and biases (ndim <= 1) without: decaying them only hurts (as in timm and detectron2).
-    decay_norms_and_biases (optim.decay_norms_and_biases): one group, every parameter decayed, as torchvision's
-    detection references train (their norm_weight_decay is None)."""
+    optim.decay_norms_and_biases=true: one group, every parameter decayed, as torchvision's detection references
+    train (their norm_weight_decay is None)."""
     trainable = [p for p in module.parameters() if p.requires_grad]
-    if decay_norms_and_biases:
+    if optim_cfg.get("decay_norms_and_biases", False):
         return [{"params": trainable}]
     return [{"params": [p for p in trainable if p.ndim > 1]},
             {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
@@ -35,7 +35,7 @@ def param_groups(module: nn.Module, decay_norms_and_biases: bool = False) -> lis
 def configure_optimizer(
     optim_cfg: DictConfig, module: nn.Module, total_steps: int, clips_mixed_precision: bool = False
 ) -> dict[str, Any]:
-    """Lightning's optimizer dict: the optimizer over param_groups(module), its schedule stepped every step.
+    """Lightning's optimizer dict: the optimizer over param_groups(module, optim_cfg), its schedule stepped every step.
 
     clips_mixed_precision: the trainer clips gradients (trainer.gradient_clip_val) under mixed precision (16-mixed,
     bf16-mixed). Lightning refuses to clip a fused optimizer's gradients there (a fused step unscales them itself,
@@ -45,7 +45,7 @@ def configure_optimizer(
     optimizer_class = instantiate(optim_cfg.optimizer)
     if clips_mixed_precision and optim_cfg.optimizer.get("fused"):
         optimizer_class = partial(optimizer_class, fused=False)
-    optimizer = optimizer_class(param_groups(module, optim_cfg.get("decay_norms_and_biases", False)))
+    optimizer = optimizer_class(param_groups(module, optim_cfg))
     scheduler = instantiate(optim_cfg.scheduler)(optimizer, total_steps=max(1, total_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -30,11 +30,12 @@ from detlab.inference import Predictor
 from detlab.profile.cost import complexity
 from detlab.profile.speed import measure_speed, speed_summary
 from detlab.training.checkpoint import (
-    WEIGHTS_FILE, AtomicCheckpointIO, RandomState, check_classes, check_resumable, checkpoint_callbacks, read_checkpoint,
-    save_weights,
+    WEIGHTS_FILE, AtomicCheckpointIO, RandomState, check_classes, check_resumable, check_state_fits, checkpoint_callbacks,
+    read_checkpoint, save_weights,
 )
 from detlab.training.console import end_block, start_block
 from detlab.training.module import DetectionModule
+from detlab.training.optim import param_groups
 from detlab.training.provenance import provenance
 from detlab.training.pruning import MedianStopping
 from detlab.training.tracking import logger_summary, wandb_logger
@@ -72,6 +73,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # another), and the train loader's order and worker seeds are drawn from it, so that two models trained with
     # one seed see the same batches (experiments/tv_parity). A resume restores the checkpoint's state over this.
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if saved:  # before anything is logged: a weight or parameter group that torch's load would refuse
+        check_state_fits(cfg.ckpt_path, saved, OmegaConf.to_container(cfg, resolve=True), module,
+                         param_groups(module, cfg.optim))
     data_files = {split: (ds.ann_file, str(ds.img_dir)) for split, ds in datamodule.datasets.items()}
     origin = provenance(OmegaConf.to_container(cfg, resolve=True), data_files, trainer.strategy.root_device)
     if logger:  # in the W&B config, where runs are filtered and grouped (detlab-report --wandb-project: by overrides)

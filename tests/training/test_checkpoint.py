@@ -8,8 +8,9 @@ import torch
 
 import detlab.training.checkpoint
 from detlab.training.checkpoint import (
-    AtomicCheckpointIO, RandomState, check_resumable, checkpoint_callbacks, read_checkpoint,
+    AtomicCheckpointIO, RandomState, check_resumable, check_state_fits, checkpoint_callbacks, read_checkpoint,
 )
+from detlab.training.optim import param_groups
 from detlab.errors import CheckpointError, StorageError
 
 
@@ -98,6 +99,41 @@ def test_a_resume_continues_only_what_the_checkpoint_holds():
     weights = {k: v for k, v in full.items() if k not in ("optimizer_states", "loops")}
     with pytest.raises(CheckpointError, match=r"weights.ckpt holds weights only .* model.weights=weights.ckpt"):
         check_resumable("weights.ckpt", weights, longer)
+
+
+def test_weights_and_optimizer_state_that_torch_would_refuse_stop_before_the_resume_naming_the_new_key():
+    """A key detlab added after a checkpoint was written is missing from its config, so check_resumable cannot
+    compare it; optim.decay_norms_and_biases=true then built one parameter group where the checkpoint has two, and
+    torch's load failed inside Lightning's fit. Whatever check_state_fits lets through, torch loads."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    trained_cfg = {"model": {"width": 4}, "optim": {"lr": 0.1}}
+    optimizer = torch.optim.SGD(param_groups(net, trained_cfg["optim"]), lr=0.1)
+    saved = {"state_dict": net.state_dict(), "optimizer_states": [optimizer.state_dict()],
+             "hyper_parameters": {"cfg": trained_cfg}}
+
+    def torch_loads(module, groups) -> bool:
+        try:
+            module.load_state_dict(saved["state_dict"])
+            torch.optim.SGD(groups, lr=0.1).load_state_dict(saved["optimizer_states"][0])
+        except (RuntimeError, ValueError):
+            return False
+        return True
+
+    same = {"model": {"width": 4}, "optim": {"lr": 0.1}}
+    assert torch_loads(net, param_groups(net, same["optim"]))
+    check_state_fits("last.ckpt", saved, same, net, param_groups(net, same["optim"]))
+    one_group = {**same, "optim": {"lr": 0.1, "decay_norms_and_biases": True}}
+    assert not torch_loads(net, param_groups(net, one_group["optim"]))
+    with pytest.raises(CheckpointError, match=r"ckpt_path=last.ckpt does not fit .* parameter groups hold \[4\] "
+                                              r"parameters, the checkpoint's \[1, 3\]\. This run sets keys the "
+                                              r"checkpoint's config lacks: optim.decay_norms_and_biases=True"):
+        check_state_fits("last.ckpt", saved, one_group, net, param_groups(net, one_group["optim"]))
+    wider = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    assert not torch_loads(wider, param_groups(wider, same["optim"]))
+    with pytest.raises(CheckpointError, match=r"weight\(s\) differ in name or shape \(first: 0.bias: this run's "
+                                              r"\(8,\), the checkpoint's \(4,\)\)"):
+        check_state_fits("last.ckpt", saved, same, wider, param_groups(wider, same["optim"]))
 
 
 def test_a_ddp_resume_continues_each_ranks_own_augmentation(tmp_path):

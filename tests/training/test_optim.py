@@ -45,7 +45,7 @@ def test_weight_decay_on_kernels_only():
     net = tiny_net()
     net(torch.zeros(1, 3, 5, 5))  # materialise the lazy layer
     net[0].weight.requires_grad_(False)  # frozen parameters are left out
-    decay, no_decay = param_groups(net)
+    decay, no_decay = param_groups(net, {})
     names = {id(p): name for name, p in net.named_parameters()}
     assert sorted(names[id(p)] for p in decay["params"]) == ["4.weight"]
     assert sorted(names[id(p)] for p in no_decay["params"]) == ["0.bias", "1.bias", "1.weight", "2.bias", "2.weight", "4.bias"]
