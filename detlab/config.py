@@ -12,6 +12,7 @@ wait for torch.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -259,6 +260,27 @@ def _check_launcher(strategy: object) -> None:
                           "(trainer=ddp)")
 
 
+def _check_nodes(num_nodes: object) -> None:
+    """trainer.num_nodes > 1 needs the other machines' processes: a cluster launch Lightning detects (SLURM,
+    torchrun, LSF, MPI) or, by hand, MASTER_ADDR set on every node (Lightning's own environment). Without one the
+    run started this machine's ranks and waited for the rest (gloo's and NCCL's 30-minute timeout) before failing."""
+    if num_nodes in (None, 1):
+        return
+    check_positive("trainer", num_nodes=num_nodes)
+    from lightning_fabric.plugins.environments import (
+        LSFEnvironment, MPIEnvironment, SLURMEnvironment, TorchElasticEnvironment,
+    )
+
+    if "MASTER_ADDR" in os.environ or any(env.detect() for env in (
+            TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)):
+        return
+    raise ConfigError(
+        f"trainer.num_nodes={num_nodes} but no cluster launch is found (SLURM's srun, torchrun --nnodes, LSF, MPI, "
+        "or MASTER_ADDR, MASTER_PORT and NODE_RANK set on each node): this run would start this machine's processes "
+        "and wait for the other nodes'. On one machine, use trainer.devices=<processes> instead"
+    )
+
+
 def _check_trainer(trainer: DictConfig) -> None:
     import torch
 
@@ -270,6 +292,7 @@ def _check_trainer(trainer: DictConfig) -> None:
     if _on_cpu(trainer) and trainer.get("sync_batchnorm"):
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm); set it to false on CPU")
     _check_launcher(trainer.get("strategy"))
+    _check_nodes(trainer.get("num_nodes"))
     _check_mixed_precision(trainer.precision)
     _check_cpu_precision("trainer.precision", trainer.precision, trainer)
     if trainer.get("gradient_clip_val") is not None:  # a negative one scales every gradient by a negative number

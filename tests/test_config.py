@@ -182,7 +182,7 @@ def test_unknown_option_lists_the_valid_ones():
         compose_train(["model/backbone=resnet5"])
 
 
-def test_impossible_combinations_name_the_key():
+def test_impossible_combinations_name_the_key(monkeypatch):
     cfg = compose_train(["model.neck.num_extra_levels=1"])
     with pytest.raises(ConfigError, match="model.priors.sizes"):
         validate(cfg)
@@ -203,6 +203,19 @@ def test_impossible_combinations_name_the_key():
         with pytest.raises(ConfigError, match=f"trainer.strategy={strategy} .* use trainer.strategy={plain} "):
             validate(cfg)
     validate(compose_train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.strategy=ddp_find_unused_parameters_true"]))
+    # two nodes on one machine: this machine's ranks waited for the other node's until the 30-minute timeout
+    for launch in ({}, {"MASTER_ADDR": "10.0.0.1"}, {"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "train"}):
+        with monkeypatch.context() as env:
+            for key in ("MASTER_ADDR", "SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE"):
+                env.delenv(key, raising=False)
+            for key, value in launch.items():
+                env.setenv(key, value)
+            cfg = compose_train(["trainer=ddp", "trainer.accelerator=cpu", "+trainer.num_nodes=2"])
+            if launch:
+                validate(cfg)
+            else:
+                with pytest.raises(ConfigError, match=r"trainer.num_nodes=2 but no cluster launch .* trainer.devices"):
+                    validate(cfg)
     cfg = compose_train(["trainer.precision=16-mixed", "trainer.accelerator=cpu"])
     with pytest.raises(ConfigError, match="trainer.precision"):
         validate(cfg)
