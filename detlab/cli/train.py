@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +105,7 @@ class WritableRunDir(Callback):
                     config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(claimed)}")
         else:
             _refuse_finished("hydra.sweep.dir", config.hydra.sweep.dir, sorted(Path(config.hydra.sweep.dir).glob("*")),
-                             "run a failed job again alone with its overrides and hydra.run.dir=<its folder>; "
+                             "run a failed job again alone with the command the sweep printed at its end; "
                              "detlab-report reads several sweep folders together")
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
 
@@ -125,14 +126,30 @@ class FailedJobs(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = run_dirs(sweep_dir) if sweep_dir.is_dir() else []
-        failed = [str(job) for job in jobs if not (job / "results.json").is_file()]
+        failed = [job for job in jobs if not (job / "results.json").is_file()]
         if failed:
             # A submitit launcher (hydra/launcher=local, slurm) runs each job in a process whose output is a log file.
             logs = sweep_dir / ".submitit"
             where = f"in its log ({logs}/<job id>/*_log.err)" if logs.is_dir() else "above"
+            again = "\n".join(f"  {_rerun(job, sweep_dir)}" for job in failed)
             with user_errors("detlab-train"):
                 raise DetlabError(f"{len(failed)} of {len(jobs)} jobs failed, each with its error {where}: "
-                                  f"{', '.join(failed)}; the others finished (detlab-report {sweep_dir})")
+                                  f"{', '.join(map(str, failed))}; the others finished (detlab-report {sweep_dir}). Run a "
+                                  f"failed job again in its folder, as the same W&B job of the sweep's group:\n{again}")
+
+
+def _rerun(job: Path, sweep_dir: Path) -> str:
+    """The shell command that runs a sweep's job again alone (_job_alone: its overrides, from .hydra/overrides.yaml,
+    its folder and job number, from .hydra/hydra.yaml, and the sweep's folder), resuming from the job's last.ckpt
+    where it wrote one."""
+    from omegaconf import OmegaConf
+
+    overrides = [str(o) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
+    last = job / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        overrides.append(f"ckpt_path={_quoted(str(last))}")
+    num = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.job.num
+    return " ".join(["detlab-train", *map(shlex.quote, _job_alone(overrides, job, num, str(sweep_dir)))])
 
 
 def _given(config: DictConfig, key: str) -> bool:
@@ -166,8 +183,9 @@ def _refuse_finished(key: str, folder: str, runs: list[Path], fix: str) -> None:
 
 
 def _quoted(value: str) -> str:
-    """value as a quoted string of Hydra's override grammar (a path may hold ',', '=', spaces or quotes)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """value as a quoted string of Hydra's override grammar (a path may hold ',', '=', spaces or quotes), in double
+    quotes: a shell's single quotes then hold the override whole (the commands FailedJobs prints)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _new_folder(folder: str, key: str) -> str:
@@ -192,16 +210,22 @@ def _launches_processes(trainer: DictConfig) -> bool:
     return many and str(trainer.get("strategy", "auto")).startswith("ddp") and "spawn" not in str(trainer.strategy)
 
 
+def _job_alone(task_overrides: list[str], run_dir: Path, job_num: int, sweep_dir: str) -> list[str]:
+    """detlab-train's arguments that run one job of a sweep as a single run: its overrides and folder, and its job
+    number and sweep folder (Hydra's own keys, not the run's overrides), which name its W&B run (run._tracking)."""
+    return [*task_overrides, f"hydra.run.dir={_quoted(str(run_dir))}", f"hydra.job.num={job_num}",
+            f"hydra.sweep.dir={_quoted(sweep_dir)}"]
+
+
 def _single_run(task_overrides: list[str], run_dir: Path, job_num: int, sweep_dir: str) -> float | None:
     """One trial of a multirun, trained as a single run of its own in a child process.
 
     Lightning's DDP launcher starts the other ranks by running sys.argv again, which in a multirun is the
-    whole sweep (-m and every value): each rank would start a sweep of its own. A single run relaunches cleanly;
-    it keeps its job number and sweep folder (Hydra's own keys, not the run's overrides), which name its W&B run.
+    whole sweep (-m and every value): each rank would start a sweep of its own. A single run relaunches cleanly,
+    as the same job (_job_alone).
     """
-    command = [sys.executable, "-m", "detlab.cli.train", *task_overrides, f"hydra.run.dir={_quoted(str(run_dir))}",
-               f"hydra.job.num={job_num}", f"hydra.sweep.dir={_quoted(sweep_dir)}"]
-    proc = subprocess.run(command, check=False)
+    proc = subprocess.run([sys.executable, "-m", "detlab.cli.train", *_job_alone(task_overrides, run_dir, job_num,
+                                                                                  sweep_dir)], check=False)
     if proc.returncode == 2:  # the job's problem, its message printed: the sweep goes on, as in main
         return None
     if proc.returncode != 0:

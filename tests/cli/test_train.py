@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -267,6 +268,17 @@ def test_a_failed_job_does_not_end_the_sweep(tmp_path):
     assert f"2 of 2 jobs failed, each with its error above: {tmp_path / 'sweep' / '0'}, {tmp_path / 'sweep' / '1'}" \
         in proc.stderr
     assert "Traceback" not in proc.stderr
+    # each failed job's command, run as printed (shell quoting and all), is that job again, as the W&B run of the
+    # sweep's job: its name <name>-<job number>, its group the sweep's folder
+    commands = [line.strip() for line in proc.stderr.splitlines() if line.startswith("  detlab-train ")]
+    assert len(commands) == 2 and " optim.optimizer.lr=xyz " in commands[1]
+    program, *words = shlex.split(commands[1].replace("optim.optimizer.lr=xyz", "optim.optimizer.lr=0.001"))
+    run(program, *words, *TINY, cwd=tmp_path)
+    job = tmp_path / "sweep" / "1"
+    assert (job / "results.json").is_file()
+    [run_file] = job.glob("wandb/offline-run-*/run-*.wandb")
+    [started] = [record.run for record in wandb_records(run_file) if record.HasField("run")]
+    assert (started.display_name, started.run_group) == ("retinanet-focal-1", str(tmp_path / "sweep"))
 
 
 def test_a_failed_submitit_job_is_named_with_its_log(tmp_path):
