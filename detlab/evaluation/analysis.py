@@ -9,8 +9,10 @@
   truth (COCO's AP50 is not -1);
 - ``confusion_matrix``: hotcoco's, at IoU 0.5: rows the ground-truth class, columns the predicted class, the last
   row and column "background" (a false positive counts in the background row, a missed object in the
-  background column); of the detections COCO scores, the 100 best per image and class. It knows no crowd
-  regions: a detection on one, which COCO ignores, is a false positive here;
+  background column); of exactly the detections COCO scores at IoU 0.5 (area all, the 100 best per image and
+  class): hotcoco's matrix knows no crowd regions, so the detections COCO ignores there (on a crowd region of
+  their class, or outside area all's range) are left out, as COCO's own matching flags them, rather than counted
+  as false positives;
 - ``calibration``: hotcoco's reliability of the scores at IoU 0.5: ECE, MCE, 10 score bins with their mean
   confidence, precision (the fraction matched) and count, and ECE per class. Only when every score lies in
   [0, 1]: a reliability of logits or percentages means nothing (hotcoco refuses them), while AP, which ranks the
@@ -29,23 +31,23 @@ from typing import Any
 
 import numpy as np
 
+from detlab.evaluation.backends import BoxResults, indexed_results, results_index
+
 ERROR_TYPES = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 BACKGROUND = "background"
 
 
-def error_analysis(evaluator: Any, names: dict[int, str], backend: str, scores: np.ndarray) -> dict[str, Any]:
-    """The analysis of an evaluated, accumulated COCOeval whose params.catIds are the keys of names
-    (category id -> class name); scores [N] are those of the detections it scored."""
+def error_analysis(evaluator: Any, names: dict[int, str], backend: str, results: BoxResults) -> dict[str, Any]:
+    """The analysis of an evaluated, accumulated COCOeval (backends.coco_eval of results) whose params.catIds are
+    the keys of names (category id -> class name)."""
+    scores = results.scores
     analysis = {"pr_curves": pr_curves(evaluator, names)}
     if backend == "hotcoco":
         file_names = {str(c["name"]): int(c["id"]) for c in evaluator.cocoGt.loadCats(list(names))}
         ours = {file_name: names[cat] for file_name, cat in file_names.items()}  # the file's name -> ours
         if evaluator.stats[1] >= 0:  # AP50 -1: no object to score; TIDE's AP50 and dAP would read 0, not absent
             analysis["errors"] = _errors(evaluator.tide_errors())
-        # No cap of its own (its default is 100 per image over all classes): coco_eval indexed COCO's 100 per image
-        # and class, the detections every other number counts.
-        confusion = evaluator.confusion_matrix(iou_thr=0.5, max_det=max(len(scores), 1))
-        analysis["confusion_matrix"] = _confusion(confusion, names)
+        analysis["confusion_matrix"] = _confusion(_confusion_matrix(evaluator, results), names)
         if np.all((scores >= 0) & (scores <= 1)):
             calibration = evaluator.calibration()
             if calibration["num_detections"]:  # of none (none kept, or all on crowd regions) hotcoco says ECE 0
@@ -70,6 +72,24 @@ def pr_curves(evaluator: Any, names: dict[int, str]) -> dict[str, Any]:
             if (per_class[:, k] > -1).any()
         }
     return curves
+
+
+def _confusion_matrix(evaluator: Any, results: BoxResults) -> dict[str, Any]:
+    """hotcoco's confusion matrix at IoU 0.5 of the detections that evaluator (hotcoco's, evaluated) scores there.
+
+    The matrix matches every detection it is given and knows no crowd regions, so it is given only those COCO's
+    matching did not ignore at IoU 0.5, area all (pycocotools' dtIgnore): the keys of image_diagnostics' dt_status,
+    detection ids of coco_eval's index. A score threshold above every score skips its label-error search (most of
+    its time). The matrix runs on the evaluator's params (images, categories), with no cap of its own (its default
+    is 100 per image over all classes): the index already holds COCO's 100 per image and class.
+    """
+    from hotcoco import COCOeval
+
+    status = evaluator.image_diagnostics(iou_thr=0.5, score_thr=float("inf"))["dt_status"]
+    scored = indexed_results(results).select(np.sort(np.fromiter(status, dtype=np.int64, count=len(status))) - 1)
+    matrix_eval = COCOeval(evaluator.cocoGt, results_index(evaluator.cocoGt, scored, "hotcoco"), "bbox")
+    matrix_eval.params = evaluator.params
+    return matrix_eval.confusion_matrix(iou_thr=0.5, max_det=max(len(scored), 1))
 
 
 def _errors(tide: dict[str, Any]) -> dict[str, Any]:

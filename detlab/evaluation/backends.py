@@ -144,11 +144,10 @@ def coco_eval(
     [T, R, K, A, M] (IoU thresholds, recall thresholds, categories in sorted id order, area ranges, max
     detections); hotcoco's also has the error analysis (detlab.evaluation.analysis).
 
-    Only the MAX_DETS best results of each image and category are indexed: COCOeval never counts the others in
-    any number, and hotcoco's confusion matrix, which caps detections per image over all categories, then sees
-    what COCOeval counts.
+    Only the MAX_DETS best results of each image and category are indexed (indexed_results): COCOeval never counts
+    the others in any number, and the error analysis reads its per-detection flags by their ids in that index.
     """
-    coco_dt = _results_index(coco_gt, results.top_per_image_and_category(MAX_DETS), backend)
+    coco_dt = results_index(coco_gt, indexed_results(results), backend)
     with quiet():
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCOeval_faster
@@ -166,8 +165,14 @@ def coco_eval(
     return evaluator
 
 
-def _results_index(coco_gt: Any, results: BoxResults, backend: str) -> Any:
-    """The results as a COCO object of the backend, built the way ``loadRes`` builds box results."""
+def indexed_results(results: BoxResults) -> BoxResults:
+    """The results coco_eval indexes, in its order: the detection id i + 1 of its evaluator is result i."""
+    return results.top_per_image_and_category(MAX_DETS)
+
+
+def results_index(coco_gt: Any, results: BoxResults, backend: str) -> Any:
+    """The results as a COCO object of the backend, built the way ``loadRes`` builds box results (result i gets
+    the id i + 1)."""
     # hotcoco's loadRes takes pycocotools' [N, 7] array form (and an empty one): no dicts. Its float64 holds ids
     # up to 2**53 exactly; a larger one would become another image's (or category's), so those results take dicts.
     ids = np.concatenate([results.image_ids, results.category_ids])

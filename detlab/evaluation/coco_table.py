@@ -51,7 +51,7 @@ def score(coco_gt: Any, results: BoxResults, img_ids: np.ndarray, names: dict[in
         "metrics": {name: float(v) for name, v in zip(METRIC_NAMES, stats)},
         "per_class_AP": {names[c]: ap_of_cat[c] for c in cat_ids if c in ap_of_cat},
         "scored": {"images": len(img_ids), "detections": len(results)},  # what the numbers are of
-        **error_analysis(evaluator, names, backend, results.scores),
+        **error_analysis(evaluator, names, backend, results),
     }
 
 

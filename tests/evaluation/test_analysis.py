@@ -3,6 +3,7 @@ hand, and PR curves against pycocotools' precision array."""
 
 import json
 
+import numpy as np
 import pytest
 
 from detlab.evaluation.backends import BACKENDS
@@ -118,16 +119,19 @@ def test_scores_outside_zero_one_are_scored_without_a_calibration(tmp_path, back
 
 def _counted_by_pycocotools(ann_file, results_file):
     """Per category id, the detections pycocotools' COCOeval counts at IoU 0.5, area all, maxDets 100 (its
-    evalImgs: at most 100 per image and category, none matched to a crowd region), and the objects it counts."""
+    evalImgs: at most 100 per image and category, none matched to a crowd region), the objects it counts, and the
+    counted detections it matched (dtMatches)."""
     reference = pycocotools_eval(ann_file, results_file)
-    detections, objects = {}, {}
+    detections, objects, matched = {}, {}, {}
     for e in reference.evalImgs:
         if e is None or e["aRng"] != reference.params.areaRng[0]:
             continue
         c = e["category_id"]
-        detections[c] = detections.get(c, 0) + int((~e["dtIgnore"][0]).sum())
+        counted = ~e["dtIgnore"][0]
+        detections[c] = detections.get(c, 0) + int(counted.sum())
         objects[c] = objects.get(c, 0) + int((~e["gtIgnore"].astype(bool)).sum())
-    return detections, objects
+        matched[c] = matched.get(c, 0) + int((counted & (e["dtMatches"][0] > 0)).sum())
+    return detections, objects, matched
 
 
 def test_confusion_matrix_counts_the_detections_coco_counts(tmp_path):
@@ -154,10 +158,82 @@ def test_confusion_matrix_counts_the_detections_coco_counts(tmp_path):
     assert result["per_class_AP"] == pytest.approx({"a": 1.0, "b": 1.0})
     # a: its object found, 99 of its 120 background boxes inside COCO's 100; b: its object found
     assert result["confusion_matrix"]["matrix"] == [[1, 0, 0], [0, 1, 0], [99, 0, 0]]
-    detections, objects = _counted_by_pycocotools(ann_file, results_file)
+    detections, objects, _ = _counted_by_pycocotools(ann_file, results_file)
     matrix = result["confusion_matrix"]["matrix"]
     assert [sum(row[k] for row in matrix) for k in range(2)] == [detections[1], detections[2]]  # columns
     assert [sum(row) for row in matrix[:2]] == [objects[1], objects[2]]  # rows
+
+
+def test_confusion_matrix_leaves_out_the_detections_coco_ignores(tmp_path):
+    """hotcoco's confusion matrix knows no crowd regions: a detection on a crowd region of its class, which COCO
+    ignores (neither TP nor FP), was a false positive in the background row, and so was a detection COCO ignores
+    for lying outside area all's range (over 1e10 square pixels). One image, classes a (id 1) and b (id 2); no
+    detection here is confused with another class's object, so each matrix entry is a count of pycocotools':
+    diagonal its matches, background row its unmatched counted detections, background column its missed objects."""
+    ann = {
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0},
+                        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 40, 40], "area": 1600, "iscrowd": 1},
+                        {"id": 3, "image_id": 1, "category_id": 2, "bbox": [70, 0, 20, 20], "area": 400, "iscrowd": 0}],
+    }
+    dets = [
+        (1, [0, 0, 40, 40], 0.9),  # a on a's crowd region: ignored
+        (1, [5, 5, 10, 10], 0.85),  # a inside a's crowd region (IoU 1/16, but inside it): ignored
+        (1, [50, 50, 20, 20], 0.8),  # a's object: TP
+        (1, [50, 50, 20, 20], 0.75),  # a's object again: FP (a crowd region is no excuse away from it)
+        (2, [0, 0, 40, 40], 0.7),  # b on a's crowd region: a crowd region excuses only its own class, FP
+        (2, [70, 0, 20, 20], 0.6),  # b's object: TP
+        (1, [0, 0, 2e5, 2e5], 0.55),  # a, unmatched, larger than area all's range: ignored
+        (1, [80, 80, 10, 10], 0.5),  # a on nothing: FP
+    ]
+    (tmp_path / "gt.json").write_text(json.dumps(ann))
+    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": c, "bbox": b, "score": s}
+                                                    for c, b, s in dets]))
+    ann_file, results_file = str(tmp_path / "gt.json"), str(tmp_path / "dets.json")
+
+    detections, objects, matched = _counted_by_pycocotools(ann_file, results_file)
+    assert (detections, objects, matched) == ({1: 3, 2: 2}, {1: 1, 2: 1}, {1: 1, 2: 1})  # the comments above
+    expected = [[matched[1], 0, objects[1] - matched[1]],
+                [0, matched[2], objects[2] - matched[2]],
+                [detections[1] - matched[1], detections[2] - matched[2], 0]]
+    result = evaluate_results_file(ann_file, results_file)
+    assert result["confusion_matrix"]["matrix"] == expected == [[1, 0, 0], [0, 1, 0], [2, 1, 0]]
+    assert result["calibration"]["bins"][5]["count"] == 1  # 0.5 and 0.55: only the counted one, as COCO counts
+    assert result["errors"]["counts"] == {"Cls": 0, "Loc": 0, "Both": 0, "Dupe": 1, "Bkg": 2, "Miss": 0}
+
+
+def test_confusion_matrix_counts_what_coco_counts_with_crowds_and_past_100(tmp_path):
+    """Random detections on three images with a crowd region each, class a past COCO's 100 on image 1, some on
+    crowd regions and some on objects: every detection COCO counts lies in its class's column and no other does,
+    so the matrix's column sums are pycocotools' counted detections per class and its row sums the objects it
+    counts (whatever class confusions the matrix finds inside)."""
+    rng = np.random.default_rng(0)
+    images = [{"id": i, "width": 200, "height": 200} for i in (1, 2, 3)]
+    boxes = rng.uniform(0, 150, (12, 2))
+    annotations = [{"id": k + 1, "image_id": k % 3 + 1, "category_id": k % 2 + 1,
+                    "bbox": [*boxes[k].tolist(), 40.0, 40.0], "area": 1600.0, "iscrowd": int(k % 4 == 0)}
+                   for k in range(12)]
+    dets = []
+    for i in range(500):  # 300 on image 1: about 150 of class a
+        image = 1 if i < 300 else int(rng.integers(2, 4))
+        own = [a for a in annotations if a["image_id"] == image]
+        a = own[rng.integers(len(own))]
+        near = rng.random() < 0.6  # jittered on an object or crowd region, else anywhere
+        x, y = (np.asarray(a["bbox"][:2]) + rng.normal(0, 8, 2) if near else rng.uniform(0, 180, 2)).tolist()
+        category = a["category_id"] if rng.random() < 0.8 else 3 - a["category_id"]
+        dets.append({"image_id": a["image_id"], "category_id": category, "bbox": [x, y, 40.0, 40.0],
+                     "score": float(rng.uniform(0.01, 1))})
+    ann = {"images": images, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}], "annotations": annotations}
+    (tmp_path / "gt.json").write_text(json.dumps(ann))
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    ann_file, results_file = str(tmp_path / "gt.json"), str(tmp_path / "dets.json")
+
+    detections, objects, _ = _counted_by_pycocotools(ann_file, results_file)
+    assert sum(detections.values()) < len(dets) - 100  # past 100 and on crowd regions: many are not counted
+    matrix = np.asarray(evaluate_results_file(ann_file, results_file)["confusion_matrix"]["matrix"])
+    assert matrix[:, :2].sum(axis=0).tolist() == [detections[1], detections[2]]
+    assert matrix[:2].sum(axis=1).tolist() == [objects[1], objects[2]]
 
 
 @pytest.mark.parametrize("results", [[], [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 30, 30], "score": 0.9}]])
@@ -176,7 +252,7 @@ def test_no_calibration_of_no_detections(tmp_path, results):
     (tmp_path / "gt.json").write_text(json.dumps(ann))
     (tmp_path / "dets.json").write_text(json.dumps(results))
     if results:  # pycocotools' loadRes cannot read an empty list
-        detections, _ = _counted_by_pycocotools(str(tmp_path / "gt.json"), str(tmp_path / "dets.json"))
+        detections, _, _ = _counted_by_pycocotools(str(tmp_path / "gt.json"), str(tmp_path / "dets.json"))
         assert sum(detections.values()) == 0
     result = evaluate_results_file(str(tmp_path / "gt.json"), str(tmp_path / "dets.json"))
     assert result["metrics"]["AP"] == 0.0
