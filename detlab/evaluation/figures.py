@@ -16,13 +16,14 @@ DPI = 200
 
 
 def plot_error_analysis(result: dict[str, Any], folder: Path) -> list[Path]:
-    """Write the figures of what result holds (pr_curves always; errors, confusion_matrix and calibration with
-    hotcoco) into folder; return the PNG paths."""
+    """Write the figures of what result holds (pr_curves; errors, confusion_matrix and calibration with hotcoco)
+    into folder; return the PNG paths. A figure of no data is not drawn: no PR curve without ground truth, no
+    confusion matrix that counts nothing."""
     folder.mkdir(parents=True, exist_ok=True)
     plots = {"pr_curves": _pr_curves, "errors": _errors, "confusion_matrix": _confusion, "calibration": _calibration}
     written = []
     for key, plot in plots.items():
-        if result.get(key):
+        if _has_data(key, result.get(key)):
             fig = Figure(figsize=(7.0, 4.6), layout="constrained")
             FigureCanvasAgg(fig)
             plot(fig, result[key])
@@ -31,6 +32,16 @@ def plot_error_analysis(result: dict[str, Any], folder: Path) -> list[Path]:
             fig.savefig(path.with_suffix(".pdf"))
             written.append(path)
     return written
+
+
+def _has_data(key: str, data: dict[str, Any] | None) -> bool:
+    if not data:
+        return False
+    if key == "pr_curves":
+        return bool(data["AP50"])  # the classes with ground truth
+    if key == "confusion_matrix":
+        return bool(np.any(data["matrix"]))
+    return True
 
 
 def _pr_curves(fig: Figure, curves: dict[str, Any]) -> None:
