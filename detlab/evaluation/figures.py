@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from detlab.evaluation.analysis import ERROR_TYPES
 
 DPI = 200
+NAMED_CLASSES = 10  # PR curves: named up to the 10 colours of the cycle, so that a colour names one class
 
 
 def plot_error_analysis(result: dict[str, Any], folder: Path) -> list[Path]:
@@ -45,15 +46,26 @@ def _has_data(key: str, data: dict[str, Any] | None) -> bool:
 
 
 def _pr_curves(fig: Figure, curves: dict[str, Any]) -> None:
+    """Each class's curve, named in the legend up to NAMED_CLASSES classes (above, a legend of every class covers
+    the axes: thin grey lines, as ultralytics draws COCO's 80), and their mean in black, whose area is COCO's AP."""
     axes = fig.subplots(1, 2, sharey=True)
+    recall = curves["recall"]
+    count = len(curves["AP50"])
+    named = count <= NAMED_CLASSES
     for ax, key, iou in zip(axes, ("AP50", "AP75"), ("0.50", "0.75")):
         for name, precision in curves[key].items():
-            ax.plot(curves["recall"], precision, lw=1.2, label=f"{name} ({np.mean(precision) * 100:.1f})")
+            if named:
+                ax.plot(recall, precision, lw=1.2, label=f"{name} ({np.mean(precision) * 100:.1f})")
+            else:
+                ax.plot(recall, precision, lw=0.5, color="0.65")
+        mean = np.mean(list(curves[key].values()), axis=0)  # [R]: mean over the classes, as COCO's AP
+        ax.plot(recall, mean, lw=2.5, color="k", label=f"mean of {count} ({key} {np.mean(mean) * 100:.1f})")
         ax.set(title=f"IoU {iou}", xlabel="recall", xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, title="class (AP, points)", title_fontsize=6, loc="upper right")
+        ax.legend(fontsize=6, title="class (AP, points)", title_fontsize=6, loc="best")
     axes[0].set_ylabel("interpolated precision")
-    fig.suptitle("Precision-recall per class (area all, maxDets 100)")
+    classes = "per class" if named else f"of {count} classes in grey (the AP of each in results.json)"
+    fig.suptitle(f"Precision-recall {classes} and their mean\n(area all, maxDets 100)", fontsize=10)
 
 
 def _errors(fig: Figure, errors: dict[str, Any]) -> None:

@@ -3,8 +3,14 @@ what each figure claims to show is there, readable, and nothing is drawn of no d
 
 import json
 
-from detlab.evaluation.figures import plot_error_analysis
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from detlab.evaluation.figures import _pr_curves, plot_error_analysis
 from detlab.evaluation.results_file import evaluate_results_file
+from tests.conftest import pycocotools_eval
 
 
 def write_files(tmp_path, annotations, detections, classes=2):
@@ -34,3 +40,62 @@ def test_no_figure_of_no_data(tmp_path):
     result = evaluate_results_file(*write_files(tmp_path / "none", [], []))
     assert result["confusion_matrix"]["matrix"] == [[0, 0, 0], [0, 0, 0], [0, 0, 0]]
     assert plot_error_analysis(result, tmp_path / "none" / "analysis") == []
+
+
+def write_coco80(tmp_path, classes=80):
+    """COCO's 80 classes over 8 images of 200x200, two objects of each class; per object a detection moved by a
+    few pixels (some with the wrong class), and boxes on nothing: every class has a PR curve of its own."""
+    rng = np.random.default_rng(0)
+    annotations, detections = [], []
+    for i in range(2 * classes):
+        image, category = i % 8 + 1, i % classes + 1
+        x, y, w, h = (float(v) for v in rng.uniform([0, 0, 20, 20], [120, 120, 80, 80]))
+        annotations.append({"id": i + 1, "image_id": image, "category_id": category, "bbox": [x, y, w, h],
+                            "area": w * h, "iscrowd": 0})
+        guess = category if rng.random() > 0.2 else int(rng.integers(1, classes + 1))
+        dx, dy = rng.normal(0, 6, 2)
+        detections.append({"image_id": image, "category_id": guess, "bbox": [x + dx, y + dy, w, h],
+                           "score": float(rng.uniform(0.2, 1))})
+        detections.append({"image_id": image, "category_id": category, "bbox": [float(v) for v in rng.uniform(0, 100, 4)],
+                           "score": float(rng.uniform(0, 0.6))})
+    ann = {
+        "images": [{"id": i, "width": 200, "height": 200} for i in range(1, 9)],
+        "categories": [{"id": c, "name": f"class {c}"} for c in range(1, classes + 1)],
+        "annotations": annotations,
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(ann))
+    (tmp_path / "dets.json").write_text(json.dumps(detections))
+    return str(tmp_path / "gt.json"), str(tmp_path / "dets.json")
+
+
+def draw(plot, data):
+    fig = Figure(layout="constrained")
+    FigureCanvasAgg(fig)
+    plot(fig, data)
+    fig.draw_without_rendering()
+    return fig
+
+
+@pytest.mark.parametrize("classes", [80, 10])
+def test_pr_curves_name_the_classes_up_to_ten_and_draw_every_class_and_their_mean(tmp_path, classes):
+    """At COCO's 80 classes a legend of every class covered both axes (and the 10 colours repeat 8 times, naming
+    none): each class is a thin grey line, unnamed, the title says how many and where their APs are, and the mean
+    curve is black, its area pycocotools' AP50 / AP75. Up to 10 classes each has its colour and legend entry."""
+    ann_file, results_file = write_coco80(tmp_path, classes)
+    reference = pycocotools_eval(ann_file, results_file)
+    fig = draw(_pr_curves, evaluate_results_file(ann_file, results_file)["pr_curves"])
+    for ax, key, ap in zip(fig.axes, ("AP50", "AP75"), reference.stats[1:3]):
+        assert len(ax.lines) == classes + 1  # no class left out
+        mean = ax.lines[-1]
+        assert np.mean(mean.get_ydata()) == pytest.approx(ap, abs=1e-12)
+        entries = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert entries[-1] == f"mean of {classes} ({key} {ap * 100:.1f})"
+        if classes > 10:
+            assert entries == entries[-1:]
+            assert {line.get_color() for line in ax.lines[:-1]} == {"0.65"}
+        else:
+            assert entries[:-1] == [f"class {c} ({ap * 100:.1f})" for c, ap in enumerate(
+                reference.eval["precision"][0 if key == "AP50" else 5, :, :, 0, -1].mean(axis=0), start=1)]
+            assert len({line.get_color() for line in ax.lines[:-1]}) == classes
+    title = fig.get_suptitle()
+    assert (f"of {classes} classes in grey (the AP of each in results.json)" in title) == (classes > 10)
