@@ -86,9 +86,14 @@ def _confusion(fig: Figure, confusion: dict[str, Any]) -> None:
     if len(matrix) <= 21:  # counts stay readable up to 20 classes
         for (i, j), count in np.ndenumerate(matrix.astype(int)):
             ax.text(j, i, str(count), ha="center", va="center", fontsize=6)
+    # The figure grows with the classes: at least a tenth of an inch (7.2 pt) a row, so that every class is named
+    # at COCO's 80 without one label over the next (the counts need the 3.6 inches up to 20 classes).
+    side = max(3.6, 0.1 * len(matrix))
+    fig.set_size_inches(side + 2.2, side + 1.5)
+    fontsize = 7 if len(matrix) <= 21 else 5.5
     ticks = range(len(confusion["classes"]))
-    ax.set_xticks(ticks, confusion["classes"], rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(ticks, confusion["classes"], fontsize=7)
+    ax.set_xticks(ticks, confusion["classes"], rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, confusion["classes"], fontsize=fontsize)
     ax.set(xlabel="predicted class", ylabel="ground-truth class",
            title=f"Confusion at IoU {confusion['iou_thr']:.2f} (colour: fraction of the row)")
     fig.colorbar(image, ax=ax, shrink=0.8)

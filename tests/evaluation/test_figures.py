@@ -8,7 +8,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from detlab.evaluation.figures import _pr_curves, plot_error_analysis
+from detlab.evaluation.figures import _confusion, _pr_curves, plot_error_analysis
 from detlab.evaluation.results_file import evaluate_results_file
 from tests.conftest import pycocotools_eval
 
@@ -69,7 +69,7 @@ def write_coco80(tmp_path, classes=80):
 
 
 def draw(plot, data):
-    fig = Figure(layout="constrained")
+    fig = Figure(figsize=(7.0, 4.6), layout="constrained")  # as plot_error_analysis makes it
     FigureCanvasAgg(fig)
     plot(fig, data)
     fig.draw_without_rendering()
@@ -99,3 +99,24 @@ def test_pr_curves_name_the_classes_up_to_ten_and_draw_every_class_and_their_mea
             assert len({line.get_color() for line in ax.lines[:-1]}) == classes
     title = fig.get_suptitle()
     assert (f"of {classes} classes in grey (the AP of each in results.json)" in title) == (classes > 10)
+
+
+def overlaps(labels):
+    boxes = [t.get_window_extent() for t in labels]
+    return [(a.get_text(), b.get_text()) for (a, box_a), (b, box_b) in zip(zip(labels, boxes), zip(labels[1:], boxes[1:]))
+            if box_a.overlaps(box_b)]
+
+
+@pytest.mark.parametrize("classes", [80, 10])
+def test_confusion_matrix_names_every_class_without_overlapping_labels(tmp_path, classes):
+    """At COCO's 80 classes the 81 labels (with background) on each axis of a 4.6-inch figure were printed over
+    each other; the figure now grows with the classes, every one named, none over its neighbour, none cut off."""
+    result = evaluate_results_file(*write_coco80(tmp_path, classes))
+    fig = draw(_confusion, result["confusion_matrix"])
+    ax = fig.axes[0]
+    names = [f"class {c}" for c in range(1, classes + 1)] + ["background"]
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        assert [t.get_text() for t in labels] == names
+        assert overlaps(labels) == []
+        assert all(fig.bbox.contains(*t.get_window_extent().min) and fig.bbox.contains(*t.get_window_extent().max)
+                   for t in labels)
