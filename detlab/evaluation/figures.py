@@ -93,8 +93,11 @@ def _confusion(fig: Figure, confusion: dict[str, Any]) -> None:
     fontsize = 7 if len(matrix) <= 21 else 5.5
     ticks = range(len(confusion["classes"]))
     ax.set_xticks(ticks, confusion["classes"], rotation=90, fontsize=fontsize)
-    ax.set_yticks(ticks, confusion["classes"], fontsize=fontsize)
-    ax.set(xlabel="predicted class", ylabel="ground-truth class",
+    # A row's colour is a fraction of its total: the total beside its name (objects of the class; false positives
+    # on background) keeps 1 missed object from reading as 200, where the cells are too small for counts.
+    totals = matrix.sum(axis=1).astype(int)
+    ax.set_yticks(ticks, [f"{name} ({n})" for name, n in zip(confusion["classes"], totals)], fontsize=fontsize)
+    ax.set(xlabel="predicted class", ylabel="ground-truth class (row total)",
            title=f"Confusion at IoU {confusion['iou_thr']:.2f} (colour: fraction of the row)")
     fig.colorbar(image, ax=ax, shrink=0.8)
 

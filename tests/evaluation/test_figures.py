@@ -110,13 +110,17 @@ def overlaps(labels):
 @pytest.mark.parametrize("classes", [80, 10])
 def test_confusion_matrix_names_every_class_without_overlapping_labels(tmp_path, classes):
     """At COCO's 80 classes the 81 labels (with background) on each axis of a 4.6-inch figure were printed over
-    each other; the figure now grows with the classes, every one named, none over its neighbour, none cut off."""
+    each other; the figure now grows with the classes, every one named, none over its neighbour, none cut off.
+    Each row's colour is a fraction of its total; above 20 classes no count is written in the cells, so each row's
+    name carries its total: one missed object and 200 read alike in colour."""
     result = evaluate_results_file(*write_coco80(tmp_path, classes))
     fig = draw(_confusion, result["confusion_matrix"])
     ax = fig.axes[0]
     names = [f"class {c}" for c in range(1, classes + 1)] + ["background"]
-    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
-        assert [t.get_text() for t in labels] == names
+    rows = [f"{name} (2)" for name in names[:-1]]  # the file's 2 objects of each class
+    rows.append(f"background ({sum(result['confusion_matrix']['matrix'][-1])})")  # the false positives
+    for labels, expected in ((ax.get_xticklabels(), names), (ax.get_yticklabels(), rows)):
+        assert [t.get_text() for t in labels] == expected
         assert overlaps(labels) == []
         assert all(fig.bbox.contains(*t.get_window_extent().min) and fig.bbox.contains(*t.get_window_extent().max)
                    for t in labels)
