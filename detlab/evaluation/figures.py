@@ -106,7 +106,11 @@ def _calibration(fig: Figure, calibration: dict[str, Any]) -> None:
     ax = fig.subplots()
     bins = [b for b in calibration["bins"] if b["count"]]
     ax.plot([0, 1], [0, 1], "--", color="0.5", lw=1, label="perfectly calibrated")
-    ax.plot([b["confidence"] for b in bins], [b["precision"] for b in bins], "o-", color="C0", label="detections")
+    ax.plot([b["confidence"] for b in bins], [b["precision"] for b in bins], "o-", color="C0", clip_on=False,
+            label="detections (n per bin)")
+    for b in bins:  # ECE weighs each bin by its count: a point of 3 detections is not one of 3000
+        ax.annotate(f"n={b['count']}", (b["confidence"], b["precision"]), xytext=(0, 6), textcoords="offset points",
+                    ha="center", fontsize=6)
     ax.set(xlabel="score (mean in its bin)", ylabel=f"fraction matched at IoU {calibration['iou_thr']:.2f}",
            xlim=(0, 1), ylim=(0, 1.02),
            title=f"Calibration: ECE {calibration['ECE']:.3f}, MCE {calibration['MCE']:.3f}")

@@ -8,9 +8,10 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from detlab.evaluation.figures import _confusion, _pr_curves, plot_error_analysis
+from detlab.evaluation.figures import _calibration, _confusion, _pr_curves, plot_error_analysis
 from detlab.evaluation.results_file import evaluate_results_file
 from tests.conftest import pycocotools_eval
+from tests.evaluation.test_analysis import write_case
 
 
 def write_files(tmp_path, annotations, detections, classes=2):
@@ -124,3 +125,13 @@ def test_confusion_matrix_names_every_class_without_overlapping_labels(tmp_path,
         assert overlaps(labels) == []
         assert all(fig.bbox.contains(*t.get_window_extent().min) and fig.bbox.contains(*t.get_window_extent().max)
                    for t in labels)
+
+
+def test_calibration_shows_how_many_detections_each_point_is_of(tmp_path):
+    """ECE weighs each score bin by its detections; the curve drew a bin of 1 as one of 1000. The case worked by
+    hand in test_analysis scores 7 detections: 0.6 and 0.65, 0.7 and 0.75, 0.8 and 0.85, 0.9."""
+    result = evaluate_results_file(*write_case(tmp_path))
+    ax = draw(_calibration, result["calibration"]).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["n=2", "n=2", "n=2", "n=1"]
+    assert [t.xy for t in ax.texts] == [(pytest.approx(c), p) for c, p in ((0.625, 0.5), (0.725, 0), (0.825, 0), (0.9, 1))]
+    assert not ax.lines[1].get_clip_on()  # a bin matched 0 or 1 of its detections is drawn whole, not half
