@@ -39,7 +39,8 @@ def plot_speed_accuracy(
     rows: Sequence[Row], path: Path, metric: str = "AP", title: str = "", device: str | None = None
 ) -> Figure:
     """AP against ms per image, one point per configuration with 95% intervals on both axes, the Pareto front."""
-    rows = [r for r in rows if not math.isnan(r.stats[SPEED].estimate) and not math.isnan(r.stats[metric].estimate)]
+    missing = [r.label for r in rows if math.isnan(r.stats[SPEED].estimate) or math.isnan(r.stats[metric].estimate)]
+    rows = [r for r in rows if r.label not in missing]
     k = scale(metric)
     fig = Figure(figsize=(7.5, 5.0), layout="constrained")
     FigureCanvasAgg(fig)  # a canvas of our own (no pyplot state): label placement measures text on it
@@ -60,7 +61,10 @@ def plot_speed_accuracy(
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.2, y=0.15)
     _place_labels(ax, [r.label + (" (baseline)" if r.is_baseline else "") for r in rows], points)
-    _caption(fig, rows, "points: mean of {seeds}; bars: 95% t-intervals on both axes (clipped to the valid range)")
+    caption = "points: mean of {seeds}; bars: 95% t-intervals on both axes (clipped to the valid range)"
+    if missing:  # a configuration of the table without a point has to say so, not vanish
+        caption += f"; without {SPEED} or {metric}, not drawn: {', '.join(missing)}"
+    _caption(fig, rows, caption)
     _save(fig, path)
     return fig
 

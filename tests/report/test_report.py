@@ -436,3 +436,16 @@ def test_a_value_written_two_ways_is_no_factor(tmp_path):
     text = write_report(find_runs([tmp_path / "run", tmp_path / "sweep"])[0], tmp_path / "out").markdown
     assert "Common overrides: `trainer.enable_progress_bar=false loss.alpha=.5`" in text
     assert "| model | n | AP | AP50 | AP75 |" in text and "| retinanet | 1 |" in text
+
+
+def test_speed_accuracy_names_the_configurations_it_cannot_draw(tmp_path):
+    """A configuration whose runs measured no speed has no point on the plot; the table shows it with "–", and the
+    figure left it out without a word. Its caption now names it."""
+    for loss in ("ce", "focal", "bce"):
+        for seed in range(2):
+            fake_run(tmp_path / "runs", f"{loss}{seed}", [f"loss={loss}", f"seed={seed}"], 0.3,
+                     ms=None if loss == "bce" else 20.0 + seed)
+    rows = compare(group_runs(find_runs([tmp_path / "runs"])[0]), ["AP", "ms_per_img"], None)
+    fig = plot_speed_accuracy(rows, tmp_path / "s.png")
+    assert len(fig.axes[0].containers) == 2  # the error bars of ce and focal
+    assert fig.get_supxlabel().endswith("; without ms_per_img or AP, not drawn: bce")
