@@ -62,7 +62,7 @@ def _pr_curves(fig: Figure, curves: dict[str, Any]) -> None:
         ax.plot(recall, mean, lw=2.5, color="k", label=f"mean of {count} ({key} {np.mean(mean) * 100:.1f})")
         ax.set(title=f"IoU {iou}", xlabel="recall", xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, title="class (AP, points)", title_fontsize=6, loc="best")
+        ax.legend(fontsize=6, title="class (AP, points)" if named else None, title_fontsize=6, loc="best")
     axes[0].set_ylabel("interpolated precision")
     classes = "per class" if named else f"of {count} classes in grey (the AP of each in results.json)"
     fig.suptitle(f"Precision-recall {classes} and their mean\n(area all, maxDets 100)", fontsize=10)
