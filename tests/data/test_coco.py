@@ -177,6 +177,9 @@ BAD_INPUTS = {
     "duplicate annotation id": (mutate(lambda d: ann(d, 2).update(id=1)), ["image id=42", "duplicate annotation id"]),
     "annotation without area": (mutate(lambda d: ann(d, 6).pop("area")), ["annotation id=6", "missing field 'area'"]),
     "boolean area": (mutate(lambda d: ann(d, 6).update(area=True)), ["annotation id=6", "'area'=True"]),
+    # COCOeval sizes objects by it: the object counted as large (APl) or, above 1e10, in no number at all
+    "area beyond its box and image": (mutate(lambda d: ann(d, 6).update(area=2e10)),
+                                      ["annotation id=6", "'area'=20000000000.0 is larger than its box"]),
     # pycocotools takes any true iscrowd as crowd (the box silently ignored), hotcoco stops without naming the file
     "iscrowd text": (mutate(lambda d: ann(d, 6).update(iscrowd="no")), ["annotation id=6", "'iscrowd'='no'"]),
     "no annotation at all": (mutate(lambda d: d.update(annotations=[])), ["no object to learn from or score against"]),

@@ -228,6 +228,11 @@ def _annotation_problem(ann: Any, images: dict, categories: dict) -> str | None:
     img = images[ann["image_id"]]
     if x >= img["width"] or y >= img["height"] or x + w <= 0 or y + h <= 0:
         return f"field 'bbox'={bbox} lies wholly outside the {img['width']}x{img['height']} image"
+    if ann["area"] > max(w * h, img["width"] * img["height"]):
+        # COCO's area is the object's pixels (w * h for a box): more than its box and its image holds is a wrong
+        # field, which put the object in another size range (APs, APm, APl) or, above 1e10, out of every number
+        return (f"field 'area'={ann['area']} is larger than its box ({w} x {h}) and its {img['width']}x{img['height']} "
+                "image: COCO's area is the object's pixels (w * h for a box)")
     return None
 
 
