@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from detlab.errors import ConfigError, DataError, check_writable, user_errors
+from detlab.errors import CheckpointError, ConfigError, DataError, check_writable, user_errors
 from detlab.files import write_text_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -52,6 +52,8 @@ def predict(
         _check_distinct([path for path, _ in images], lambda path: path.stem, f"drawing in {draw}")
     if run is not None:
         predictor, _ = Predictor.from_run(run, overrides)
+        if coco_categories is not None:
+            _check_same_categories(run, predictor.category_ids, predictor.class_names, inputs[0], coco_categories)
     else:
         from hydra.errors import HydraException
 
@@ -142,6 +144,27 @@ def _check_distinct(paths: list[Path], name_of, what: str) -> None:
         if other != path:
             raise DataError(f"{other} and {path} would have the same {what} ({name_of(path)!r}); give them "
                             "one at a time (a --out and --draw each), or rename one")
+
+
+def _check_same_categories(run: Path, category_ids: list[int], class_names: list[str], ann_file: Path,
+                           coco_categories: dict[int, str]) -> None:
+    """A CheckpointError unless the run's label space means the COCO json's categories: results carry the run's
+    category ids, which the json reads by its own names (a COCO run's person, id 1, was written and scored as a
+    VOC json's id 1). The json may have fewer or more categories; an id they share must have one name, and one
+    id at least must be shared (else every detection was left out). The name unused_<id> is a label space's
+    place for an id its training file did not have (torchvision's 91-way labels): any name fits it."""
+    trained = dict(zip(category_ids, class_names))
+    shared = [c for c in trained if c in coco_categories]
+    differ = [f"id {c}: {trained[c]!r} in the run, {coco_categories[c]!r} in the json" for c in shared
+              if trained[c] not in (coco_categories[c], f"unused_{c}")]
+    if differ or not shared:
+        what = (f"{len(differ)} of the category ids they share name other classes ({'; '.join(differ[:3])}"
+                + (", ..." if len(differ) > 3 else "") + ")") if differ else "they share no category id"
+        raise CheckpointError(
+            f"{ann_file}: its categories (field 'categories') are not the ones {run} was trained on: {what}. "
+            "The results would carry the run's category ids, which the json reads as its own classes; use a run "
+            "trained on the json's classes"
+        )
 
 
 def _coco_images(ann_file: Path, img_dir: Path | None) -> tuple[list[tuple[Path, int]], dict[int, str]]:

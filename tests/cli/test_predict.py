@@ -1,6 +1,7 @@
 """detlab-predict: COCO results that score what torchvision's own detections score, files named on every error."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -201,3 +202,38 @@ def test_unusable_outputs_stop_before_the_model_loads(tmp_path, monkeypatch, cap
         main(["ok.png", *args, "model=tv_retinanet_r50_fpn", *TINY])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("categories", "message"),
+    [
+        # a COCO run's person (id 1) was written as a VOC json's raccoon (id 1) and scored as one, exit 0
+        ([{"id": 1, "name": "raccoon"}, {"id": 2, "name": "2"}], "(id 1: '1' in the run, 'raccoon' in the json)"),
+        # every detection was left out, and an empty results file written with exit 0
+        ([{"id": 500, "name": "raccoon"}], "they share no category id"),
+    ],
+)
+def test_a_coco_json_of_other_classes_than_the_runs_is_refused(tiny_checkpoint, monkeypatch, capsys, categories,
+                                                               message):
+    monkeypatch.chdir(tiny_checkpoint.parent)
+    images = [{"id": 7, "file_name": "ok.png", "width": 40, "height": 30}]
+    Path("other.json").write_text(json.dumps({"images": images, "annotations": [], "categories": categories}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["other.json", "--img-dir", ".", "--run", str(tiny_checkpoint), "--out", "r.json"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "other.json: its categories (field 'categories') are not the ones" in err and message in err
+    assert not Path("r.json").exists()
+
+
+def test_a_coco_json_sharing_the_runs_category_names_is_predicted(tiny_checkpoint, monkeypatch):
+    """Fewer categories than the run's label space, with the run's names, are the json's to score: the results
+    carry its image id and only its category ids."""
+    monkeypatch.chdir(tiny_checkpoint.parent)
+    images = [{"id": 7, "file_name": "ok.png", "width": 40, "height": 30}]
+    categories = [{"id": 1, "name": "1"}, {"id": 3, "name": "3"}]
+    Path("same.json").write_text(json.dumps({"images": images, "annotations": [], "categories": categories}))
+    main(["same.json", "--img-dir", ".", "--run", str(tiny_checkpoint), "--out", "r.json",
+          "model.postprocess.score_thresh=0"])
+    results = json.loads(Path("r.json").read_text())
+    assert results and {r["image_id"] for r in results} == {7} and {r["category_id"] for r in results} <= {1, 3}
