@@ -26,7 +26,8 @@ def evaluate_results_file(ann_file: str, results_file: str, backend: str = DEFAU
     coco_gt = load_ground_truth(str(ann_file), backend)
     names = categories(coco_gt)  # distinct: the annotation file's check (load_ground_truth) refuses a repeated name
     image_ids = np.unique(np.asarray(coco_gt.getImgIds(), dtype=np.int64))
-    results = _read_results(str(results_file), image_ids, np.asarray(sorted(names), dtype=np.int64))
+    file_names = {int(img["id"]): str(img.get("file_name") or "") for img in coco_gt.loadImgs(image_ids.tolist())}
+    results = _read_results(str(results_file), image_ids, np.asarray(sorted(names), dtype=np.int64), file_names)
     return score(coco_gt, results, image_ids, names, backend)
 
 
@@ -34,11 +35,15 @@ class ResultsFileError(DataError):
     """A COCO results file that cannot be scored as written; the message names the file, detection and field."""
 
 
-def _read_results(results_file: str, image_ids: np.ndarray, category_ids: np.ndarray) -> BoxResults:
+def _read_results(
+    results_file: str, image_ids: np.ndarray, category_ids: np.ndarray, file_names: dict[int, str] | None = None
+) -> BoxResults:
     """A COCO results json (a list of {image_id, category_id, bbox [x, y, w, h], score}) as BoxResults.
 
     Nothing is coerced: pycocotools rejects an image_id of 74.5 or "74", and a bbox of 8 numbers reshaped to
     4 pairs boxes with the wrong detections, so each is an error naming the detection's index and field.
+    file_names: {image id: the annotation file's file_name}; a detection that names its image's file (detlab-predict
+    on plain files) must name that image id's.
     """
     try:
         with open(results_file, "rb") as f:
@@ -69,6 +74,7 @@ def _read_results(results_file: str, image_ids: np.ndarray, category_ids: np.nda
     _check_finite(results_file, "score", np.isfinite(results.scores), results.scores)
     _check_known(results_file, "image_id", results.image_ids, image_ids)
     _check_known(results_file, "category_id", results.category_ids, category_ids)
+    _check_file_names(results_file, records, file_names or {})
     return results
 
 
@@ -122,4 +128,25 @@ def _check_known(results_file: str, field: str, values: np.ndarray, known: np.nd
         raise ResultsFileError(
             f"{results_file}: detection {first}: {field} {int(values[first])} is not in the annotation file "
             f"({unknown.sum()} detections have an unknown {field}: {np.unique(values[unknown])[:5].tolist()})"
+        )
+
+
+def _check_file_names(results_file: str, records: list[dict], file_names: dict[int, str]) -> None:
+    """detlab-predict numbers plain image files 0..N-1 in sorted order and writes each one's `file_name` beside
+    its image_id: scored against an annotation file whose ids are also 0..N-1 (or overlap them), every detection
+    was matched against another image's objects, without a word (perfect detections of raccoon's 200 photos
+    scored AP 0.014). A detection's file_name must be the base name of its image id's `file_name` in the file."""
+    wrong = [
+        (i, r["file_name"], file_names[r["image_id"]]) for i, r in enumerate(records)
+        if "file_name" in r and file_names.get(r["image_id"])
+        and str(r["file_name"]) != file_names[r["image_id"]].replace("\\", "/").rsplit("/", 1)[-1]
+    ]
+    if wrong:
+        first, named, expected = wrong[0]
+        raise ResultsFileError(
+            f"{results_file}: detection {first}: field 'file_name'={named!r}, but its image_id "
+            f"{records[first]['image_id']} is {expected!r} in the annotation file ({len(wrong)} detections name "
+            "another file than their image id's). detlab-predict numbers plain image files by their sorted order; "
+            "predict on the annotation file itself (detlab-predict <ann.json> --img-dir <its image folder>), so that "
+            "the results carry its image ids"
         )

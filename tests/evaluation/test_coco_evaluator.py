@@ -396,6 +396,41 @@ def test_image_ids_beyond_float64_precision_keep_their_image(tmp_path, backend):
     assert reference.stats[0] == pytest.approx(1.0, abs=TOL)
 
 
+def _plain_file_results(tmp_path: Path, ids_by_name: dict[str, int]) -> tuple[Path, Path]:
+    """An annotation file of b.jpg and a.jpg, one box each, with the given image ids, and perfect detections as
+    detlab-predict writes them for those two files given as plain files: ids by sorted name, each with its name."""
+    boxes = {"a.jpg": [10.0, 10.0, 40.0, 40.0], "b.jpg": [50.0, 20.0, 30.0, 60.0]}
+    images = [{"id": ids_by_name[n], "file_name": f"photos/{n}", "width": 100, "height": 100} for n in ("b.jpg", "a.jpg")]
+    annotations = [{"id": k + 1, "image_id": ids_by_name[n], "category_id": 1, "bbox": boxes[n], "area": 1600.0,
+                    "iscrowd": 0} for k, n in enumerate(("b.jpg", "a.jpg"))]
+    (tmp_path / "gt.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                  "categories": [{"id": 1, "name": "cat"}]}))
+    detections = [{"image_id": i, "category_id": 1, "bbox": boxes[n], "score": 0.9, "file_name": n}
+                  for i, n in enumerate(sorted(boxes))]
+    (tmp_path / "dets.json").write_text(json.dumps(detections))
+    return tmp_path / "gt.json", tmp_path / "dets.json"
+
+
+def test_results_naming_another_file_than_their_image_id_are_refused(tmp_path):
+    """detlab-predict numbers plain files 0..N-1 by sorted name; an annotation file (an exporter's) numbering
+    b.jpg 0 and a.jpg 1 took each perfect detection as the other image's: AP 0 where matching by file gives 1."""
+    gt, dets = _plain_file_results(tmp_path, {"b.jpg": 0, "a.jpg": 1})
+    with pytest.raises(ResultsFileError) as err:
+        evaluate_results_file(str(gt), str(dets))
+    assert str(err.value).startswith(f"{dets}: detection 0: field 'file_name'='a.jpg', but its image_id 0 is "
+                                      "'photos/b.jpg' in the annotation file (2 detections name another file")
+    assert "detlab-predict <ann.json> --img-dir" in str(err.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_naming_their_image_ids_file_are_scored_as_pycocotools_scores_them(tmp_path, backend):
+    gt, dets = _plain_file_results(tmp_path, {"a.jpg": 0, "b.jpg": 1})
+    reference = pycocotools_eval(gt, dets)
+    assert evaluate_results_file(str(gt), str(dets), backend)["metrics"] == pytest.approx(
+        metric_dict(reference.stats), abs=TOL)
+    assert reference.stats[0] == pytest.approx(1.0, abs=TOL)
+
+
 def test_unreadable_results_file_is_named(ann_file, tmp_path):
     """A binary file (a checkpoint, a gzip) or a folder given as --results: one message, not a decoder traceback."""
     gzip_header = tmp_path / "dets.json.gz"
