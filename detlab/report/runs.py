@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,13 @@ def common_overrides(groups: Sequence[Group]) -> dict[str, str]:
 def short_key(key: str) -> str:
     """experiment/focal_gamma -> focal_gamma, optim.optimizer.lr -> lr: what a column or a legend shows."""
     return re.split(r"[/.@]", key.split("@")[0])[-1]
+
+
+def column_names(keys: Sequence[str]) -> dict[str, str]:
+    """{key: its column's name}: the short key (lr), or the whole key where two factors share one (data.train.img_dir
+    and data.source.shared.img_dir: one column named img_dir held the second's value in both runs' rows)."""
+    counts = Counter(short_key(k) for k in keys)
+    return {k: short_key(k) if counts[short_key(k)] == 1 else k for k in keys}
 
 
 def label(group: Group, keys: Sequence[str]) -> str:

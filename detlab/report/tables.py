@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 
-from detlab.report.runs import Group, ReportError, factors, label, short_key
+from detlab.report.runs import Group, ReportError, column_names, factors, label
 from detlab.report.stats import Interval, mean_interval, paired_interval, welch_interval
 
 
@@ -52,10 +52,11 @@ def compare(groups: Sequence[Group], metrics: Sequence[str], baseline: Group | N
                                   f"{', '.join(want)}: a paired difference needs the same seeds in both; report "
                                   "those seeds only, or leave out --paired for Welch's interval")
     rows = []
+    names = column_names(keys)
     for g in groups:
         stats = {m: mean_interval(g.values(m)) for m in metrics}
         diffs = {m: _difference(g, baseline, m, paired) for m in metrics} if baseline else {}
-        levels = {short_key(k): g.overrides.get(k, "default") for k in keys}
+        levels = {names[k]: g.overrides.get(k, "default") for k in keys}
         rows.append(Row(g, label(g, keys), levels, stats, diffs, g is baseline))
     return rows
 

@@ -449,3 +449,17 @@ def test_speed_accuracy_names_the_configurations_it_cannot_draw(tmp_path):
     fig = plot_speed_accuracy(rows, tmp_path / "s.png")
     assert len(fig.axes[0].containers) == 2  # the error bars of ce and focal
     assert fig.get_supxlabel().endswith("; without ms_per_img or AP, not drawn: bce")
+
+
+def test_two_factors_of_one_short_name_keep_a_column_each(tmp_path):
+    """A COCO run (data.train.img_dir) and a VOC run (data.source.shared.img_dir) in one report: both factors were
+    the column img_dir, which showed the second's value in every row (the COCO run's img_dir as `default`)."""
+    fake_run(tmp_path / "runs", "coco", ["data=coco", "data.train.img_dir=coco/train2017"], 0.3, 20.0)
+    fake_run(tmp_path / "runs", "voc", ["data=voc", "data.source.shared.img_dir=images"], 0.2, 20.0)
+    report = write_report(find_runs([tmp_path / "runs"])[0], tmp_path / "out")
+    assert "| data | data.train.img_dir | data.source.shared.img_dir | n |" in report.markdown
+    assert "| coco | coco/train2017 | default | 1 |" in report.markdown
+    assert "| voc | default | images | 1 |" in report.markdown
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert {(r["data.train.img_dir"], r["data.source.shared.img_dir"]) for r in rows.values()} == {
+        ("coco/train2017", "default"), ("default", "images")}
