@@ -156,6 +156,8 @@ def _check_reports(args: argparse.Namespace) -> list[SplitReport]:
         if args.image_check and args.img_dir is None:
             raise ConfigError("--image-check of a COCO json needs --img-dir (the folder its file_names are in)")
         _check_exists(args.target)
+        if args.img_dir is not None:  # else every image is a problem "not found" (status 1) where training says one line
+            _check_exists(args.img_dir, "--img-dir ")
         return [_report(args.target, check_coco(args.target, args.img_dir), args.img_dir, args.image_check)]
     _check_format_options(args, "config")
     return [
@@ -165,10 +167,10 @@ def _check_reports(args: argparse.Namespace) -> list[SplitReport]:
     ]
 
 
-def _check_exists(target: str) -> None:
+def _check_exists(target: str, option: str = "") -> None:
     """A path that is not there was mistyped (a user's error, status 2), not a finding about the data (status 1)."""
     if not Path(target).exists():
-        raise ConfigError(f"{target}: no such file or folder")
+        raise ConfigError(f"{option}{target}: no such file or folder")
 
 
 def _report(

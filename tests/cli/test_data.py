@@ -282,3 +282,13 @@ def test_check_usage_problems_are_one_message(tmp_path, monkeypatch, capsys, arg
     monkeypatch.chdir(tmp_path)
     assert exit_status(argv) == 2
     assert f"detlab-data check: error: {says}" in capsys.readouterr().err
+
+
+def test_check_a_mistyped_image_folder_is_one_message(tmp_path, monkeypatch, capsys):
+    """Every image was a problem "image file not found" (status 1, 128 lines for coco128), where detlab-train
+    stops on the one folder (data.train.img_dir=...: no such folder, status 2)."""
+    monkeypatch.chdir(tmp_path)
+    Path("ann.json").write_text(json.dumps(CHECK_COCO))
+    assert exit_status(["check", "ann.json", "--img-dir", "imgs"]) == 2
+    captured = capsys.readouterr()
+    assert "detlab-data check: error: --img-dir imgs: no such file or folder" in captured.err and not captured.out
