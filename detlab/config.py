@@ -54,6 +54,7 @@ def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first impossible setting or combination in cfg."""
+    _check_missing(cfg)
     _check_moved(cfg)
     check_positive("data", image_size=cfg.data.image_size, batch_size=cfg.data.batch_size,
                    size_divisor=cfg.data.get("size_divisor", 1))
@@ -68,6 +69,24 @@ def validate(cfg: DictConfig) -> None:
     _check_optim(cfg.optim)
     _check_names(cfg)
     _check_model(cfg)
+
+
+def _check_missing(cfg: DictConfig) -> None:
+    """Every mandatory value (`???`: the paths of data=coco, voc, yolo, udacity, mot) given: one left out stopped
+    the run with OmegaConf's MissingMandatoryValue traceback when the data module was built, exit 1."""
+    missing = _missing_keys({k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"})
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no value (??? in its "
+                          f"config); give {'it' if len(missing) == 1 else 'each'} on the command line, e.g. "
+                          f"{missing[0]}=...")
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of the values ??? in a plain container (OmegaConf.to_container, unresolved), in order."""
+    if node == "???":
+        return [prefix]
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [key for k, v in items for key in _missing_keys(v, f"{prefix}.{k}" if prefix else str(k))]
 
 
 def _check_names(cfg: DictConfig) -> None:

@@ -182,6 +182,21 @@ def test_unknown_option_lists_the_valid_ones():
         compose_train(["model/backbone=resnet5"])
 
 
+@pytest.mark.parametrize(("overrides", "keys"), [
+    (["data=coco"], "data.train.ann_file, data.train.img_dir, data.val.ann_file, data.val.img_dir have no value"),
+    (["data=coco", "data.train.ann_file=a.json", "data.train.img_dir=img"], "data.val.ann_file, data.val.img_dir have"),
+    (["data=voc"], "data.source.shared.root has no value"),
+    (["data=yolo"], "data.source.shared.names, data.source.train.images_dir, data.source.val.images_dir have"),
+    (["data=udacity"], "data.source.train.csv_file has no value"),
+    (["data=mot"], "data.source.train.seq_dir, data.source.val.seq_dir have no value"),
+])
+def test_a_mandatory_value_left_out_is_named_by_validate(overrides, keys):
+    """Each ??? of a data config: OmegaConf's MissingMandatoryValue traceback when the data module was built."""
+    cfg = compose_train(overrides)
+    with pytest.raises(ConfigError, match=re.escape(keys)):
+        validate(cfg)
+
+
 def test_impossible_combinations_name_the_key(monkeypatch):
     cfg = compose_train(["model.neck.num_extra_levels=1"])
     with pytest.raises(ConfigError, match="model.priors.sizes"):

@@ -392,6 +392,11 @@ def test_bad_override_stops_before_work_with_the_key(tmp_path):
         proc = run("detlab-train", override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
         assert proc.returncode == 2, proc.stderr
         assert says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    # README's data=coco without its val split: OmegaConf's MissingMandatoryValue traceback, exit 1
+    proc = run("detlab-train", "data=coco", "data.train.ann_file=a.json", "data.train.img_dir=img",
+               f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "data.val.ann_file, data.val.img_dir have no value" in proc.stderr
     proc = run("detlab-train", "-m", "--cfg", "job", cwd=tmp_path, check=False)  # the one Hydra raised, not printed
     assert proc.returncode == 2 and "Only one of --run, --multirun" in proc.stderr and "Traceback" not in proc.stderr
     proc = run(
