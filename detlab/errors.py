@@ -106,6 +106,17 @@ def check_writable(folder: str | Path, what: str, fix: str) -> None:
         probe.unlink()
 
 
+def check_not_an_input(output: str | Path, option: str, inputs: Sequence[str | Path]) -> None:
+    """A ConfigError unless `output` (a file a command writes, as `option` asks) is none of `inputs` (the files
+    it reads): the annotation json given as detlab-predict's --out, or a PNG photo that its --draw folder would
+    write the drawing over, was lost."""
+    target = Path(output).resolve()
+    for source in inputs:
+        if Path(source).resolve() == target:
+            raise ConfigError(f"{option}: writing {output} would replace {source}, which this command reads; give "
+                              f"{option} another path")
+
+
 def user_message(err: BaseException) -> str | None:
     """The one-line message for a problem the user can fix, or None for a bug (which keeps its traceback)."""
     # hydra.utils.instantiate wraps what a constructor raises: look through it. Only a process that imported Hydra

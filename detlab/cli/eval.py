@@ -15,7 +15,7 @@ from typing import Any
 
 # Only what `detlab-eval results` needs is imported here (no torch, Lightning, Hydra or model code: it would
 # add seconds to scoring a file and to --help); the run and speed commands import theirs where they start.
-from detlab.errors import ConfigError, check_writable, user_errors, writing
+from detlab.errors import ConfigError, check_not_an_input, check_writable, user_errors, writing
 from detlab.evaluation.backends import BACKENDS, DEFAULT_BACKEND
 from detlab.evaluation.coco_table import format_table
 from detlab.evaluation.results_file import evaluate_results_file
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors("detlab-eval"):
         if args.output:  # before the work, which can take minutes, not after it
             check_output(args.output)
+            read = [args.ann, args.results] if args.command == "results" else [args.path, getattr(args, "image", None)]
+            check_not_an_input(args.output, "--output", [path for path in read if path])
         if args.command == "run":
             result = evaluate_run(args.path, args.overrides, args.backend, args.device)
         elif args.command == "speed":

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from detlab.errors import CheckpointError, ConfigError, DataError, check_writable, user_errors
+from detlab.errors import CheckpointError, ConfigError, DataError, check_not_an_input, check_writable, user_errors
 from detlab.files import write_text_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -46,6 +46,10 @@ def predict(
     target = resolve_device(device)  # before the model loads
     _check_outputs(out, draw)  # before any image: they were first written after the last batch
     images, coco_categories = _image_list(inputs, img_dir)
+    read = [path for path, _ in images] + ([inputs[0]] if coco_categories is not None else [])
+    check_not_an_input(out, "--out", read)
+    for path, _ in images if draw is not None else ():  # a PNG drawn into its own folder replaced the photo
+        check_not_an_input(draw / f"{path.stem}.png", "--draw", read)
     if coco_categories is None:  # plain files: the results name each by its file name (a COCO json's, by its id)
         _check_distinct([path for path, _ in images], lambda path: path.name, "results' file_name")
     if draw is not None:  # the drawings, of plain files and of a COCO json's (s1/000001.jpg, s2/000001.jpg), by stem

@@ -77,3 +77,19 @@ def test_a_folder_as_the_annotation_file_is_one_message(tmp_path, capsys):
         main(["results", "--ann", str(tmp_path), "--results", dets])
     assert stop.value.code == 2
     assert f"detlab-eval: error: {tmp_path}: is a folder; give the COCO annotation json file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["--ann", "--results"])
+def test_output_that_is_an_input_is_one_message_and_leaves_it_whole(tmp_path, capsys, which):
+    """--output naming the results (or annotation) file wrote the evaluation over it."""
+    from detlab.cli.eval import main
+
+    ann, dets = write_perfect_case(tmp_path)
+    target = ann if which == "--ann" else dets
+    before = Path(target).read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        main(["results", "--ann", ann, "--results", dets, "--output", target])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert f"--output: writing {target} would replace {target}, which this command reads" in captured.err
+    assert "COCO box evaluation" not in captured.out and Path(target).read_bytes() == before

@@ -237,3 +237,30 @@ def test_a_coco_json_sharing_the_runs_category_names_is_predicted(tiny_checkpoin
           "model.postprocess.score_thresh=0"])
     results = json.loads(Path("r.json").read_text())
     assert results and {r["image_id"] for r in results} == {7} and {r["category_id"] for r in results} <= {1, 3}
+
+
+@pytest.mark.parametrize(
+    ("args", "lost"),
+    [
+        # the annotation json given as --out: replaced by the results, the dataset's annotations lost
+        (["ann.json", "--img-dir", ".", "--out", "ann.json"], "ann.json"),
+        # drawings into the photos' own folder: each PNG photo replaced by its drawing (alpha dropped, boxes burnt in)
+        (["photos", "--out", "r.json", "--draw", "photos"], "photos/a.png"),
+    ],
+)
+def test_outputs_never_replace_the_inputs(tmp_path, monkeypatch, capsys, args, lost):
+    from detlab.inference import Predictor
+
+    monkeypatch.chdir(tmp_path)
+    Path("photos").mkdir()
+    Image.new("RGBA", (40, 30), (10, 20, 30, 128)).save("photos/a.png")
+    Image.new("RGB", (40, 30)).save("a.png")
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]
+    Path("ann.json").write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+    before = Path(lost).read_bytes()
+    monkeypatch.setattr(Predictor, "from_config", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "model=tv_retinanet_r50_fpn", *TINY])
+    assert exit_info.value.code == 2
+    assert f"writing {lost} would replace {lost}, which this command reads" in capsys.readouterr().err
+    assert Path(lost).read_bytes() == before
