@@ -36,7 +36,7 @@ def predict(
     draw_thresh: float = 0.3,
 ) -> list[dict[str, Any]]:
     """Detections of every image as COCO results, written to out; see the module's docstring."""
-    from detlab.data.coco.reader import read_image_file  # torch and the model code load here, after --help
+    from detlab.data.coco.reader import check_record_size, read_image_file  # torch and the model code load here
     from detlab.inference import Predictor, resolve_device
 
     if batch_size < 1:
@@ -45,7 +45,7 @@ def predict(
         raise ConfigError(f"--draw-thresh={draw_thresh} must be a score in [0, 1]")
     target = resolve_device(device)  # before the model loads
     _check_outputs(out, draw)  # before any image: they were first written after the last batch
-    images, coco_categories = _image_list(inputs, img_dir)
+    images, coco_categories, records = _image_list(inputs, img_dir)
     read = [path for path, _ in images] + ([inputs[0]] if coco_categories is not None else [])
     check_not_an_input(out, "--out", read)
     for path, _ in images if draw is not None else ():  # a PNG drawn into its own folder replaced the photo
@@ -85,6 +85,9 @@ def predict(
         chunk = images[start : start + batch_size]
         pixels = [read_image_file(path) for path, _ in chunk]
         ids = [image_id for _, image_id in chunk]
+        for (path, image_id), rgb in zip(chunk, pixels):  # a COCO json's: its boxes are in the record's size
+            if image_id in records:
+                check_record_size(rgb, records[image_id], f"{path} (image id={image_id} of {inputs[0]})")
         detections = predictor(pixels, ids)
         found = predictor.coco_results(detections, ids)
         if coco_categories is not None:  # a results file for that json: it can only score the json's categories
@@ -105,8 +108,10 @@ def predict(
     return results
 
 
-def _image_list(inputs: list[Path], img_dir: Path | None) -> tuple[list[tuple[Path, int]], dict[int, str] | None]:
-    """[(image path, image id)] and, for a COCO json, its categories {id: name}."""
+def _image_list(
+    inputs: list[Path], img_dir: Path | None
+) -> tuple[list[tuple[Path, int]], dict[int, str] | None, dict[int, dict]]:
+    """[(image path, image id)] and, for a COCO json, its categories {id: name} and image records {id: record}."""
     if len(inputs) == 1 and inputs[0].suffix == ".json":
         return _coco_images(inputs[0], img_dir)
     if img_dir is not None:
@@ -122,7 +127,7 @@ def _image_list(inputs: list[Path], img_dir: Path | None) -> tuple[list[tuple[Pa
             files.append(path)
         else:
             raise DataError(f"{path}: no such image file or folder")
-    return [(path, i) for i, path in enumerate(sorted(files))], None
+    return [(path, i) for i, path in enumerate(sorted(files))], None, {}
 
 
 def _check_outputs(out: Path, draw: Path | None) -> None:
@@ -171,7 +176,7 @@ def _check_same_categories(run: Path, category_ids: list[int], class_names: list
         )
 
 
-def _coco_images(ann_file: Path, img_dir: Path | None) -> tuple[list[tuple[Path, int]], dict[int, str]]:
+def _coco_images(ann_file: Path, img_dir: Path | None) -> tuple[list[tuple[Path, int]], dict[int, str], dict[int, dict]]:
     if img_dir is None:
         raise ConfigError(f"{ann_file} is a COCO json: give --img-dir, the folder its file_names are relative to")
     if not ann_file.is_file():
@@ -180,9 +185,10 @@ def _coco_images(ann_file: Path, img_dir: Path | None) -> tuple[list[tuple[Path,
         data = json.loads(ann_file.read_text())
         images = [(img_dir / str(img["file_name"]), int(img["id"])) for img in data["images"]]
         categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+        records = {int(img["id"]): img for img in data["images"]}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise DataError(f"{ann_file}: not a COCO json with images (id, file_name) ({type(err).__name__}: {err})") from None
-    return images, categories
+    return images, categories, records
 
 
 def _draw(folder: Path, chunk, pixels, detections, class_names: list[str], thresh: float) -> None:

@@ -153,12 +153,7 @@ class CocoDetection(Dataset):
             raise DataError(f"image file not found: {where}, field 'file_name'") from None
         except IMAGE_ERRORS as err:
             raise DataError(f"cannot decode image {where}: {err}{self._image_check_hint()}") from None
-        if rgb.shape[:2] != (record["height"], record["width"]):
-            raise DataError(
-                f"image {where} is {rgb.shape[1]}x{rgb.shape[0]} (w x h) but its record says fields "
-                f"'width'={record['width']}, 'height'={record['height']}; the boxes are in the record's size"
-                f"{self._image_check_hint()}"
-            )
+        check_record_size(rgb, record, where, self._image_check_hint())
         return rgb
 
     def _image_check_hint(self) -> str:
@@ -166,6 +161,16 @@ class CocoDetection(Dataset):
         change the evaluation's file after the fact): name the command that finds every such image first."""
         command = shlex.join(["detlab-data", "check", self.ann_file, "--img-dir", str(self.img_dir), "--image-check"])
         return f" (`{command}` decodes every image and lists each one that cannot be used)"
+
+
+def check_record_size(rgb: np.ndarray, record: dict, where: str, hint: str = "") -> None:
+    """A DataError unless the decoded image [H, W, 3] has its record's `width` and `height` (where the record has
+    them): a COCO file's boxes are in the record's size, and detections in the pixels' size would not match them."""
+    if "width" in record and "height" in record and rgb.shape[:2] != (record["height"], record["width"]):
+        raise DataError(
+            f"image {where} is {rgb.shape[1]}x{rgb.shape[0]} (w x h) but its record says fields "
+            f"'width'={record['width']}, 'height'={record['height']}; the boxes are in the record's size{hint}"
+        )
 
 
 def _label_space_names(categories: dict[int, str], category_ids: list[int], ann_file: str) -> list[str]:
