@@ -127,6 +127,8 @@ def _image_list(
             files.append(path)
         else:
             raise DataError(f"{path}: no such image file or folder")
+    # one file named twice (a folder and a file in it): one image id, not two with the same detections
+    files = list({path.resolve(): path for path in reversed(files)}.values())
     return [(path, i) for i, path in enumerate(sorted(files))], None, {}
 
 

@@ -67,7 +67,7 @@ def test_results_score_exactly_what_torchvisions_detections_score(tv_retinanet, 
 
 
 def test_files_and_folders_get_their_names_and_drawings(tmp_path):
-    """Plain files: ids by sorted path, file names recorded, every image drawn at its own size. A tiny untrained
+    """Plain files: ids by sorted path, each file once, file names recorded, every image drawn at its own size. A tiny untrained
     model in the preset's label space, every score kept, so that there are boxes to draw."""
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -76,7 +76,8 @@ def test_files_and_folders_get_their_names_and_drawings(tmp_path):
     for name, (h, w) in sizes.items():
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save((folder if name != "c.png" else tmp_path) / name)
     out, drawn = tmp_path / "r.json", tmp_path / "drawn"
-    main([str(folder), str(tmp_path / "c.png"), "--out", str(out), "--draw", str(drawn), "--draw-thresh", "0",
+    # a.jpg given twice, in its folder and by name: one image id (it was two, each with the same detections)
+    main([str(folder), str(folder / "a.jpg"), str(tmp_path / "c.png"), "--out", str(out), "--draw", str(drawn), "--draw-thresh", "0",
           "model=tv_retinanet_r50_fpn", *TINY, "model.postprocess.score_thresh=0", "model.postprocess.max_per_image=5"])
     results = json.loads(out.read_text())
     assert {(r["image_id"], r["file_name"]) for r in results} == {(0, "c.png"), (1, "a.jpg"), (2, "b.png")}
