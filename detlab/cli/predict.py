@@ -190,6 +190,12 @@ def _coco_images(ann_file: Path, img_dir: Path | None) -> tuple[list[tuple[Path,
         records = {int(img["id"]): img for img in data["images"]}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise DataError(f"{ann_file}: not a COCO json with images (id, file_name) ({type(err).__name__}: {err})") from None
+    # before the model loads, as for plain files: one missing at the end stopped the run after every other image
+    missing = [(path, image_id) for path, image_id in images if not path.is_file()]
+    if missing:
+        path, image_id = missing[0]
+        raise DataError(f"{path}: no such image file (image id={image_id} of {ann_file}, field 'file_name'; "
+                        f"{len(missing)} of its {len(images)} images are missing under --img-dir {img_dir})")
     return images, categories, records
 
 

@@ -281,3 +281,20 @@ def test_a_coco_jsons_image_of_another_size_than_its_record_is_named(tmp_path, m
     assert ("image a.png (image id=5 of ann.json) is 40x30 (w x h) but its record says fields 'width'=80, "
             "'height'=60") in capsys.readouterr().err
     assert not Path("r.json").exists()
+
+
+def test_a_coco_jsons_missing_image_stops_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """The last image missing stopped the run after every other image was predicted, the results unwritten."""
+    from detlab.inference import Predictor
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (40, 30)).save("a.png")
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+              {"id": 2, "file_name": "gone.png", "width": 40, "height": 30}]
+    Path("ann.json").write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+    monkeypatch.setattr(Predictor, "from_config", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ann.json", "--img-dir", ".", "--out", "r.json", "model=tv_retinanet_r50_fpn", *TINY])
+    assert exit_info.value.code == 2
+    assert "gone.png: no such image file (image id=2 of ann.json, field 'file_name'; 1 of its 2 images are missing" \
+        in capsys.readouterr().err
