@@ -90,7 +90,11 @@ def _xml_files(root: Path, split: str | None, ann_dir: str) -> list[Path]:
         return files
     split_file = Path(split) if split.endswith(".txt") else root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
-        raise DataError(f"VOC split file not found: {split_file} (split={split!r})")
+        raise DataError(
+            f"VOC split file not found: {split_file} (split={split!r}: data.source.train.split or data.source.val.split, "
+            "detlab-data: --split); a folder of xml without ImageSets reads every xml with split=null, and holds out "
+            "a val split with data.source.val=null data.source.holdout=0.2"
+        )
     files = []
     for number, line in enumerate(split_file.read_text().splitlines(), start=1):
         if not line.strip():

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from detlab.data.formats.voc import read_voc
+from detlab.errors import DataError
 from detlab.evaluation.results_file import evaluate_results_file
 
 # What a careful human reads from the files written below: boxes xywh in pixels, difficult as a crowd (ignore)
@@ -111,6 +112,16 @@ def test_a_devkit_split_reads_only_its_ids_in_sorted_order(tmp_path, make_image,
         read_voc(tmp_path, "val")
     with pytest.raises(ValueError, match=r"split file not found: .*test\.txt"):
         read_voc(tmp_path, "test")
+
+
+def test_a_folder_without_imagesets_names_the_split_keys_and_the_fix(tmp_path, make_image):
+    """raccoon's layout (xml and photos, no ImageSets): the message named the file alone, not the key that asked
+    for it nor the README's way to read such a folder."""
+    write_voc(EXPECTED, tmp_path, make_image)
+    with pytest.raises(DataError) as err:
+        read_voc(tmp_path, "trainval")
+    assert f"{tmp_path / 'ImageSets' / 'Main' / 'trainval.txt'} (split='trainval': data.source.train.split" in str(err.value)
+    assert "split=null" in str(err.value) and "data.source.val=null data.source.holdout=0.2" in str(err.value)
 
 
 def test_a_filename_that_names_no_file_falls_back_to_the_image_named_like_the_xml(tmp_path, make_image):
