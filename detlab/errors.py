@@ -106,13 +106,14 @@ def check_writable(folder: str | Path, what: str, fix: str) -> None:
         probe.unlink()
 
 
-def check_not_an_input(output: str | Path, option: str, inputs: Sequence[str | Path]) -> None:
-    """A ConfigError unless `output` (a file a command writes, as `option` asks) is none of `inputs` (the files
-    it reads): the annotation json given as detlab-predict's --out, or a PNG photo that its --draw folder would
-    write the drawing over, was lost."""
-    target = Path(output).resolve()
-    for source in inputs:
-        if Path(source).resolve() == target:
+def check_not_an_input(outputs: Sequence[str | Path], option: str, inputs: Sequence[str | Path]) -> None:
+    """A ConfigError unless every file of `outputs` (what a command writes, as `option` asks) is none of `inputs`
+    (the files it reads): the annotation json given as detlab-predict's --out, or a PNG photo that its --draw folder
+    would write the drawing over, was lost. Each path is resolved once (a folder of thousands of photos)."""
+    read = {Path(source).resolve(): source for source in inputs}
+    for output in outputs:
+        source = read.get(Path(output).resolve())
+        if source is not None:
             raise ConfigError(f"{option}: writing {output} would replace {source}, which this command reads; give "
                               f"{option} another path")
 

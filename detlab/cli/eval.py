@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.output:  # before the work, which can take minutes, not after it
             check_output(args.output)
             read = [args.ann, args.results] if args.command == "results" else [args.path, getattr(args, "image", None)]
-            check_not_an_input(args.output, "--output", [path for path in read if path])
+            check_not_an_input([args.output], "--output", [path for path in read if path])
         if args.command == "run":
             result = evaluate_run(args.path, args.overrides, args.backend, args.device)
         elif args.command == "speed":

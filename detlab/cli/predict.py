@@ -47,9 +47,9 @@ def predict(
     _check_outputs(out, draw)  # before any image: they were first written after the last batch
     images, coco_categories, records = _image_list(inputs, img_dir)
     read = [path for path, _ in images] + ([inputs[0]] if coco_categories is not None else [])
-    check_not_an_input(out, "--out", read)
-    for path, _ in images if draw is not None else ():  # a PNG drawn into its own folder replaced the photo
-        check_not_an_input(draw / f"{path.stem}.png", "--draw", read)
+    check_not_an_input([out], "--out", read)
+    if draw is not None:  # a PNG drawn into its own folder replaced the photo
+        check_not_an_input([draw / f"{path.stem}.png" for path, _ in images], "--draw", read)
     if coco_categories is None:  # plain files: the results name each by its file name (a COCO json's, by its id)
         _check_distinct([path for path, _ in images], lambda path: path.name, "results' file_name")
     if draw is not None:  # the drawings, of plain files and of a COCO json's (s1/000001.jpg, s2/000001.jpg), by stem
