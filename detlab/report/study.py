@@ -5,6 +5,7 @@ of a Hydra multirun (the experiment configs register it)."""
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,8 @@ class ReportCallback(Callback):
             log.error(f"detlab-report: {err}\n(the runs stay in {sweep_dir}: detlab-report {sweep_dir} --output ...)")
             return
         print(report.markdown, flush=True)
-        command = " ".join(["detlab-report", str(sweep_dir), *self.cli_options()])
+        # quoted as a shell reads it: a baseline of two keys ("tv_parity=detlab focal_gamma=...") is one argument
+        command = shlex.join(["detlab-report", str(sweep_dir), *self.cli_options()])
         print(f"report: {report.files['markdown']} (to record it: {command})", flush=True)
 
     def cli_options(self) -> list[str]:

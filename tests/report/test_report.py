@@ -463,3 +463,28 @@ def test_two_factors_of_one_short_name_keep_a_column_each(tmp_path):
     rows = read_csv(tmp_path / "out" / "results.csv")
     assert {(r["data.train.img_dir"], r["data.source.shared.img_dir"]) for r in rows.values()} == {
         ("coco/train2017", "default"), ("default", "images")}
+
+
+def test_the_multiruns_record_command_runs_as_printed(tmp_path, capsys):
+    """The command the multirun's report prints to record it must run in a shell as printed: tv_parity's baseline
+    names two keys ("tv_parity=detlab focal_gamma=gamma2_alpha0.25"), one argument of --baseline once quoted."""
+    import shlex
+
+    from omegaconf import OmegaConf
+
+    from detlab.report.study import ReportCallback
+
+    for job, (arm, pair, seed) in enumerate([(a, p, s) for a in ("detlab", "torchvision")
+                                            for p in ("gamma2_alpha0.25", "gamma0_alpha0.75") for s in (0, 1)]):
+        overrides = [f"experiment/tv_parity@_global_={arm}", f"experiment/focal_gamma={pair}", f"seed={seed}",
+                     "experiment=tv_parity"]
+        fake_run(tmp_path / "my sweep", str(job), overrides, 0.1 + 0.01 * job + 0.003 * seed, study="tv_parity")
+    baseline = "tv_parity=detlab focal_gamma=gamma2_alpha0.25"
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "my sweep")}}})
+    ReportCallback(baseline=baseline).on_multirun_end(config)
+    printed = capsys.readouterr().out
+    command = printed.split("(to record it: ")[1].rsplit(")", 1)[0]
+    words = shlex.split(command)  # what a POSIX shell passes to the program
+    assert words[:2] == ["detlab-report", str(tmp_path / "my sweep")] and words[words.index("--baseline") + 1] == baseline
+    main([*words[1:], "--output", str(tmp_path / "recorded")])
+    assert "| detlab (baseline) | gamma2_alpha0.25 | 2 |" in (tmp_path / "recorded" / "results.md").read_text()
