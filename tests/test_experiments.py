@@ -239,3 +239,18 @@ def test_slurm_launcher_composes_for_multi_gpu_trials():
     assert launcher.partition == "gpu" and launcher.submitit_folder.endswith("/.submitit/%j")
     local = compose_train(["hydra/launcher=local"]).hydra.launcher
     assert local._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+
+
+def test_each_studys_budget_is_the_one_experiments_readme_states():
+    """experiments/README.md's budget paragraph names every study's budget: a study whose config sets another
+    (tv_parity's 2 epochs of 150 batches of 4) must be named there, not left under 'the default 6 epochs'."""
+    text = (CONF.parent / "experiments" / "README.md").read_text()
+    paragraph = " ".join(text.split("Each study sets a **budget**")[1].split("\n\n")[0].split())
+    for name in EXPERIMENTS:
+        cfg = compose_train([f"experiment={name}"])
+        epochs, batches, size = cfg.trainer.max_epochs, cfg.trainer.limit_train_batches, cfg.data.batch_size
+        if batches is None:  # whole epochs of the default data at its default batch
+            assert f"the default {epochs} epochs for the RetinaNet studies" in paragraph, name
+        else:
+            stated = f"{epochs} epochs of {batches} batches of {size}"
+            assert stated in paragraph, f"{name}: {stated} is not in experiments/README.md's budget paragraph"
