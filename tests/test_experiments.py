@@ -254,3 +254,44 @@ def test_each_studys_budget_is_the_one_experiments_readme_states():
         else:
             stated = f"{epochs} epochs of {batches} batches of {size}"
             assert stated in paragraph, f"{name}: {stated} is not in experiments/README.md's budget paragraph"
+
+
+def readme_commands(readme: Path) -> list[str]:
+    """The `detlab-train` lines of a README's fenced blocks, continuation lines joined, placeholders left out."""
+    lines = [line for block in re.findall(r"```(?:bash)?\n(.*?)```", readme.read_text(), re.S)
+             for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
+    return [line.split(" #")[0] for line in lines if line.startswith("detlab-train") and "..." not in line]
+
+
+RECORDS = sorted((CONF.parent / "experiments").glob("*/**/runs.csv"))
+
+
+@pytest.mark.parametrize("runs_csv", RECORDS, ids=lambda p: str(p.parent.relative_to(CONF.parent / "experiments")))
+def test_every_records_runs_were_made_by_its_readmes_command(runs_csv):
+    """Each override of the record's runs (runs.csv, as each run's .hydra/overrides.yaml saved it) is set by a command
+    of its README, and every override of those commands is in the runs: the command is the one that produced the
+    numbers. The study's sweep keys (its factors and the seed) come from its config. A command word that the runs
+    lack must say why in the README ("`key=value` was the default when these runs were made")."""
+    import csv
+
+    from detlab.report.runs import override_value
+
+    study = runs_csv.relative_to(CONF.parent / "experiments").parts[0]
+    readme = CONF.parent / "experiments" / study / "README.md"
+    text = " ".join(readme.read_text().split())
+    with runs_csv.open() as f:
+        ran = {(k, override_value(v)) for row in csv.DictReader(f) for k, _, v in
+               (w.partition("=") for w in row["overrides"].split(" "))}
+    swept = {*compose_train([f"experiment={study}"]).hydra.sweeper.params, "seed"}
+
+    def pairs(word: str) -> set:
+        key, _, value = word.partition("=")
+        return {(key.lstrip("+"), override_value(v)) for v in ([value] if "[" in value else value.split(","))}
+
+    covered = set()
+    for command in readme_commands(readme):
+        words = [w for w in shlex.split(command)[1:] if w != "-m" and not w.startswith("hydra")]
+        if all(pairs(w) & ran or f"`{w}` was the default when these runs were made" in text for w in words):
+            covered |= set().union(*map(pairs, words))  # a command these runs can have come from
+    unexplained = sorted(f"{k}={v}" for k, v in ran if k not in swept and (k, v) not in covered)
+    assert covered and not unexplained, f"{runs_csv}: no command of {readme} sets {unexplained or 'these runs'}"
