@@ -62,6 +62,8 @@ def compare(groups: Sequence[Group], metrics: Sequence[str], baseline: Group | N
 
 
 def _difference(g: Group, baseline: Group, metric: str, paired: bool) -> Interval:
+    if g is baseline:  # exactly 0: Welch's interval of its runs against themselves would give it a width
+        return Interval(0.0, 0.0, 0.0) if len(g.values(metric)) else Interval(math.nan, math.nan, math.nan)
     if not paired:
         return welch_interval(g.values(metric), baseline.values(metric))
     a, b = g.by_seed(metric), baseline.by_seed(metric)

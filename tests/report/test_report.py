@@ -183,6 +183,10 @@ def test_report_table_and_baseline_difference(sweep, tmp_path):
     # ms per image: 20.5, 21.5, 22.5 -> mean 21.5, std 1
     assert float(g2["ms_per_img_mean"]) == pytest.approx(21.5) and float(g2["ms_per_img_std"]) == pytest.approx(1.0)
     assert g2["n"] == "3" and g2["focal_gamma"] == "gamma2_alpha0.25"
+    # the baseline's difference from itself is exactly 0, not Welch's interval of its runs against themselves
+    # (AP 0.20, 0.21, 0.25 twice: +-0.060 by Welch, 4 dof)
+    g0 = rows["gamma0_alpha0.75"]
+    assert [float(g0[f"AP_diff{s}"]) for s in ("", "_low", "_high")] == [0.0, 0.0, 0.0]
 
     text = (tmp_path / "out" / "results.md").read_text()
     assert text == report.markdown
