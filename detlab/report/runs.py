@@ -82,8 +82,26 @@ def read_run(run_dir: Path) -> Run:
     except json.JSONDecodeError as err:
         raise ReportError(f"{run_dir / 'results.json'} is not valid JSON ({err}): it was cut short or edited; move "
                           f"the run aside, or score its checkpoint again with detlab-eval run {run_dir}") from None
+    if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
+        raise ReportError(f"{run_dir / 'results.json'} has no \"metrics\" object: it is not a run's results as "
+                          f"detlab-train writes them; move the run aside, or score its checkpoint again with "
+                          f"detlab-eval run {run_dir}")
+    try:  # a file edited by hand (tv_parity's records relabelled theirs) may hold anything: name it, not a traceback
+        values, speed, study, spread = _numbers(results)
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ReportError(f"{run_dir / 'results.json'} is not a run's results as detlab-train writes them "
+                          f"({err!r}): fix or move the run aside, or score its checkpoint again with detlab-eval run "
+                          f"{run_dir}") from None
+    overrides = read_overrides(run_dir / ".hydra" / "overrides.yaml")
+    overrides = {k: v for k, v in overrides.items() if k not in NOT_CONFIGURATION}
+    return Run(name=str(run_dir), overrides=overrides, values=values, study=study, device=speed.get("device"),
+               speed_spread=spread, pruned=results.get("pruned") is not None, provenance=results.get("provenance") or {})
+
+
+def _numbers(results: dict) -> tuple[dict[str, float], dict, str | None, float | None]:
+    """results.json -> (values {metric: number}, its speed node, the study, p90 / median of the batch-1 latency)."""
     # COCO writes -1 where a metric is undefined (no ground truth of that size): missing, not a value.
-    values = {k: float(v) for k, v in results.get("metrics", {}).items() if v is not None and v >= 0}
+    values = {k: float(v) for k, v in results["metrics"].items() if v is not None and float(v) >= 0}
     speed = results.get("speed") or {}
     for key in ("ms_per_img", "img_per_s"):
         if key in speed:
@@ -96,14 +114,25 @@ def read_run(run_dir: Path) -> Run:
     values.update({f"AP/{name}": float(ap) for name, ap in (results.get("per_class_AP") or {}).items()})
     dap = (results.get("errors") or {}).get("dAP") or {}
     values.update({f"dAP_{kind}": float(dap[kind]) for kind in ERROR_TYPES if kind in dap})
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
-    overrides = {k: v for k, v in overrides.items() if k not in NOT_CONFIGURATION}
     study = (results.get("config") or {}).get("tracking", {}).get("group")
     total = (speed.get("latency_ms") or {}).get("total") or {}
-    spread = total["p90"] / total["median"] if total.get("median") else None
-    return Run(name=str(run_dir), overrides=overrides, values=values, study=study, device=speed.get("device"),
-               speed_spread=spread, pruned=results.get("pruned") is not None, provenance=results.get("provenance") or {})
+    spread = float(total["p90"]) / float(total["median"]) if total.get("median") else None
+    return values, speed, study, spread
+
+
+def read_overrides(path: Path) -> dict[str, str]:
+    """A run's .hydra/overrides.yaml (Hydra's list of key=value) -> {key: value}; {} when the run has none."""
+    if not path.is_file():
+        return {}
+    try:
+        overrides = yaml.safe_load(path.read_text()) or []
+    except yaml.YAMLError as err:
+        raise ReportError(f"{path} is not valid YAML ({' '.join(str(err).split())}): it was cut short or edited; "
+                          "it must be Hydra's list of overrides (- key=value)") from None
+    if not isinstance(overrides, list) or any(isinstance(o, (dict, list)) for o in overrides):
+        raise ReportError(f"{path} is not Hydra's list of overrides (- key=value, one a line) but "
+                          f"{overrides!r:.80}: a run's configuration cannot be read from it")
+    return parse_overrides(overrides)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:

@@ -492,3 +492,25 @@ def test_the_multiruns_record_command_runs_as_printed(tmp_path, capsys):
     assert words[:2] == ["detlab-report", str(tmp_path / "my sweep")] and words[words.index("--baseline") + 1] == baseline
     main([*words[1:], "--output", str(tmp_path / "recorded")])
     assert "| detlab (baseline) | gamma2_alpha0.25 | 2 |" in (tmp_path / "recorded" / "results.md").read_text()
+
+
+@pytest.mark.parametrize(("file", "text", "said"), [
+    (".hydra/overrides.yaml", "- loss=ce\n- seed: [0", "is not valid YAML"),  # cut short
+    (".hydra/overrides.yaml", "loss=ce seed=0", "is not Hydra's list of overrides"),  # was read letter by letter
+    (".hydra/overrides.yaml", "loss: ce\nseed: 0", "is not Hydra's list of overrides"),
+    ("results.json", "[0.3]", "has no \"metrics\" object"),
+    ("results.json", '{"metrics": {"AP": "n/a"}}', "is not a run's results"),
+    ("results.json", '{"metrics": {"AP": 0.3}, "speed": {"latency_ms": {"total": {"median": 2}}}}',
+     "is not a run's results"),  # no p90 beside its median
+])
+def test_a_run_file_edited_by_hand_stops_the_report_naming_it(tmp_path, capsys, file, text, said):
+    """A run's results.json or overrides.yaml that is not what detlab-train and Hydra write (a record's overrides are
+    relabelled by hand, experiments/tv_parity) is one message naming the file, exit 2: not a traceback from yaml or
+    float(), and not an overrides string split into one-letter keys ("l= o= s= ...") and reported as a configuration."""
+    run = fake_run(tmp_path / "runs", "0", ["loss=ce", "seed=0"], 0.3)
+    (run / file).write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "runs"), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"{run / file} {said}" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "results.md").exists()
