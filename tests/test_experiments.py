@@ -295,3 +295,33 @@ def test_every_records_runs_were_made_by_its_readmes_command(runs_csv):
             covered |= set().union(*map(pairs, words))  # a command these runs can have come from
     unexplained = sorted(f"{k}={v}" for k, v in ran if k not in swept and (k, v) not in covered)
     assert covered and not unexplained, f"{runs_csv}: no command of {readme} sets {unexplained or 'these runs'}"
+
+
+def test_the_paired_intervals_experiments_readme_quotes_are_the_records():
+    """experiments/README.md compares --paired with Welch's on two records: each interval it quotes, and the APs
+    degrees of freedom, recomputed from the records' runs.csv with scipy.stats (ttest_rel, ttest_ind)."""
+    import csv
+
+    from scipy import stats
+
+    text = " ".join((CONF.parent / "experiments" / "README.md").read_text().split())
+
+    def arms(record: str, metric: str, arm: str, baseline: str) -> tuple[list[float], list[float]]:
+        with (CONF.parent / "experiments" / record / "runs.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        by = {c: [100 * float(r[metric]) for r in rows if r["configuration"] == c] for c in (arm, baseline)}
+        return by[arm], by[baseline]  # seeds 0, 1, 2 in the same order in both arms
+
+    def cell(interval) -> str:
+        return f"[{interval.low:+.1f}, {interval.high:+.1f}]"
+
+    for record, metric, arm, baseline in (("focal_gamma/default_budget", "AP", "gamma2_alpha0.25", "gamma0_alpha0.75"),
+                                          ("ssd300_vs_ssd512", "AP", "ssd512", "ssd300"),
+                                          ("ssd300_vs_ssd512", "APs", "ssd512", "ssd300")):
+        a, b = arms(record, metric, arm, baseline)
+        welch = stats.ttest_ind(a, b, equal_var=False)
+        paired, welch_ci = stats.ttest_rel(a, b).confidence_interval(), welch.confidence_interval()
+        quoted = f"{cell(paired)} against {cell(welch_ci)}"
+        assert re.search(re.escape(cell(paired)) + "( paired)? against " + re.escape(cell(welch_ci)), text), (
+            f"{record} {metric}: the records give {quoted}")
+    assert f"2 dof against Welch's {welch.df:.1f})" in text  # the APs comparison's
