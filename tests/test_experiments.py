@@ -325,3 +325,39 @@ def test_the_paired_intervals_experiments_readme_quotes_are_the_records():
         assert re.search(re.escape(cell(paired)) + "( paired)? against " + re.escape(cell(welch_ci)), text), (
             f"{record} {metric}: the records give {quoted}")
     assert f"2 dof against Welch's {welch.df:.1f})" in text  # the APs comparison's
+
+
+def report_commands(readme: Path) -> list[tuple[list[str], str | None]]:
+    """(run folders, --output or None) of each `detlab-report` line of a README's fenced blocks."""
+    commands = []
+    for block in re.findall(r"```(?:bash)?\n(.*?)```", readme.read_text(), re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            if line.startswith("detlab-report"):
+                words, folders, output = shlex.split(line.split(" #")[0])[1:], [], None
+                for i, word in enumerate(words):
+                    if word.startswith("--"):
+                        continue
+                    if i and words[i - 1] == "--output":
+                        output = word
+                    elif not any(w.startswith("--") for w in words[:i]):  # the positional folders come first
+                        folders.append(word)
+                commands.append((folders, output))
+    return commands
+
+
+@pytest.mark.parametrize("study", sorted(p.parent.name for p in (CONF.parent / "experiments").glob("*/README.md")))
+def test_each_records_report_command_writes_that_record(study):
+    """A record's `detlab-report` command, run from the project's root as written, writes the folder that holds the
+    runs it names (runs.csv's run column): without --output detlab-report writes experiments/<study>/, so a
+    follow-up's command without it would write over the study's main record."""
+    import csv
+
+    readme = CONF.parent / "experiments" / study / "README.md"
+    for folders, output in report_commands(readme):
+        record = CONF.parent / (output or f"experiments/{study}")  # the default: experiments/<the runs' group>
+        assert (record / "runs.csv").is_file(), f"{readme}: detlab-report {' '.join(folders)} writes {record}, no record"
+        with (record / "runs.csv").open() as f:
+            runs = [row["run"] for row in csv.DictReader(f)]
+        named = [re.escape(folder).replace(re.escape("$S"), ".*") + r"/\d+" for folder in folders]  # $S: a shell variable
+        assert all(any(re.fullmatch(p, run) for p in named) for run in runs), f"{record} holds runs {folders} did not make"
+        assert all(any(re.fullmatch(p, run) for run in runs) for p in named), f"{record} lacks runs of {folders}"
