@@ -361,3 +361,23 @@ def test_each_records_report_command_writes_that_record(study):
         named = [re.escape(folder).replace(re.escape("$S"), ".*") + r"/\d+" for folder in folders]  # $S: a shell variable
         assert all(any(re.fullmatch(p, run) for p in named) for run in runs), f"{record} holds runs {folders} did not make"
         assert all(any(re.fullmatch(p, run) for run in runs) for p in named), f"{record} lacks runs of {folders}"
+
+
+def test_the_budget_paragraph_gives_each_records_steps():
+    """The budget paragraph says how many steps the records ran (their commands', not the configs': the SSD, YOLO
+    and comparison records ran 625, the configs set 80): each record's steps, composed from its runs' overrides
+    (runs.csv) on the built-in data, are in it."""
+    import csv
+    import math
+
+    text = (CONF.parent / "experiments" / "README.md").read_text()
+    paragraph = " ".join(text.split("Each study sets a **budget**")[1].split("\n\n")[0].split())
+    for runs_csv in RECORDS:
+        with runs_csv.open() as f:
+            overrides = next(csv.DictReader(f))["overrides"].split(" ")
+        cfg = compose_train(overrides)
+        per_epoch = math.ceil(cfg.data.source.num_train_images / cfg.data.batch_size)
+        if cfg.trainer.limit_train_batches is not None:
+            per_epoch = min(per_epoch, cfg.trainer.limit_train_batches)
+        steps = cfg.trainer.max_epochs * per_epoch
+        assert f"{steps:,} " in paragraph, f"{runs_csv}: {steps} steps, not in experiments/README.md's budget paragraph"
