@@ -45,6 +45,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured detector; return (and write to run_dir/results.json) its final evaluation."""
     saved = check_start(cfg)
     logger = _logger(cfg, run_dir, wandb_id=saved.get("wandb_id") if saved else None)
+    try:
+        return _train(cfg, run_dir, saved, logger)
+    except BaseException as stop:
+        _close_failed(logger, stop)
+        raise
+
+
+def _train(cfg: DictConfig, run_dir: Path, saved: dict[str, Any] | None, logger) -> dict[str, Any]:
     # a callback or trainer setting that Lightning refuses stops before any work too
     callbacks = _callbacks(cfg, run_dir, logger)
     pruning = MedianStopping(run_dir, cfg.prune.warmup_epochs, cfg.prune.min_trials) if cfg.prune.enabled else None
@@ -257,6 +265,18 @@ def _tracking(tracking: DictConfig) -> dict[str, Any]:
     num = hydra_cfg.job.num
     return {**tracking, "name": f"{tracking.name}-{num}" if tracking.name else None,
             "group": tracking.group or str(hydra_cfg.sweep.dir)}
+
+
+def _close_failed(logger, stop: BaseException) -> None:
+    """End the W&B run of a run that stopped (a user's error, a bug, SIGTERM) as failed, with the status it exits with.
+    W&B keeps one run per process (wandb.run) until it is finished: in a multirun, whose jobs share the process, the
+    next job's logger took the failed job's run over (Lightning reuses wandb.run), logging into its folder and name."""
+    if isinstance(logger, pl.loggers.WandbLogger):
+        import wandb
+
+        if wandb.run is not None:
+            code = stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 1
+            wandb.finish(exit_code=code or 1)
 
 
 def _finish(logger, results: dict[str, Any]) -> None:

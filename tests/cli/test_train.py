@@ -341,6 +341,26 @@ def test_each_job_of_a_sweep_is_a_wandb_run_of_its_own_name_in_the_sweeps_group(
     assert runs == {"0": ("retinanet-focal-0", str(sweep)), "1": ("retinanet-focal-1", str(sweep))}
 
 
+def test_a_job_that_fails_after_its_wandb_run_started_leaves_the_next_job_a_run_of_its_own(tmp_path):
+    """W&B keeps one run per process until it is finished, and a sweep's jobs share the process: after job 0 diverged
+    (its W&B run started, never finished), Lightning handed job 1 that run, so job 1 logged into job 0's folder under
+    job 0's name, and its wandb_run_id named a run that does not exist. Now the failed job's run ends, failed."""
+    sweep = tmp_path / "sweep"
+    proc = run("detlab-train", "-m", *TINY, "speed.enabled=false", "optim.optimizer.lr=1e12,0.001",
+               f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "the run diverged" in proc.stderr, proc.stderr[-2000:]
+    assert (sweep / "1" / "results.json").is_file()
+    records = {}
+    for job in ("0", "1"):
+        [run_file] = (sweep / job / "wandb").glob("offline-run-*/run-*.wandb")
+        records[job] = wandb_records(run_file)
+        [started] = [r.run for r in records[job] if r.WhichOneof("record_type") == "run"]
+        assert (started.run_id, started.display_name) == \
+            ((sweep / job / "wandb_run_id").read_text().strip(), f"retinanet-focal-{job}")
+    exits = {job: [r.exit.exit_code for r in records[job] if r.WhichOneof("record_type") == "exit"] for job in records}
+    assert exits == {"0": [1], "1": [0]}  # the failed job's run ends failed; the finished one's as finished
+
+
 def test_a_ddp_trial_of_a_sweep_keeps_its_job_number_and_sweep_folder(tmp_path, monkeypatch):
     """The trial that runs as a single run of its own (_single_run) is still its sweep's job, for its W&B name."""
     from detlab.cli import train as cli
