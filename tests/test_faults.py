@@ -358,8 +358,10 @@ def shared_tmp():
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.parametrize("folder", ["DETLAB_CACHE", "hydra.run.dir"])
+@pytest.mark.parametrize("folder", ["DETLAB_CACHE", "hydra.run.dir", "the W&B run's files"])
 def test_a_read_only_folder_is_named(shared_tmp, folder):
+    """The W&B case: a run folder whose wandb/ refuses stopped when W&B started, after the data was read, with its
+    traceback (a PermissionError without an errno) and status 1."""
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.fail("the tests run as root without setpriv: a read-only folder cannot be made to refuse a write")
     writable = {name: shared_tmp / name for name in ("home", "cache", "run")}
@@ -371,10 +373,18 @@ def test_a_read_only_folder_is_named(shared_tmp, folder):
     locked.chmod(0o555)
     env = {**os.environ, "HOME": str(writable["home"]), "DETLAB_CACHE": str(writable["cache"])}
     run_dir = writable["run"] / "r"
+    logger = "logger=none"
     if folder == "DETLAB_CACHE":
         env["DETLAB_CACHE"] = str(locked / "cache")
-    else:
+    elif folder == "hydra.run.dir":
         run_dir = locked / "run"
-    command = [*as_other_user(), sys.executable, "-m", "detlab.cli.train", *TINY, "logger=none", f"hydra.run.dir={run_dir}"]
+    else:  # a run folder that takes files, but not its wandb/
+        run_dir.mkdir()
+        run_dir.chmod(0o777)
+        locked = run_dir / "wandb"
+        locked.mkdir()
+        locked.chmod(0o555)
+        logger = "logger=wandb"
+    command = [*as_other_user(), sys.executable, "-m", "detlab.cli.train", *TINY, logger, f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(command, cwd=writable["home"], env=env, capture_output=True, text=True, timeout=600)
     assert_named_error(proc, str(locked), folder, "permission denied")

@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from detlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from detlab.errors import ConfigError, check_count
+from detlab.errors import ConfigError, check_count, check_writable
 from detlab.structures import Batch, Detections
 
 
@@ -59,6 +59,10 @@ def wandb_logger(
         mode = wandb_mode()
     run_id = run_id or uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9] too
     _name_run(Path(save_dir), run_id)
+    # W&B writes its run into <save_dir>/wandb when the run starts, after the data is read, and a folder that refuses
+    # stopped the run there with W&B's traceback (a PermissionError without an errno, which nothing could name)
+    check_writable(Path(save_dir) / "wandb", "the W&B run's files", "make it writable, or log elsewhere (logger=csv, "
+                   "logger=none)")
     import wandb
 
     return WandbLogger(
