@@ -53,7 +53,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def log_to_wandb(report: Report, metrics: Sequence[str], project: str, study: str | None) -> str:
     """A W&B summary run in the study's group: the table, a scatter chart of AP against ms per image and the
-    PNGs. Online when logged in (WANDB_MODE wins), offline otherwise. Returns the run's directory."""
+    PNGs. Online when logged in (WANDB_MODE wins), offline otherwise. Returns the run's directory (or says none)."""
     import wandb
 
     from detlab.training.tracking import wandb_mode
@@ -75,6 +75,6 @@ def log_to_wandb(report: Report, metrics: Sequence[str], project: str, study: st
         if name in report.files:
             logged[f"report/{name}_png"] = wandb.Image(str(report.files[name]))
     run.log(logged)
-    directory = run.dir
+    directory = "none (WANDB_MODE=disabled)" if run.disabled else run.dir  # a disabled run's dir was never made
     run.finish()
     return directory

@@ -33,9 +33,24 @@ def wandb_logged_in() -> bool:
         return False
 
 
-def wandb_mode() -> str:
-    """W&B's mode for a new run: WANDB_MODE when set (as W&B users expect), else online only when logged in."""
-    return os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+# The modes W&B's own settings accept (wandb.Settings.mode): "dryrun" is an old name of offline, "run" of online.
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
+OFFLINE_MODES = ("offline", "dryrun")
+
+
+def wandb_mode(configured: str = "auto") -> str:
+    """W&B's mode for a new run: WANDB_MODE when set (as W&B users expect), else `configured` (logger.mode), whose
+    auto is online only when logged in. A WANDB_MODE that W&B refuses is a ConfigError naming it: W&B's own check
+    was a pydantic traceback when the run started (detlab-report --wandb), or none (training went offline)."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode and mode not in WANDB_MODES:
+        raise ConfigError(f"WANDB_MODE={mode!r} in the environment is not a W&B mode: set online, offline or disabled "
+                          "(none at all: online when logged in, offline otherwise)")
+    if mode:
+        return mode
+    if configured == "auto":
+        return "online" if wandb_logged_in() else "offline"
+    return configured
 
 
 def wandb_logger(
@@ -55,14 +70,14 @@ def wandb_logger(
     """
     if mode not in ("auto", "online", "offline"):
         raise ConfigError(f"logger.mode={mode!r}; use auto, online or offline")
-    if mode == "auto":
-        mode = wandb_mode()
+    mode = wandb_mode(mode)
     run_id = run_id or uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9] too
-    _name_run(Path(save_dir), run_id)
-    # W&B writes its run into <save_dir>/wandb when the run starts, after the data is read, and a folder that refuses
-    # stopped the run there with W&B's traceback (a PermissionError without an errno, which nothing could name)
-    check_writable(Path(save_dir) / "wandb", "the W&B run's files", "make it writable, or log elsewhere (logger=csv, "
-                   "logger=none)")
+    if mode != "disabled":  # WANDB_MODE=disabled: W&B's calls do nothing and no run is written
+        _name_run(Path(save_dir), run_id)
+        # W&B writes its run into <save_dir>/wandb when the run starts, after the data is read, and a folder that
+        # refuses stopped the run there with W&B's traceback (a PermissionError without an errno, which nothing named)
+        check_writable(Path(save_dir) / "wandb", "the W&B run's files", "make it writable, or log elsewhere "
+                       "(logger=csv, logger=none)")
     import wandb
 
     return WandbLogger(
@@ -74,7 +89,7 @@ def wandb_logger(
         name=name,
         group=group,
         tags=list(tags or []),
-        offline=mode != "online",
+        offline=mode in OFFLINE_MODES,  # else W&B's mode is WANDB_MODE's (disabled: no run) or online
         id=run_id,
         resume="allow",  # the same id again continues that run (its history from the checkpoint's step on)
     )
@@ -95,6 +110,8 @@ def logger_summary(logger) -> tuple[str, str | None]:
         return "none (logger=none): the numbers are in results.json", None
     if isinstance(logger, WandbLogger):
         run = logger.experiment
+        if run.disabled:
+            return "none (WANDB_MODE=disabled): the numbers are in results.json", None
         sync_dir = Path(run.dir).parent  # run.dir is the run's files/ folder
         if run.offline:  # a resumed run's earlier processes wrote folders of their own, with the same id: all of them
             parts = sorted(sync_dir.parent.glob(f"offline-run-*-{run.id}")) or [sync_dir]

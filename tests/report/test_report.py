@@ -420,6 +420,14 @@ def test_wandb_summary_run_offline(sweep, tmp_path, monkeypatch):
     assert table["data"][1][table["columns"].index("AP")] == pytest.approx(0.32)
 
 
+def test_wandb_summary_run_disabled_names_no_folder(sweep, tmp_path, monkeypatch, capsys):
+    """WANDB_MODE=disabled: the report said its summary run was in a folder W&B never made."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    main([str(sweep), "--output", str(tmp_path / "out"), "--wandb"])
+    assert "W&B summary run: none (WANDB_MODE=disabled)\n" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "wandb").exists()
+
+
 def test_a_value_written_two_ways_is_no_factor(tmp_path):
     """The runs of a configuration are grouped by value, and so are its factors: a run's `false` and `.5` and a
     multirun job's `False` and `0.5` (Hydra's parser reads each pair as one value) made a column of their own, each

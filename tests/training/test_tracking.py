@@ -39,6 +39,41 @@ def test_wandb_mode_in_the_environment_wins(home, monkeypatch):
     assert wandb_mode() == "disabled"
 
 
+@pytest.mark.parametrize("configured", ["auto", "offline", "online"])
+def test_a_wandb_mode_that_wandb_refuses_is_named(home, monkeypatch, tmp_path, configured):
+    """WANDB_MODE=invalid: detlab-report --wandb stopped with pydantic's traceback from inside wandb.init, and a
+    training run silently went offline (Lightning set WANDB_MODE=dryrun over it)."""
+    from detlab.errors import ConfigError
+    from detlab.training.tracking import wandb_logger
+
+    monkeypatch.setenv("WANDB_MODE", "invalid")
+    with pytest.raises(ConfigError, match=r"^WANDB_MODE='invalid' in the environment is not a W&B mode: set online, "
+                                          r"offline or disabled"):
+        wandb_mode(configured)
+    with pytest.raises(ConfigError, match="WANDB_MODE='invalid'"):
+        wandb_logger(str(tmp_path), project="p", mode=configured)
+    monkeypatch.delenv("WANDB_MODE")
+    assert wandb_mode(configured) == {"auto": "offline"}.get(configured, configured)  # no credentials in this HOME
+
+
+def test_wandb_mode_disabled_writes_no_run(home, monkeypatch, tmp_path):
+    """WANDB_MODE=disabled (W&B's switch: every call a no-op) wrote an offline run anyway: Lightning's offline flag
+    set WANDB_MODE=dryrun over it."""
+    import wandb
+
+    from detlab.training.tracking import logger_summary, wandb_logger
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logger = wandb_logger(str(tmp_path / "run"), project="p", mode="auto")
+    try:
+        assert logger.experiment.disabled
+        logger.log_metrics({"val/AP": 0.5}, step=1)
+        assert logger_summary(logger) == ("none (WANDB_MODE=disabled): the numbers are in results.json", None)
+    finally:
+        wandb.finish()
+    assert not (tmp_path / "run").exists() or list((tmp_path / "run").iterdir()) == []
+
+
 def test_logged_image_is_the_input_in_0_255_with_both_box_sets():
     """The PNG W&B writes holds the input's own pixels (not [0, 1] floats cast to a black image), and the
     boxes sit in its pixels: predictions mapped from original pixels by input = original * scale + offset."""
