@@ -93,7 +93,6 @@ def read_run(run_dir: Path) -> Run:
                           f"({err!r}): fix or move the run aside, or score its checkpoint again with detlab-eval run "
                           f"{run_dir}") from None
     overrides = read_overrides(run_dir / ".hydra" / "overrides.yaml")
-    overrides = {k: v for k, v in overrides.items() if k not in NOT_CONFIGURATION}
     return Run(name=str(run_dir), overrides=overrides, values=values, study=study, device=speed.get("device"),
                speed_spread=spread, pruned=results.get("pruned") is not None, provenance=results.get("provenance") or {})
 
@@ -121,7 +120,8 @@ def _numbers(results: dict) -> tuple[dict[str, float], dict, str | None, float |
 
 
 def read_overrides(path: Path) -> dict[str, str]:
-    """A run's .hydra/overrides.yaml (Hydra's list of key=value) -> {key: value}; {} when the run has none."""
+    """A run's .hydra/overrides.yaml (Hydra's list of key=value) -> its configuration {key: value}; {} when the run
+    has none."""
     if not path.is_file():
         return {}
     try:
@@ -132,7 +132,7 @@ def read_overrides(path: Path) -> dict[str, str]:
     if not isinstance(overrides, list) or any(isinstance(o, (dict, list)) for o in overrides):
         raise ReportError(f"{path} is not Hydra's list of overrides (- key=value, one a line) but "
                           f"{overrides!r:.80}: a run's configuration cannot be read from it")
-    return parse_overrides(overrides)
+    return configuration(overrides)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
@@ -142,6 +142,12 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
         key, _, value = str(item).partition("=")
         parsed[key.lstrip("+~")] = value
     return parsed
+
+
+def configuration(overrides: Sequence[str]) -> dict[str, str]:
+    """A run's command-line overrides as its configuration: parsed, less the keys that say how it was started
+    (NOT_CONFIGURATION). One rule for run folders and for runs read from W&B (detlab.report.wandb)."""
+    return {k: v for k, v in parse_overrides(overrides).items() if k not in NOT_CONFIGURATION}
 
 
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:

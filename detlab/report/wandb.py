@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 
-from detlab.report.runs import Run, parse_overrides
+from detlab.report.runs import NOT_CONFIGURATION, Run, configuration
 from detlab.report.tables import SPEED
 from detlab.report.study import Report
 
@@ -27,9 +27,10 @@ def wandb_runs(project: str, group: str | None = None) -> list[Run]:
             continue
         config = dict(remote.config)
         if "overrides" in config:
-            overrides = parse_overrides(config["overrides"])
+            overrides = configuration(config["overrides"])  # a resumed run's ckpt_path is no configuration of its own
         else:
-            overrides = {k: str(v) for k, v in _flatten(config.get("cfg", config)).items() if k != "tracking.name"}
+            overrides = {k: str(v) for k, v in _flatten(config.get("cfg", config)).items()
+                         if k != "tracking.name" and k not in NOT_CONFIGURATION}
         summary = dict(remote.summary)
         values = {
             k.removeprefix("final/"): float(v) for k, v in summary.items() if k.startswith("final/") and float(v) >= 0
