@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from detlab.report.wandb import log_to_wandb, wandb_runs
 
         if args.wandb_project:
-            runs, left_out = wandb_runs(args.wandb_project, args.group), []
+            runs, left_out = wandb_runs(args.wandb_project, args.group)
         elif args.paths:
             runs, left_out = find_runs(args.paths)
         else:

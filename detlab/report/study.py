@@ -37,7 +37,7 @@ def write_report(
     baseline: str | None = None,
     ignore: Sequence[str] = IGNORED,
     title: str | None = None,
-    left_out: Sequence[Path] = (),
+    left_out: Sequence[Path | str] = (),
     paired: bool = False,
 ) -> Report:
     """Group the runs, compute the statistics and write results.md, results.csv, runs.csv and the plots. With

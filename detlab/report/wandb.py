@@ -11,8 +11,10 @@ from detlab.report.tables import SPEED
 from detlab.report.study import Report
 
 
-def wandb_runs(project: str, group: str | None = None) -> list[Run]:
-    """The finished runs of a W&B project (optionally one group), through the public API (needs the network).
+def wandb_runs(project: str, group: str | None = None) -> tuple[list[Run], list[str]]:
+    """The finished runs of a W&B project (optionally one group), through the public API (needs the network), and
+    the names of those left out, as find_runs leaves run folders out: unfinished (failed, crashed, running) or
+    pruned (the "pruned" that detlab-train logs into the config at the end: its numbers are not its budget's).
 
     Overrides come from the run's config key "overrides", which detlab-train logs; for a run without it (logged
     before it did) every key of its config ("cfg." when Lightning logged the hyper-parameters) stands in, and
@@ -21,11 +23,12 @@ def wandb_runs(project: str, group: str | None = None) -> list[Run]:
     """
     import wandb  # only here: reading local runs needs neither wandb's import time nor the network
 
-    runs = []
+    runs, left_out = [], []
     for remote in wandb.Api().runs(project, filters={"group": group} if group else None):
-        if remote.state != "finished":
-            continue
         config = dict(remote.config)
+        if remote.state != "finished" or config.get("pruned"):
+            left_out.append("/".join(remote.path))
+            continue
         if "overrides" in config:
             overrides = configuration(config["overrides"])  # a resumed run's ckpt_path is no configuration of its own
         else:
@@ -40,7 +43,7 @@ def wandb_runs(project: str, group: str | None = None) -> list[Run]:
                 values[key] = float(summary[f"speed/{key}"])
         runs.append(Run(name="/".join(remote.path), overrides=overrides, values=values, study=remote.group,
                         provenance=config.get("provenance") or {}))
-    return runs
+    return runs, left_out
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

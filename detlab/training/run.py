@@ -284,6 +284,8 @@ def _finish(logger, results: dict[str, Any]) -> None:
     the run's summary); then close a W&B run, so that its files are complete on disk."""
     if not logger:
         return
+    # in the config, where detlab-report --wandb-project leaves pruned runs out (as it leaves their folders out)
+    logger.log_hyperparams({"pruned": results["pruned"]})
     final = {f"final/{k}": v for k, v in results["metrics"].items()}
     final.update({f"model/{k}": v for k, v in results["complexity"].items()})
     final.update(results["data"]["counts"])

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from detlab.cli.report import main
 from detlab.report.runs import find_runs, group_runs
 from tests.report.test_report import fake_run
 
@@ -45,4 +46,45 @@ def test_a_resumed_run_is_the_configuration_it_resumes(project, tmp_path):
         project.append(remote_run(name, overrides, 0.3))
     local = [g.overrides for g in group_runs(find_runs([tmp_path])[0])]
     assert local == [{"loss.gamma": "2"}]
-    assert [g.overrides for g in group_runs(wandb_runs("me/detlab"))] == local
+    assert [g.overrides for g in group_runs(wandb_runs("me/detlab")[0])] == local
+
+
+def test_pruned_and_unfinished_runs_are_left_out_and_named_as_their_folders_are(project, tmp_path):
+    """A pruned trial finishes (its W&B state "finished", final/* logged at its pruned epoch): read from W&B it was
+    averaged with the full-budget runs, where its folder is left out and listed (experiments/README: Pruning)."""
+    import json
+
+    from detlab.report.wandb import wandb_runs
+
+    pruned = {"epoch": 1, "AP": 0.01, "median": 0.2, "trials": 3}
+    for name, seed, ap in (("0", 0, 0.3), ("1", 1, 0.32), ("2", 2, 0.01)):
+        folder = fake_run(tmp_path, name, [f"seed={seed}"], ap)
+        if name == "2":
+            results = json.loads((folder / "results.json").read_text())
+            (folder / "results.json").write_text(json.dumps({**results, "pruned": pruned}))
+        project.append(remote_run(name, [f"seed={seed}"], ap, config={"pruned": pruned if name == "2" else None}))
+    project.append(remote_run("3", ["seed=3"], 0.0, state="crashed"))
+    local_runs, local_left_out = find_runs([tmp_path])
+    runs, left_out = wandb_runs("me/detlab", "study")
+    assert [r.values["AP"] for r in runs] == [r.values["AP"] for r in local_runs] == [0.3, 0.32]
+    assert [name.split("/")[-1] for name in left_out] == ["2", "3"] and [p.name for p in local_left_out] == ["2"]
+    main(["--wandb-project", "me/detlab", "--group", "study", "--output", str(tmp_path / "report")])
+    assert "or pruned, left out: me/detlab/2, me/detlab/3\n" in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_a_run_logs_whether_it_was_pruned_into_its_wandb_config(tmp_path):
+    """What the reader above relies on: run._finish puts results.json's "pruned" into the W&B config."""
+    import json
+
+    from detlab.training.run import _finish
+    from detlab.training.tracking import wandb_logger
+    from tests.conftest import wandb_records
+
+    pruned = {"epoch": 1, "AP": 0.01, "median": 0.2, "trials": 3}
+    logger = wandb_logger(str(tmp_path), project="p", mode="offline")
+    _finish(logger, {"metrics": {"AP": 0.01}, "complexity": {"params": 10}, "data": {"counts": {}}, "global_step": 4,
+                     "pruned": pruned})
+    [run_file] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    config = {item.key: json.loads(item.value_json) for record in wandb_records(run_file)
+              if record.WhichOneof("record_type") == "config" for item in record.config.update}
+    assert config["pruned"] == pruned
