@@ -146,11 +146,14 @@ class EvaluationLogger(pl.Callback):
         wb = _wandb_logger(trainer)
         if wb is None or trainer.sanity_checking or module.last_eval is None or not trainer.is_global_zero:
             return
+        # No step of our own: each row takes W&B's last trainer/global_step (Lightning's define_metric step_sync), the
+        # one Lightning logged this evaluation's val/AP at (the last batch's, one below trainer.global_step), so the
+        # tables, charts and images sit at the val/AP they belong to (the charts were one step later, with the images)
         metrics = module.last_eval["metrics"]
         wb.log_table("val/coco_table", columns=["metric", "value"], data=[[k, float(v)] for k, v in metrics.items()])
         per_class = module.last_eval["per_class_AP"]
         wb.log_table("val/per_class_AP", columns=["class", "AP"], data=[[k, float(v)] for k, v in per_class.items()])
-        wb.log_metrics(wandb_analysis(module.last_eval), step=trainer.global_step)
+        wb.log_metrics(wandb_analysis(module.last_eval))
         if images:
             wb.log_image("val/predictions", images)
 

@@ -122,6 +122,17 @@ def test_offline_wandb_run_holds_the_ap_table(trained_run):
     assert [row[1:] for row in confusion["data"]] == results["confusion_matrix"]["matrix"]
     pngs = list((files / "media" / "images" / "val").glob("predictions_*.png"))
     assert pngs and all(np.asarray(Image.open(p)).max() > 0 for p in pngs)  # not black: uint8 pixels, not [0, 1]
+    # one evaluation, one x: the tables, the error analysis and the images at the step of the val/AP they belong to
+    # (the analysis was logged at trainer.global_step, one above the step Lightning logs val/AP at, the images with it)
+    steps: dict[str, set] = {}
+    for record in wandb_records(next(runs[0].glob("run-*.wandb"))):
+        if record.WhichOneof("record_type") == "history":
+            row = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
+            for key in row:
+                if key.split("/")[0] == "val" and key != "val/loss":
+                    steps.setdefault(key.split("/")[1], set()).add(json.loads(row["trainer/global_step"]))
+    for key in ("coco_table", "per_class_AP", "dAP_Cls", "confusion_matrix", "predictions"):
+        assert steps[key] == steps["AP"], (key, steps)
 
 
 def test_speed_entry_point_times_the_checkpoint(trained_run, tmp_path):
