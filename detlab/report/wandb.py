@@ -41,8 +41,17 @@ def wandb_runs(project: str, group: str | None = None) -> tuple[list[Run], list[
         for key in ("ms_per_img", "img_per_s"):
             if f"speed/{key}" in summary:
                 values[key] = float(summary[f"speed/{key}"])
+        for key in ("params", "gflops"):  # results.json's complexity, logged as model/* (run._finish)
+            if f"model/{key}" in summary:
+                values[key] = float(summary[f"model/{key}"])
+        # what the speed warnings compare (runs.read_run): the device the speed was measured on (the run's own, in
+        # its provenance) and the batch-1 latency's p90 / median (speed_summary's speed/total_ms*)
+        provenance = config.get("provenance") or {}
+        median, p90 = summary.get("speed/total_ms"), summary.get("speed/total_ms_p90")
         runs.append(Run(name="/".join(remote.path), overrides=overrides, values=values, study=remote.group,
-                        provenance=config.get("provenance") or {}))
+                        device=provenance.get("device") if "ms_per_img" in values else None,
+                        speed_spread=float(p90) / float(median) if median and p90 is not None else None,
+                        provenance=provenance))
     return runs, left_out
 
 

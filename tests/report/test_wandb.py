@@ -88,3 +88,29 @@ def test_a_run_logs_whether_it_was_pruned_into_its_wandb_config(tmp_path):
     config = {item.key: json.loads(item.value_json) for record in wandb_records(run_file)
               if record.WhichOneof("record_type") == "config" for item in record.config.update}
     assert config["pruned"] == pruned
+
+
+def test_speed_device_spread_and_cost_read_from_wandb_as_from_the_folder(project, tmp_path):
+    """The speed warnings (another device, a busy machine), the speed plot's device and --metrics params/gflops came
+    from results.json alone: read from W&B a run had no device, no spread and no cost, though W&B holds all three
+    (the provenance in the config, speed/total_ms* and model/* in the summary), so a report of runs measured on two
+    machines said nothing."""
+    from detlab.profile.speed import speed_summary
+    from detlab.report.study import speed_warnings
+    from detlab.report.wandb import wandb_runs
+
+    for name, device, median, p90 in (("0", "cpu: A", 20.0, 22.0), ("1", "cuda: B", 10.0, 40.0)):
+        fake_run(tmp_path, name, [f"seed={name}"], 0.3, ms=median, device=device, p90=p90)
+        speed = {"ms_per_img": median, "img_per_s": 1e3 / median,
+                 "latency_ms": {stage: {"median": median, "p90": p90} for stage in ("preprocess", "model",
+                                                                                    "postprocess", "total")}}
+        remote = remote_run(name, [f"seed={name}"], 0.3, config={"provenance": {"device": device}})
+        remote.summary.update({**speed_summary(speed), "model/params": 1000.0, "model/gflops": 2.5})
+        project.append(remote)
+    local, _ = find_runs([tmp_path])
+    runs, _ = wandb_runs("me/detlab")
+    assert [(r.device, r.speed_spread) for r in runs] == [(r.device, r.speed_spread) for r in local] == \
+        [("cpu: A", pytest.approx(1.1)), ("cuda: B", pytest.approx(4.0))]
+    named_as_in_wandb = [w.replace(f"{tmp_path}/", "me/detlab/") for w in speed_warnings(local)]
+    assert len(named_as_in_wandb) == 2 and speed_warnings(runs) == named_as_in_wandb  # two devices; a busy machine
+    assert (runs[0].values["params"], runs[0].values["gflops"]) == (1000.0, 2.5)
