@@ -48,7 +48,10 @@ def wandb_runs(project: str, group: str | None = None) -> tuple[list[Run], list[
         # its provenance) and the batch-1 latency's p90 / median (speed_summary's speed/total_ms*)
         provenance = config.get("provenance") or {}
         median, p90 = summary.get("speed/total_ms"), summary.get("speed/total_ms_p90")
-        runs.append(Run(name="/".join(remote.path), overrides=overrides, values=values, study=remote.group,
+        # the study is tracking.group, as read_run reads it: a multirun without one is grouped in W&B by its sweep
+        # folder (run._tracking), which named the study and put the default report at that path, not experiments/
+        study = (config["cfg"].get("tracking") or {}).get("group") if isinstance(config.get("cfg"), dict) else remote.group
+        runs.append(Run(name="/".join(remote.path), overrides=overrides, values=values, study=study,
                         device=provenance.get("device") if "ms_per_img" in values else None,
                         speed_spread=float(p90) / float(median) if median and p90 is not None else None,
                         provenance=provenance))

@@ -75,6 +75,9 @@ def test_pruned_and_unfinished_runs_are_left_out_and_named_as_their_folders_are(
 def test_a_run_logs_whether_it_was_pruned_into_its_wandb_config(tmp_path):
     """What the reader above relies on: run._finish puts results.json's "pruned" into the W&B config."""
     import json
+    import time
+
+    from google.protobuf.message import DecodeError
 
     from detlab.training.run import _finish
     from detlab.training.tracking import wandb_logger
@@ -85,7 +88,15 @@ def test_a_run_logs_whether_it_was_pruned_into_its_wandb_config(tmp_path):
     _finish(logger, {"metrics": {"AP": 0.01}, "complexity": {"params": 10}, "data": {"counts": {}}, "global_step": 4,
                      "pruned": pruned})
     [run_file] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    config = {item.key: json.loads(item.value_json) for record in wandb_records(run_file)
+    for _ in range(300):  # W&B's service process may still be writing the file when finish() returns
+        try:
+            records = wandb_records(run_file)
+        except DecodeError:  # a record half written
+            records = []
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            break
+        time.sleep(0.1)
+    config = {item.key: json.loads(item.value_json) for record in records
               if record.WhichOneof("record_type") == "config" for item in record.config.update}
     assert config["pruned"] == pruned
 
@@ -114,3 +125,22 @@ def test_speed_device_spread_and_cost_read_from_wandb_as_from_the_folder(project
     named_as_in_wandb = [w.replace(f"{tmp_path}/", "me/detlab/") for w in speed_warnings(local)]
     assert len(named_as_in_wandb) == 2 and speed_warnings(runs) == named_as_in_wandb  # two devices; a busy machine
     assert (runs[0].values["params"], runs[0].values["gflops"]) == (1000.0, 2.5)
+
+
+def test_a_sweep_without_tracking_group_names_no_study(project, tmp_path, monkeypatch, capsys):
+    """W&B groups a multirun without tracking.group by its sweep folder: taken as the study's name, the default
+    output experiments/<study> became the sweep folder itself (an absolute path), and the title that path. Its run
+    folders name no study (results.json's tracking.group): the report asks for --output or --study, as for them."""
+    from detlab.report.wandb import wandb_runs
+
+    sweep = tmp_path / "multirun" / "2026-12-07" / "10-00-00"
+    for name in ("0", "1"):
+        project.append(remote_run(name, [f"seed={name}"], 0.3, group=str(sweep),
+                                  config={"cfg": {"tracking": {"group": None}}}))
+    project.append(remote_run("2", ["seed=2"], 0.3, group="focal_gamma", config={"cfg": {"tracking": {"group": "focal_gamma"}}}))
+    assert [r.study for r in wandb_runs("me/detlab")[0]] == [None, None, "focal_gamma"]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["--wandb-project", "me/detlab", "--group", str(sweep)])
+    assert stop.value.code == 2 and "give --output or --study" in capsys.readouterr().err
+    assert not sweep.exists()
