@@ -422,8 +422,14 @@ def test_wandb_summary_run_offline(sweep, tmp_path, monkeypatch):
 
 def test_wandb_summary_run_disabled_names_no_folder(sweep, tmp_path, monkeypatch, capsys):
     """WANDB_MODE=disabled: the report said its summary run was in a folder W&B never made."""
+    import wandb
+
+    wandb.teardown()  # W&B keeps the settings of a process's first run (an earlier test's offline) for later runs
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    main([str(sweep), "--output", str(tmp_path / "out"), "--wandb"])
+    try:
+        main([str(sweep), "--output", str(tmp_path / "out"), "--wandb"])
+    finally:
+        wandb.teardown()  # and this one's (disabled) for the next tests'
     assert "W&B summary run: none (WANDB_MODE=disabled)\n" in capsys.readouterr().out
     assert not (tmp_path / "out" / "wandb").exists()
 

@@ -63,6 +63,7 @@ def test_wandb_mode_disabled_writes_no_run(home, monkeypatch, tmp_path):
 
     from detlab.training.tracking import logger_summary, wandb_logger
 
+    wandb.teardown()  # W&B keeps the settings of a process's first run (an earlier test's offline) for later runs
     monkeypatch.setenv("WANDB_MODE", "disabled")
     logger = wandb_logger(str(tmp_path / "run"), project="p", mode="auto")
     try:
@@ -71,6 +72,7 @@ def test_wandb_mode_disabled_writes_no_run(home, monkeypatch, tmp_path):
         assert logger_summary(logger) == ("none (WANDB_MODE=disabled): the numbers are in results.json", None)
     finally:
         wandb.finish()
+        wandb.teardown()  # and this one's (disabled) for the next tests'
     assert not (tmp_path / "run").exists() or list((tmp_path / "run").iterdir()) == []
 
 
