@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 
-from detlab.report.runs import NOT_CONFIGURATION, Run, configuration
+from detlab.report.runs import NOT_CONFIGURATION, ReportError, Run, configuration
 from detlab.report.tables import SPEED
 from detlab.report.study import Report
 
@@ -23,8 +23,13 @@ def wandb_runs(project: str, group: str | None = None) -> tuple[list[Run], list[
     """
     import wandb  # only here: reading local runs needs neither wandb's import time nor the network
 
+    try:  # W&B's own errors here are the user's to fix: not logged in, credentials refused, no network, no project
+        remotes = list(wandb.Api().runs(project, filters={"group": group} if group else None))
+    except wandb.errors.Error as err:
+        raise ReportError(f"--wandb-project {project}: W&B's API answered: {err} (reading runs from W&B needs a login, "
+                          "`wandb login`, and its server; run folders are read without either)") from None
     runs, left_out = [], []
-    for remote in wandb.Api().runs(project, filters={"group": group} if group else None):
+    for remote in remotes:
         config = dict(remote.config)
         if remote.state != "finished" or config.get("pruned"):
             left_out.append("/".join(remote.path))

@@ -144,3 +144,16 @@ def test_a_sweep_without_tracking_group_names_no_study(project, tmp_path, monkey
         main(["--wandb-project", "me/detlab", "--group", str(sweep)])
     assert stop.value.code == 2 and "give --output or --study" in capsys.readouterr().err
     assert not sweep.exists()
+
+
+def test_reading_wandb_without_a_login_is_one_message(tmp_path, monkeypatch, capsys):
+    """W&B's real API without credentials (a HOME without .netrc, no WANDB_API_KEY; the server address made local so
+    that nothing leaves the machine): W&B's UsageError traceback and status 1 before; now one message, status 2."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    with pytest.raises(SystemExit) as stop:
+        main(["--wandb-project", "me/detlab", "--group", "g", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert err.startswith("detlab-report: error: --wandb-project me/detlab: W&B's API answered: No API key configured")
