@@ -52,8 +52,20 @@ def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
+# The config groups every run composes (conf/train.yaml's defaults, less the optional ones): `~logger` on the command
+# line removes one, and the first check that read it stopped with OmegaConf's ConfigAttributeError traceback.
+REQUIRED_GROUPS = ("data", "loss", "model", "optim", "trainer", "logger")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first impossible setting or combination in cfg."""
+    removed = [group for group in REQUIRED_GROUPS if group not in cfg]
+    if removed:
+        group = removed[0]
+        options = sorted(path.stem for path in (Path(CONF_DIR) / group).glob("*.yaml"))
+        raise ConfigError(f"~{group} removed the {group} config group, which every run needs: choose one of its "
+                          f"options instead ({group}={'|'.join(options)})"
+                          + ("; logger=none trains without a logger" if group == "logger" else ""))
     _check_missing(cfg)
     _check_moved(cfg)
     check_positive("data", image_size=cfg.data.image_size, batch_size=cfg.data.batch_size,

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from detlab.config import CONF_DIR, ConfigError, compose_train, validate
+from detlab.config import CONF_DIR, REQUIRED_GROUPS, ConfigError, compose_train, validate
 from tests.conftest import make_batch
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -195,6 +195,14 @@ def test_a_mandatory_value_left_out_is_named_by_validate(overrides, keys):
     cfg = compose_train(overrides)
     with pytest.raises(ConfigError, match=re.escape(keys)):
         validate(cfg)
+
+
+@pytest.mark.parametrize("group", REQUIRED_GROUPS)
+def test_a_required_group_removed_on_the_command_line_is_named(group):
+    """`~logger` (Hydra's removal of a default) stopped in the first check that read the group, with OmegaConf's
+    ConfigAttributeError traceback."""
+    with pytest.raises(ConfigError, match=rf"~{group} removed the {group} config group, .* \({group}=[a-z0-9_|]+\)"):
+        validate(compose_train([f"~{group}"]))
 
 
 def test_impossible_combinations_name_the_key(monkeypatch):

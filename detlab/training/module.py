@@ -86,7 +86,7 @@ class DetectionModule(pl.LightningModule):
             return
         bad = [name for name, t in predicted.items() if not torch.isfinite(t).all()]
         raise DivergenceError(
-            f"non-finite {stage} loss terms {({k: float(v) for k, v in losses.items()})}"
+            f"non-finite {stage} loss terms {({k: float(v.detach()) for k, v in losses.items()})}"
             + (f" and head outputs {bad}" if bad else "")
             + f" at step {self.global_step} (epoch {self.current_epoch}): the run diverged; lower "
             f"optim.optimizer.lr (now {self.optim_cfg.optimizer.get('lr')}) or raise optim.scheduler.warmup_steps"
