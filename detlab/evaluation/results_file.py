@@ -135,11 +135,13 @@ def _check_file_names(results_file: str, records: list[dict], file_names: dict[i
     """detlab-predict numbers plain image files 0..N-1 in sorted order and writes each one's `file_name` beside
     its image_id: scored against an annotation file whose ids are also 0..N-1 (or overlap them), every detection
     was matched against another image's objects, without a word (perfect detections of raccoon's 200 photos
-    scored AP 0.014). A detection's file_name must be the base name of its image id's `file_name` in the file."""
+    scored AP 0.014). A detection's file_name must name its image id's `file_name` in the file: the same base name
+    (detlab-predict writes the base name; another tool may copy the record's file_name, folder and all)."""
+    bases = {image_id: _base_name(name) for image_id, name in file_names.items() if name}
     wrong = [
         (i, r["file_name"], file_names[r["image_id"]]) for i, r in enumerate(records)
-        if "file_name" in r and file_names.get(r["image_id"])
-        and str(r["file_name"]) != file_names[r["image_id"]].replace("\\", "/").rsplit("/", 1)[-1]
+        if "file_name" in r and r["image_id"] in bases
+        and r["file_name"] != bases[r["image_id"]] and _base_name(r["file_name"]) != bases[r["image_id"]]
     ]
     if wrong:
         first, named, expected = wrong[0]
@@ -150,3 +152,8 @@ def _check_file_names(results_file: str, records: list[dict], file_names: dict[i
             "predict on the annotation file itself (detlab-predict <ann.json> --img-dir <its image folder>), so that "
             "the results carry its image ids"
         )
+
+
+def _base_name(file_name: object) -> str:
+    """The last part of a file_name, with / or \\ between folders."""
+    return str(file_name).replace("\\", "/").rsplit("/", 1)[-1]

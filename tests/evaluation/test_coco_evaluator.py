@@ -580,3 +580,16 @@ def test_ddp_gathers_once_and_drops_padding_duplicates(ann_file, tmp_path):
     # Keeping the duplicate would have changed the numbers: the assertion above can fail.
     with_duplicate = random_rows() + [r for r in random_rows() if r[0] == 3]
     assert reference_eval(ann_file, with_duplicate).stats[0] != pytest.approx(single["metrics"]["AP"], abs=1e-6)
+
+
+def test_results_naming_their_image_ids_file_with_its_folder_are_scored(tmp_path):
+    """A results file of another tool that copies each image's file_name as the annotation file writes it (folder
+    and all, 'photos/a.jpg') names the right files: it is scored, as pycocotools scores it (AP 1), not refused."""
+    gt, dets = _plain_file_results(tmp_path, {"a.jpg": 0, "b.jpg": 1})
+    detections = json.loads(dets.read_text())
+    for detection in detections:
+        detection["file_name"] = f"photos/{detection['file_name']}"
+    dets.write_text(json.dumps(detections))
+    reference = pycocotools_eval(gt, dets)
+    assert reference.stats[0] == pytest.approx(1.0, abs=TOL)
+    assert evaluate_results_file(str(gt), str(dets))["metrics"] == pytest.approx(metric_dict(reference.stats), abs=TOL)
