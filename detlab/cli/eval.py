@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors("detlab-eval"):
         if args.output:  # before the work, which can take minutes, not after it
             check_output(args.output)
-            read = [args.ann, args.results] if args.command == "results" else [args.path, getattr(args, "image", None)]
-            check_not_an_input([args.output], "--output", [path for path in read if path])
+            check_not_an_input([args.output], "--output", [path for path in _inputs(args) if path])
         if args.command == "run":
             result = evaluate_run(args.path, args.overrides, args.backend, args.device)
         elif args.command == "speed":
@@ -90,6 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         with user_errors("detlab-eval"), writing(args.output, "--output", OUTPUT_FIX):
             write_text_atomically(args.output, json.dumps(result, indent=2))
+
+
+def _inputs(args: argparse.Namespace) -> list[Path | None]:
+    """The files a command reads that --output could name: a run directory is read as its checkpoint file."""
+    if args.command == "results":
+        return [args.ann, args.results]
+    from detlab.inference import checkpoint_of  # run and speed load the model code next anyway
+
+    return [checkpoint_of(args.path), getattr(args, "image", None)]
 
 
 OUTPUT_FIX = "give --output a file path in a folder you can write to"

@@ -93,3 +93,19 @@ def test_output_that_is_an_input_is_one_message_and_leaves_it_whole(tmp_path, ca
     captured = capsys.readouterr()
     assert f"--output: writing {target} would replace {target}, which this command reads" in captured.err
     assert "COCO box evaluation" not in captured.out and Path(target).read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["run", "speed"])
+def test_output_that_is_a_run_directorys_checkpoint_is_one_message_and_leaves_it_whole(tmp_path, capsys, command):
+    """A run directory is read as its checkpoints/weights.ckpt: --output naming that file wrote the JSON over the
+    run's weights (the check compared --output with the directory, which it never is)."""
+    from detlab.cli.eval import main
+
+    weights = tmp_path / "run" / "checkpoints" / "weights.ckpt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"the run's weights")
+    with pytest.raises(SystemExit) as stop:
+        main([command, str(tmp_path / "run"), "--output", str(weights)])
+    assert stop.value.code == 2
+    assert f"--output: writing {weights} would replace {weights}, which this command reads" in capsys.readouterr().err
+    assert weights.read_bytes() == b"the run's weights"
