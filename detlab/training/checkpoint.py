@@ -263,7 +263,9 @@ class RandomState(pl.Callback):
         np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+            # one state per GPU of the saving machine: a resume on fewer GPUs restores those it has (torch would
+            # index a generator that is not there), one on more keeps the extra GPUs' fresh ones
+            torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
         # Under DDP each rank continues its own stream; a rank the saving run did not have keeps the fresh one of
         # its rank (DetectionDataModule.setup), as does a changed augmentation config.
         by_rank = state.get("augment_by_rank", [state["augment"]])

@@ -220,3 +220,30 @@ def test_last_ckpt_is_written_every_epoch_and_resumes_exactly_when_validation_is
     resumed = _Regression()
     _fit(tmp_path / "resumed", resumed, max_epochs=4, ckpt_path=tmp_path / "killed" / "last.ckpt")
     assert torch.equal(resumed.layer.weight, straight.layer.weight) and torch.equal(resumed.layer.bias, straight.layer.bias)
+
+
+def test_cuda_random_state_of_more_gpus_resumes_on_fewer(monkeypatch):
+    """A checkpoint of a 2-GPU machine (one CUDA generator state per GPU) resumed on a 1-GPU machine restores the
+    state of the GPU it has; torch's set_rng_state_all would index a second generator that is not there. CUDA is
+    faked down to torch's own default_generators, which its setter indexes once CUDA is initialised."""
+    from types import SimpleNamespace
+
+    class Generator:
+        state = None
+
+        def set_state(self, state):
+            self.state = state
+
+    gpu = Generator()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # as after Lightning's set_device: set at once
+    monkeypatch.setattr(torch.cuda.random, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "default_generators", (gpu,))
+    saved = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    trainer = SimpleNamespace(datamodule=None, global_rank=0, world_size=1)
+    checkpoint = {}
+    RandomState().on_save_checkpoint(trainer, None, checkpoint)
+    RandomState().on_load_checkpoint(trainer, None, checkpoint)
+    assert torch.equal(gpu.state, saved[0])
