@@ -11,7 +11,8 @@
    the same run (detlab.profile.bench's training steps and protocol);
 4. a short training (detlab-train trainer=gpu on the built-in shapes data, --train-minutes of wall time): it
    ends with a finite loss (DetectionModule stops on a non-finite one) and the COCO table.
-Prints a summary and writes every number to --json. Without CUDA it says so and exits 0 at once.
+Prints a summary and writes every number to --json, rewritten after each step: a step that fails, or a kill at the
+lent machine's limit, leaves the steps before it. Without CUDA it says so and exits 0 at once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from detlab.cli import bench as bench_cli
+from detlab.files import write_text_atomically
 from detlab.profile import bench
 from detlab.profile.speed import environment
 
@@ -35,15 +37,28 @@ TIER = ROOT / "tests" / "test_gpu.py"  # the `gpu` tier: pytest -m gpu
 THROUGHPUT = {"preset": "tv_retinanet_r50_fpn", "batch": 16, "image_size": 640, "precision": "bf16-mixed"}
 
 
+def child(command: list[str], cwd: Path, timeout: float) -> tuple[int | None, str, str]:
+    """(exit status, stdout, stderr) of command; status None when it ran past timeout seconds (killed): a hung step
+    is a failed one, not the end of this script."""
+    try:
+        proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as expired:  # its output so far: bytes on POSIX, whatever text= says
+        stdout, stderr = (out.decode(errors="replace") if isinstance(out, bytes) else out or ""
+                          for out in (expired.stdout, expired.stderr))
+        return None, stdout, stderr + f"\ngpu-check: killed after {timeout:g} s"
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 def gpu_tier() -> dict[str, Any]:
     """The gpu tier's file under pytest in a child process (a failing test must not take this script with it).
     Its file alone: collecting the whole suite would import what only other tiers need (W&B, the sweepers),
     which a bare GPU machine may lack."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(TIER)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240)
-    lines = proc.stdout.strip().splitlines()
-    return {"passed": proc.returncode == 0, "summary": lines[-1] if lines else proc.stderr[-500:],
-            "output": proc.stdout[-4000:]}
+    returncode, stdout, stderr = child(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(TIER)], ROOT, 240)
+    lines = stdout.strip().splitlines()
+    if returncode is None:
+        return {"passed": False, "summary": "killed after 240 s", "output": (stdout + stderr)[-4000:]}
+    return {"passed": returncode == 0, "summary": lines[-1] if lines else stderr[-500:], "output": stdout[-4000:]}
 
 
 def throughput(device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
@@ -72,12 +87,11 @@ def short_training(minutes: float, workdir: Path) -> dict[str, Any]:
     seconds = int(minutes * 60)
     overrides = ["trainer=gpu", "trainer.max_epochs=1000", f"+trainer.max_time='00:00:{seconds // 60:02d}:{seconds % 60:02d}'",
                  "logger=none", "speed.repeats=10", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run([sys.executable, "-m", "detlab.cli.train", *overrides], cwd=workdir, capture_output=True,
-                          text=True, timeout=seconds + 180)
+    returncode, stdout, stderr = child([sys.executable, "-m", "detlab.cli.train", *overrides], workdir, seconds + 180)
     results_file = run_dir / "results.json"
-    results = json.loads(results_file.read_text()) if proc.returncode == 0 and results_file.is_file() else {}
+    results = json.loads(results_file.read_text()) if returncode == 0 and results_file.is_file() else {}
     return {"passed": bool(results), "overrides": overrides, "metrics": results.get("metrics"),
-            "global_step": results.get("global_step"), "output": (proc.stdout + proc.stderr)[-3000:]}
+            "global_step": results.get("global_step"), "output": (stdout + stderr)[-3000:]}
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -107,14 +121,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = torch.device("cuda")
     report: dict[str, Any] = {"environment": environment(device), "gpus": torch.cuda.device_count()}
+
+    def save() -> None:  # after each step: what was measured outlives a later step's failure or a kill
+        write_text_atomically(args.json, json.dumps(report, indent=1))
+
     report["gpu_tier"] = gpu_tier()
+    save()
     print(report["gpu_tier"]["output"], flush=True)
     report["bench"] = bench_cli.main(["--device", "cuda"])
+    save()
     report["throughput"] = throughput(device, args.warmup, args.repeats)
+    save()
     with tempfile.TemporaryDirectory() as tmp:
         report["training"] = short_training(args.train_minutes, Path(tmp))
+    save()
     print(report["training"]["output"], flush=True)
-    args.json.write_text(json.dumps(report, indent=1))
     print(summary(report))
     print(f"report: {args.json}")
     return 0 if report["gpu_tier"]["passed"] and report["training"]["passed"] else 1

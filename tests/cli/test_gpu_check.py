@@ -28,6 +28,40 @@ def test_the_gpu_tier_is_found_in_the_checkout():
     assert not elsewhere, f"gpu-check runs {gpu_check.TIER.name} alone: move these gpu tests there: {elsewhere}"
 
 
+def test_a_failing_step_leaves_the_steps_before_it_in_the_json(monkeypatch, tmp_path):
+    """The lent GPU runs the check once: a step that fails (here the throughput, as an out-of-memory would) keeps
+    its traceback, and the JSON holds what the steps before it measured."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(gpu_check, "environment", lambda device: {"device": "faked"})
+    monkeypatch.setattr(gpu_check, "gpu_tier", lambda: {"passed": True, "summary": "3 passed", "output": ""})
+    monkeypatch.setattr(gpu_check.bench_cli, "main", lambda argv: [{"what": "forward", "ratio": 1.0}])
+
+    def out_of_memory(*args):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(gpu_check, "throughput", out_of_memory)
+    report_file = tmp_path / "gpu.json"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        gpu_check.main(["--json", str(report_file)])
+    report = json.loads(report_file.read_text())
+    assert report["gpu_tier"]["summary"] == "3 passed" and report["bench"] == [{"what": "forward", "ratio": 1.0}]
+    assert "throughput" not in report
+
+
+def test_a_hung_child_is_a_failed_step_with_its_output(monkeypatch, tmp_path):
+    """A child (the gpu tier, the training) past its timeout is killed and reported failed, with what it printed
+    (bytes on POSIX), instead of ending the whole check with subprocess's TimeoutExpired."""
+    def hung(command, **kwargs):
+        raise gpu_check.subprocess.TimeoutExpired(command, kwargs["timeout"], output=b"collected 4 items\n", stderr=b"")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", hung)
+    tier = gpu_check.gpu_tier()
+    assert not tier["passed"] and "collected 4 items" in tier["output"] and "240" in tier["summary"]
+    training = gpu_check.short_training(0.1, tmp_path)
+    assert not training["passed"] and "killed after 186 s" in training["output"]
+
+
 @pytest.mark.slow
 def test_the_whole_check_rehearsed_on_the_cpu(monkeypatch, tmp_path, capsys):
     """Every step of make gpu-check with CUDA's calls stubbed, tiny sizes, and trainer=gpu on the CPU in bf16-mixed:
