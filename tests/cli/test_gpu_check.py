@@ -62,6 +62,33 @@ def test_a_hung_child_is_a_failed_step_with_its_output(monkeypatch, tmp_path):
     assert not training["passed"] and "killed after 186 s" in training["output"]
 
 
+def test_each_sides_peak_is_its_own_step_above_what_both_hold_resident(monkeypatch):
+    """Both models and their optimizer states stay on the GPU while either steps: a plain max_memory_allocated
+    counted the other side's weights and state in each side's peak. A faked CUDA allocator: 6 GiB resident, the
+    detlab step adds 3 GiB at its peak (and keeps 1, its gradients), torchvision's 2 GiB."""
+    gib = 2**30
+    allocator = {"now": 6 * gib, "peak": 6 * gib}
+
+    def stepping(adds: int, keeps: int):
+        def step():
+            allocator["peak"] = max(allocator["peak"], allocator["now"] + adds * gib)
+            allocator["now"] += keeps * gib
+        return step
+
+    monkeypatch.setattr(gpu_check.bench, "preset_pair", lambda *args: (None, None, None))
+    monkeypatch.setattr(gpu_check.bench, "training_steps",
+                        lambda *args, **kwargs: (stepping(3, 1), stepping(2, 0), (640, 640)))
+    monkeypatch.setattr(gpu_check.bench, "compare", lambda *args, **kwargs: {"detlab_ms": 100.0, "reference_ms": 50.0})
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocator["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocator["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device=None: allocator.update(peak=allocator["now"]))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    row = gpu_check.throughput(torch.device("cpu"), warmup=0, repeats=1)
+    assert (row["detlab_step_peak_gib"], row["torchvision_step_peak_gib"], row["both_resident_gib"]) == (3, 2, 6)
+    assert row["detlab_img_per_s"] == 160 and row["torchvision_img_per_s"] == 320
+
+
 @pytest.mark.slow
 def test_the_whole_check_rehearsed_on_the_cpu(monkeypatch, tmp_path, capsys):
     """Every step of make gpu-check with CUDA's calls stubbed, tiny sizes, and trainer=gpu on the CPU in bf16-mixed:
@@ -77,7 +104,7 @@ def test_the_whole_check_rehearsed_on_the_cpu(monkeypatch, tmp_path, capsys):
             return torch.device("cpu" if name == "cuda" else name, *args)
 
     monkeypatch.setattr(gpu_check, "torch", CudaAsCpu())
-    for name, value in (("is_available", True), ("device_count", 1), ("max_memory_allocated", 0)):
+    for name, value in (("is_available", True), ("device_count", 1), ("max_memory_allocated", 0), ("memory_allocated", 0)):
         monkeypatch.setattr(torch.cuda, name, lambda *args, value=value: value)
     for name in ("reset_peak_memory_stats", "synchronize"):
         monkeypatch.setattr(torch.cuda, name, lambda *args: None)
