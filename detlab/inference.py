@@ -93,6 +93,8 @@ class Predictor:
         hparams = load_hparams(checkpoint)
         cfg = with_overrides(OmegaConf.create(hparams["cfg"]), overrides, checkpoint)
         cfg.model.weights = str(checkpoint)  # the run's own weights replace whatever it started from
+        if "weights_strict" in cfg.model:  # and fit it whole: a run fine-tuned with weights_strict=false included
+            cfg.model.weights_strict = True
         return cls.from_config(cfg, hparams["category_ids"], hparams["class_names"]), cfg
 
     @classmethod
@@ -165,7 +167,7 @@ def with_overrides(cfg: DictConfig, overrides: Sequence[str], checkpoint: Path) 
     """A run's saved config with dotlist overrides (data.image_size=512), each checked against it: a key it does not
     have (a misspelling was ignored, or failed deep inside a constructor), a whole group replaced by a name
     (model=ssd300: the saved config holds the run's resolved groups, which no name selects here) and model.weights
-    (the run's own weights are loaded) are ConfigErrors naming the override."""
+    or model.weights_strict (the run's own weights are loaded, strictly) are ConfigErrors naming the override."""
     missing = object()
     for item in overrides:
         key, sep, _ = item.partition("=")
@@ -175,7 +177,7 @@ def with_overrides(cfg: DictConfig, overrides: Sequence[str], checkpoint: Path) 
             raise ConfigError(f"override {item!r}: not key=value ({type(err).__name__}: {str(err).splitlines()[0]})") from None
         if not sep or not key:
             raise ConfigError(f"override {item!r}: give key=value, a key of the run's config (data.image_size=512)")
-        if key == "model.weights":
+        if key in ("model.weights", "model.weights_strict"):
             raise ConfigError(f"override {item!r}: a run is loaded with its own weights ({checkpoint}); to predict "
                               "with other weights, configure the model without the run (model=<preset> model.weights=...)")
         current = OmegaConf.select(cfg, key, default=missing)

@@ -40,13 +40,16 @@ def dense_detector(
     cls_loss: DictConfig,
     num_classes: int,
     weights: str | DictConfig | None = None,
+    weights_strict: bool = True,
 ) -> DetectorParts:
     """A one-stage dense detector (RetinaNet, SSD, YOLO): backbone -> neck -> head over priors.
 
     criterion is the loss that combines the classification loss (the `loss` config group) with box_loss.
-    weights: a file to load into the model, strictly (detlab.models.torchvision_weights.load_weights): a
+    weights: a file to load into the model (detlab.models.torchvision_weights.load_weights): a
     torchvision detection state dict for the matching preset, or a detlab checkpoint or weights file; or a
     config node that makes the state dict (torchvision's seeded initial weights in experiments/tv_parity).
+    weights_strict: false leaves the file's tensors of another shape (the class outputs of other classes) at
+    their initialisation; missing or unexpected keys stay an error.
 
     The classification loss decides the number of logits (K for sigmoid losses, K + 1 for softmax ones).
     """
@@ -62,7 +65,7 @@ def dense_detector(
         background_first=softmax,
     )
     return DetectorParts(
-        model=load_weights(Detector(backbone_net, neck_net, head_net, prior_gen), weights),
+        model=load_weights(Detector(backbone_net, neck_net, head_net, prior_gen), weights, weights_strict),
         assigner=instantiate(assigner),
         criterion=instantiate(criterion, cls_loss=classification, box_loss=instantiate(box_loss), box_coder=coder),
         postprocess=instantiate(postprocess, box_coder=coder, softmax=softmax),
@@ -111,6 +114,7 @@ def two_stage_detector(
     cls_loss: DictConfig,
     num_classes: int,
     weights: str | DictConfig | None = None,
+    weights_strict: bool = True,
 ) -> DetectorParts:
     """Faster R-CNN with FPN: backbone -> neck -> RPN over the anchors (priors) -> proposals -> RoI box head.
 
@@ -119,7 +123,7 @@ def two_stage_detector(
     roi: sampler (RoIs drawn from the proposals in training), head, box_coder and box_loss of the second stage.
     criterion combines the four terms; the RoI head's classification loss is cls_loss (the `loss` config group),
     which decides its outputs (K sigmoid or K + 1 softmax) and so its bias init and decoding.
-    weights: a file to load into the model, strictly, as dense_detector's.
+    weights, weights_strict: a file to load into the model, as dense_detector's.
     """
     classification, num_outputs, softmax = _classification(cls_loss, num_classes)
     rpn_coder, roi_coder = instantiate(rpn.box_coder), instantiate(roi.box_coder)
@@ -150,7 +154,7 @@ def two_stage_detector(
         box_coder=roi_coder,
     )
     return DetectorParts(
-        model=load_weights(model, weights),
+        model=load_weights(model, weights, weights_strict),
         assigner=instantiate(rpn.assigner),
         criterion=loss,
         postprocess=instantiate(postprocess, box_coder=roi_coder, softmax=softmax),

@@ -48,13 +48,15 @@ def torchvision_retinanet(
     cls_loss: DictConfig,
     num_classes: int,
     weights: str | None = None,
+    weights_strict: bool = True,
 ) -> DetectorParts:
     """torchvision's RetinaNet on ResNet-{depth} (trainable BatchNorm, from scratch) with FPN and head width
     `width`, its initial weights drawn from `seed` (as `initial_weights`), as detlab's four parts.
 
     cls_loss: the `loss` group; torchvision's head trains with a sigmoid focal loss, so only `loss=focal` fits
               (its alpha and gamma are used: gamma 0 is alpha-balanced CE).
-    weights:  a detlab checkpoint or weights file of this model (model.weights), loaded strictly.
+    weights:  a detlab checkpoint or weights file of this model (model.weights), loaded strictly unless
+              weights_strict is false (as dense_detector's).
     """
     check_positive("model", width=width)
     loss = instantiate(cls_loss)
@@ -65,7 +67,7 @@ def torchvision_retinanet(
         )
     net = torchvision_model(depth, width, num_classes, seed, alpha=loss.alpha, gamma=loss.gamma)
     return DetectorParts(
-        model=load_weights(TorchvisionRetinaNet(net), weights),
+        model=load_weights(TorchvisionRetinaNet(net), weights, weights_strict),
         assigner=TorchvisionMatcher(net),
         criterion=TorchvisionLoss(net),
         postprocess=TorchvisionPostProcess(net),

@@ -9,11 +9,17 @@
 Instead of a path, `model.weights` may be a config node whose `_target_` returns such a state dict: in
 experiments/tv_parity, torchvision's seeded initial weights (detlab.models.torchvision_retinanet.initial_weights),
 so that detlab's preset starts from the very weights torchvision's own RetinaNet starts from.
-Loading is strict: a file made for another architecture is an error naming the missing and unexpected keys.
+Loading is strict (`model.weights_strict=true`, the default): a file made for another architecture is an error naming
+the missing and unexpected keys, and so is a tensor of another shape. With `model.weights_strict=false` (fine-tuning
+weights trained on other classes, as detectron2's MODEL.WEIGHTS and mmdetection's load_from do) a tensor whose name
+fits and whose shape does not (the class outputs) is not loaded and keeps its fresh initialisation (the head's
+prior-probability bias included); a missing or unexpected key is still an error. The tensors left so are logged once
+and kept in the model's `weights_not_loaded` (a run writes them to results.json).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,8 +28,9 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
 
-from detlab.errors import CheckpointError
+from detlab.errors import CheckpointError, ConfigError
 
+log = logging.getLogger(__name__)
 MAX_LISTED = 8  # keys named in a mismatch message
 
 
@@ -108,13 +115,16 @@ TORCHVISION_DETECTORS: dict[str, tuple[str, Callable[[Mapping[str, Tensor]], dic
 }
 
 
-def load_weights(model: nn.Module, path: str | Path | Mapping | None) -> nn.Module:
-    """model with the weights of the file at path loaded strictly (see the module's docstring); path None: as is;
-    a config node (a Mapping with `_target_`): the state dict it instantiates to, loaded strictly."""
+def load_weights(model: nn.Module, path: str | Path | Mapping | None, strict: bool = True) -> nn.Module:
+    """model with the weights of the file at path loaded (see the module's docstring; strict: model.weights_strict);
+    path None: as is; a config node (a Mapping with `_target_`): the state dict it instantiates to."""
+    if not isinstance(strict, bool):  # a string such as "no" would be truthy
+        raise ConfigError(f"model.weights_strict={strict!r}: give true (every tensor of the file must fit) or false "
+                          "(tensors of another shape, such as the class outputs, keep their fresh initialisation)")
     if path is None:
         return model
     if isinstance(path, Mapping):
-        return load_state(model, instantiate(path), f"model.weights={path.get('_target_')}")
+        return load_state(model, instantiate(path), f"model.weights={path.get('_target_')}", strict)
     file = Path(path).expanduser()
     if not file.is_file():
         raise CheckpointError(f"model.weights={path}: no such file")
@@ -122,21 +132,29 @@ def load_weights(model: nn.Module, path: str | Path | Mapping | None) -> nn.Modu
         loaded = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to replace; the cause is named
         raise CheckpointError(f"model.weights={path}: not a readable torch weights file ({type(err).__name__}: {err})") from None
-    return load_state(model, loaded, f"model.weights={path}")
+    return load_state(model, loaded, f"model.weights={path}", strict)
 
 
-def load_state(model: nn.Module, loaded: object, name: str) -> nn.Module:
-    """model with `loaded` (what torch.load gave: a torchvision or detlab state dict, or a checkpoint) loaded
-    strictly; `name` says where it came from in messages."""
+def load_state(model: nn.Module, loaded: object, name: str, strict: bool = True) -> nn.Module:
+    """model with `loaded` (what torch.load gave: a torchvision or detlab state dict, or a checkpoint) loaded;
+    `name` says where it came from in messages. Missing and unexpected keys are an error; so are tensors of
+    another shape when strict, else they are left as initialised and listed in `model.weights_not_loaded`."""
     state, source = _detlab_state(loaded, name)
-    missing, unexpected = _mismatch(model, state)
-    if missing or unexpected:
+    missing, unexpected, shapes = _mismatch(model, state)
+    reshaped = [f"{key} ({shape})" for key, shape in shapes.items()]
+    if missing or unexpected or (strict and reshaped):
+        listed = sorted(missing + reshaped) if strict else missing
         raise CheckpointError(
-            f"{name} ({source}) does not fit the configured model: {len(missing)} missing keys "
-            f"{missing[:MAX_LISTED]}, {len(unexpected)} unexpected keys {unexpected[:MAX_LISTED]}; "
-            + _hint(source)
+            f"{name} ({source}) does not fit the configured model: {len(listed)} missing keys "
+            f"{listed[:MAX_LISTED]}, {len(unexpected)} unexpected keys {unexpected[:MAX_LISTED]}; "
+            + _hint(source, only_shapes=strict and not missing and not unexpected)
         )
-    model.load_state_dict(state, strict=True, assign=any(t.is_meta for t in model.state_dict().values()))
+    fitting = {k: v for k, v in state.items() if k not in shapes}
+    model.load_state_dict(fitting, strict=not shapes, assign=any(t.is_meta for t in model.state_dict().values()))
+    model.weights_not_loaded = reshaped
+    if reshaped:  # once, where the model is built (a run's module, a Predictor)
+        log.warning("%s (%s): %d tensors of another shape not loaded, left at their initialisation "
+                    "(model.weights_strict=false):\n  %s", name, source, len(reshaped), "\n  ".join(reshaped))
     return model
 
 
@@ -153,22 +171,27 @@ def _detlab_state(loaded: object, name: str) -> tuple[dict[str, Tensor], str]:
     return dict(loaded), "a state dict in detlab's keys"
 
 
-def _mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> tuple[list[str], list[str]]:
-    """Keys the model has and the file lacks, keys the file has and the model lacks, and shape mismatches
-    (reported as missing), sorted."""
+def _mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> tuple[list[str], list[str], dict[str, str]]:
+    """Keys the model has and the file lacks, keys the file has and the model lacks (both sorted), and the keys both
+    have with other shapes, in order, each with "shape <file's> for <model's>"."""
     own = model.state_dict()
     # torchvision's FrozenBatchNorm2d drops num_batches_tracked when loading: a BatchNorm state fits it
     extra = {k for k in state if k not in own and not k.endswith("num_batches_tracked")}
     missing = {k for k in own if k not in state}
-    wrong = {f"{k} (shape {list(state[k].shape)} for {list(v.shape)})" for k, v in own.items()
+    wrong = {k: f"shape {list(state[k].shape)} for {list(v.shape)}" for k, v in sorted(own.items())
              if k in state and state[k].shape != v.shape}
-    return sorted(missing | wrong), sorted(extra)
+    return sorted(missing), sorted(extra), wrong
 
 
-def _hint(source: str) -> str:
+def _hint(source: str, only_shapes: bool) -> str:
     if source.startswith("torchvision"):
-        return "configure the preset named (its data.category_ids fix the class outputs) and no other backbone"
-    return "build the model the file was trained as (the run's config: detlab-eval run / detlab-predict --run)"
+        hint = "configure the preset named (its data.category_ids fix the class outputs) and no other backbone"
+    else:
+        hint = "build the model the file was trained as (the run's config: detlab-eval run / detlab-predict --run)"
+    if only_shapes:  # the same architecture: another class count, most often
+        hint += ("; or, to fine-tune on other classes, model.weights_strict=false loads the tensors that fit and "
+                 "leaves those of another shape at their initialisation")
+    return hint
 
 
 def _rename(state_dict: Mapping[str, Tensor], rules: list[tuple[str, object]]) -> dict[str, Tensor]:

@@ -105,6 +105,8 @@ def _train(cfg: DictConfig, run_dir: Path, saved: dict[str, Any] | None, logger)
     results = {
         **module.last_eval,
         "complexity": cost,
+        # model.weights_strict=false: the file's tensors of another shape, left at their initialisation
+        "weights_not_loaded": getattr(module.model, "weights_not_loaded", []),
         "data": {"counts": datamodule.counts(), "problems": datamodule.problems, "notes": datamodule.notes},
         "global_step": trainer.global_step,
         "curve": module.curve,

@@ -160,6 +160,8 @@ def tiny_checkpoint(tmp_path):
         ("dat.image_size=96", "has no key dat.image_size"),
         # other weights: replaced by the run's own without a word
         ("model.weights=other.pth", "a run is loaded with its own weights"),
+        # a run's own weights fit it whole: shapes are never forgiven
+        ("model.weights_strict=false", "a run is loaded with its own weights"),
     ],
 )
 def test_run_overrides_the_saved_config_cannot_take_name_the_override(tiny_checkpoint, monkeypatch, capsys, override,

@@ -221,6 +221,29 @@ def test_weights_file_is_small_and_serves_prediction_and_model_weights(trained_r
     assert isinstance(json.loads((tmp_path / "dets.json").read_text()), list)
 
 
+def test_run_fine_tunes_weights_of_other_classes(trained_run, tmp_path):
+    """model.weights=<a run's weights on 3 classes> with model.weights_strict=false trains on 2 classes: the class
+    outputs (2 x 9 anchors instead of 3 x 9) start afresh, are named on the console and in results.json, and the
+    rest starts from the file."""
+    weights = trained_run / "checkpoints" / "weights.ckpt"
+    proc = run("detlab.cli.train", *TINY, "data.source.num_classes=2", f"model.weights={weights}",
+               "model.weights_strict=false", "checkpoint.save_last=false", "speed.enabled=false",
+               f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    expected = ["head.cls_out.bias (shape [27] for [18])", "head.cls_out.weight (shape [27, 16, 3, 3] for [18, 16, 3, 3])"]
+    assert results["weights_not_loaded"] == expected and results["global_step"] == 3
+    assert isinstance(results["metrics"]["AP"], float)
+    assert "2 tensors of another shape not loaded" in proc.stdout + proc.stderr  # logged once, into train.log too
+    assert (tmp_path / "run" / "train.log").read_text().count("tensors of another shape not loaded") == 1
+    # the fine-tuned run is reloaded with its own weights, strictly: every tensor of its file
+    from detlab.inference import Predictor
+
+    predictor, cfg = Predictor.from_run(tmp_path / "run")
+    assert cfg.model.weights_strict is True and predictor.model.weights_not_loaded == []
+    # a run without model.weights_strict=false records nothing left out
+    assert json.loads((trained_run / "results.json").read_text())["weights_not_loaded"] == []
+
+
 def test_trial_below_its_siblings_median_is_pruned(tmp_path):
     """prune.enabled: a job of a multirun whose val AP is below the median of the finished jobs beside it stops
     after the warm-up epoch and says so in results.json; a pruned sibling does not count."""

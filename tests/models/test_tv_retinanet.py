@@ -9,6 +9,7 @@ category_ids[label]).
 """
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from torchvision.models.detection.retinanet import RetinaNet
 from detlab.config import compose_train, validate
 from detlab.inference import Predictor
 from detlab.errors import user_message
+from detlab.models.torchvision_weights import retinanet_resnet50_fpn
 
 PRESET = ["model=tv_retinanet_r50_fpn", "data.image_size=304", "data.max_size=512"]
 
@@ -96,3 +98,65 @@ def test_wrong_weights_name_the_keys(tmp_path, tv_retinanet):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file")
     assert "garbage.pth: not a readable torch weights file" in message_of(lambda: detlab_predictor(garbage))
+
+
+THREE_CLASSES = [1, 2, 3]  # a new dataset's label space: the 91-way COCO outputs do not fit it
+
+
+def test_weights_of_other_classes_are_refused_by_default(tv_retinanet):
+    """model.weights_strict=true is the default: torchvision's 91-class file into 3 classes stops, naming the
+    class outputs' shapes and the key that fine-tunes."""
+    _, weights = tv_retinanet
+    cfg = compose_train([*PRESET, f"model.weights={weights}"])
+    assert cfg.model.weights_strict is True
+    message = message_of(lambda: Predictor.from_config(cfg, THREE_CLASSES))
+    assert "head.cls_out.weight (shape [819, 256, 3, 3] for [27, 256, 3, 3])" in message
+    assert "model.weights_strict=false" in message
+    cfg = compose_train([*PRESET, f"model.weights={weights}", "model.weights_strict=no"])
+    assert "model.weights_strict='no': give true" in message_of(lambda: validate(cfg))
+
+
+def test_weights_of_other_classes_fine_tune(tv_retinanet):
+    """model.weights_strict=false: every tensor of torchvision's file whose shape fits is loaded (backbone, FPN, both
+    towers, the box output), and the 3-class output keeps the fresh initialisation it has without the file: the
+    same draw from the same seed, and the focal loss paper's prior bias -log((1 - 0.01) / 0.01)."""
+    tv_model, weights = tv_retinanet
+    fine_tune = compose_train([*PRESET, f"model.weights={weights}", "model.weights_strict=false"])
+    torch.manual_seed(0)
+    model = Predictor.from_config(fine_tune, THREE_CLASSES).model
+    torch.manual_seed(0)
+    fresh = Predictor.from_config(compose_train(PRESET), THREE_CLASSES).model
+    assert model.weights_not_loaded == [
+        "head.cls_out.bias (shape [819] for [27])", "head.cls_out.weight (shape [819, 256, 3, 3] for [27, 256, 3, 3])"
+    ]
+    ours, theirs = model.state_dict(), tv_model.state_dict()
+    converted = retinanet_resnet50_fpn(theirs)
+    for key, value in ours.items():
+        if not key.startswith("head.cls_out."):
+            assert torch.equal(value, converted[key]), key
+    # a few by torchvision's own names, so that the renaming is not the only witness
+    assert torch.equal(ours["backbone.conv1.weight"], theirs["backbone.body.conv1.weight"])
+    assert torch.equal(ours["neck.extra.1.weight"], theirs["backbone.fpn.extra_blocks.p7.weight"])
+    assert torch.equal(ours["head.cls_tower.6.weight"], theirs["head.classification_head.conv.3.0.weight"])
+    assert torch.equal(ours["head.box_out.weight"], theirs["head.regression_head.bbox_reg.weight"])
+    assert torch.equal(ours["head.cls_out.weight"], fresh.state_dict()["head.cls_out.weight"])
+    assert not torch.equal(ours["head.cls_out.weight"], theirs["head.classification_head.cls_logits.weight"][:27])
+    torch.testing.assert_close(ours["head.cls_out.bias"], torch.full((27,), -math.log(0.99 / 0.01)))
+
+
+def test_fine_tuning_still_refuses_another_architecture(tmp_path, tv_retinanet):
+    """model.weights_strict=false forgives shapes only: a key the file lacks is still an error, naming it (and not
+    the class outputs, which would be left at their initialisation)."""
+    _, weights = tv_retinanet
+    state = torch.load(weights, weights_only=True)
+    cut = tmp_path / "cut.pth"
+    torch.save({k: v for k, v in state.items() if "bbox_reg" not in k}, cut)
+    cfg = compose_train([*PRESET, f"model.weights={cut}", "model.weights_strict=false"])
+    message = message_of(lambda: Predictor.from_config(cfg, THREE_CLASSES))
+    assert "2 missing keys ['head.box_out.bias', 'head.box_out.weight'], 0 unexpected keys" in message
+    extra = tmp_path / "extra.pth"
+    torch.save({**state, "head.classification_head.extra.weight": torch.zeros(1)}, extra)
+    cfg = compose_train([*PRESET, f"model.weights={extra}", "model.weights_strict=false"])
+    assert "1 unexpected keys ['head.classification_head.extra.weight']" in message_of(
+        lambda: Predictor.from_config(cfg, THREE_CLASSES)
+    )
