@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from detlab.config import CONF_DIR
 from detlab.errors import ConfigError, check_writable, user_errors, writing
@@ -142,8 +142,6 @@ def _rerun(job: Path, sweep_dir: Path) -> str:
     """The shell command that runs a sweep's job again alone (_job_alone: its overrides, from .hydra/overrides.yaml,
     its folder and job number, from .hydra/hydra.yaml, and the sweep's folder), resuming from the job's last.ckpt
     where it wrote one."""
-    from omegaconf import OmegaConf
-
     overrides = [str(o) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
     last = job / "checkpoints" / "last.ckpt"
     if last.is_file():

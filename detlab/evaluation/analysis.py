@@ -31,15 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from detlab.evaluation.backends import BoxResults, indexed_results, results_index
+from detlab.evaluation.backends import BoxResults, results_index
 
 ERROR_TYPES = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 BACKGROUND = "background"
 
 
 def error_analysis(evaluator: Any, names: dict[int, str], backend: str, results: BoxResults) -> dict[str, Any]:
-    """The analysis of an evaluated, accumulated COCOeval (backends.coco_eval of results) whose params.catIds are
-    the keys of names (category id -> class name)."""
+    """The analysis of an evaluated, accumulated COCOeval whose params.catIds are the keys of names (category id ->
+    class name); results are those it indexed (what backends.coco_eval returns beside it)."""
     scores = results.scores
     analysis = {"pr_curves": pr_curves(evaluator, names)}
     if backend == "hotcoco":
@@ -86,7 +86,7 @@ def _confusion_matrix(evaluator: Any, results: BoxResults) -> dict[str, Any]:
     from hotcoco import COCOeval
 
     status = evaluator.image_diagnostics(iou_thr=0.5, score_thr=float("inf"))["dt_status"]
-    scored = indexed_results(results).select(np.sort(np.fromiter(status, dtype=np.int64, count=len(status))) - 1)
+    scored = results.select(np.sort(np.fromiter(status, dtype=np.int64, count=len(status))) - 1)
     matrix_eval = COCOeval(evaluator.cocoGt, results_index(evaluator.cocoGt, scored, "hotcoco"), "bbox")
     matrix_eval.params = evaluator.params
     return matrix_eval.confusion_matrix(iou_thr=0.5, max_det=max(len(scored), 1))

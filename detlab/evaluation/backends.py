@@ -136,18 +136,20 @@ def categories(coco_gt: Any) -> dict[int, str]:
 
 def coco_eval(
     coco_gt: Any, results: BoxResults, img_ids: Sequence[int], cat_ids: Sequence[int], backend: str
-) -> Any:
-    """Run COCOeval (bbox) on the given images and categories; the backend's evaluator, summarised.
+) -> tuple[Any, BoxResults]:
+    """Run COCOeval (bbox) on the given images and categories: the backend's evaluator, summarised, and the results
+    it indexed (the detection id i + 1 of the evaluator is their result i).
 
     Its ``stats[:12]`` are the summary numbers in COCO's order (AP, AP50, AP75, APs, APm, APl, AR1, AR10,
     AR100, ARs, ARm, ARl; -1 where nothing is defined) and ``eval["precision"]`` the precision array
     [T, R, K, A, M] (IoU thresholds, recall thresholds, categories in sorted id order, area ranges, max
     detections); hotcoco's also has the error analysis (detlab.evaluation.analysis).
 
-    Only the MAX_DETS best results of each image and category are indexed (indexed_results): COCOeval never counts
-    the others in any number, and the error analysis reads its per-detection flags by their ids in that index.
+    Only the MAX_DETS best results of each image and category are indexed: COCOeval never counts the others in any
+    number, and the error analysis reads its per-detection flags by their ids in that index.
     """
-    coco_dt = results_index(coco_gt, indexed_results(results), backend)
+    scored = results.top_per_image_and_category(MAX_DETS)
+    coco_dt = results_index(coco_gt, scored, backend)
     with quiet():
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCOeval_faster
@@ -162,12 +164,7 @@ def coco_eval(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return evaluator
-
-
-def indexed_results(results: BoxResults) -> BoxResults:
-    """The results coco_eval indexes, in its order: the detection id i + 1 of its evaluator is result i."""
-    return results.top_per_image_and_category(MAX_DETS)
+    return evaluator, scored
 
 
 def results_index(coco_gt: Any, results: BoxResults, backend: str) -> Any:

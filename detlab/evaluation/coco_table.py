@@ -38,7 +38,7 @@ def score(coco_gt: Any, results: BoxResults, img_ids: np.ndarray, names: dict[in
     {"metrics", "per_class_AP", "scored": {"images", "detections"}} and the error analysis
     (detlab.evaluation.analysis)."""
     cat_ids = list(names)
-    evaluator = coco_eval(coco_gt, results, img_ids.tolist(), cat_ids, backend)
+    evaluator, scored = coco_eval(coco_gt, results, img_ids.tolist(), cat_ids, backend)
     stats = np.asarray(evaluator.stats[:12], dtype=np.float64)
     precision = np.asarray(evaluator.eval["precision"])
     # precision [T, R, K, A, M]: K in sorted category-id order; area index 0 is "all", M index -1 is 100.
@@ -51,7 +51,7 @@ def score(coco_gt: Any, results: BoxResults, img_ids: np.ndarray, names: dict[in
         "metrics": {name: float(v) for name, v in zip(METRIC_NAMES, stats)},
         "per_class_AP": {names[c]: ap_of_cat[c] for c in cat_ids if c in ap_of_cat},
         "scored": {"images": len(img_ids), "detections": len(results)},  # what the numbers are of
-        **error_analysis(evaluator, names, backend, results),
+        **error_analysis(evaluator, names, backend, scored),
     }
 
 
